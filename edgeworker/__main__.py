@@ -1,0 +1,3 @@
+from edgeworker.cli import main
+
+main()

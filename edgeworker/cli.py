@@ -1,0 +1,513 @@
+"""The `edgeworker` command line.
+
+One error boundary (`EdgeworkerGroup.invoke`) turns every `EdgeworkerError` into `Error: <one
+line>` on stderr and its exit code: 0 ok, 1 an error the user can act on, 2 usage, 3 pending
+migrations (`migrate --check`). `--debug` shows tracebacks. Modules that pull in huey or peewee are
+imported inside the commands, so that `--help` and `--version` start fast on a small box.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgeworker import __version__
+from edgeworker.errors import ConfigError, DatabaseError, EdgeworkerError
+
+DEFAULT_CONFIG = Path("edgeworker.toml")
+DEFAULT_DB = Path("edgeworker.db")
+
+
+class UserError(click.ClickException):
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class Context:
+    """What every command needs, resolved lazily from the global options."""
+
+    config_option: Path | None
+    db_option: Path | None
+    debug: bool
+    _config: Any = None
+    _db: Any = None
+    _cache: dict = field(default_factory=dict)
+
+    @property
+    def config(self):
+        if self._config is None:
+            from edgeworker.config import load_config
+
+            path = self.config_option
+            if path is None and DEFAULT_CONFIG.is_file():
+                path = DEFAULT_CONFIG
+            self._config = load_config(path)
+        return self._config
+
+    @property
+    def db_path(self) -> Path:
+        return self.db_option or self.config.worker.database or DEFAULT_DB
+
+    def open(self, create: bool = False, check_schema: bool = True):
+        """Open the database and bind the models to it."""
+        if self._db is None:
+            from edgeworker import db, migrate, models
+
+            self._db = db.open_database(self.db_path, durability=self.config.worker.durability,
+                                        busy_timeout=self.config.worker.busy_timeout,
+                                        create=create)
+            models.database.initialize(self._db)
+            if check_schema:
+                with db.translate_errors(self.db_path):
+                    migrate.ensure_current(self._db)
+        return self._db
+
+    def ledger(self):
+        if "ledger" not in self._cache:
+            from edgeworker.ledger import Ledger
+            from edgeworker.queue import EdgeHuey
+
+            self._cache["ledger"] = Ledger(EdgeHuey(self.open()))
+        return self._cache["ledger"]
+
+    def close(self) -> None:
+        if self._db is not None and not self._db.is_closed():
+            self._db.close()
+
+
+class EdgeworkerGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EdgeworkerError as exc:
+            if _debug(ctx):
+                raise
+            raise UserError(str(exc), exc.exit_code) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if _debug(ctx):
+                raise
+            translated = _translate(ctx, exc)
+            raise UserError(translated or f"internal error: {type(exc).__name__}: {exc} "
+                                          "(run with --debug for the traceback)") from None
+
+
+def _debug(ctx: click.Context) -> bool:
+    obj = ctx.find_object(Context)
+    return bool(obj and obj.debug)
+
+
+def _translate(ctx: click.Context, exc: Exception) -> str | None:
+    """Database errors raised outside an explicit translation still read as one line."""
+    import sqlite3
+
+    import peewee
+
+    if isinstance(exc, (peewee.DatabaseError, sqlite3.DatabaseError)):
+        from edgeworker.db import translate_errors
+
+        obj = ctx.find_object(Context)
+        try:
+            with translate_errors(obj.db_path if obj else DEFAULT_DB):
+                raise exc
+        except DatabaseError as translated:
+            return str(translated)
+        except Exception:
+            return None
+    if isinstance(exc, OSError):
+        return f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
+    return None
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def emit(data: Any, as_json: bool, render) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        render(data)
+
+
+def table(rows: list[list[str]], headers: list[str]) -> None:
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=True)]
+    for row in [headers, *rows]:
+        click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())
+
+
+def show_time(text: str | None) -> str:
+    from edgeworker.clock import display, from_text
+
+    return display(from_text(text)) if text else "-"
+
+
+@click.group(cls=EdgeworkerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="edgeworker")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              envvar="EDGEWORKER_CONFIG", show_envvar=True,
+              help="TOML config file [default: ./edgeworker.toml if present].")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path),
+              envvar="EDGEWORKER_DB", show_envvar=True,
+              help="SQLite database [default: the config's, else ./edgeworker.db].")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None, db_path: Path | None, debug: bool) -> None:
+    """Run scheduled jobs from one SQLite file, losing nothing when the power goes."""
+    ctx.obj = Context(config_path, db_path, debug)
+    ctx.call_on_close(ctx.obj.close)
+
+
+# -- migrate / check-config ---------------------------------------------------------------------
+
+@cli.command()
+@click.option("--check", is_flag=True, help="Exit 3 if migrations are pending, 0 if up to date.")
+@click.option("--dry-run", is_flag=True, help="List the migrations that would run.")
+@click.option("--to", "target", type=int, metavar="VERSION",
+              help="Apply migrations up to and including VERSION only.")
+@pass_ctx
+def migrate(obj: Context, check: bool, dry_run: bool, target: int | None) -> None:
+    """Create or upgrade the database schema."""
+    from edgeworker import db
+    from edgeworker import migrate as migrations
+
+    creating = not obj.db_path.exists()
+    if creating and (check or dry_run):
+        todo = migrations.discover()
+        todo = [m for m in todo if target is None or m.version <= target]
+    else:
+        database = obj.open(create=not (check or dry_run), check_schema=False)
+        with db.translate_errors(obj.db_path):
+            todo = migrations.plan(database, migrations.discover(), target)
+    if check:
+        if todo:
+            click.echo(f"{len(todo)} pending: " + ", ".join(m.label for m in todo))
+            raise click.exceptions.Exit(3)
+        click.echo("up to date")
+        return
+    if dry_run:
+        for m in todo:
+            click.echo(f"would apply {m.label}")
+        if not todo:
+            click.echo("up to date")
+        return
+    if todo:
+        pid = db.worker_pid(obj.db_path)
+        if pid:
+            raise EdgeworkerError(f"a worker (pid {pid}) is running on {obj.db_path}; stop it "
+                                  "before migrating")
+    with db.translate_errors(obj.db_path):
+        for m in migrations.apply(database, todo):
+            click.echo(f"applied {m.label}")
+    if not todo:
+        click.echo("up to date")
+
+
+@cli.command("check-config")
+@pass_ctx
+def check_config(obj: Context) -> None:
+    """Validate the config file, including that every callable imports."""
+    from edgeworker.runners import verify_callables
+
+    config = obj.config
+    if config.path is None:
+        raise ConfigError(f"no config file: give --config or $EDGEWORKER_CONFIG, or create "
+                          f"./{DEFAULT_CONFIG}")
+    verify_callables(config)
+    click.echo(f"{config.path}: ok ({len(config.jobs)} jobs)")
+
+
+# -- status -------------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def status(obj: Context, as_json: bool) -> None:
+    """What ran, what runs next, what was recovered."""
+    from edgeworker import report
+    from edgeworker.db import worker_pid
+
+    ledger = obj.ledger()
+    pid = worker_pid(obj.db_path)
+    data = {
+        "database": str(obj.db_path),
+        "durability": obj.config.worker.durability,
+        "worker": {"running": pid is not None, "pid": pid if pid and pid > 0 else None},
+        "queue": report.queue_depth(ledger.huey),
+        "jobs": report.jobs(with_counts=True),
+    }
+
+    def render(d: dict) -> None:
+        worker = (f"running (pid {d['worker']['pid']})" if d["worker"]["running"]
+                  else "not running")
+        click.echo(f"database  {d['database']} (durability {d['durability']})")
+        click.echo(f"worker    {worker}")
+        click.echo(f"queue     {d['queue']['ready']} ready, {d['queue']['scheduled']} scheduled")
+        if not d["jobs"]:
+            click.echo("no jobs")
+            return
+        click.echo("")
+        rows = []
+        for j in d["jobs"]:
+            c = j["counts"]
+            state = "paused" if j["paused"] else ("disabled" if not j["enabled"] else "")
+            nxt = "running" if j["running"] else show_time(j["next_run_at"])
+            last = (f"{j['last_status']} {show_time(j['last_finished_at'])}"
+                    if j["last_status"] else "-")
+            rows.append([j["name"], j["schedule"], state or nxt, last, c["succeeded"],
+                         c["failed"], c["cancelled"], c["running"], c["created"]])
+        table(rows, ["JOB", "SCHEDULE", "NEXT RUN", "LAST RESULT", "OK", "FAILED", "CANCELLED",
+                     "RUNNING", "WAITING"])
+
+    emit(data, as_json, render)
+
+
+# -- jobs ---------------------------------------------------------------------------------------
+
+@cli.group(cls=EdgeworkerGroup)
+def jobs() -> None:
+    """Manage jobs: list, add, remove, pause, resume, sync, run."""
+
+
+@jobs.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def jobs_list(obj: Context, as_json: bool) -> None:
+    """List jobs with their schedule and next run."""
+    from edgeworker import report
+
+    obj.open()
+    data = report.jobs()
+
+    def render(rows: list[dict]) -> None:
+        if not rows:
+            click.echo("no jobs")
+            return
+        table([[j["name"], j["kind"], j["schedule"],
+                "paused" if j["paused"] else ("yes" if j["enabled"] else "no"),
+                "running" if j["running"] else show_time(j["next_run_at"]),
+                j["source"], j["target"]] for j in rows],
+              ["NAME", "KIND", "SCHEDULE", "ENABLED", "NEXT RUN", "SOURCE", "TARGET"])
+
+    emit(data, as_json, render)
+
+
+@jobs.command("add")
+@click.argument("name")
+@click.option("--command", help="Command line to run (split with shlex unless --shell).")
+@click.option("--callable", "callable_", metavar="MODULE:FUNCTION",
+              help="Python callable to call with a TaskContext.")
+@click.option("--shell", is_flag=True, default=None, help="Run --command through /bin/sh.")
+@click.option("--every", help="Interval, e.g. 30s, 5m, 1h30m.")
+@click.option("--cron", help='5-field cron expression, e.g. "*/5 * * * *".')
+@click.option("--timezone", help="Time zone of the cron expression [default: local].")
+@click.option("--timeout", help="Stop a run after this long, e.g. 10m.")
+@click.option("--max-attempts", type=int, help="Attempts per run before it fails [default: 1].")
+@click.option("--retry-delay", help="Base back-off between attempts [default: 10s].")
+@click.option("--catch-up", type=click.Choice(["skip", "once", "all"]),
+              help="Slots missed while down: skip, run once, or run all [default: skip].")
+@click.option("--catch-up-limit", type=int, help="At most this many missed slots [default: 10].")
+@click.option("--jitter", help="Spread start times by up to this long.")
+@click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment (repeat).")
+@click.option("--cwd", help="Working directory for a command.")
+@click.option("--disabled", is_flag=True, help="Add the job disabled.")
+@pass_ctx
+def jobs_add(obj: Context, name: str, **options: Any) -> None:
+    """Add a job from the command line."""
+    from edgeworker import jobs as catalog
+    from edgeworker.clock import utcnow
+    from edgeworker.config import build_job_spec
+    from edgeworker.runners import verify_callable
+
+    raw: dict[str, Any] = {"name": name}
+    keys = {"callable_": "callable", "max_attempts": "max_attempts",
+            "catch_up_limit": "catch_up_limit"}
+    for option, value in options.items():
+        if value is None or option in ("env", "disabled"):
+            continue
+        raw[keys.get(option, option)] = value
+    if options["env"]:
+        env = {}
+        for item in options["env"]:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"--env: {item!r} is not KEY=VALUE")
+            env[key] = value
+        raw["env"] = env
+    if options["disabled"]:
+        raw["enabled"] = False
+
+    def fail(key: str | None, message: str) -> ConfigError:
+        option = f"--{key.replace('_', '-')}: " if key and key != "name" else ""
+        return ConfigError(f"{option}{message}" if key != "name" else f"NAME: {message}")
+
+    spec = build_job_spec(raw, fail)
+    if spec.kind == "callable":
+        verify_callable(spec.target, obj.config.worker.python_path)
+    job = catalog.add_job(obj.ledger(), spec, utcnow())
+    click.echo(f'added job "{job.name}" ({job.schedule_text})')
+
+
+@jobs.command("remove")
+@click.argument("name")
+@pass_ctx
+def jobs_remove(obj: Context, name: str) -> None:
+    """Remove a job; its history stays, waiting runs are cancelled."""
+    from edgeworker import jobs as catalog
+    from edgeworker.clock import utcnow
+
+    job = catalog.remove_job(obj.ledger(), name, utcnow())
+    note = " (it is in the config file: the next sync adds it again)" \
+        if job.source == "config" else ""
+    click.echo(f'removed job "{name}"{note}')
+
+
+@jobs.command("pause")
+@click.argument("name")
+@pass_ctx
+def jobs_pause(obj: Context, name: str) -> None:
+    """Stop scheduling a job (survives config syncs)."""
+    from edgeworker import jobs as catalog
+    from edgeworker.clock import utcnow
+
+    _, changed = catalog.set_paused(obj.ledger(), name, True, utcnow())
+    click.echo(f'paused job "{name}"' if changed else f'job "{name}" was already paused')
+
+
+@jobs.command("resume")
+@click.argument("name")
+@pass_ctx
+def jobs_resume(obj: Context, name: str) -> None:
+    """Schedule a paused job again, from its next slot."""
+    from edgeworker import jobs as catalog
+    from edgeworker.clock import utcnow
+
+    _, changed = catalog.set_paused(obj.ledger(), name, False, utcnow())
+    click.echo(f'resumed job "{name}"' if changed else f'job "{name}" was not paused')
+
+
+@jobs.command("sync")
+@pass_ctx
+def jobs_sync(obj: Context) -> None:
+    """Make the database's config jobs match the config file."""
+    from edgeworker import jobs as catalog
+    from edgeworker.clock import utcnow
+    from edgeworker.runners import verify_callables
+
+    config = obj.config
+    if config.path is None:
+        raise ConfigError(f"no config file to sync from: give --config or $EDGEWORKER_CONFIG, "
+                          f"or create ./{DEFAULT_CONFIG}")
+    verify_callables(config)
+    report = catalog.sync_jobs(obj.ledger(), config.jobs, utcnow())
+    click.echo(f"synced {config.path}: {report.summary()}")
+
+
+@jobs.command("run")
+@click.argument("name")
+@pass_ctx
+def jobs_run(obj: Context, name: str) -> None:
+    """Run a job once, now, outside its schedule (the worker picks it up)."""
+    from edgeworker import jobs as catalog
+    from edgeworker.clock import utcnow
+    from edgeworker.db import worker_pid
+
+    ledger = obj.ledger()
+    task = ledger.run_now(catalog.get_job(name), utcnow())
+    note = "" if worker_pid(obj.db_path) else " (no worker is running: it runs when one starts)"
+    click.echo(f'queued task {task.id} for job "{name}"{note}')
+
+
+# -- tasks --------------------------------------------------------------------------------------
+
+@cli.group(cls=EdgeworkerGroup)
+def tasks() -> None:
+    """Inspect and manage runs: list, show, retry, prune."""
+
+
+@tasks.command("list")
+@click.option("--job", "job_name", help="Only this job's tasks.")
+@click.option("--status", type=click.Choice(["created", "running", "succeeded", "failed",
+                                             "cancelled"]), help="Only tasks in this state.")
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True,
+              help="Newest first, at most this many.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def tasks_list(obj: Context, job_name: str | None, status: str | None, limit: int,
+               as_json: bool) -> None:
+    """List tasks, newest first."""
+    from edgeworker import jobs as catalog
+    from edgeworker import report
+
+    obj.open()
+    job = catalog.get_job(job_name) if job_name else None
+    data = report.tasks(job, status, limit)
+
+    def render(rows: list[dict]) -> None:
+        if not rows:
+            click.echo("no tasks")
+            return
+        table([[t["id"], t["job"] or f"#{t['job_id']} (removed)", t["status"], t["origin"],
+                show_time(t["scheduled_for"]), t["attempt"], t["recovered_count"],
+                "-" if t["exit_code"] is None else t["exit_code"],
+                _one_line(t["error"])] for t in rows],
+              ["ID", "JOB", "STATUS", "ORIGIN", "SCHEDULED FOR", "ATTEMPT", "RECOVERED", "EXIT",
+               "ERROR"])
+
+    emit(data, as_json, render)
+
+
+def _one_line(text: str | None, width: int = 60) -> str:
+    if not text:
+        return ""
+    line = text.strip().splitlines()[-1] if text.strip() else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+@tasks.command("show")
+@click.argument("task_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def tasks_show(obj: Context, task_id: int, as_json: bool) -> None:
+    """Show one task, with its output."""
+    from edgeworker import report
+    from edgeworker.errors import NotFound
+    from edgeworker.models import Task
+
+    obj.open()
+    task = Task.get_or_none(Task.id == task_id)
+    if task is None:
+        raise NotFound(f"no task with id {task_id}")
+    data = report.task_row(task, report.job_names(), full=True)
+
+    def render(t: dict) -> None:
+        for key in ("id", "job", "status", "origin", "attempt", "recovered_count", "exit_code",
+                    "worker"):
+            click.echo(f"{key:16}{'-' if t[key] is None else t[key]}")
+        for key in ("scheduled_for", "due_at", "created_at", "started_at", "finished_at"):
+            click.echo(f"{key:16}{show_time(t[key])}")
+        if t["error"]:
+            click.echo("error:")
+            click.echo(t["error"].rstrip())
+        click.echo("output:" if t["output"] else "output:         (none)")
+        if t["output"]:
+            click.echo(t["output"].rstrip("\n"))
+
+    emit(data, as_json, render)
+
+
+def main() -> None:
+    # systemd and pipes: a closed stdout must not turn into a traceback.
+    try:
+        cli(prog_name="edgeworker")
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

@@ -1,0 +1,435 @@
+"""Configuration: the TOML file (and `jobs add` options) turned into frozen dataclasses.
+
+A file looks like::
+
+    [worker]
+    database = "/var/lib/edgeworker/edgeworker.db"
+    workers = 2
+
+    [[jobs]]
+    name = "heartbeat"
+    command = "curl -fsS https://example.net/ping"
+    every = "30s"
+
+Every error names the file, the line (where it can be found), the job or key, and what is allowed:
+typos must not pass silently, so unknown keys are errors too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeworker.errors import ConfigError
+
+DURATION_HELP = "a duration such as 500ms, 30s, 5m, 1h30m or 7d"
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_CALLABLE = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+CATCH_UP_POLICIES = ("skip", "once", "all")
+DURABILITY_LEVELS = ("full", "normal")
+LOG_FORMATS = ("text", "json")
+
+
+def parse_duration(text: str) -> float:
+    """`1h30m` -> 5400.0 seconds. Raises ValueError naming what is allowed."""
+    if not isinstance(text, str):
+        raise ValueError(f"{text!r} is not {DURATION_HELP} (give it as a string with a unit)")
+    spec = text.strip().replace(" ", "")
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(spec):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if not spec or pos != len(spec):
+        raise ValueError(f"{text!r} is not {DURATION_HELP}")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """The inverse of parse_duration, for display: 5400 -> '1h30m'."""
+    if seconds < 1 and seconds != 0:
+        return f"{round(seconds * 1000)}ms"
+    out, rest = [], seconds
+    for unit in ("d", "h", "m"):
+        size = _UNIT_SECONDS[unit]
+        if rest >= size:
+            out.append(f"{int(rest // size)}{unit}")
+            rest -= (rest // size) * size
+    if rest or not out:
+        out.append(f"{rest:g}s")
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job as the user declared it (config file or `jobs add`)."""
+
+    name: str
+    kind: str  # "command" | "callable"
+    target: str  # a command line (split with shlex unless shell) or "package.module:function"
+    shell: bool = False
+    every: float | None = None
+    cron: str | None = None
+    timezone: str | None = None
+    timeout: float | None = None
+    max_attempts: int = 1
+    retry_delay: float = 10.0
+    catch_up: str = "skip"
+    catch_up_limit: int = 10
+    jitter: float = 0.0
+    enabled: bool = True
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    database: Path | None = None
+    workers: int = 2
+    durability: str = "full"
+    busy_timeout: float = 5.0
+    shutdown_timeout: float = 30.0
+    retention: float | None = 7 * 86400.0
+    python_path: tuple[Path, ...] = ()
+    log_format: str = "text"
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    textfile: Path | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None = None
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    jobs: tuple[JobSpec, ...] = ()
+
+
+_TOP_KEYS = {"worker", "metrics", "jobs"}
+_WORKER_KEYS = {f for f in WorkerSettings.__dataclass_fields__}
+_METRICS_KEYS = {"textfile"}
+_JOB_KEYS = {
+    "name", "command", "callable", "shell", "every", "cron", "timezone", "timeout",
+    "max_attempts", "retry_delay", "catch_up", "catch_up_limit", "jitter", "enabled", "env", "cwd",
+}
+
+
+class _Where:
+    """Builds `file:line: table: key` prefixes for error messages."""
+
+    def __init__(self, path: Path | None, text: str = ""):
+        self.path = path
+        self.lines = text.splitlines()
+
+    def _line_of(self, header: str, index: int, key: str | None) -> int | None:
+        """Line number of `key = ` inside the index-th `[header]`/`[[header]]` table."""
+        seen, in_table = -1, False
+        header_re = re.compile(r"\s*\[\[?\s*" + re.escape(header) + r"\s*\]\]?\s*(#.*)?$")
+        for number, line in enumerate(self.lines, start=1):
+            if header_re.match(line):
+                seen += 1
+                in_table = seen == index
+                if in_table and key is None:
+                    return number
+                continue
+            if line.lstrip().startswith("["):
+                if in_table:
+                    return None
+                continue
+            if in_table and key and re.match(r"\s*" + re.escape(key) + r"\s*=", line):
+                return number
+        return None
+
+    def error(self, message: str, header: str | None = None, index: int = 0,
+              key: str | None = None) -> ConfigError:
+        where = str(self.path) if self.path else "config"
+        line = self._line_of(header, index, key) if header else None
+        if line is None and header and key:
+            line = self._line_of(header, index, None)
+        if line is not None:
+            where += f":{line}"
+        return ConfigError(f"{where}: {message}")
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate a config file; `None` gives the defaults (no file)."""
+    if path is None:
+        return Config()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: Path | None = None) -> Config:
+    where = _Where(path, text)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        match = re.search(r"\(at line (\d+), column \d+\)$", message)
+        if match:
+            message = message[: match.start()].strip()
+            raise ConfigError(f"{path or 'config'}:{match.group(1)}: {message}") from None
+        raise ConfigError(f"{path or 'config'}: {message}") from None
+
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise where.error(f"unknown table or key {key!r}; "
+                              "allowed: [worker], [metrics], [[jobs]]")
+    base = path.parent if path else Path.cwd()
+    worker = _parse_worker(data.get("worker", {}), where, base)
+    metrics = _parse_metrics(data.get("metrics", {}), where, base)
+    raw_jobs = data.get("jobs", [])
+    if not isinstance(raw_jobs, list):
+        raise where.error("'jobs' must be an array of tables: write each job as [[jobs]]")
+    jobs = []
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(raw_jobs):
+        spec = _parse_job_table(raw, where, index)
+        if spec.name in seen:
+            raise where.error(f'job "{spec.name}" is defined twice (jobs #{seen[spec.name] + 1} '
+                              f"and #{index + 1}); job names must be unique", "jobs", index, "name")
+        seen[spec.name] = index
+        jobs.append(spec)
+    return Config(path=path, worker=worker, metrics=metrics, jobs=tuple(jobs))
+
+
+def _table(raw: Any, name: str, where: _Where) -> Mapping[str, Any]:
+    if not isinstance(raw, dict):
+        raise where.error(f"[{name}] must be a table")
+    return raw
+
+
+def _parse_worker(raw: Any, where: _Where, base: Path) -> WorkerSettings:
+    raw = _table(raw, "worker", where)
+
+    def fail(key: str, message: str) -> ConfigError:
+        return where.error(f"[worker] {key}: {message}", "worker", 0, key)
+
+    for key in raw:
+        if key not in _WORKER_KEYS:
+            raise fail(key, f"unknown key; allowed: {', '.join(sorted(_WORKER_KEYS))}")
+    values: dict[str, Any] = {}
+    if "database" in raw:
+        values["database"] = _path(raw["database"], base, lambda m: fail("database", m))
+    if "workers" in raw:
+        values["workers"] = _int(raw["workers"], 1, 64, lambda m: fail("workers", m))
+    if "durability" in raw:
+        values["durability"] = _choice(raw["durability"], DURABILITY_LEVELS,
+                                       lambda m: fail("durability", m))
+    for key in ("busy_timeout", "shutdown_timeout"):
+        if key in raw:
+            values[key] = _duration(raw[key], lambda m, k=key: fail(k, m))
+    if "retention" in raw:
+        if raw["retention"] in ("forever", "off"):
+            values["retention"] = None
+        else:
+            values["retention"] = _duration(raw["retention"], lambda m: fail(
+                "retention", m + ', or "forever" to keep every task'))
+    if "python_path" in raw:
+        entries = raw["python_path"]
+        if isinstance(entries, str):
+            entries = [entries]
+        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+            raise fail("python_path", "must be a directory or a list of directories")
+        values["python_path"] = tuple(
+            _path(e, base, lambda m: fail("python_path", m)) for e in entries)
+    if "log_format" in raw:
+        values["log_format"] = _choice(raw["log_format"], LOG_FORMATS,
+                                       lambda m: fail("log_format", m))
+    if "log_level" in raw:
+        values["log_level"] = _choice(raw["log_level"], ("debug", "info", "warning", "error"),
+                                      lambda m: fail("log_level", m))
+    return WorkerSettings(**values)
+
+
+def _parse_metrics(raw: Any, where: _Where, base: Path) -> MetricsSettings:
+    raw = _table(raw, "metrics", where)
+    for key in raw:
+        if key not in _METRICS_KEYS:
+            raise where.error(f"[metrics] {key}: unknown key; allowed: textfile",
+                              "metrics", 0, key)
+    textfile = raw.get("textfile")
+    if textfile is None:
+        return MetricsSettings()
+    return MetricsSettings(textfile=_path(textfile, base, lambda m: where.error(
+        f"[metrics] textfile: {m}", "metrics", 0, "textfile")))
+
+
+def _parse_job_table(raw: Any, where: _Where, index: int) -> JobSpec:
+    if not isinstance(raw, dict):
+        raise where.error(f"jobs #{index + 1} must be a table ([[jobs]])", "jobs", index)
+    name = raw.get("name")
+    label = f'job "{name}"' if isinstance(name, str) else f"jobs #{index + 1}"
+
+    def fail(key: str | None, message: str) -> ConfigError:
+        prefix = f"{label}: {key}: " if key else f"{label}: "
+        return where.error(prefix + message, "jobs", index, key)
+
+    return build_job_spec(raw, fail)
+
+
+def build_job_spec(raw: Mapping[str, Any], fail) -> JobSpec:
+    """Validate one job's settings. `fail(key, message)` builds the error to raise."""
+    for key in raw:
+        if key not in _JOB_KEYS:
+            raise fail(key, f"unknown key; allowed: {', '.join(sorted(_JOB_KEYS))}")
+    name = raw.get("name")
+    if name is None:
+        raise fail("name", "missing; every job needs a unique name")
+    if not isinstance(name, str) or not _JOB_NAME.fullmatch(name):
+        raise fail("name", f"{name!r} is not a valid job name (letters, digits, '_', '.', '-'; "
+                           "at most 64 characters, starting with a letter or digit)")
+
+    values: dict[str, Any] = {"name": name}
+    has_command, has_callable = "command" in raw, "callable" in raw
+    if has_command == has_callable:
+        raise fail(None, "give exactly one of 'command' (a program to run) or "
+                         "'callable' (package.module:function)")
+    shell = raw.get("shell", False)
+    if not isinstance(shell, bool):
+        raise fail("shell", "must be true or false")
+    if has_command:
+        command = raw["command"]
+        values["kind"] = "command"
+        values["shell"] = shell
+        if isinstance(command, str):
+            if not command.strip():
+                raise fail("command", "is empty")
+            if not shell:
+                try:
+                    shlex.split(command)
+                except ValueError as exc:
+                    raise fail("command", f"cannot split {command!r} into arguments: {exc}") \
+                        from None
+            values["target"] = command
+        elif isinstance(command, list) and command and all(isinstance(a, str) for a in command):
+            if shell:
+                raise fail("shell", "shell = true needs 'command' as one string, not a list")
+            values["target"] = shlex.join(command)
+        else:
+            raise fail("command", "must be a string or a non-empty list of strings")
+    else:
+        target = raw["callable"]
+        if shell:
+            raise fail("shell", "only applies to 'command' jobs")
+        if not isinstance(target, str) or not _CALLABLE.fullmatch(target):
+            raise fail("callable", f"{target!r} is not of the form package.module:function")
+        values["kind"] = "callable"
+        values["target"] = target
+
+    has_every, has_cron = "every" in raw, "cron" in raw
+    if has_every == has_cron:
+        raise fail(None, "give exactly one schedule: 'every' (e.g. \"30s\") or "
+                         "'cron' (e.g. \"*/5 * * * *\")")
+    if has_every:
+        every = _duration(raw["every"], lambda m: fail("every", m))
+        if every < 0.1:
+            raise fail("every", "must be at least 100ms")
+        values["every"] = every
+    else:
+        values["cron"] = _cron(raw["cron"], lambda m: fail("cron", m))
+    if "timezone" in raw:
+        if has_every:
+            raise fail("timezone", "only applies to 'cron' schedules")
+        values["timezone"] = _timezone(raw["timezone"], lambda m: fail("timezone", m))
+    if "timeout" in raw:
+        values["timeout"] = _duration(raw["timeout"], lambda m: fail("timeout", m))
+        if values["timeout"] <= 0:
+            raise fail("timeout", "must be more than 0")
+    if "max_attempts" in raw:
+        values["max_attempts"] = _int(raw["max_attempts"], 1, 1000,
+                                      lambda m: fail("max_attempts", m))
+    if "retry_delay" in raw:
+        values["retry_delay"] = _duration(raw["retry_delay"], lambda m: fail("retry_delay", m))
+    if "catch_up" in raw:
+        values["catch_up"] = _choice(raw["catch_up"], CATCH_UP_POLICIES,
+                                     lambda m: fail("catch_up", m))
+    if "catch_up_limit" in raw:
+        values["catch_up_limit"] = _int(raw["catch_up_limit"], 1, 100_000,
+                                        lambda m: fail("catch_up_limit", m))
+    if "jitter" in raw:
+        values["jitter"] = _duration(raw["jitter"], lambda m: fail("jitter", m))
+    if "enabled" in raw:
+        if not isinstance(raw["enabled"], bool):
+            raise fail("enabled", "must be true or false")
+        values["enabled"] = raw["enabled"]
+    if "env" in raw:
+        env = raw["env"]
+        if not isinstance(env, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise fail("env", 'must be a table of strings, e.g. env = { LANG = "C" }')
+        values["env"] = tuple(sorted(env.items()))
+    if "cwd" in raw:
+        if not isinstance(raw["cwd"], str) or not raw["cwd"]:
+            raise fail("cwd", "must be a directory path")
+        values["cwd"] = raw["cwd"]
+    return JobSpec(**values)
+
+
+def _duration(value: Any, fail) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+
+def _int(value: Any, low: int, high: int, fail) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise fail(f"{value!r} is not a whole number from {low} to {high}")
+    return value
+
+
+def _choice(value: Any, allowed: tuple[str, ...], fail) -> str:
+    if value not in allowed:
+        raise fail(f"{value!r} is not one of: {', '.join(allowed)}")
+    return value
+
+
+def _path(value: Any, base: Path, fail) -> Path:
+    if not isinstance(value, str) or not value:
+        raise fail("must be a path (a string)")
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else base / path
+
+
+def _cron(value: Any, fail) -> str:
+    from croniter import croniter  # imported here: `--help` must stay fast
+
+    if not isinstance(value, str) or len(value.split()) != 5:
+        raise fail(f"{value!r} is not a 5-field cron expression "
+                   "(minute hour day-of-month month day-of-week, e.g. \"*/5 * * * *\")")
+    if not croniter.is_valid(value):
+        raise fail(f"{value!r} is not a valid cron expression "
+                   "(minute hour day-of-month month day-of-week, e.g. \"*/5 * * * *\")")
+    return value
+
+
+def _timezone(value: Any, fail) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    if not isinstance(value, str) or not value:
+        raise fail("must be an IANA time zone name such as \"Europe/Berlin\" or \"UTC\"")
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise fail(f"{value!r} is not a known time zone (IANA names such as \"Europe/Berlin\" "
+                   "or \"UTC\")") from None
+    return value

@@ -1,0 +1,35 @@
+"""The errors a user can act on. The CLI maps each class to an exit code, once, in one place."""
+
+
+class EdgeworkerError(Exception):
+    """An error the user can act on: printed as one line `Error: ...`, exit code 1."""
+
+    exit_code = 1
+
+
+class ConfigError(EdgeworkerError):
+    """The TOML file or a command-line option is wrong."""
+
+
+class DatabaseError(EdgeworkerError):
+    """The database file cannot be opened, read or written."""
+
+
+class MigrationError(EdgeworkerError):
+    """A migration is missing, changed, or failed."""
+
+
+class PendingMigrations(EdgeworkerError):
+    """The database needs `edgeworker migrate` before this command can run."""
+
+
+class NotFound(EdgeworkerError):
+    """A job or task named on the command line does not exist."""
+
+
+class Conflict(EdgeworkerError):
+    """The request contradicts the current state (a duplicate name, a task not retryable)."""
+
+
+class WorkerRunning(EdgeworkerError):
+    """Another worker holds the database's single-instance lock."""

@@ -1,0 +1,135 @@
+"""The job catalog: adding, changing, pausing and removing jobs, and syncing the config's jobs.
+
+Jobs come from two sources: `[[jobs]]` in the TOML file (`source = 'config'`, synced at start and
+by `jobs sync`) and `jobs add` (`source = 'cli'`). A sync never touches command-line jobs, and an
+operator's pause survives syncs. Each change keeps the invariant that an active job has exactly
+one pending scheduled run (through the ledger, which owns task state).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from edgeworker.config import JobSpec
+from edgeworker.errors import Conflict, NotFound
+from edgeworker.ledger import Ledger
+from edgeworker.models import Job
+
+# The columns a JobSpec sets; a change in one of SCHEDULE_COLUMNS replans the pending run.
+SCHEDULE_COLUMNS = ("every_seconds", "cron", "timezone", "jitter_seconds")
+
+
+def spec_columns(spec: JobSpec) -> dict:
+    return {
+        "kind": spec.kind,
+        "target": spec.target,
+        "shell": spec.shell,
+        "every_seconds": spec.every,
+        "cron": spec.cron,
+        "timezone": spec.timezone,
+        "timeout_seconds": spec.timeout,
+        "max_attempts": spec.max_attempts,
+        "retry_delay_seconds": spec.retry_delay,
+        "catch_up": spec.catch_up,
+        "catch_up_limit": spec.catch_up_limit,
+        "jitter_seconds": spec.jitter,
+        "enabled": spec.enabled,
+        "env": json.dumps(dict(spec.env), sort_keys=True),
+        "cwd": spec.cwd,
+    }
+
+
+def get_job(name: str) -> Job:
+    job = Job.get_or_none(Job.name == name)
+    if job is None:
+        raise NotFound(f'no job named "{name}" (see `edgeworker jobs list`)')
+    return job
+
+
+def add_job(ledger: Ledger, spec: JobSpec, now: datetime, source: str = "cli") -> Job:
+    with ledger.db.atomic():
+        existing = Job.get_or_none(Job.name == spec.name)
+        if existing is not None:
+            raise Conflict(f'a job named "{spec.name}" already exists (from {existing.source}); '
+                           "remove it first or choose another name")
+        job = Job.create(name=spec.name, source=source, created_at=now, updated_at=now,
+                         **spec_columns(spec))
+        ledger.ensure_scheduled(job, now, catch_up=False)
+    return job
+
+
+def remove_job(ledger: Ledger, name: str, now: datetime) -> Job:
+    """Delete a job; its waiting runs are cancelled, a running one finishes, history is kept."""
+    with ledger.db.atomic():
+        job = get_job(name)
+        ledger.cancel_waiting(job.id, "job removed", now)
+        job.delete_instance()
+    return job
+
+
+def set_paused(ledger: Ledger, name: str, paused: bool, now: datetime) -> tuple[Job, bool]:
+    """Pause or resume; returns the job and whether anything changed."""
+    with ledger.db.atomic():
+        job = get_job(name)
+        if job.paused == paused:
+            return job, False
+        job.paused = paused
+        job.updated_at = now
+        job.save()
+        if paused:
+            ledger.cancel_waiting(job.id, "job paused", now)
+        else:
+            ledger.ensure_scheduled(job, now, catch_up=False)
+    return job, True
+
+
+@dataclass
+class SyncReport:
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{len(self.added)} added", f"{len(self.updated)} updated",
+                 f"{len(self.removed)} removed", f"{len(self.unchanged)} unchanged"]
+        return ", ".join(parts)
+
+
+def sync_jobs(ledger: Ledger, specs: tuple[JobSpec, ...], now: datetime) -> SyncReport:
+    """Make the config-sourced jobs match `specs`, in one transaction."""
+    report = SyncReport()
+    with ledger.db.atomic():
+        current = {job.name: job for job in Job.select()}
+        for spec in specs:
+            job = current.get(spec.name)
+            columns = spec_columns(spec)
+            if job is None:
+                job = Job.create(name=spec.name, source="config", created_at=now,
+                                 updated_at=now, **columns)
+                ledger.ensure_scheduled(job, now, catch_up=False)
+                report.added.append(spec.name)
+                continue
+            if job.source != "config":
+                raise Conflict(f'job "{spec.name}" in the config file clashes with a job of that '
+                               "name added with `jobs add`; remove one of them")
+            changed = {k: v for k, v in columns.items() if getattr(job, k) != v}
+            if not changed:
+                report.unchanged.append(spec.name)
+                continue
+            Job.update(updated_at=now, **changed).where(Job.id == job.id).execute()
+            job = Job.get_by_id(job.id)
+            if not job.active or any(k in changed for k in SCHEDULE_COLUMNS):
+                reason = "job disabled" if not job.active else "schedule changed"
+                ledger.cancel_waiting(job.id, reason, now)
+            ledger.ensure_scheduled(job, now, catch_up=False)
+            report.updated.append(spec.name)
+        wanted = {spec.name for spec in specs}
+        for name, job in current.items():
+            if job.source == "config" and name not in wanted:
+                ledger.cancel_waiting(job.id, "job removed from the config file", now)
+                job.delete_instance()
+                report.removed.append(name)
+    return report

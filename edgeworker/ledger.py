@@ -1,0 +1,247 @@
+"""The only writer of task state.
+
+Every transition of a task (see `models.TRANSITIONS`) is one transaction here, together with the
+queue message it implies: a row never lacks its message because of a half-done commit, and a
+message never names a row that was not committed. A claim is one conditional UPDATE
+(`status = 'created'` -> `running`, `attempt + 1`), so two messages naming one task can never
+start it twice; attempts are counted at the claim, so a task that kills the worker every time
+still ends `failed` after `max_attempts`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import peewee
+
+from edgeworker import schedule
+from edgeworker.models import FINISHED, UNFINISHED, Job, Task, TaskStatus
+from edgeworker.queue import EdgeHuey, IntervalJobArgs
+
+logger = logging.getLogger("edgeworker.ledger")
+
+S = TaskStatus
+OVERLAP_RETRY = timedelta(seconds=1)
+
+
+def worker_identity() -> str:
+    """`<boot id>:<pid>`: tells a crash (same boot) from a power cut (new boot) in the record."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            boot = handle.read().strip()[:8]
+    except OSError:
+        boot = "noboot"
+    return f"{boot}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    """A task this worker has claimed: the row (status running) and its job, as of the claim."""
+
+    task: Task
+    job: Job
+    recovered: bool
+
+
+@dataclass(frozen=True)
+class Outcome:
+    succeeded: bool
+    exit_code: int | None = None
+    error: str | None = None
+    output: str | None = None
+
+
+class Ledger:
+    def __init__(self, huey: EdgeHuey, worker: str | None = None):
+        self.huey = huey
+        self.db = huey.database
+        self.worker = worker or worker_identity()
+
+    # -- creating runs ------------------------------------------------------------------------
+
+    def _create(self, job: Job, slot: datetime, due: datetime, origin: str,
+                now: datetime) -> Task:
+        task = Task.create(job=job.id, status=S.CREATED, origin=origin, scheduled_for=slot,
+                           due_at=due, created_at=now)
+        self.huey.put(IntervalJobArgs(job.id, task.id), due)
+        return task
+
+    def schedule_next(self, job: Job, last_slot: datetime | None, now: datetime) -> Task:
+        """Create the job's next scheduled run (catch-up applied) and its message."""
+        slot = schedule.next_run(job, last_slot, now)
+        with self.db.atomic():
+            return self._create(job, slot, schedule.due_at(job, slot), "schedule", now)
+
+    def pending_scheduled(self, job_id: int) -> Task | None:
+        return (Task.select().where((Task.job == job_id) & (Task.origin == "schedule")
+                                    & (Task.status.in_(list(UNFINISHED))))
+                .order_by(Task.id.desc()).first())
+
+    def last_slot(self, job_id: int) -> datetime | None:
+        return (Task.select(peewee.fn.MAX(Task.scheduled_for))
+                .where((Task.job == job_id) & (Task.origin == "schedule")).scalar(
+                    convert=True))
+
+    def ensure_scheduled(self, job: Job, now: datetime, catch_up: bool = True) -> Task | None:
+        """Give an active job its one pending scheduled run, if it has none.
+
+        With `catch_up`, slots missed since its last scheduled run follow the job's catch-up
+        policy (start-up after downtime); without, the next run is the next slot (a new or
+        resumed job: slots missed while paused are not owed).
+        """
+        if not job.active:
+            return None
+        with self.db.atomic():
+            if self.pending_scheduled(job.id) is not None:
+                return None
+            last = self.last_slot(job.id) if catch_up else None
+            return self.schedule_next(job, last, now)
+
+    def run_now(self, job: Job, now: datetime, slot: datetime | None = None) -> Task:
+        """A manual run (`jobs run`, `tasks retry`), outside the schedule."""
+        with self.db.atomic():
+            return self._create(job, slot or now, now, "manual", now)
+
+    def retry(self, task: Task, now: datetime) -> Task:
+        """Run a finished (failed or cancelled) task's job again for the same slot."""
+        job = Job.get_or_none(Job.id == task.job_id)
+        if job is None:
+            raise ValueError(f"task {task.id}'s job no longer exists")
+        return self.run_now(job, now, slot=task.scheduled_for)
+
+    # -- the worker's side: claim and finish ---------------------------------------------------
+
+    def claim(self, args: IntervalJobArgs, now: datetime) -> ClaimedRun | None:
+        """Claim the task a message names; runs inside the dequeue transaction.
+
+        Returns None when the message must be dropped (already claimed, finished, or its job is
+        gone or paused: then the task is cancelled) or deferred (its job is running another task).
+        """
+        job = Job.get_or_none(Job.id == args.job_id)
+        if args.task_id is None:
+            if job is None or not job.active:
+                logger.info("dropped a run of job %s: the job is gone or paused", args.job_id)
+                return None
+            task = self._create_claimable(job, now)
+        else:
+            task = Task.get_or_none(Task.id == args.task_id)
+            if task is None:
+                logger.warning("dropped a message for task %s: no such task", args.task_id)
+                return None
+            if task.state not in UNFINISHED:
+                logger.info("dropped a message for task %s: it is %s", task.id, task.status)
+                return None
+            if job is None or not job.active:
+                why = "job removed" if job is None else "job paused or disabled"
+                self._close(task, S.CANCELLED, now, error=why)
+                logger.info("cancelled task %s: %s", task.id, why)
+                return None
+        if self._job_busy(job.id, task.id):
+            self.huey.put(args, now + OVERLAP_RETRY)
+            return None
+        recovered = False
+        if args.recovering_attempt is not None:
+            if not self._reset_for_recovery(task.id, args.recovering_attempt):
+                logger.info("dropped a recovery message for task %s: already recovered", task.id)
+                return None
+            recovered = True
+        claimed = (Task.update(status=S.RUNNING, attempt=Task.attempt + 1, started_at=now,
+                               finished_at=None, worker=self.worker)
+                   .where((Task.id == task.id) & (Task.status == S.CREATED)).execute())
+        if not claimed:
+            logger.info("dropped a message for task %s: claimed by another run", task.id)
+            return None
+        return ClaimedRun(Task.get_by_id(task.id), job, recovered)
+
+    def _create_claimable(self, job: Job, now: datetime) -> Task:
+        # The seed's path for a message without a task id: the row is created at the claim.
+        return Task.create(job=job.id, status=S.CREATED, origin="manual", scheduled_for=now,
+                           due_at=now, created_at=now)
+
+    def _job_busy(self, job_id: int, task_id: int) -> bool:
+        # No two runs of one job at a time, whatever mix of schedule, manual and recovery runs.
+        return (Task.select().where((Task.job == job_id) & (Task.status == S.RUNNING)
+                                    & (Task.id != task_id)).exists())
+
+    def _reset_for_recovery(self, task_id: int, attempt: int) -> bool:
+        """running -> created for the attempt a dead worker was running (the seed's reset)."""
+        return bool(Task.update(status=S.CREATED, recovered_count=Task.recovered_count + 1)
+                    .where((Task.id == task_id) & (Task.status == S.RUNNING)
+                           & (Task.attempt == attempt)).execute())
+
+    def finish(self, run: ClaimedRun, outcome: Outcome, now: datetime) -> Task:
+        """Record a run's outcome: succeeded, failed, or back to created for a retry; and, when a
+        scheduled run is over, create the job's next one, all in one transaction."""
+        task = run.task
+        with self.db.atomic():
+            job = Job.get_or_none(Job.id == task.job_id)
+            retry = (not outcome.succeeded and job is not None and job.active
+                     and task.attempt < job.max_attempts)
+            fields = dict(exit_code=outcome.exit_code, error=outcome.error, output=outcome.output)
+            if retry:
+                delay = schedule.retry_delay(job, task.id, task.attempt)
+                due = now + timedelta(seconds=delay)
+                changed = self._transition(task, S.CREATED, due_at=due, **fields)
+                if changed:
+                    self.huey.put(IntervalJobArgs(job.id, task.id), due)
+            else:
+                final = S.SUCCEEDED if outcome.succeeded else S.FAILED
+                changed = self._transition(task, final, finished_at=now, **fields)
+                if changed and task.origin == "schedule" and job is not None and job.active:
+                    self.schedule_next(job, task.scheduled_for, now)
+            if not changed:
+                logger.warning("task %s was changed by someone else while it ran; "
+                               "its outcome is not recorded", task.id)
+        return Task.get_by_id(task.id)
+
+    def _transition(self, task: Task, new: TaskStatus, **fields) -> bool:
+        """running -> new, only if the row is still this claim's (compare-and-set)."""
+        return bool(Task.update(status=new, **fields)
+                    .where((Task.id == task.id) & (Task.status == S.RUNNING)
+                           & (Task.attempt == task.attempt)).execute())
+
+    # -- operators and recovery ----------------------------------------------------------------
+
+    def _close(self, task: Task, status: TaskStatus, now: datetime, error: str) -> bool:
+        """created/running -> failed/cancelled, with the reason."""
+        return bool(Task.update(status=status, finished_at=now, error=error)
+                    .where((Task.id == task.id) & (Task.status.in_(list(UNFINISHED))))
+                    .execute())
+
+    def cancel(self, task: Task, reason: str, now: datetime) -> bool:
+        with self.db.atomic():
+            return self._close(task, S.CANCELLED, now, reason)
+
+    def fail(self, task: Task, reason: str, now: datetime) -> bool:
+        with self.db.atomic():
+            return self._close(task, S.FAILED, now, reason)
+
+    def cancel_waiting(self, job_id: int, reason: str, now: datetime) -> int:
+        """Cancel a job's tasks that have not started (pause, removal). Running ones finish."""
+        return (Task.update(status=S.CANCELLED, finished_at=now, error=reason)
+                .where((Task.job == job_id) & (Task.status == S.CREATED)).execute())
+
+    def enqueue_recovery(self, task: Task) -> None:
+        """Queue the recovery of a task a dead worker left running; the row stays `running`
+        until the worker resets and claims it."""
+        self.huey.put(IntervalJobArgs(task.job_id, task.id, recovering_attempt=task.attempt))
+
+    def requeue(self, task: Task) -> None:
+        """Give a `created` task whose message was lost (taken just before a crash) a new one."""
+        self.huey.put(IntervalJobArgs(task.job_id, task.id), task.due_at)
+
+    def prune(self, before: datetime, batch: int = 5000) -> int:
+        """Delete finished tasks that finished before `before`; returns how many."""
+        total = 0
+        while True:
+            with self.db.atomic():
+                ids = (Task.select(Task.id)
+                       .where(Task.status.in_(list(FINISHED)) & (Task.finished_at < before))
+                       .limit(batch))
+                deleted = Task.delete().where(Task.id.in_(ids)).execute()
+            total += deleted
+            if deleted < batch:
+                return total

@@ -1,0 +1,162 @@
+"""Ordered SQL migrations from `migrations/NNN_name.sql`.
+
+The whole plan is checked before anything runs (unknown or edited applied migrations are errors).
+Each file and its `schema_migrations` row commit in one transaction, so a failing migration leaves
+the database exactly as it was. Statements are split with `sqlite3.complete_statement` rather than
+run with `executescript()`, which would commit on its own. Foreign keys are off while a migration
+runs (SQLite's table-rebuild procedure needs that) and checked before its commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sqlite3
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import peewee
+
+from edgeworker.clock import to_text, utcnow
+from edgeworker.errors import DatabaseError, MigrationError, PendingMigrations
+
+_FILENAME = re.compile(r"(\d+)_([a-z0-9_]+)\.sql")
+
+HISTORY_DDL = """CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    checksum TEXT NOT NULL,
+    applied_at TEXT NOT NULL
+)"""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    @property
+    def label(self) -> str:
+        return f"{self.version:03d}_{self.name}"
+
+
+def migrations_dir() -> Path:
+    """Where the SQL files are: beside the package once installed or frozen, else the repo's."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "migrations", here.parent / "migrations",
+                      Path(getattr(sys, "_MEIPASS", here)) / "migrations"):
+        if candidate.is_dir():
+            return candidate
+    raise MigrationError(f"cannot find the migrations directory near {here}")
+
+
+def discover(directory: Path | None = None) -> list[Migration]:
+    directory = directory or migrations_dir()
+    found: dict[int, Migration] = {}
+    for path in directory.iterdir():
+        match = _FILENAME.fullmatch(path.name)
+        if not match:
+            continue
+        version = int(match.group(1))
+        if version in found:
+            raise MigrationError(f"two migrations have version {version}: "
+                                 f"{found[version].label}.sql and {path.name}")
+        found[version] = Migration(version, match.group(2), path.read_text(encoding="utf-8"))
+    return [found[v] for v in sorted(found)]
+
+
+def applied(db: peewee.SqliteDatabase) -> dict[int, tuple[str, str]]:
+    """version -> (name, checksum) of what the database has applied."""
+    if not db.table_exists("schema_migrations"):
+        return {}
+    rows = db.execute_sql("SELECT version, name, checksum FROM schema_migrations").fetchall()
+    return {version: (name, checksum) for version, name, checksum in rows}
+
+
+def plan(db: peewee.SqliteDatabase, migrations: list[Migration],
+         target: int | None = None) -> list[Migration]:
+    """The migrations still to apply (up to `target`), after checking the applied ones."""
+    done = applied(db)
+    known = {m.version: m for m in migrations}
+    newer = sorted(v for v in done if v not in known)
+    if newer and newer[-1] > max(known, default=0):
+        raise MigrationError(
+            f"{db.database}: database schema is at version {max(done)}, newer than this "
+            f"edgeworker knows ({max(known, default=0)}); upgrade edgeworker")
+    if newer:
+        raise MigrationError(f"{db.database}: applied migration {newer[0]} is unknown to this "
+                             "edgeworker")
+    for version, (_name, checksum) in sorted(done.items()):
+        if known[version].checksum != checksum:
+            raise MigrationError(
+                f"{db.database}: migration {known[version].label}.sql changed after it was "
+                "applied (checksum differs); restore the original file")
+    if target is not None and target not in known:
+        raise MigrationError(f"no migration has version {target}")
+    return [m for m in migrations
+            if m.version not in done and (target is None or m.version <= target)]
+
+
+def split_statements(sql: str) -> list[str]:
+    statements, buffer = [], ""
+    for line in sql.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statement = _strip_comments(buffer).strip()
+            if statement:
+                statements.append(statement)
+            buffer = ""
+    if _strip_comments(buffer).strip():
+        raise MigrationError(f"incomplete SQL statement at the end: {buffer.strip()[:60]!r}")
+    return statements
+
+
+def _strip_comments(sql: str) -> str:
+    return "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
+
+
+def apply(db: peewee.SqliteDatabase, todo: list[Migration]) -> list[Migration]:
+    """Apply each migration with its history row in one transaction; stop at the first error."""
+    done = []
+    for migration in todo:
+        db.execute_sql("PRAGMA foreign_keys = OFF")
+        try:
+            with db.atomic("IMMEDIATE"):
+                db.execute_sql(HISTORY_DDL)
+                for statement in split_statements(migration.sql):
+                    try:
+                        db.execute_sql(statement)
+                    except peewee.DatabaseError as exc:
+                        raise MigrationError(
+                            f"migration {migration.label}.sql failed, nothing of it was applied: "
+                            f"{exc} (in: {statement[:70]})") from exc
+                problems = db.execute_sql("PRAGMA foreign_key_check").fetchall()
+                if problems:
+                    raise MigrationError(f"migration {migration.label}.sql breaks foreign keys: "
+                                         f"{problems[:3]}; nothing of it was applied")
+                db.execute_sql(
+                    "INSERT INTO schema_migrations (version, name, checksum, applied_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (migration.version, migration.name, migration.checksum, to_text(utcnow())))
+        finally:
+            db.execute_sql("PRAGMA foreign_keys = ON")
+        done.append(migration)
+    return done
+
+
+def ensure_current(db: peewee.SqliteDatabase) -> None:
+    """Refuse to work on a database that is behind (or ahead of) this program's schema."""
+    try:
+        pending = plan(db, discover())
+    except peewee.DatabaseError as exc:
+        raise DatabaseError(f"{db.database}: {exc}") from exc
+    if pending:
+        names = ", ".join(m.label for m in pending)
+        raise PendingMigrations(f"{db.database}: database needs migrations ({names}); "
+                                "run `edgeworker migrate`")

@@ -1,0 +1,131 @@
+"""The peewee models `Job` (table `jobs`) and `Task` (table `tasks`), and the task states.
+
+The tables are created by the SQL migrations; these models only describe them (a test checks that
+the two agree). Only `edgeworker.ledger` changes a task's status, following `TRANSITIONS`.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import StrEnum
+
+import peewee
+
+from edgeworker.clock import from_text, to_text
+
+database = peewee.DatabaseProxy()
+
+
+class TaskStatus(StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+S = TaskStatus
+TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    S.CREATED: frozenset({S.RUNNING, S.CANCELLED}),
+    # back to CREATED: a retry with attempts left, or a reset for recovery
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CREATED, S.CANCELLED}),
+    S.SUCCEEDED: frozenset(),
+    S.FAILED: frozenset(),
+    S.CANCELLED: frozenset(),
+}
+UNFINISHED = frozenset({S.CREATED, S.RUNNING})
+FINISHED = frozenset(TaskStatus) - UNFINISHED
+
+
+def can_transition(old: TaskStatus, new: TaskStatus) -> bool:
+    return new in TRANSITIONS[old]
+
+
+class UtcDateTimeField(peewee.Field):
+    """An aware datetime stored as fixed-width ISO 8601 UTC text (see edgeworker.clock)."""
+
+    field_type = "TEXT"
+
+    def db_value(self, value: datetime | str | None) -> str | None:
+        if value is None or isinstance(value, str):
+            return value
+        return to_text(value)
+
+    def python_value(self, value: str | None) -> datetime | None:
+        return None if value is None else from_text(value)
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class Job(BaseModel):
+    name = peewee.TextField(unique=True)
+    kind = peewee.TextField()  # "command" | "callable"
+    target = peewee.TextField()
+    shell = peewee.BooleanField(default=False)
+    every_seconds = peewee.FloatField(null=True)
+    cron = peewee.TextField(null=True)
+    timezone = peewee.TextField(null=True)
+    timeout_seconds = peewee.FloatField(null=True)
+    max_attempts = peewee.IntegerField(default=1)
+    retry_delay_seconds = peewee.FloatField(default=10.0)
+    catch_up = peewee.TextField(default="skip")
+    catch_up_limit = peewee.IntegerField(default=10)
+    jitter_seconds = peewee.FloatField(default=0.0)
+    enabled = peewee.BooleanField(default=True)
+    paused = peewee.BooleanField(default=False)
+    env = peewee.TextField(default="{}")  # JSON object
+    cwd = peewee.TextField(null=True)
+    source = peewee.TextField(default="cli")  # "config" | "cli"
+    created_at = UtcDateTimeField()
+    updated_at = UtcDateTimeField()
+
+    class Meta:
+        table_name = "jobs"
+
+    @property
+    def active(self) -> bool:
+        """Enabled in its definition and not paused by an operator."""
+        return self.enabled and not self.paused
+
+    @property
+    def environment(self) -> dict[str, str]:
+        return json.loads(self.env)
+
+    @property
+    def schedule_text(self) -> str:
+        from edgeworker.config import format_duration
+
+        if self.every_seconds is not None:
+            return f"every {format_duration(self.every_seconds)}"
+        zone = f" ({self.timezone})" if self.timezone else ""
+        return f"cron {self.cron}{zone}"
+
+
+class Task(BaseModel):
+    job = peewee.ForeignKeyField(Job, null=True, on_delete="SET NULL", backref="tasks",
+                                 column_name="job_id", lazy_load=False)
+    status = peewee.TextField(default=TaskStatus.CREATED.value)
+    origin = peewee.TextField(default="schedule")  # "schedule" | "manual"
+    scheduled_for = UtcDateTimeField()
+    due_at = UtcDateTimeField(null=True)
+    attempt = peewee.IntegerField(default=0)
+    recovered_count = peewee.IntegerField(default=0)
+    created_at = UtcDateTimeField()
+    started_at = UtcDateTimeField(null=True)
+    finished_at = UtcDateTimeField(null=True)
+    exit_code = peewee.IntegerField(null=True)
+    error = peewee.TextField(null=True)
+    output = peewee.TextField(null=True)
+    worker = peewee.TextField(null=True)
+
+    class Meta:
+        table_name = "tasks"
+
+    @property
+    def state(self) -> TaskStatus:
+        return TaskStatus(self.status)

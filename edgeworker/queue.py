@@ -1,0 +1,204 @@
+"""huey's queue, stored in the same SQLite file as the jobs and tasks tables.
+
+huey's `SqlStorage` (huey.contrib.sql_huey) over our peewee database: a task row and its queue
+message are written in one transaction. Messages are JSON (no pickle in the database) and the one
+task type has a fixed name, so queued messages survive a module being moved.
+
+edgeworker departs from huey's defaults where durability or an SD card asks for it:
+- a message is taken (`dequeue`) and its task row claimed in the same transaction, so a run
+  costs one commit to start instead of three (schedule -> queue, dequeue, claim);
+- the worker takes due messages straight from huey's schedule table rather than waiting for
+  huey's scheduler to move them once a second, so an interval run starts on time;
+- results, revocation and huey's own retries are off: the ledger keeps that state in `tasks`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+import peewee
+from huey.api import Huey
+from huey.contrib.sql_huey import SqlStorage
+from huey.registry import Message, Registry
+from huey.serializer import Serializer
+
+from edgeworker.clock import utcnow
+
+logger = logging.getLogger("edgeworker.queue")
+
+QUEUE_NAME = "edgeworker"
+TASK_NAME = "edgeworker.run_job"
+
+
+@dataclass(frozen=True)
+class IntervalJobArgs:
+    """The payload of a queued run (the seed's IntervalJobArgs).
+
+    `task_id` names the row to run; a message without one makes the worker create a new row.
+    `recovering_attempt` is set on recovery messages: the attempt that a dead worker was running,
+    so that the worker resets exactly that run and a duplicate recovery message does nothing.
+    """
+
+    job_id: int
+    task_id: int | None = None
+    recovering_attempt: int | None = None
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> IntervalJobArgs:
+        return cls(**payload)
+
+    def payload(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+class JsonSerializer(Serializer):
+    """huey messages as compact JSON: readable in a sqlite3 shell, and no pickle to trust."""
+
+    def _serialize(self, message: Message) -> bytes:
+        if message.on_complete or message.on_error or message.chord_config:
+            raise ValueError("edgeworker messages carry no pipelines")
+        body = {"id": message.id, "name": message.name, "args": list(message.args)}
+        if message.eta is not None:
+            body["eta"] = message.eta.isoformat()
+        if message.kwargs:
+            body["kwargs"] = message.kwargs
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def _deserialize(self, data: bytes) -> Message:
+        body = json.loads(data)
+        eta = datetime.fromisoformat(body["eta"]) if body.get("eta") else None
+        return Message(body["id"], body["name"], eta, 0, 0, None, tuple(body["args"]),
+                       body.get("kwargs", {}), None, None, None, None, None, None, None)
+
+
+class FixedNameRegistry(Registry):
+    def task_to_string(self, task_class) -> str:
+        # huey's default is module.function: a queued message would break when a module moves.
+        return task_class.__name__
+
+
+class EdgeStorage(SqlStorage):
+    """huey's SqlStorage with prefixed tables, created by our migrations (not on the fly)."""
+
+    def __init__(self, name: str, database: peewee.SqliteDatabase, **kwargs):
+        super().__init__(name, database=database, create_tables=False, **kwargs)
+
+    def create_models(self):
+        models = super().create_models()
+        for model in models:
+            model._meta.set_table_name("huey_" + model._meta.table_name)
+        # huey passes naive UTC datetimes; store true epoch milliseconds, not local-time ones.
+        models[1].timestamp.utc = True
+        return models
+
+    def _ready(self, now: datetime):
+        """The next message to run: the queue first, then the earliest due scheduled one."""
+        row = (self.tasks(self.Task.id, self.Task.data)
+               .order_by(self.Task.priority.desc(), self.Task.id).limit(1).tuples().first())
+        if row is not None:
+            return self.Task, row
+        row = (self.schedule(self.Schedule.id, self.Schedule.data)
+               .where(self.Schedule.timestamp <= now)
+               .order_by(self.Schedule.timestamp, self.Schedule.id).limit(1).tuples().first())
+        return (self.Schedule, row) if row is not None else (None, None)
+
+    def has_ready(self, now: datetime) -> bool:
+        return self._ready(now)[1] is not None
+
+    def pop_ready(self, now: datetime) -> bytes | None:
+        """Remove and return the next ready message; call inside the caller's transaction."""
+        model, row = self._ready(now)
+        if row is None:
+            return None
+        model.delete().where(model.id == row[0]).execute()
+        return bytes(row[1])
+
+    def next_due(self) -> datetime | None:
+        """When the earliest scheduled message falls due (aware UTC), or None."""
+        value = self.schedule(peewee.fn.MIN(self.Schedule.timestamp)).scalar()
+        return None if value is None else datetime.fromtimestamp(value / 1000, UTC)
+
+    def all_messages(self) -> list[bytes]:
+        rows = list(self.tasks(self.Task.data).tuples()) + list(
+            self.schedule(self.Schedule.data).tuples())
+        return [bytes(data) for (data,) in rows]
+
+
+Claim = Callable[[IntervalJobArgs, datetime], object | None]
+
+
+class EdgeHuey(Huey):
+    """huey bound to our database, with one task type: run a job (the seed's interval job)."""
+
+    def __init__(self, database: peewee.SqliteDatabase,
+                 handler: Callable[[IntervalJobArgs, object], None] | None = None,
+                 claim: Claim | None = None):
+        super().__init__(QUEUE_NAME, results=False, utc=True, serializer=JsonSerializer(),
+                         storage_class=EdgeStorage, database=database)
+        self._registry = FixedNameRegistry()
+        self.database = database
+        self.claim = claim
+
+        @self.task(name=TASK_NAME, context=True)
+        def run_job(payload: dict, task=None):
+            if handler is None:
+                raise RuntimeError("this process only enqueues runs; it does not execute them")
+            return handler(IntervalJobArgs.from_payload(payload), task.claimed)
+
+        self.run_job = run_job
+
+    def put(self, args: IntervalJobArgs, eta: datetime | None = None) -> None:
+        """Queue a run; call inside the transaction that writes its task row."""
+        task = self.run_job.s(args.payload())
+        if eta is not None and eta > utcnow():
+            task.eta = eta.astimezone(UTC).replace(tzinfo=None)
+            self.add_schedule(task)
+        else:
+            self.enqueue(task)
+
+    def payloads(self) -> list[IntervalJobArgs]:
+        """Every queued or scheduled run (for recovery: which task rows have a message)."""
+        found = []
+        for data in self.storage.all_messages():
+            try:
+                message = self.serializer.deserialize(data)
+                found.append(IntervalJobArgs.from_payload(message.args[0]))
+            except (ValueError, TypeError, KeyError, IndexError):
+                logger.warning("ignoring an unreadable queue message: %r", data[:80])
+        return found
+
+    def dequeue(self, now: datetime | None = None):
+        """Take the next ready message and claim its task, in one transaction (one commit)."""
+        while True:
+            now = now or utcnow()
+            if not self.storage.has_ready(now):
+                return None  # a read, without taking the write lock
+            with self.database.atomic("IMMEDIATE"):
+                data = self.storage.pop_ready(now)
+                if data is None:
+                    return None
+                try:
+                    task = self.deserialize_task(data)
+                    args = IntervalJobArgs.from_payload(task.args[0])
+                except Exception:
+                    logger.error("dropped an unreadable queue message: %r", data[:80])
+                    continue
+                task.claimed = self.claim(args, now) if self.claim else None
+                if task.claimed is not None:
+                    return task
+            # the claim was refused: the message is dropped (committed above); try the next one
+
+    def execute(self, task, timestamp=None):
+        # huey's execute also checks revocation and stores results: a query and a write
+        # transaction per task that edgeworker does not need; the ledger records the outcome.
+        self._tasks_in_flight.add(task)
+        try:
+            return task.execute()
+        except Exception:
+            logger.exception("run of %s failed outside its task", task.args)
+        finally:
+            self._tasks_in_flight.discard(task)

@@ -1,0 +1,95 @@
+"""Shared fixtures: a CLI runner bound to a temporary database, and a migrated database."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgeworker import db as dbmod
+from edgeworker import migrate, models
+from edgeworker.cli import cli
+
+
+class Cli:
+    """Runs `edgeworker --db <tmp> ...` in-process with click's CliRunner."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp_path = tmp_path
+        self.db = tmp_path / "edgeworker.db"
+        self.config: Path | None = None
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, config: Path | None = None, env: dict | None = None):
+        base = ["--db", str(self.db)]
+        config = config or self.config
+        if config is not None:
+            base += ["--config", str(config)]
+        return self.runner.invoke(cli, [*base, *args], env=env, catch_exceptions=False)
+
+    def ok(self, *args: str, **kwargs) -> str:
+        result = self(*args, **kwargs)
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
+    monkeypatch.chdir(tmp_path)  # the default ./edgeworker.toml must not come from the repo
+    for var in ("EDGEWORKER_DB", "EDGEWORKER_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    return Cli(tmp_path)
+
+
+@pytest.fixture
+def migrated(run_cli: Cli) -> Cli:
+    run_cli.ok("migrate")
+    return run_cli
+
+
+@pytest.fixture
+def database(tmp_path: Path):
+    """A migrated database opened in-process, with the models bound to it."""
+    database = dbmod.open_database(tmp_path / "edgeworker.db", create=True)
+    migrate.apply(database, migrate.plan(database, migrate.discover()))
+    models.database.initialize(database)
+    yield database
+    database.close()
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+class Tmpfs:
+    """A small tmpfs mounted for one test (root only): full disks and read-only directories."""
+
+    def __init__(self, path: Path, size: str):
+        self.path = path
+        path.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
+                        str(path)], check=True)
+
+    def remount(self, options: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{options}", str(self.path)], check=True)
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], check=False)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path):
+    if not is_root():
+        pytest.skip("needs root to mount a tmpfs")
+    mounts = []
+
+    def make(size: str = "1m") -> Tmpfs:
+        mounts.append(Tmpfs(tmp_path / f"tmpfs{len(mounts)}", size))
+        return mounts[-1]
+
+    yield make
+    for mount in mounts:
+        mount.unmount()

@@ -1,0 +1,57 @@
+import json
+
+from edgeworker.clock import from_text, utcnow
+from edgeworker.models import Task
+
+
+def test_list_filters_and_show(migrated):
+    migrated.ok("jobs", "add", "a", "--command", "true", "--every", "1h")
+    migrated.ok("jobs", "add", "b", "--command", "true", "--every", "1h")
+    migrated.ok("jobs", "run", "a")
+    rows = json.loads(migrated.ok("tasks", "list", "--job", "a", "--json"))
+    assert [(r["id"], r["job"], r["origin"]) for r in rows] == [(3, "a", "manual"),
+                                                                (1, "a", "schedule")]
+    assert json.loads(migrated.ok("tasks", "list", "--status", "running", "--json")) == []
+    assert len(json.loads(migrated.ok("tasks", "list", "--limit", "1", "--json"))) == 1
+    assert sorted(rows[0]) == sorted([
+        "id", "job", "job_id", "status", "origin", "scheduled_for", "due_at", "attempt",
+        "recovered_count", "created_at", "started_at", "finished_at", "exit_code", "error",
+        "worker"])
+
+    shown = json.loads(migrated.ok("tasks", "show", "3", "--json"))
+    assert shown["output"] is None and shown["status"] == "created"
+    text = migrated.ok("tasks", "show", "3")
+    assert text.splitlines()[:3] == ["id              3", "job             a",
+                                     "status          created"]
+    assert text.endswith("output:         (none)\n")
+
+
+def test_show_output_and_error(migrated):
+    migrated.ok("jobs", "add", "a", "--command", "true", "--every", "1h")
+    Task.update(status="failed", error="exit status 2", output="line 1\nline 2\n",
+                exit_code=2, finished_at=utcnow()).where(Task.id == 1).execute()
+    text = migrated.ok("tasks", "show", "1")
+    assert text.endswith("error:\nexit status 2\noutput:\nline 1\nline 2\n")
+    assert "exit_code       2\n" in text
+    listing = migrated.ok("tasks", "list").splitlines()
+    assert listing[1].split()[:3] == ["1", "a", "failed"]
+    assert listing[1].endswith("exit status 2")
+
+
+def test_unknown_task_and_job(migrated):
+    result = migrated("tasks", "show", "42")
+    assert (result.exit_code, result.stderr) == (1, "Error: no task with id 42\n")
+    result = migrated("tasks", "list", "--job", "ghost")
+    assert (result.exit_code, result.stderr) == (
+        1, 'Error: no job named "ghost" (see `edgeworker jobs list`)\n')
+    result = migrated("tasks", "list", "--status", "lost")
+    assert result.exit_code == 2
+    assert "Invalid value for '--status'" in result.stderr
+
+
+def test_times_are_stored_as_fixed_width_utc_text(migrated):
+    migrated.ok("jobs", "add", "a", "--command", "true", "--every", "1h")
+    row = migrated.ok("tasks", "show", "1", "--json")
+    scheduled = json.loads(row)["scheduled_for"]
+    assert len(scheduled) == 27 and scheduled.endswith("Z")
+    assert from_text(scheduled).minute == 0 and from_text(scheduled).second == 0

@@ -1,0 +1,185 @@
+from pathlib import Path
+
+import pytest
+
+from edgeworker.config import format_duration, load_config, parse_config, parse_duration
+from edgeworker.errors import ConfigError
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("500ms", 0.5), ("30s", 30), ("5m", 300), ("1h30m", 5400), ("7d", 604800),
+    ("1.5s", 1.5), ("2h 15m", 8100), ("0s", 0),
+])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "30", "30x", "s", "1h30", "m5", "-5s", "5 minutes"])
+def test_bad_durations_say_what_is_allowed(text):
+    with pytest.raises(ValueError, match="a duration such as 500ms, 30s, 5m, 1h30m or 7d"):
+        parse_duration(text)
+
+
+def test_format_duration_round_trips():
+    for text in ("500ms", "30s", "5m", "1h30m", "7d", "1d2h3m4s"):
+        assert format_duration(parse_duration(text)) == text
+
+
+FULL = '''
+[worker]
+database = "data/ew.db"
+workers = 3
+durability = "normal"
+shutdown_timeout = "1m"
+retention = "forever"
+python_path = ["lib", "/opt/jobs"]
+log_format = "json"
+
+[metrics]
+textfile = "/var/lib/node_exporter/edgeworker.prom"
+
+[[jobs]]
+name = "backup"
+command = ["tar", "czf", "/tmp/b.tgz", "/etc"]
+every = "1h"
+timeout = "10m"
+max_attempts = 3
+retry_delay = "30s"
+catch_up = "once"
+jitter = "5m"
+env = { LANG = "C" }
+cwd = "/tmp"
+
+[[jobs]]
+name = "report"
+callable = "reports.daily:run"
+cron = "0 2 * * *"
+timezone = "Europe/Berlin"
+catch_up = "all"
+catch_up_limit = 3
+enabled = false
+
+[[jobs]]
+name = "pipe"
+command = "dmesg | tail -n 5"
+shell = true
+every = "30s"
+'''
+
+
+def test_full_config(tmp_path: Path):
+    path = tmp_path / "ew.toml"
+    path.write_text(FULL)
+    config = load_config(path)
+    assert config.worker.database == tmp_path / "data/ew.db"
+    assert config.worker.workers == 3
+    assert config.worker.durability == "normal"
+    assert config.worker.shutdown_timeout == 60
+    assert config.worker.retention is None
+    assert config.worker.python_path == (tmp_path / "lib", Path("/opt/jobs"))
+    assert config.metrics.textfile == Path("/var/lib/node_exporter/edgeworker.prom")
+    backup, report, pipe = config.jobs
+    assert (backup.kind, backup.target, backup.every) == ("command", "tar czf /tmp/b.tgz /etc",
+                                                          3600)
+    assert (backup.timeout, backup.max_attempts, backup.retry_delay) == (600, 3, 30)
+    assert (backup.catch_up, backup.jitter, backup.env, backup.cwd) == (
+        "once", 300, (("LANG", "C"),), "/tmp")
+    assert (report.kind, report.target, report.cron, report.timezone) == (
+        "callable", "reports.daily:run", "0 2 * * *", "Europe/Berlin")
+    assert (report.catch_up_limit, report.enabled) == (3, False)
+    assert (pipe.shell, pipe.target) == (True, "dmesg | tail -n 5")
+
+
+def test_defaults_without_a_file():
+    config = load_config(None)
+    assert config.jobs == ()
+    assert config.worker.durability == "full"
+    assert config.worker.database is None
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, Path("/etc/edgeworker/edgeworker.toml"))
+    return str(info.value)
+
+
+def test_toml_syntax_error_names_file_and_line():
+    assert error_of('[worker]\nworkers = 2\nbad line here\n') == (
+        "/etc/edgeworker/edgeworker.toml:3: Expected '=' after a key in a key/value pair")
+
+
+def test_unknown_key_names_line_job_and_allowed_keys():
+    message = error_of('[[jobs]]\nname = "a"\ncommand = "true"\nevery = "1s"\ncomand = "x"\n')
+    assert message.startswith('/etc/edgeworker/edgeworker.toml:5: job "a": comand: unknown key;'
+                              ' allowed: callable, catch_up,')
+
+
+def test_unknown_worker_key():
+    assert error_of('[worker]\n\nworkrs = 2\n').startswith(
+        "/etc/edgeworker/edgeworker.toml:3: [worker] workrs: unknown key; allowed:")
+
+
+def test_unknown_table():
+    assert error_of("[job]\nname = 1\n") == (
+        "/etc/edgeworker/edgeworker.toml: unknown table or key 'job'; allowed: [worker], "
+        "[metrics], [[jobs]]")
+
+
+@pytest.mark.parametrize("body, expected", [
+    ('every = "30x"', 'job "a": every: \'30x\' is not a duration such as 500ms, 30s, 5m, 1h30m '
+                      'or 7d'),
+    ("every = 30", 'job "a": every: 30 is not a duration such as 500ms, 30s, 5m, 1h30m or 7d '
+                   "(give it as a string with a unit)"),
+    ('cron = "* * *"', "job \"a\": cron: '* * *' is not a 5-field cron expression (minute hour "
+                       'day-of-month month day-of-week, e.g. "*/5 * * * *")'),
+    ('cron = "61 * * * *"', "job \"a\": cron: '61 * * * *' is not a valid cron expression"),
+    ('cron = "0 * * * *"\ntimezone = "Mars/Olympus"',
+     "job \"a\": timezone: 'Mars/Olympus' is not a known time zone"),
+    ('every = "1m"\nmax_attempts = 0', 'job "a": max_attempts: 0 is not a whole number from 1 '
+                                       "to 1000"),
+    ('every = "1m"\ncatch_up = "most"', "job \"a\": catch_up: 'most' is not one of: skip, once, "
+                                        "all"),
+    ('every = "1m"\ncron = "* * * * *"', 'job "a": give exactly one schedule'),
+    ('every = "50ms"', 'job "a": every: must be at least 100ms'),
+])
+def test_job_value_errors(body, expected):
+    message = error_of(f'[[jobs]]\nname = "a"\ncommand = "true"\n{body}\n')
+    assert expected in message
+    assert message.startswith("/etc/edgeworker/edgeworker.toml:")
+
+
+def test_missing_schedule_and_target():
+    assert error_of('[[jobs]]\nname = "a"\ncommand = "true"\n') == (
+        '/etc/edgeworker/edgeworker.toml:1: job "a": give exactly one schedule: \'every\' '
+        '(e.g. "30s") or \'cron\' (e.g. "*/5 * * * *")')
+    assert "give exactly one of 'command'" in error_of('[[jobs]]\nname = "a"\nevery = "1s"\n')
+
+
+def test_second_job_error_points_at_its_line():
+    text = ('[[jobs]]\nname = "a"\ncommand = "true"\nevery = "1s"\n\n'
+            '[[jobs]]\nname = "b"\ncommand = "true"\nevery = "soon"\n')
+    assert error_of(text).startswith('/etc/edgeworker/edgeworker.toml:9: job "b": every:')
+
+
+def test_duplicate_job_names():
+    text = '[[jobs]]\nname = "a"\ncommand = "true"\nevery = "1s"\n' * 2
+    assert 'job "a" is defined twice (jobs #1 and #2)' in error_of(text)
+
+
+def test_bad_job_name_and_unsplittable_command():
+    assert "is not a valid job name" in error_of(
+        '[[jobs]]\nname = "a b"\ncommand = "true"\nevery = "1s"\n')
+    assert "cannot split" in error_of(
+        "[[jobs]]\nname = \"a\"\ncommand = \"echo 'unclosed\"\nevery = \"1s\"\n")
+
+
+def test_shell_needs_a_string_and_a_command():
+    assert "shell = true needs 'command' as one string" in error_of(
+        '[[jobs]]\nname = "a"\ncommand = ["a", "b"]\nshell = true\nevery = "1s"\n')
+    assert "only applies to 'command' jobs" in error_of(
+        '[[jobs]]\nname = "a"\ncallable = "m:f"\nshell = true\nevery = "1s"\n')
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match=r"^/nonexistent/x.toml: config file not found$"):
+        load_config(Path("/nonexistent/x.toml"))

@@ -1,0 +1,89 @@
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+
+import peewee
+import pytest
+
+from edgeworker.db import WorkerLock, open_database, worker_pid
+from edgeworker.errors import DatabaseError, WorkerRunning
+
+
+def pragma(database, name):
+    return database.execute_sql(f"PRAGMA {name}").fetchone()[0]
+
+
+def test_new_database_is_private_wal_and_fully_synchronous(tmp_path):
+    database = open_database(tmp_path / "ew.db", create=True, busy_timeout=7)
+    mode = stat.S_IMODE(os.stat(tmp_path / "ew.db").st_mode)
+    assert mode == 0o600
+    assert pragma(database, "journal_mode") == "wal"
+    assert pragma(database, "synchronous") == 2  # FULL
+    assert pragma(database, "busy_timeout") == 7000
+    assert pragma(database, "foreign_keys") == 1
+
+
+def test_normal_durability_is_opt_in(tmp_path):
+    database = open_database(tmp_path / "ew.db", create=True, durability="normal")
+    assert pragma(database, "synchronous") == 1  # NORMAL
+
+
+def test_writes_take_the_write_lock_at_begin(tmp_path):
+    database = open_database(tmp_path / "ew.db", create=True)
+    database.execute_sql("CREATE TABLE t (x)")
+    with database.atomic():
+        # BEGIN IMMEDIATE: another connection cannot start writing now
+        other = open_database(tmp_path / "ew.db", busy_timeout=0)
+        with pytest.raises(peewee.OperationalError, match="locked"):
+            other.execute_sql("BEGIN IMMEDIATE")
+
+
+def test_missing_database_is_not_created_by_accident(tmp_path):
+    with pytest.raises(DatabaseError, match="no database here; create it with `edgeworker "
+                                            "migrate`"):
+        open_database(tmp_path / "ew.db")
+    assert not (tmp_path / "ew.db").exists()
+
+
+def test_not_a_database_is_left_untouched(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"shopping list\n" * 100)
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(DatabaseError, match="not an SQLite database"):
+        open_database(path)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_corrupt_database_is_a_clear_error(tmp_path):
+    path = tmp_path / "ew.db"
+    database = open_database(path, create=True)
+    database.execute_sql("CREATE TABLE t (x)")
+    database.close()
+    data = bytearray(path.read_bytes())
+    data[100:4096] = b"\xff" * (4096 - 100)  # wreck the schema page, keep the header
+    path.write_bytes(bytes(data))
+    with pytest.raises(DatabaseError, match="database file is corrupt"):
+        open_database(path)
+
+
+def test_worker_lock_is_exclusive_across_processes(tmp_path):
+    db_path = tmp_path / "ew.db"
+    assert worker_pid(db_path) is None
+    code = ("import sys, time; from edgeworker.db import WorkerLock; "
+            "WorkerLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(db_path)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert worker_pid(db_path) == holder.pid
+        with pytest.raises(WorkerRunning, match=rf"another worker \(pid {holder.pid}\) is running"):
+            WorkerLock(db_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert worker_pid(db_path) is None
+    with WorkerLock(db_path):
+        assert worker_pid(db_path) == os.getpid()

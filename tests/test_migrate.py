@@ -1,0 +1,157 @@
+import peewee
+import pytest
+
+from edgeworker import migrate
+from edgeworker.db import open_database
+from edgeworker.errors import MigrationError
+
+
+def write(directory, name, sql):
+    (directory / name).write_text(sql)
+
+
+@pytest.fixture
+def fresh(tmp_path):
+    return open_database(tmp_path / "ew.db", create=True)
+
+
+def table_sql(database, name):
+    return database.execute_sql("SELECT sql FROM sqlite_master WHERE name = ?",
+                                (name,)).fetchone()[0]
+
+
+def test_versions_sort_numerically(tmp_path):
+    for name in ("2_b.sql", "10_c.sql", "1_a.sql"):
+        write(tmp_path, name, "SELECT 1;")
+    assert [m.version for m in migrate.discover(tmp_path)] == [1, 2, 10]
+
+
+def test_duplicate_version_is_an_error(tmp_path):
+    write(tmp_path, "001_a.sql", "SELECT 1;")
+    write(tmp_path, "1_b.sql", "SELECT 1;")
+    with pytest.raises(MigrationError, match="two migrations have version 1"):
+        migrate.discover(tmp_path)
+
+
+def test_statements_split_without_executescript():
+    sql = ("-- a comment\nCREATE TABLE t (x TEXT DEFAULT ';');\n"
+           "CREATE TRIGGER tr AFTER INSERT ON t BEGIN UPDATE t SET x = 'a;b'; END;\n"
+           "-- trailing comment\n")
+    statements = migrate.split_statements(sql)
+    assert len(statements) == 2
+    assert statements[1].endswith("END;")
+
+
+def test_failing_migration_leaves_database_and_history_unchanged(tmp_path, fresh):
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    write(mdir, "001_ok.sql", "CREATE TABLE a (x);\nINSERT INTO a VALUES (1);\n")
+    write(mdir, "002_bad.sql", "CREATE TABLE b (x);\nINSERT INTO a VALUES (2);\nINSERT INTO nope "
+                               "VALUES (3);\n")
+    todo = migrate.plan(fresh, migrate.discover(mdir))
+    with pytest.raises(MigrationError, match=r"migration 002_bad.sql failed, nothing of it was "
+                                             r"applied: no such table: nope"):
+        migrate.apply(fresh, todo)
+    assert fresh.execute_sql("SELECT x FROM a").fetchall() == [(1,)]
+    assert not fresh.table_exists("b")
+    assert migrate.applied(fresh).keys() == {1}
+
+
+def test_failing_first_migration_leaves_no_history_table(tmp_path, fresh):
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    write(mdir, "001_bad.sql", "CREATE TABLE a (x);\nSELECT * FROM nope;\n")
+    with pytest.raises(MigrationError):
+        migrate.apply(fresh, migrate.plan(fresh, migrate.discover(mdir)))
+    assert fresh.get_tables() == []
+
+
+def test_changed_applied_migration_is_an_error(tmp_path, fresh):
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    write(mdir, "001_a.sql", "CREATE TABLE a (x);\n")
+    migrate.apply(fresh, migrate.plan(fresh, migrate.discover(mdir)))
+    write(mdir, "001_a.sql", "CREATE TABLE a (x, y);\n")
+    with pytest.raises(MigrationError, match="migration 001_a.sql changed after it was applied"):
+        migrate.plan(fresh, migrate.discover(mdir))
+
+
+def test_newer_schema_is_an_error(tmp_path, fresh):
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    write(mdir, "001_a.sql", "CREATE TABLE a (x);\n")
+    write(mdir, "002_b.sql", "CREATE TABLE b (x);\n")
+    migrate.apply(fresh, migrate.plan(fresh, migrate.discover(mdir)))
+    (mdir / "002_b.sql").unlink()
+    with pytest.raises(MigrationError, match=r"schema is at version 2, newer than this edgeworker"
+                                             r" knows \(1\); upgrade edgeworker"):
+        migrate.plan(fresh, migrate.discover(mdir))
+
+
+def test_target_version(fresh):
+    todo = migrate.plan(fresh, migrate.discover(), target=3)
+    assert [m.label for m in todo] == ["001_create_jobs", "002_create_tasks",
+                                       "003_remove_current_task_id_from_jobs"]
+
+
+NOW = "2026-01-01T00:00:00.000000Z"
+
+
+def test_003_removes_current_task_id_and_keeps_everything_else(fresh):
+    all_migrations = migrate.discover()
+    migrate.apply(fresh, migrate.plan(fresh, all_migrations, target=2))
+    for i in range(1, 51):
+        fresh.execute_sql(
+            "INSERT INTO jobs (id, name, kind, target, every_seconds, cron, timeout_seconds, "
+            "max_attempts, retry_delay_seconds, enabled, current_task_id, created_at, updated_at)"
+            " VALUES (?, ?, 'command', 'true', ?, ?, ?, ?, 5, ?, ?, ?, ?)",
+            (i, f"job{i}", 60.0 if i % 2 else None, None if i % 2 else "*/5 * * * *",
+             30.0 if i % 3 else None, 1 + i % 4, i % 2, i * 10, NOW, NOW))
+        for j in range(3):
+            fresh.execute_sql(
+                "INSERT INTO tasks (id, job_id, status, scheduled_for, attempt, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (i * 10 + j, i, ["succeeded", "running", "created"][j], NOW, j, NOW))
+    jobs_before = fresh.execute_sql(
+        "SELECT id, name, kind, target, every_seconds, cron, timeout_seconds, max_attempts, "
+        "retry_delay_seconds, enabled, created_at, updated_at FROM jobs ORDER BY id").fetchall()
+    tasks_before = fresh.execute_sql("SELECT * FROM tasks ORDER BY id").fetchall()
+    tasks_sql_before = table_sql(fresh, "tasks")
+
+    migrate.apply(fresh, migrate.plan(fresh, all_migrations, target=3))
+
+    columns = [c.name for c in fresh.get_columns("jobs")]
+    assert "current_task_id" not in columns
+    assert fresh.execute_sql(
+        "SELECT id, name, kind, target, every_seconds, cron, timeout_seconds, max_attempts, "
+        "retry_delay_seconds, enabled, created_at, updated_at FROM jobs ORDER BY id"
+    ).fetchall() == jobs_before
+    assert fresh.execute_sql("SELECT * FROM tasks ORDER BY id").fetchall() == tasks_before
+    assert table_sql(fresh, "tasks") == tasks_sql_before
+    assert {i.name for i in fresh.get_indexes("tasks")} == {"tasks_job_id", "tasks_unfinished"}
+    assert fresh.execute_sql("PRAGMA foreign_key_check").fetchall() == []
+    assert fresh.execute_sql("PRAGMA integrity_check").fetchone() == ("ok",)
+    # constraints survive the rebuild: unique names, checks, foreign keys from tasks
+    with pytest.raises(peewee.IntegrityError, match="UNIQUE"):
+        fresh.execute_sql("INSERT INTO jobs (name, kind, target, every_seconds, created_at, "
+                          "updated_at) VALUES ('job1', 'command', 'x', 1, ?, ?)", (NOW, NOW))
+    with pytest.raises(peewee.IntegrityError, match="CHECK"):
+        fresh.execute_sql("INSERT INTO jobs (name, kind, target, every_seconds, cron, "
+                          "created_at, updated_at) VALUES ('z', 'command', 'x', 1, '* * * * *', "
+                          "?, ?)", (NOW, NOW))
+    with pytest.raises(peewee.IntegrityError, match="FOREIGN KEY"):
+        fresh.execute_sql("INSERT INTO tasks (job_id, scheduled_for, created_at) "
+                          "VALUES (999, ?, ?)", (NOW, NOW))
+    fresh.execute_sql("DELETE FROM jobs WHERE id = 1")
+    assert fresh.execute_sql("SELECT DISTINCT job_id FROM tasks WHERE id BETWEEN 10 AND 12"
+                             ).fetchall() == [(None,)]
+
+
+def test_003_sql_avoids_drop_column():
+    # the table-rebuild procedure, so that SQLite older than 3.35 can run it
+    sql = next(m.sql for m in migrate.discover() if m.version == 3)
+    statements = migrate.split_statements(sql)
+    assert not any("DROP COLUMN" in s.upper() for s in statements)
+    assert [s.split("(")[0].strip() for s in statements] == [
+        "CREATE TABLE jobs_new", "INSERT INTO jobs_new", "DROP TABLE jobs;",
+        "ALTER TABLE jobs_new RENAME TO jobs;"]

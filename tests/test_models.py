@@ -1,0 +1,81 @@
+import peewee
+import pytest
+
+from edgeworker.models import (
+    FINISHED,
+    TRANSITIONS,
+    UNFINISHED,
+    Job,
+    Task,
+    TaskStatus,
+    can_transition,
+)
+from edgeworker.queue import EdgeHuey
+
+
+def affinity(declared: str) -> str:
+    """SQLite's type-affinity rules (https://www.sqlite.org/datatype3.html#affname)."""
+    declared = declared.upper()
+    if "INT" in declared:
+        return "INTEGER"
+    if any(t in declared for t in ("CHAR", "CLOB", "TEXT")):
+        return "TEXT"
+    if "BLOB" in declared or not declared:
+        return "BLOB"
+    if any(t in declared for t in ("REAL", "FLOA", "DOUB")):
+        return "REAL"
+    return "NUMERIC"
+
+
+def model_columns(database, model):
+    """What peewee would declare for the model: column -> (affinity, nullable)."""
+    sql, _ = database.get_sql_context().sql(model._schema._create_table(safe=False)).query()
+    scratch = peewee.SqliteDatabase(":memory:")
+    scratch.execute_sql(sql.replace(f'"{model._meta.table_name}"', '"scratch"', 1))
+    return {c.name: (affinity(c.data_type), c.null or c.primary_key)
+            for c in scratch.get_columns("scratch")}
+
+
+def schema_columns(database, table):
+    return {c.name: (affinity(c.data_type), c.null or c.primary_key)
+            for c in database.get_columns(table)}
+
+
+@pytest.mark.parametrize("model", [Job, Task])
+def test_models_match_the_migrated_schema(database, model):
+    assert model_columns(database, model) == schema_columns(database, model._meta.table_name)
+
+
+def test_huey_models_match_the_migrated_schema(database):
+    storage = EdgeHuey(database).storage
+    for model in (storage.KV, storage.Schedule, storage.Task, storage.Counter):
+        assert model._meta.table_name.startswith("huey_")
+        assert model_columns(database, model) == schema_columns(database,
+                                                                model._meta.table_name)
+
+
+def test_every_status_has_its_transitions_written_down():
+    assert set(TRANSITIONS) == set(TaskStatus)
+    assert UNFINISHED | FINISHED == set(TaskStatus)
+    for status in FINISHED:
+        assert TRANSITIONS[status] == frozenset()
+
+
+@pytest.mark.parametrize("old, new, allowed", [
+    ("created", "running", True),
+    ("created", "cancelled", True),
+    ("created", "succeeded", False),
+    ("running", "created", True),  # retry, or reset for recovery
+    ("running", "succeeded", True),
+    ("running", "failed", True),
+    ("succeeded", "running", False),
+    ("failed", "created", False),
+])
+def test_transitions(old, new, allowed):
+    assert can_transition(TaskStatus(old), TaskStatus(new)) is allowed
+
+
+def test_task_check_constraint_rejects_unknown_status(database):
+    with pytest.raises(peewee.IntegrityError, match="CHECK"):
+        database.execute_sql("INSERT INTO tasks (status, scheduled_for, created_at) "
+                             "VALUES ('lost', 'x', 'x')")
