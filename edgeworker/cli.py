@@ -225,6 +225,87 @@ def check_config(obj: Context) -> None:
     click.echo(f"{config.path}: ok ({len(config.jobs)} jobs)")
 
 
+# -- run / recover ------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--migrate", "apply_migrations", is_flag=True,
+              help="Create the database or apply pending migrations first.")
+@click.option("--workers", type=click.IntRange(1, 64), help="Worker threads [default: config].")
+@click.option("--log-format", type=click.Choice(["text", "json"]),
+              help="Log lines on stderr [default: config, else text].")
+@pass_ctx
+def run(obj: Context, apply_migrations: bool, workers: int | None, log_format: str | None) -> None:
+    """Run the worker in the foreground (what systemd starts)."""
+    from edgeworker import logs
+    from edgeworker.daemon import Daemon
+
+    config = obj.config
+    logs.setup(log_format or config.worker.log_format,
+               "debug" if obj.debug else config.worker.log_level)
+    code = Daemon(config, obj.db_path, apply_migrations=apply_migrations, workers=workers).run()
+    raise click.exceptions.Exit(code)
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Print what recovery would do; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def recover(obj: Context, dry_run: bool, as_json: bool) -> None:
+    """Recover tasks a dead worker left behind (the worker does this at every start)."""
+    from edgeworker import recovery, report, schedule
+    from edgeworker.clock import to_text, utcnow
+    from edgeworker.db import WorkerLock, worker_pid
+
+    ledger = obj.ledger()
+    now = utcnow()
+    pid = worker_pid(obj.db_path)
+    if dry_run:
+        todo = recovery.plan(ledger, now)
+    else:
+        with WorkerLock(obj.db_path):
+            todo = recovery.recover(ledger, now)
+    job_names = report.job_names()
+    data = {
+        "dry_run": dry_run,
+        "worker_running": pid is not None,
+        "counts": todo.counts(),
+        "recover": [{"task_id": t.id, "job": job_names.get(t.job_id), "attempt": t.attempt}
+                    for t in todo.recover],
+        "requeue": [{"task_id": t.id, "job": job_names.get(t.job_id)} for t in todo.requeue],
+        "close": [{"task_id": t.id, "job": job_names.get(t.job_id), "status": status.value,
+                   "reason": reason} for t, status, reason in todo.close],
+        "schedule": [{"job": job.name,
+                      "slot": to_text(schedule.next_run(job, ledger.last_slot(job.id), now))}
+                     for job in todo.schedule] if dry_run else [
+                         {"job": job.name} for job in todo.schedule],
+    }
+
+    def render(d: dict) -> None:
+        verb = "would " if dry_run else ""
+        if d["worker_running"] and dry_run:
+            click.echo(f"note: a worker is running (pid {pid}); its running tasks are alive, and "
+                       "it recovered at its own start")
+        for item in d["recover"]:
+            click.echo(f"{verb}recover task {item['task_id']} (job {item['job']}, interrupted "
+                       f"attempt {item['attempt']})")
+        for item in d["requeue"]:
+            click.echo(f"{verb}re-enqueue task {item['task_id']} (job {item['job']}): its "
+                       "message was lost")
+        for item in d["close"]:
+            action = "fail" if item["status"] == "failed" else "cancel"
+            click.echo(f"{verb}{action} task {item['task_id']} (job {item['job'] or '-'}): "
+                       f"{item['reason']}")
+        for item in d["schedule"]:
+            when = f" for {show_time(item['slot'])}" if "slot" in item else ""
+            click.echo(f"{verb}schedule job {item['job']}{when}")
+        c = d["counts"]
+        click.echo(f"{'would have ' if dry_run else ''}recovered {c['recovered']}, re-enqueued "
+                   f"{c['requeued']}, failed {c['failed']}, cancelled {c['cancelled']}, "
+                   f"scheduled {c['scheduled']}")
+
+    emit(data, as_json, render)
+
+
 # -- status -------------------------------------------------------------------------------------
 
 @cli.command()
@@ -234,6 +315,7 @@ def status(obj: Context, as_json: bool) -> None:
     """What ran, what runs next, what was recovered."""
     from edgeworker import report
     from edgeworker.db import worker_pid
+    from edgeworker.recovery import last_recovery
 
     ledger = obj.ledger()
     pid = worker_pid(obj.db_path)
@@ -242,6 +324,7 @@ def status(obj: Context, as_json: bool) -> None:
         "durability": obj.config.worker.durability,
         "worker": {"running": pid is not None, "pid": pid if pid and pid > 0 else None},
         "queue": report.queue_depth(ledger.huey),
+        "last_recovery": last_recovery(),
         "jobs": report.jobs(with_counts=True),
     }
 
@@ -251,6 +334,14 @@ def status(obj: Context, as_json: bool) -> None:
         click.echo(f"database  {d['database']} (durability {d['durability']})")
         click.echo(f"worker    {worker}")
         click.echo(f"queue     {d['queue']['ready']} ready, {d['queue']['scheduled']} scheduled")
+        rec = d["last_recovery"]
+        if rec:
+            click.echo(f"recovery  {show_time(rec['at'])}: recovered {rec['recovered']}, "
+                       f"re-enqueued {rec['requeued']}, failed {rec['failed']}, "
+                       f"cancelled {rec['cancelled']}, scheduled {rec['scheduled']} "
+                       f"({rec['duration_ms']:g} ms)")
+        else:
+            click.echo("recovery  none yet (no worker has started)")
         if not d["jobs"]:
             click.echo("no jobs")
             return
@@ -502,6 +593,49 @@ def tasks_show(obj: Context, task_id: int, as_json: bool) -> None:
             click.echo(t["output"].rstrip("\n"))
 
     emit(data, as_json, render)
+
+
+@tasks.command("retry")
+@click.argument("task_id", type=int)
+@pass_ctx
+def tasks_retry(obj: Context, task_id: int) -> None:
+    """Run a failed or cancelled task's job again, for the same slot."""
+    from edgeworker.clock import utcnow
+    from edgeworker.errors import Conflict, NotFound
+    from edgeworker.models import Task
+
+    ledger = obj.ledger()
+    task = Task.get_or_none(Task.id == task_id)
+    if task is None:
+        raise NotFound(f"no task with id {task_id}")
+    if task.status not in ("failed", "cancelled"):
+        raise Conflict(f"task {task_id} is {task.status}; only failed or cancelled tasks can be "
+                       "retried")
+    try:
+        new = ledger.retry(task, utcnow())
+    except ValueError as exc:
+        raise Conflict(str(exc)) from None
+    click.echo(f"queued task {new.id} to retry task {task_id}")
+
+
+@tasks.command("prune")
+@click.option("--older-than", required=True, metavar="DURATION",
+              help="Delete finished tasks that finished longer ago than this, e.g. 7d.")
+@pass_ctx
+def tasks_prune(obj: Context, older_than: str) -> None:
+    """Delete old finished tasks (the worker also does this, per `retention`)."""
+    from datetime import timedelta
+
+    from edgeworker.clock import utcnow
+    from edgeworker.config import parse_duration
+
+    try:
+        age = parse_duration(older_than)
+    except ValueError as exc:
+        raise ConfigError(f"--older-than: {exc}") from None
+    before = utcnow() - timedelta(seconds=age)
+    count = obj.ledger().prune(before)
+    click.echo(f"pruned {count} finished task(s) older than {older_than}")
 
 
 def main() -> None:

@@ -224,14 +224,28 @@ class Ledger:
         return (Task.update(status=S.CANCELLED, finished_at=now, error=reason)
                 .where((Task.job == job_id) & (Task.status == S.CREATED)).execute())
 
-    def enqueue_recovery(self, task: Task) -> None:
-        """Queue the recovery of a task a dead worker left running; the row stays `running`
-        until the worker resets and claims it."""
-        self.huey.put(IntervalJobArgs(task.job_id, task.id, recovering_attempt=task.attempt))
+    def enqueue_recoveries(self, tasks: list[Task]) -> None:
+        """Queue the recovery of tasks a dead worker left running. Each row stays `running` until
+        a worker resets and claims it (so a crash in between loses nothing)."""
+        self.huey.put_many([(IntervalJobArgs(t.job_id, t.id, recovering_attempt=t.attempt), None)
+                            for t in tasks])
 
-    def requeue(self, task: Task) -> None:
-        """Give a `created` task whose message was lost (taken just before a crash) a new one."""
-        self.huey.put(IntervalJobArgs(task.job_id, task.id), task.due_at)
+    def requeue(self, tasks: list[Task]) -> None:
+        """Give `created` tasks whose message was lost (taken just before a crash) a new one."""
+        self.huey.put_many([(IntervalJobArgs(t.job_id, t.id), t.due_at) for t in tasks])
+
+    def close_many(self, closures: list[tuple[Task, TaskStatus, str]], now: datetime) -> int:
+        """created/running -> failed/cancelled for many tasks, grouped into a few UPDATEs."""
+        groups: dict[tuple[TaskStatus, str], list[int]] = {}
+        for task, status, reason in closures:
+            groups.setdefault((status, reason), []).append(task.id)
+        changed = 0
+        for (status, reason), ids in groups.items():
+            for chunk in peewee.chunked(ids, 500):
+                changed += (Task.update(status=status, finished_at=now, error=reason)
+                            .where(Task.id.in_(chunk) & Task.status.in_(list(UNFINISHED)))
+                            .execute())
+        return changed
 
     def prune(self, before: datetime, batch: int = 5000) -> int:
         """Delete finished tasks that finished before `before`; returns how many."""

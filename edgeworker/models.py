@@ -1,4 +1,5 @@
-"""The peewee models `Job` (table `jobs`) and `Task` (table `tasks`), and the task states.
+"""The peewee models `Job` (table `jobs`), `Task` (table `tasks`) and `Recovery` (table
+`recoveries`, one row per start-up recovery), and the task states.
 
 The tables are created by the SQL migrations; these models only describe them (a test checks that
 the two agree). Only `edgeworker.ledger` changes a task's status, following `TRANSITIONS`.
@@ -129,3 +130,19 @@ class Task(BaseModel):
     @property
     def state(self) -> TaskStatus:
         return TaskStatus(self.status)
+
+
+class Recovery(BaseModel):
+    """One start-up recovery: what it found and did."""
+
+    started_at = UtcDateTimeField()
+    duration_ms = peewee.FloatField()
+    worker = peewee.TextField()
+    recovered = peewee.IntegerField()
+    requeued = peewee.IntegerField()
+    failed = peewee.IntegerField()
+    cancelled = peewee.IntegerField()
+    scheduled = peewee.IntegerField()
+
+    class Meta:
+        table_name = "recoveries"

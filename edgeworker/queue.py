@@ -120,7 +120,7 @@ class EdgeStorage(SqlStorage):
     def next_due(self) -> datetime | None:
         """When the earliest scheduled message falls due (aware UTC), or None."""
         value = self.schedule(peewee.fn.MIN(self.Schedule.timestamp)).scalar()
-        return None if value is None else datetime.fromtimestamp(value / 1000, UTC)
+        return None if value is None else value.replace(tzinfo=UTC)  # naive UTC from the field
 
     def all_messages(self) -> list[bytes]:
         rows = list(self.tasks(self.Task.data).tuples()) + list(
@@ -134,22 +134,25 @@ Claim = Callable[[IntervalJobArgs, datetime], object | None]
 class EdgeHuey(Huey):
     """huey bound to our database, with one task type: run a job (the seed's interval job)."""
 
-    def __init__(self, database: peewee.SqliteDatabase,
-                 handler: Callable[[IntervalJobArgs, object], None] | None = None,
-                 claim: Claim | None = None):
+    def __init__(self, database: peewee.SqliteDatabase):
         super().__init__(QUEUE_NAME, results=False, utc=True, serializer=JsonSerializer(),
                          storage_class=EdgeStorage, database=database)
         self._registry = FixedNameRegistry()
         self.database = database
-        self.claim = claim
+        # Set by the worker process (`bind`); a CLI process only enqueues.
+        self.claim: Claim | None = None
+        self.handler: Callable[[IntervalJobArgs, object], None] | None = None
 
         @self.task(name=TASK_NAME, context=True)
         def run_job(payload: dict, task=None):
-            if handler is None:
+            if self.handler is None:
                 raise RuntimeError("this process only enqueues runs; it does not execute them")
-            return handler(IntervalJobArgs.from_payload(payload), task.claimed)
+            return self.handler(IntervalJobArgs.from_payload(payload), task.claimed)
 
         self.run_job = run_job
+
+    def bind(self, claim: Claim, handler: Callable[[IntervalJobArgs, object], None]) -> None:
+        self.claim, self.handler = claim, handler
 
     def put(self, args: IntervalJobArgs, eta: datetime | None = None) -> None:
         """Queue a run; call inside the transaction that writes its task row."""
@@ -159,6 +162,23 @@ class EdgeHuey(Huey):
             self.add_schedule(task)
         else:
             self.enqueue(task)
+
+    def put_many(self, runs: list[tuple[IntervalJobArgs, datetime | None]]) -> None:
+        """Queue many runs with two multi-row INSERTs (start-up recovery of thousands of tasks)."""
+        now = utcnow()
+        ready, scheduled = [], []
+        for args, eta in runs:
+            task = self.run_job.s(args.payload())
+            if eta is not None and eta > now:
+                task.eta = eta.astimezone(UTC).replace(tzinfo=None)
+                scheduled.append({"queue": self.name, "data": self.serialize_task(task),
+                                  "timestamp": task.eta})
+            else:
+                ready.append({"queue": self.name, "data": self.serialize_task(task),
+                              "priority": 0})
+        for model, rows in ((self.storage.Task, ready), (self.storage.Schedule, scheduled)):
+            for chunk in peewee.chunked(rows, 500):
+                model.insert_many(chunk).execute()
 
     def payloads(self) -> list[IntervalJobArgs]:
         """Every queued or scheduled run (for recovery: which task rows have a message)."""
@@ -187,7 +207,14 @@ class EdgeHuey(Huey):
                 except Exception:
                     logger.error("dropped an unreadable queue message: %r", data[:80])
                     continue
-                task.claimed = self.claim(args, now) if self.claim else None
+                try:
+                    with self.database.atomic():  # a savepoint: a failed claim changes nothing
+                        task.claimed = self.claim(args, now) if self.claim else None
+                except peewee.DatabaseError:
+                    raise  # the transaction is broken: roll back, keep the message
+                except Exception:
+                    logger.exception("dropped a message whose claim failed: %s", args)
+                    continue
                 if task.claimed is not None:
                     return task
             # the claim was refused: the message is dropped (committed above); try the next one

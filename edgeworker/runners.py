@@ -39,6 +39,22 @@ PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_FDS", "
                "LISTEN_FDNAMES")
 
 
+_groups: set[int] = set()  # process groups of running commands, for a forced stop
+_groups_lock = threading.Lock()
+
+
+def kill_all_commands() -> int:
+    """SIGKILL the process group of every running command (a forced stop of the worker)."""
+    with _groups_lock:
+        groups = list(_groups)
+    for pgid in groups:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(groups)
+
+
 class Interrupted(Exception):
     """The worker is shutting down and stopped this run: its outcome is not recorded."""
 
@@ -163,6 +179,17 @@ def run_command(target: str, shell: bool, env: dict[str, str], cwd: str | None,
     except OSError as exc:
         return Result(False, None, f"cannot start {argv[0]}: {exc}", "")
 
+    with _groups_lock:
+        _groups.add(proc.pid)
+    try:
+        return _supervise(proc, timeout, abort, grace)
+    finally:
+        with _groups_lock:
+            _groups.discard(proc.pid)
+
+
+def _supervise(proc: subprocess.Popen, timeout: float | None, abort: Abort | None,
+               grace: float) -> Result:
     tail = Tail()
     deadline = None if timeout is None else time.monotonic() + timeout
     timed_out = interrupted = False
@@ -311,6 +338,8 @@ def _raise_in_thread(thread_id: int, exc: type[BaseException] | None) -> None:
 def run_callable(fn: Callable, ctx: TaskContext, timeout: float | None) -> Result:
     tail = Tail()
     handler = _TailHandler(tail)
+    if ctx.logger.level == logging.NOTSET:
+        ctx.logger.setLevel(logging.INFO)  # a task's info lines belong in its output
     ctx.logger.addHandler(handler)
     thread_id = threading.get_ident()
     guard = threading.Lock()

@@ -14,13 +14,10 @@ Catch-up decides what happens to slots missed while the worker was down (or busy
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import cache
 from typing import Protocol
-
-from edgeworker.clock import from_timestamp
 
 
 class ScheduleSpec(Protocol):
@@ -57,11 +54,27 @@ def _zone(job: ScheduleSpec) -> tzinfo:
     return ZoneInfo(job.timezone) if job.timezone else local_zone()
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _micros(moment: datetime) -> int:
+    # Integer microseconds: float division would sometimes put a slot before itself.
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _interval(job: ScheduleSpec) -> int:
+    return max(1, round(job.every_seconds * 1_000_000))
+
+
+def _slot(k: int, every: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=k * every)
+
+
 def next_slot(job: ScheduleSpec, after: datetime) -> datetime:
     """The first slot strictly after `after`."""
     if job.every_seconds is not None:
-        k = math.floor(after.timestamp() / job.every_seconds) + 1
-        return from_timestamp(k * job.every_seconds)
+        every = _interval(job)
+        return _slot(_micros(after) // every + 1, every)
     from croniter import croniter
 
     return croniter(job.cron, after.astimezone(_zone(job))).get_next(datetime).astimezone(UTC)
@@ -72,10 +85,11 @@ def recent_slots(job: ScheduleSpec, after: datetime, now: datetime, limit: int) 
     if limit <= 0 or now <= after:
         return []
     if job.every_seconds is not None:
-        first = math.floor(after.timestamp() / job.every_seconds) + 1
-        last = math.floor(now.timestamp() / job.every_seconds)
+        every = _interval(job)
+        first = _micros(after) // every + 1
+        last = _micros(now) // every
         first = max(first, last - limit + 1)
-        return [from_timestamp(k * job.every_seconds) for k in range(first, last + 1)]
+        return [_slot(k, every) for k in range(first, last + 1)]
     from croniter import croniter
 
     # Walk back from `now`: O(limit) even after a month offline with a per-minute job.

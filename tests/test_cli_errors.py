@@ -7,7 +7,10 @@ import sqlite3
 
 import pytest
 
+from edgeworker import migrate
 from edgeworker.cli import cli
+
+LATEST = migrate.discover()[-1].version
 
 
 def digest(path):
@@ -46,7 +49,7 @@ def test_newer_schema(migrated):
     result = migrated("jobs", "list")
     assert result.exit_code == 1
     assert result.stderr == (f"Error: {migrated.db}: database schema is at version 999, newer "
-                             "than this edgeworker knows (6); upgrade edgeworker\n")
+                             f"than this edgeworker knows ({LATEST}); upgrade edgeworker\n")
 
 
 def test_bad_toml_line(run_cli, tmp_path):

@@ -1,0 +1,287 @@
+"""`edgeworker run`: the worker process.
+
+Start-up, in this order: take the single-instance lock -> open the database and check (or apply,
+with --migrate) its migrations -> import every callable -> sync the config's jobs -> recovery, once,
+before any work is taken -> huey's consumer on the main thread, with `workers` threads.
+
+huey's consumer is kept for what it does well (threads, joining them with a shutdown timeout,
+restarting a dead one) and adapted where an edge box needs something else:
+- SIGTERM (what systemd sends) and SIGINT are both graceful: stop taking work, let running tasks
+  finish for up to `shutdown_timeout`, then stop them; a second signal stops at once. SIGHUP
+  re-reads the config file and syncs its jobs.
+- idle threads sleep until the next scheduled run is due or the database changes (inotify on the
+  WAL), instead of polling with huey's back-off (up to 10 s late, and wake-ups while idle);
+- huey's scheduler thread becomes the housekeeper: retention pruning, metrics, watchdog pings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import peewee
+from huey.consumer import BaseProcess, Consumer, Worker
+
+from edgeworker import db as dbmod
+from edgeworker import migrate, models, recovery
+from edgeworker.clock import utcnow
+from edgeworker.config import Config, load_config
+from edgeworker.errors import EdgeworkerError
+from edgeworker.jobs import sync_jobs
+from edgeworker.ledger import Ledger
+from edgeworker.models import FINISHED, Task
+from edgeworker.queue import EdgeHuey
+from edgeworker.runners import KILL_GRACE, Abort, kill_all_commands, verify_callables
+from edgeworker.wakeup import DatabaseWatch, StopPipe
+from edgeworker.worker import IntervalJobWorker
+
+logger = logging.getLogger("edgeworker.daemon")
+
+MAX_IDLE = 60.0  # an idle thread re-reads the schedule at least this often (clock jumps)
+HEALTH_CHECK_INTERVAL = 10.0
+PRUNE_INTERVAL = 3600.0
+
+
+class WorkerThread(Worker):
+    """huey's worker loop, waiting for due work instead of polling with back-off."""
+
+    def __init__(self, huey: EdgeHuey, stop_flag, daemon: Daemon):
+        super().__init__(huey, stop_flag, default_delay=0.1, max_delay=MAX_IDLE, backoff=2)
+        self.daemon = daemon
+        self.watch: DatabaseWatch | None = None
+        self.error_delay = 0.5
+
+    def initialize(self) -> None:
+        self.watch = DatabaseWatch(self.daemon.db_path, self.daemon.stop_pipe)
+
+    def loop(self, now=None) -> None:
+        try:
+            task = self.huey.dequeue()
+        except Exception as exc:
+            logger.error("cannot read the queue (%s); retrying in %.1fs", exc, self.error_delay)
+            self.watch.wait(self.error_delay)
+            self.error_delay = min(self.error_delay * 2, 30.0)
+            return
+        self.error_delay = 0.5
+        if task is not None:
+            self.huey.execute(task)
+        elif not self.stop_flag.is_set():
+            self.watch.wait(self.idle_timeout())
+
+    def idle_timeout(self) -> float:
+        try:
+            due = self.huey.storage.next_due()
+        except peewee.DatabaseError:
+            return 1.0
+        if due is None:
+            return MAX_IDLE
+        return min(MAX_IDLE, max(0.0, (due - utcnow()).total_seconds()))
+
+    def shutdown(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
+        self.huey.database.close()
+
+
+class Housekeeper(BaseProcess):
+    """Takes the place of huey's scheduler thread: work that is not a job run."""
+
+    process_name = "Housekeeper"
+
+    def __init__(self, huey: EdgeHuey, stop_flag, daemon: Daemon):
+        super().__init__(huey, stop_flag)
+        self.daemon = daemon
+        self.next_prune = time.monotonic() + 60.0
+
+    def loop(self, now=None) -> None:
+        if time.monotonic() >= self.next_prune:
+            self.next_prune = time.monotonic() + PRUNE_INTERVAL
+            try:
+                self.daemon.prune()
+            except Exception as exc:
+                logger.error("pruning old tasks failed: %s", exc)
+        self.stop_flag.wait(max(0.0, self.next_prune - time.monotonic()))
+
+    def shutdown(self) -> None:
+        self.huey.database.close()
+
+
+class EdgeConsumer(Consumer):
+    def __init__(self, huey: EdgeHuey, daemon: Daemon, workers: int, shutdown_timeout: float):
+        self.daemon = daemon
+        super().__init__(huey, workers=workers, periodic=False, shutdown_timeout=shutdown_timeout,
+                         check_worker_health=True, health_check_interval=HEALTH_CHECK_INTERVAL)
+
+    def _create_worker(self) -> WorkerThread:
+        return WorkerThread(self.huey, self.stop_flag, self.daemon)
+
+    def _create_scheduler(self) -> Housekeeper:
+        return Housekeeper(self.huey, self.stop_flag, self.daemon)
+
+    def _set_signal_handlers(self) -> None:
+        pass  # the daemon owns signals (installed before recovery, so none is missed)
+
+    def threads(self) -> list[threading.Thread]:
+        return [t for _, t in self.worker_threads] + [self.scheduler]
+
+
+class Daemon:
+    def __init__(self, config: Config, db_path: Path, *, apply_migrations: bool = False,
+                 workers: int | None = None):
+        self.config = config
+        self.db_path = Path(db_path)
+        self.apply_migrations = apply_migrations
+        self.workers = workers or config.worker.workers
+        self.stop_pipe = StopPipe()
+        self.abort = Abort()
+        self.lock: dbmod.WorkerLock | None = None
+        self.signals: list[int] = []
+        self._signal_read, self._signal_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    def start(self) -> EdgeConsumer:
+        self.install_signal_handlers()
+        self.lock = dbmod.WorkerLock(self.db_path).acquire()
+        settings = self.config.worker
+        database = dbmod.open_database(self.db_path, durability=settings.durability,
+                                       busy_timeout=settings.busy_timeout,
+                                       create=self.apply_migrations)
+        models.database.initialize(database)
+        with dbmod.translate_errors(self.db_path):
+            if self.apply_migrations:
+                for m in migrate.apply(database, migrate.plan(database, migrate.discover())):
+                    logger.info("applied migration %s", m.label)
+            migrate.ensure_current(database)
+        verify_callables(self.config)
+        self.huey = EdgeHuey(database)
+        self.ledger = Ledger(self.huey)
+        worker = IntervalJobWorker(self.ledger, self.abort, stopping=lambda: self.stop_pipe.is_set)
+        self.huey.bind(worker.claim, worker.work)
+        with dbmod.translate_errors(self.db_path):
+            if self.config.path is not None:
+                report = sync_jobs(self.ledger, self.config.jobs, utcnow())
+                logger.info("synced jobs from %s: %s", self.config.path, report.summary())
+            summary = recovery.recover(self.ledger, utcnow())
+        logger.info("%s", summary.line())
+        return EdgeConsumer(self.huey, self, self.workers, settings.shutdown_timeout)
+
+    def install_signal_handlers(self) -> None:
+        # The handlers only record the signal; the wake-up fd makes the main loop see it at once.
+        signal.set_wakeup_fd(self._signal_write, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame) -> None:
+        self.signals.append(signum)
+
+    # -- running ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        consumer = self.start()
+        consumer.start()
+        logger.info("edgeworker running: %s worker thread(s) on %s (pid %s)", self.workers,
+                    self.db_path, os.getpid())
+        next_health = time.monotonic() + HEALTH_CHECK_INTERVAL
+        while True:
+            self._wait_for_signal(next_health - time.monotonic())
+            stop = self._take_signals()
+            if stop:
+                return self.shutdown(consumer)
+            if time.monotonic() >= next_health:
+                next_health = time.monotonic() + HEALTH_CHECK_INTERVAL
+                consumer.check_worker_health()
+
+    def _wait_for_signal(self, timeout: float) -> None:
+        select.select([self._signal_read], [], [], max(0.0, timeout))
+        try:
+            while os.read(self._signal_read, 64):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _take_signals(self) -> bool:
+        pending, self.signals = self.signals, []
+        stop = False
+        for signum in pending:
+            if signum == signal.SIGHUP:
+                self.reload()
+            else:
+                logger.info("received %s: stopping (running tasks may finish for up to %gs; "
+                            "send it again to stop at once)", signal.Signals(signum).name,
+                            self.config.worker.shutdown_timeout)
+                stop = True
+        return stop
+
+    def reload(self) -> None:
+        try:
+            config = load_config(self.config.path)
+            verify_callables(config)
+            report = sync_jobs(self.ledger, config.jobs, utcnow())
+        except (EdgeworkerError, peewee.DatabaseError) as exc:
+            logger.error("reload failed, keeping the jobs as they were: %s", exc)
+            return
+        self.config = config
+        logger.info("reloaded %s: %s", config.path, report.summary())
+
+    def prune(self) -> int:
+        retention = self.config.worker.retention
+        if retention is None:
+            return 0
+        before = utcnow() - timedelta(seconds=retention)
+        # Look before deleting: a write transaction that deletes nothing still costs a lock.
+        old = (Task.select().where(Task.status.in_(list(FINISHED)) & (Task.finished_at < before))
+               .exists())
+        if not old:
+            return 0
+        count = self.ledger.prune(before)
+        logger.info("pruned %s task(s) that finished before %s", count, before.isoformat())
+        return count
+
+    # -- stopping ---------------------------------------------------------------------------
+
+    def shutdown(self, consumer: EdgeConsumer) -> int:
+        consumer.stop_flag.set()
+        self.stop_pipe.set()
+        deadline = time.monotonic() + self.config.worker.shutdown_timeout
+        if not self._join(consumer, deadline):
+            if self.signals:
+                return self._stop_now("second signal")
+            logger.warning("shutdown timeout (%gs) over: stopping the running tasks",
+                           self.config.worker.shutdown_timeout)
+            self.abort.set()
+            if not self._join(consumer, time.monotonic() + KILL_GRACE + 2):
+                return self._stop_now("tasks did not stop")
+        logger.info("edgeworker stopped")
+        self.close()
+        return 0
+
+    def _join(self, consumer: EdgeConsumer, deadline: float) -> bool:
+        """Wait for the threads until `deadline`, or until another signal arrives."""
+        while time.monotonic() < deadline:
+            alive = [t for t in consumer.threads() if t.is_alive()]
+            if not alive:
+                return True
+            self._wait_for_signal(min(0.1, deadline - time.monotonic()))
+            if any(s != signal.SIGHUP for s in self.signals):
+                return False
+        return not any(t.is_alive() for t in consumer.threads())
+
+    def _stop_now(self, why: str) -> int:
+        killed = kill_all_commands()
+        logger.warning("stopping at once (%s): killed %s running command(s); their tasks run "
+                       "again at the next start", why, killed)
+        self.close()
+        return 0
+
+    def close(self) -> None:
+        if not self.huey.database.is_closed():
+            self.huey.database.close()
+        if self.lock is not None:
+            self.lock.release()

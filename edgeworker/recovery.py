@@ -1,0 +1,146 @@
+"""Start-up recovery, the seed's protocol made exact. It runs once per start, before the consumer
+takes any work, while this process holds the single-instance lock (so every task found `running`
+belongs to a worker that is gone).
+
+1. Task recovery (`recover_running_tasks`): each `running` task is checked by `is_task_valid`.
+   A valid one gets a recovery message carrying its task id (`IntervalJobArgs(job_id, task_id)`);
+   the worker then resets the row to `created` (`recovered_count + 1`) and claims it again. An
+   invalid one ends `failed` or `cancelled`, with the reason in `tasks.error`. `created` tasks whose
+   message was lost (taken from the queue just before the crash) are queued again.
+2. Job recovery: every active job gets its one pending scheduled run, with its catch-up policy
+   applied to the slots missed while the box was down.
+
+Everything is planned first (`plan`, which `recover --dry-run` prints) and then applied in one
+transaction with multi-row writes: a crash during recovery leaves the database as it was, and
+10,000 interrupted tasks recover in well under a second.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from edgeworker import schedule
+from edgeworker.clock import to_text
+from edgeworker.ledger import Ledger
+from edgeworker.models import Job, Recovery, Task, TaskStatus
+
+S = TaskStatus
+KEEP_RECORDS = 100
+
+
+@dataclass(frozen=True)
+class Verdict:
+    valid: bool
+    status: TaskStatus | None = None  # what an invalid task becomes
+    reason: str | None = None
+
+
+VALID = Verdict(True)
+
+
+def is_task_valid(task: Task, job: Job | None, now: datetime) -> Verdict:
+    """May this unfinished task still run? Its job must exist and be active, a task a dead worker
+    was running must have attempts left, and a scheduled one must be within its job's catch-up
+    bound."""
+    if job is None:
+        return Verdict(False, S.CANCELLED, "job removed")
+    if job.paused:
+        return Verdict(False, S.CANCELLED, "job paused")
+    if not job.enabled:
+        return Verdict(False, S.CANCELLED, "job disabled")
+    if task.status == S.RUNNING and task.attempt >= job.max_attempts:
+        return Verdict(False, S.FAILED,
+                       f"interrupted on attempt {task.attempt} of {job.max_attempts} (the worker "
+                       "stopped while it ran): no attempt left")
+    if task.origin == "schedule":
+        stale = schedule.stale_reason(job, task.scheduled_for, now)
+        if stale:
+            return Verdict(False, S.CANCELLED, stale)
+    return VALID
+
+
+@dataclass
+class Plan:
+    recover: list[Task] = field(default_factory=list)  # running -> recovery message
+    requeue: list[Task] = field(default_factory=list)  # created without a message -> message
+    close: list[tuple[Task, TaskStatus, str]] = field(default_factory=list)
+    schedule: list[Job] = field(default_factory=list)  # active jobs without a pending run
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "recovered": len(self.recover),
+            "requeued": len(self.requeue),
+            "failed": sum(1 for _, status, _ in self.close if status == S.FAILED),
+            "cancelled": sum(1 for _, status, _ in self.close if status == S.CANCELLED),
+            "scheduled": len(self.schedule),
+        }
+
+    def line(self) -> str:
+        c = self.counts()
+        return (f"recovered {c['recovered']}, re-enqueued {c['requeued']}, failed {c['failed']}, "
+                f"cancelled {c['cancelled']}, scheduled {c['scheduled']}")
+
+
+def plan(ledger: Ledger, now: datetime) -> Plan:
+    """What recovery would do, changing nothing."""
+    result = Plan()
+    jobs = {job.id: job for job in Job.select()}
+    queued = ledger.huey.payloads()
+    named = {args.task_id for args in queued if args.task_id is not None}
+    recovering = {(args.task_id, args.recovering_attempt) for args in queued
+                  if args.recovering_attempt is not None}
+    will_run: set[int] = set()  # jobs with a scheduled run that stays pending
+    unfinished = Task.select().where(Task.status.in_([S.CREATED, S.RUNNING])).order_by(Task.id)
+    for task in unfinished:
+        verdict = is_task_valid(task, jobs.get(task.job_id), now)
+        if not verdict.valid:
+            result.close.append((task, verdict.status, verdict.reason))
+            continue
+        if task.origin == "schedule":
+            will_run.add(task.job_id)
+        if task.status == S.RUNNING:
+            if (task.id, task.attempt) not in recovering:  # queued by an earlier start already
+                result.recover.append(task)
+        elif task.id not in named:
+            result.requeue.append(task)
+    result.schedule = [job for job in jobs.values() if job.active and job.id not in will_run]
+    return result
+
+
+def recover_running_tasks(ledger: Ledger, todo: Plan, now: datetime) -> None:
+    ledger.enqueue_recoveries(todo.recover)
+    ledger.requeue(todo.requeue)
+    ledger.close_many(todo.close, now)
+
+
+def recover_jobs(ledger: Ledger, todo: Plan, now: datetime) -> None:
+    for job in todo.schedule:
+        ledger.schedule_next(job, ledger.last_slot(job.id), now)
+
+
+def recover(ledger: Ledger, now: datetime) -> Plan:
+    """Run the whole recovery in one transaction and record what it did."""
+    started = time.perf_counter()
+    with ledger.db.atomic():
+        todo = plan(ledger, now)
+        recover_running_tasks(ledger, todo, now)
+        recover_jobs(ledger, todo, now)
+        Recovery.create(started_at=now, duration_ms=(time.perf_counter() - started) * 1000,
+                        worker=ledger.worker, **todo.counts())
+        oldest_kept = (Recovery.select(Recovery.id).order_by(Recovery.id.desc())
+                       .offset(KEEP_RECORDS - 1).limit(1).scalar())
+        if oldest_kept:
+            Recovery.delete().where(Recovery.id < oldest_kept).execute()
+    return todo
+
+
+def last_recovery() -> dict | None:
+    record = Recovery.select().order_by(Recovery.id.desc()).first()
+    if record is None:
+        return None
+    return {"at": to_text(record.started_at), "duration_ms": round(record.duration_ms, 1),
+            "worker": record.worker, "recovered": record.recovered, "requeued": record.requeued,
+            "failed": record.failed, "cancelled": record.cancelled,
+            "scheduled": record.scheduled}

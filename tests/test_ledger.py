@@ -1,0 +1,157 @@
+"""The ledger's transitions on a real database, with an injected `now`."""
+
+from datetime import timedelta
+
+import pytest
+from waltools import reset_wal, wal_commits
+
+from edgeworker.clock import utcnow
+from edgeworker.config import JobSpec
+from edgeworker.jobs import add_job, set_paused
+from edgeworker.ledger import Ledger, Outcome
+from edgeworker.models import Job, Task
+from edgeworker.queue import EdgeHuey, IntervalJobArgs
+
+
+@pytest.fixture
+def ledger(database):
+    return Ledger(EdgeHuey(database), worker="test:1")
+
+
+def add(ledger, name="j", now=None, **options):
+    spec = JobSpec(name=name, kind="command", target="true", every=options.pop("every", 60.0),
+                   **options)
+    return add_job(ledger, spec, now or utcnow())
+
+
+def messages(ledger):
+    return sorted((a.task_id, a.recovering_attempt) for a in ledger.huey.payloads())
+
+
+def take(ledger, now=None):
+    """What a worker thread does: dequeue (which claims) in one transaction."""
+    ledger.huey.bind(ledger.claim, lambda args, run: None)
+    return ledger.huey.dequeue(now or utcnow() + timedelta(hours=2))
+
+
+def test_a_new_job_gets_one_pending_run_with_its_message(ledger):
+    job = add(ledger)
+    [task] = Task.select()
+    assert (task.job_id, task.status, task.origin, task.attempt) == (job.id, "created",
+                                                                     "schedule", 0)
+    assert messages(ledger) == [(task.id, None)]
+    assert ledger.ensure_scheduled(job, utcnow()) is None  # never a second one
+
+
+def test_claim_is_compare_and_set(ledger):
+    add(ledger)
+    ledger.huey.put(IntervalJobArgs(1, 1))  # a duplicate message for the same task
+    first = take(ledger)
+    assert first.claimed.task.status == "running" and first.claimed.task.attempt == 1
+    assert take(ledger) is None  # the duplicate is dropped, not run
+    assert Task.get_by_id(1).attempt == 1
+    assert messages(ledger) == []
+
+
+def test_dequeue_and_claim_commit_once(ledger, database):
+    add(ledger)
+    reset_wal(database)
+    take(ledger)
+    assert wal_commits(database.database) == 1
+
+
+def test_finish_records_and_schedules_the_next_run_in_one_commit(ledger, database):
+    add(ledger)
+    run = take(ledger).claimed
+    reset_wal(database)
+    now = utcnow()
+    task = ledger.finish(run, Outcome(True, 0, None, "ok\n"), now)
+    assert wal_commits(database.database) == 1
+    assert (task.status, task.exit_code, task.output) == ("succeeded", 0, "ok\n")
+    [nxt] = Task.select().where(Task.status == "created")
+    assert nxt.scheduled_for == run.task.scheduled_for + timedelta(seconds=60)
+    assert messages(ledger) == [(nxt.id, None)]
+
+
+def test_failure_with_attempts_left_goes_back_to_created_with_backoff(ledger):
+    add(ledger, max_attempts=3, retry_delay=10.0)
+    run = take(ledger).claimed
+    now = utcnow()
+    task = ledger.finish(run, Outcome(False, 1, "exit status 1", ""), now)
+    assert (task.status, task.attempt, task.error) == ("created", 1, "exit status 1")
+    assert 5 <= (task.due_at - now).total_seconds() <= 10
+    assert messages(ledger) == [(task.id, None)]
+    assert Task.select().count() == 1  # no next slot until this one is done
+    run = take(ledger).claimed
+    assert run.task.attempt == 2
+
+
+def test_last_failure_fails_and_moves_on(ledger):
+    add(ledger, max_attempts=1)
+    run = take(ledger).claimed
+    task = ledger.finish(run, Outcome(False, 2, "exit status 2", ""), utcnow())
+    assert task.status == "failed"
+    assert [t.status for t in Task.select().order_by(Task.id)] == ["failed", "created"]
+
+
+def test_recovery_message_resets_then_claims_and_a_duplicate_does_nothing(ledger):
+    add(ledger, max_attempts=3)
+    run = take(ledger).claimed  # the worker dies here: the task stays running, attempt 1
+    ledger.enqueue_recoveries([run.task])
+    ledger.enqueue_recoveries([run.task])  # e.g. a second start before the first ran it
+    again = take(ledger).claimed
+    assert again.recovered is True
+    assert (again.task.status, again.task.attempt, again.task.recovered_count) == ("running", 2,
+                                                                                  1)
+    assert take(ledger) is None
+    assert Task.get_by_id(run.task.id).recovered_count == 1
+
+
+def test_claim_cancels_the_task_of_a_paused_or_removed_job(ledger):
+    job = add(ledger)
+    ledger.run_now(job, utcnow())
+    Job.update(paused=True).where(Job.id == job.id).execute()  # behind the ledger's back
+    assert take(ledger) is None
+    assert [(t.status, t.error) for t in Task.select()] == [
+        ("cancelled", "job paused or disabled")] * 2
+    other = add(ledger, "other")
+    Job.delete().where(Job.id == other.id).execute()
+    assert take(ledger) is None
+    assert Task.select().where(Task.error == "job removed").count() == 1
+
+
+def test_one_job_never_runs_twice_at_once(ledger):
+    job = add(ledger)
+    first = take(ledger).claimed
+    ledger.run_now(job, utcnow())  # an operator's `jobs run` while the scheduled run runs
+    now = utcnow()
+    assert take(ledger, now) is None  # deferred, not dropped
+    [(task_id, _)] = messages(ledger)
+    assert Task.get_by_id(task_id).status == "created"
+    ledger.finish(first, Outcome(True, 0, None, ""), now)
+    assert take(ledger, now + timedelta(hours=3)).claimed.task.id == task_id
+
+
+def test_message_without_task_id_creates_the_row(ledger):
+    job = add(ledger)
+    ledger.huey.put(IntervalJobArgs(job.id))
+    run = take(ledger, utcnow()).claimed
+    assert (run.task.origin, run.task.status, run.task.attempt) == ("manual", "running", 1)
+
+
+def test_pause_cancels_waiting_runs_and_resume_schedules_the_next_slot(ledger):
+    job = add(ledger)
+    set_paused(ledger, job.name, True, utcnow())
+    assert [t.status for t in Task.select()] == ["cancelled"]
+    set_paused(ledger, job.name, False, utcnow())
+    assert [t.status for t in Task.select().order_by(Task.id)] == ["cancelled", "created"]
+
+
+def test_prune_deletes_only_old_finished_tasks(ledger):
+    add(ledger)
+    run = take(ledger).claimed
+    old = utcnow() - timedelta(days=10)
+    ledger.finish(run, Outcome(True, 0, None, ""), old)
+    assert ledger.prune(utcnow() - timedelta(days=7)) == 1
+    assert [t.status for t in Task.select()] == ["created"]
+    assert ledger.prune(utcnow()) == 0
