@@ -36,6 +36,7 @@ from edgeworker.errors import EdgeworkerError
 from edgeworker.jobs import sync_jobs
 from edgeworker.ledger import Ledger
 from edgeworker.models import FINISHED, Task
+from edgeworker.notify import Notifier
 from edgeworker.queue import EdgeHuey
 from edgeworker.runners import KILL_GRACE, Abort, kill_all_commands, verify_callables
 from edgeworker.wakeup import DatabaseWatch, StopPipe
@@ -46,6 +47,7 @@ logger = logging.getLogger("edgeworker.daemon")
 MAX_IDLE = 60.0  # an idle thread re-reads the schedule at least this often (clock jumps)
 HEALTH_CHECK_INTERVAL = 10.0
 PRUNE_INTERVAL = 3600.0
+STALL = MAX_IDLE + 30.0  # an idle worker thread that has not looped for this long is stuck
 
 
 class WorkerThread(Worker):
@@ -56,11 +58,14 @@ class WorkerThread(Worker):
         self.daemon = daemon
         self.watch: DatabaseWatch | None = None
         self.error_delay = 0.5
+        self.busy = False  # running a task (which may take long: not a stall)
+        self.last_loop = time.monotonic()
 
     def initialize(self) -> None:
         self.watch = DatabaseWatch(self.daemon.db_path, self.daemon.stop_pipe)
 
     def loop(self, now=None) -> None:
+        self.last_loop = time.monotonic()
         try:
             task = self.huey.dequeue()
         except Exception as exc:
@@ -70,7 +75,11 @@ class WorkerThread(Worker):
             return
         self.error_delay = 0.5
         if task is not None:
-            self.huey.execute(task)
+            self.busy = True
+            try:
+                self.huey.execute(task)
+            finally:
+                self.busy = False
         elif not self.stop_flag.is_set():
             self.watch.wait(self.idle_timeout())
 
@@ -98,6 +107,7 @@ class Housekeeper(BaseProcess):
         super().__init__(huey, stop_flag)
         self.daemon = daemon
         self.next_prune = time.monotonic() + 60.0
+        self.interval = daemon.notifier.watchdog_interval or PRUNE_INTERVAL
 
     def loop(self, now=None) -> None:
         if time.monotonic() >= self.next_prune:
@@ -106,7 +116,11 @@ class Housekeeper(BaseProcess):
                 self.daemon.prune()
             except Exception as exc:
                 logger.error("pruning old tasks failed: %s", exc)
-        self.stop_flag.wait(max(0.0, self.next_prune - time.monotonic()))
+        try:
+            self.daemon.tick()
+        except Exception as exc:
+            logger.error("housekeeping failed: %s", exc)
+        self.stop_flag.wait(max(0.0, min(self.interval, self.next_prune - time.monotonic())))
 
     def shutdown(self) -> None:
         self.huey.database.close()
@@ -143,6 +157,8 @@ class Daemon:
         self.lock: dbmod.WorkerLock | None = None
         self.signals: list[int] = []
         self._signal_read, self._signal_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.notifier = Notifier()
+        self.consumer: EdgeConsumer | None = None
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -164,13 +180,15 @@ class Daemon:
         self.ledger = Ledger(self.huey)
         worker = IntervalJobWorker(self.ledger, self.abort, stopping=lambda: self.stop_pipe.is_set)
         self.huey.bind(worker.claim, worker.work)
+        self.notifier.status("starting: syncing jobs and recovering tasks")
         with dbmod.translate_errors(self.db_path):
             if self.config.path is not None:
                 report = sync_jobs(self.ledger, self.config.jobs, utcnow())
                 logger.info("synced jobs from %s: %s", self.config.path, report.summary())
-            summary = recovery.recover(self.ledger, utcnow())
-        logger.info("%s", summary.line())
-        return EdgeConsumer(self.huey, self, self.workers, settings.shutdown_timeout)
+            self.recovery = recovery.recover(self.ledger, utcnow())
+        logger.info("%s", self.recovery.line())
+        self.consumer = EdgeConsumer(self.huey, self, self.workers, settings.shutdown_timeout)
+        return self.consumer
 
     def install_signal_handlers(self) -> None:
         # The handlers only record the signal; the wake-up fd makes the main loop see it at once.
@@ -188,6 +206,7 @@ class Daemon:
         consumer.start()
         logger.info("edgeworker running: %s worker thread(s) on %s (pid %s)", self.workers,
                     self.db_path, os.getpid())
+        self.notifier.ready(self.status_line())
         next_health = time.monotonic() + HEALTH_CHECK_INTERVAL
         while True:
             self._wait_for_signal(next_health - time.monotonic())
@@ -230,6 +249,37 @@ class Daemon:
         self.config = config
         logger.info("reloaded %s: %s", config.path, report.summary())
 
+    def status_line(self) -> str:
+        busy = sum(1 for w, _ in self.consumer.worker_threads if w.busy)
+        due = self.huey.storage.next_due()
+        nxt = f"next run {due.astimezone():%H:%M:%S}" if due else "nothing scheduled"
+        return (f"{busy}/{self.workers} threads busy, {nxt}; at start: {self.recovery.line()}")
+
+    def stalled(self) -> str | None:
+        """Why the worker is not making progress, or None. A thread running a long task is
+        progress; an idle thread that stopped looping, or due work that nobody takes, is not."""
+        now = time.monotonic()
+        idle = [w for w, _ in self.consumer.worker_threads if not w.busy]
+        for worker in idle:
+            if now - worker.last_loop > STALL:
+                return f"a worker thread has not looped for {now - worker.last_loop:.0f}s"
+        due = self.huey.storage.next_due()
+        if idle and due is not None and (utcnow() - due).total_seconds() > STALL:
+            return f"work due since {due.isoformat()} is not being taken"
+        return None
+
+    def tick(self) -> None:
+        """Housekeeping that proves progress: systemd's watchdog and status line."""
+        if not self.notifier.enabled:
+            return
+        problem = self.stalled()
+        if problem:
+            logger.error("not pinging the watchdog: %s", problem)
+            self.notifier.status(f"stalled: {problem}")
+            return
+        self.notifier.watchdog()
+        self.notifier.status(self.status_line())
+
     def prune(self) -> int:
         retention = self.config.worker.retention
         if retention is None:
@@ -247,6 +297,7 @@ class Daemon:
     # -- stopping ---------------------------------------------------------------------------
 
     def shutdown(self, consumer: EdgeConsumer) -> int:
+        self.notifier.stopping()
         consumer.stop_flag.set()
         self.stop_pipe.set()
         deadline = time.monotonic() + self.config.worker.shutdown_timeout
