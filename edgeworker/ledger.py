@@ -82,8 +82,7 @@ class Ledger:
 
     def last_slot(self, job_id: int) -> datetime | None:
         return (Task.select(peewee.fn.MAX(Task.scheduled_for))
-                .where((Task.job == job_id) & (Task.origin == "schedule")).scalar(
-                    convert=True))
+                .where((Task.job == job_id) & (Task.origin == "schedule")).scalar())
 
     def ensure_scheduled(self, job: Job, now: datetime, catch_up: bool = True) -> Task | None:
         """Give an active job its one pending scheduled run, if it has none.

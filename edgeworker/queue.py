@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import peewee
@@ -52,7 +52,12 @@ class IntervalJobArgs:
         return cls(**payload)
 
     def payload(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        body = {"job_id": self.job_id}
+        if self.task_id is not None:
+            body["task_id"] = self.task_id
+        if self.recovering_attempt is not None:
+            body["recovering_attempt"] = self.recovering_attempt
+        return body
 
 
 class JsonSerializer(Serializer):
@@ -122,6 +127,18 @@ class EdgeStorage(SqlStorage):
         value = self.schedule(peewee.fn.MIN(self.Schedule.timestamp)).scalar()
         return None if value is None else value.replace(tzinfo=UTC)  # naive UTC from the field
 
+    def add_many(self, ready: list[bytes], scheduled: list[tuple[bytes, datetime]]) -> None:
+        """Insert many messages with executemany: peewee's insert_many spends ~35 us a row
+        building SQL, which is most of the time of recovering 10,000 tasks."""
+        cursor = self.database.cursor()
+        cursor.executemany(
+            f'INSERT INTO "{self.Task._meta.table_name}" (queue, data, priority) VALUES (?, ?, 0)',
+            [(self.name, data) for data in ready])
+        stamp = self.Schedule.timestamp.db_value
+        cursor.executemany(
+            f'INSERT INTO "{self.Schedule._meta.table_name}" (queue, data, timestamp) '
+            "VALUES (?, ?, ?)", [(self.name, data, stamp(eta)) for data, eta in scheduled])
+
     def all_messages(self) -> list[bytes]:
         rows = list(self.tasks(self.Task.data).tuples()) + list(
             self.schedule(self.Schedule.data).tuples())
@@ -164,21 +181,17 @@ class EdgeHuey(Huey):
             self.enqueue(task)
 
     def put_many(self, runs: list[tuple[IntervalJobArgs, datetime | None]]) -> None:
-        """Queue many runs with two multi-row INSERTs (start-up recovery of thousands of tasks)."""
+        """Queue many runs at once (start-up recovery of thousands of tasks)."""
         now = utcnow()
         ready, scheduled = [], []
         for args, eta in runs:
             task = self.run_job.s(args.payload())
             if eta is not None and eta > now:
                 task.eta = eta.astimezone(UTC).replace(tzinfo=None)
-                scheduled.append({"queue": self.name, "data": self.serialize_task(task),
-                                  "timestamp": task.eta})
+                scheduled.append((self.serialize_task(task), task.eta))
             else:
-                ready.append({"queue": self.name, "data": self.serialize_task(task),
-                              "priority": 0})
-        for model, rows in ((self.storage.Task, ready), (self.storage.Schedule, scheduled)):
-            for chunk in peewee.chunked(rows, 500):
-                model.insert_many(chunk).execute()
+                ready.append(self.serialize_task(task))
+        self.storage.add_many(ready, scheduled)
 
     def payloads(self) -> list[IntervalJobArgs]:
         """Every queued or scheduled run (for recovery: which task rows have a message)."""

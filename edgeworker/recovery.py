@@ -92,7 +92,9 @@ def plan(ledger: Ledger, now: datetime) -> Plan:
     recovering = {(args.task_id, args.recovering_attempt) for args in queued
                   if args.recovering_attempt is not None}
     will_run: set[int] = set()  # jobs with a scheduled run that stays pending
-    unfinished = Task.select().where(Task.status.in_([S.CREATED, S.RUNNING])).order_by(Task.id)
+    unfinished = (Task.select(Task.id, Task.job, Task.status, Task.origin, Task.attempt,
+                              Task.scheduled_for, Task.due_at)
+                  .where(Task.status.in_([S.CREATED, S.RUNNING])).order_by(Task.id))
     for task in unfinished:
         verdict = is_task_valid(task, jobs.get(task.job_id), now)
         if not verdict.valid:

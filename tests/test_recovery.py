@@ -1,0 +1,168 @@
+"""Each recovery rule on a hand-made database state, with an injected `now`."""
+
+import time
+from datetime import timedelta
+
+import pytest
+from waltools import reset_wal, wal_commits
+
+from edgeworker import recovery
+from edgeworker.clock import utcnow
+from edgeworker.config import JobSpec
+from edgeworker.jobs import add_job
+from edgeworker.ledger import Ledger, Outcome
+from edgeworker.models import Job, Recovery, Task
+from edgeworker.queue import EdgeHuey
+
+
+@pytest.fixture
+def ledger(database):
+    return Ledger(EdgeHuey(database), worker="dead:1")
+
+
+def add(ledger, name="j", **options):
+    options.setdefault("every", 60.0)
+    return add_job(ledger, JobSpec(name=name, kind="command", target="true", **options), utcnow())
+
+
+def start_run(ledger, now=None):
+    """A worker takes the next message and claims it... and then dies (nothing more happens)."""
+    return claim_next(ledger, now).task
+
+
+def claim_next(ledger, now=None):
+    ledger.huey.bind(ledger.claim, lambda args, run: None)
+    return ledger.huey.dequeue(now or utcnow() + timedelta(days=1)).claimed
+
+
+def queued(ledger):
+    return sorted((a.task_id, a.recovering_attempt) for a in ledger.huey.payloads())
+
+
+def test_a_running_task_gets_a_recovery_message_and_the_worker_resets_it(ledger):
+    add(ledger, max_attempts=3, catch_up="once")
+    task = start_run(ledger)
+    plan = recovery.recover(Ledger(ledger.huey, worker="new:2"), utcnow())
+    assert plan.counts()["recovered"] == 1
+    assert Task.get_by_id(task.id).status == "running"  # unchanged until a worker takes it
+    assert (task.id, 1) in queued(ledger)
+    run = ledger.huey.dequeue(utcnow()).claimed
+    assert (run.task.id, run.recovered, run.task.attempt, run.task.recovered_count) == (
+        task.id, True, 2, 1)
+
+
+def test_no_attempt_left_fails_with_the_reason(ledger):
+    add(ledger, max_attempts=1, catch_up="once")
+    task = start_run(ledger)
+    plan = recovery.recover(ledger, utcnow())
+    assert plan.counts() == {"recovered": 0, "requeued": 0, "failed": 1, "cancelled": 0,
+                             "scheduled": 1}
+    task = Task.get_by_id(task.id)
+    assert (task.status, task.error) == ("failed", "interrupted on attempt 1 of 1 (the worker "
+                                                   "stopped while it ran): no attempt left")
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"paused": True}, "job paused"),
+    ({"enabled": False}, "job disabled"),
+    (None, "job removed"),
+])
+def test_job_gone_or_inactive_cancels(ledger, change, reason):
+    job = add(ledger, max_attempts=3)
+    task = start_run(ledger)
+    if change is None:
+        Job.delete().where(Job.id == job.id).execute()
+    else:
+        Job.update(**change).where(Job.id == job.id).execute()
+    recovery.recover(ledger, utcnow())
+    task = Task.get_by_id(task.id)
+    assert (task.status, task.error) == ("cancelled", reason)
+    assert queued(ledger) == []
+
+
+def test_superseded_slot_is_cancelled_and_the_job_moves_to_its_next_slot(ledger):
+    add(ledger, every=60.0, max_attempts=3)  # catch_up = "skip"
+    task = start_run(ledger)
+    later = task.scheduled_for + timedelta(minutes=30, seconds=10)
+    plan = recovery.recover(ledger, later)
+    assert plan.counts()["cancelled"] == 1
+    assert Task.get_by_id(task.id).error.startswith("superseded: a newer slot is already due")
+    [pending] = Task.select().where(Task.status == "created")
+    assert pending.scheduled_for == task.scheduled_for + timedelta(minutes=31)
+
+
+def test_catch_up_all_replays_missed_slots_up_to_the_limit(ledger):
+    add(ledger, every=60.0, catch_up="all", catch_up_limit=5)
+    run = claim_next(ledger)
+    task = ledger.finish(run, Outcome(True, 0, None, ""), utcnow())
+    Task.delete().where(Task.status == "created").execute()  # as if the box was off since
+    later = task.scheduled_for + timedelta(minutes=20, seconds=30)
+    recovery.recover(ledger, later)
+    [pending] = Task.select().where(Task.status == "created")
+    # the 5 most recent of the 20 missed slots, oldest first
+    assert pending.scheduled_for == task.scheduled_for + timedelta(minutes=16)
+
+
+def test_a_created_task_whose_message_was_lost_is_requeued(ledger):
+    add(ledger)
+    [task] = Task.select()
+    ledger.huey.storage.flush_schedule()  # taken from the queue, then the crash
+    plan = recovery.recover(ledger, utcnow())
+    assert plan.counts()["requeued"] == 1
+    assert queued(ledger) == [(task.id, None)]
+    assert ledger.huey.storage.schedule_size() == 1  # still waits for its slot
+    plan = recovery.recover(ledger, utcnow())
+    assert plan.counts()["requeued"] == 0  # it has its message now
+
+
+def test_an_earlier_starts_recovery_message_is_not_duplicated(ledger):
+    add(ledger, max_attempts=3, catch_up="once")
+    task = start_run(ledger)
+    recovery.recover(ledger, utcnow())
+    plan = recovery.recover(ledger, utcnow())  # the worker died again before taking it
+    assert plan.counts()["recovered"] == 0
+    assert queued(ledger).count((task.id, 1)) == 1
+
+
+def test_every_active_job_gets_exactly_one_pending_run(ledger):
+    for name in ("a", "b", "c"):
+        add(ledger, name)
+    Task.delete().execute()
+    ledger.huey.storage.flush_schedule()
+    plan = recovery.recover(ledger, utcnow())
+    assert plan.counts()["scheduled"] == 3
+    assert Task.select().where(Task.status == "created").count() == 3
+    assert recovery.recover(ledger, utcnow()).counts()["scheduled"] == 0
+
+
+def test_dry_run_plans_without_writing(ledger, database):
+    add(ledger, max_attempts=3, catch_up="once")
+    start_run(ledger)
+    reset_wal(database)
+    plan = recovery.plan(ledger, utcnow())
+    assert plan.counts()["recovered"] == 1
+    assert wal_commits(database.database) == 0
+
+
+def test_recovery_is_one_transaction_and_is_recorded(ledger, database):
+    add(ledger, max_attempts=3, catch_up="once")
+    start_run(ledger)
+    reset_wal(database)
+    recovery.recover(ledger, utcnow())
+    assert wal_commits(database.database) == 1
+    assert recovery.last_recovery()["recovered"] == 1
+    assert Recovery.select().count() == 1
+
+
+def test_ten_thousand_interrupted_tasks(ledger):
+    job = add(ledger, max_attempts=3, catch_up="once")
+    now = utcnow()
+    Task.insert_many([{"job": job.id, "status": "running", "origin": "manual",
+                       "scheduled_for": now, "due_at": now, "attempt": 1, "created_at": now,
+                       "started_at": now, "worker": "dead:1"} for _ in range(10_000)]).execute()
+    started = time.perf_counter()
+    plan = recovery.recover(ledger, now)
+    elapsed = time.perf_counter() - started
+    assert plan.counts()["recovered"] == 10_000
+    assert len(ledger.huey.payloads()) == 10_001  # and the job's scheduled run
+    print(f"recovered 10,000 tasks in {elapsed * 1000:.0f} ms")
