@@ -1,0 +1,78 @@
+"""Crash tests: SIGKILL the real worker at random moments and check that nothing was lost.
+
+`make test` runs the short version here; `make test-task-recovery` runs 200 kills."""
+
+import signal
+
+import pytest
+from torture import run_crashes
+from workerproc import WorkerProcess, wait_for
+
+
+@pytest.mark.timeout(300)
+def test_twenty_kills_lose_nothing(tmp_path):
+    figures = run_crashes(tmp_path, kills=20, seed=20261129)
+    print(figures.line())
+    assert figures.kills == 20
+    assert (figures.lost_states, figures.stuck, figures.overlaps, figures.orphans) == (0, 0, 0, 0)
+    assert figures.interrupted > 0  # some kills did land inside tasks
+
+
+@pytest.mark.timeout(120)
+def test_a_poison_task_stops_after_max_attempts(tmp_path):
+    """A task that kills its worker every time ends failed instead of crash-looping the box."""
+    config = '''
+[[jobs]]
+name = "poison"
+command = "sh -c 'echo $EDGEWORKER_ATTEMPT >> attempts; kill -9 $PPID; sleep 5'"
+every = "1d"
+max_attempts = 3
+'''
+    worker = WorkerProcess(tmp_path, config)
+    worker.cli("migrate")
+    worker.cli("jobs", "sync")
+    task_id = int(worker.cli("jobs", "run", "poison").stdout.split()[2])
+    deaths = 0
+    for _ in range(6):
+        worker.start()
+        wait_for(lambda: worker.proc.poll() is not None
+                 or worker.tasks(f"id = {task_id} AND status = 'failed'"), 60,
+                 what="the worker to die or the task to fail", log=worker.log)
+        if worker.proc.poll() is None:
+            break
+        assert worker.proc.returncode == -signal.SIGKILL
+        deaths += 1
+    [task] = worker.tasks(f"id = {task_id}")
+    assert worker.stop() == 0  # the box keeps working
+    assert deaths == 3
+    assert (tmp_path / "attempts").read_text().split() == ["1", "2", "3"]
+    assert (task["status"], task["attempt"]) == ("failed", 3)
+    assert task["error"] == ("interrupted on attempt 3 of 3 (the worker stopped while it ran): "
+                             "no attempt left")
+
+
+@pytest.mark.timeout(120)
+def test_a_recovered_task_knows_it(tmp_path):
+    config = '''
+[[jobs]]
+name = "slow"
+command = "sh -c 'echo $EDGEWORKER_ATTEMPT $EDGEWORKER_RECOVERED >> seen; sleep 2'"
+every = "1d"
+max_attempts = 2
+'''
+    with WorkerProcess(tmp_path, config) as worker:
+        worker.cli("migrate")
+        worker.cli("jobs", "sync")
+        task_id = int(worker.cli("jobs", "run", "slow").stdout.split()[2])
+        worker.start()
+        wait_for(lambda: (tmp_path / "seen").exists(), what="the first attempt", log=worker.log)
+        worker.kill()
+        worker.start()
+        worker.wait_tasks(f"id = {task_id} AND status = 'succeeded'")
+        worker.stop()
+    assert (tmp_path / "seen").read_text().splitlines() == ["1 0", "2 1"]
+    [task] = worker.tasks(f"id = {task_id}")
+    assert (task["attempt"], task["recovered_count"]) == (2, 1)
+    assert "recovered 1, re-enqueued 0" in worker.log()
+    status = worker.cli("status", "--json").stdout
+    assert '"recovered": 1' in status
