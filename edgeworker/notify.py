@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 
 logger = logging.getLogger("edgeworker.notify")
 
@@ -27,7 +28,10 @@ class Notifier:
             self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         usec = environ.get("WATCHDOG_USEC", "")
         watchdog_pid = environ.get("WATCHDOG_PID", "")
-        owned = not watchdog_pid or watchdog_pid == str(os.getpid())
+        watched = {os.getpid()}
+        if getattr(sys, "frozen", False):
+            watched.add(os.getppid())  # systemd watches the one-file binary's bootloader
+        owned = not watchdog_pid or watchdog_pid in {str(pid) for pid in watched}
         # systemd wants a ping at least every WATCHDOG_USEC; ping at half of it.
         self.watchdog_interval = int(usec) / 2e6 if usec.isdigit() and owned else None
 
