@@ -81,6 +81,7 @@ class Figures:
     reruns: int = 0
     interrupted: int = 0
     lost_states: int = 0
+    checked: int = 0
     stuck: int = 0
     overlaps: int = 0
     orphans: int = 0
@@ -89,8 +90,10 @@ class Figures:
 
     def line(self) -> str:
         rec = sorted(self.recovery_ms) or [0.0]
-        return (f"kills {self.kills} (in start-up {self.kills_in_startup}), cuts {self.cuts}, "
-                f"tasks {self.tasks}, runs {self.runs}, re-runs {self.reruns}, "
+        event = f"cuts {self.cuts}" if self.cuts else f"kills {self.kills}"
+        return (f"{event} ({self.kills_in_startup} during start-up), tasks {self.tasks}, "
+                f"runs {self.runs}, re-runs {self.reruns}, committed states checked "
+                f"{self.checked}, "
                 f"interrupted {self.interrupted}, lost states {self.lost_states}, "
                 f"stuck {self.stuck}, orphaned {self.orphans}, overlaps {self.overlaps}, "
                 f"recovery p50 {rec[len(rec) // 2]:.1f} ms max {rec[-1]:.1f} ms, "
@@ -273,6 +276,7 @@ class Torture:
                     problems.append(f"{name}: task {t['id']} cancelled: {t['error']}")
 
         # power cuts: what the worker logged as committed is in the database
+        f.checked = len(self.committed)
         for task_id, (state, attempt) in self.committed.items():
             row = tasks.get(task_id)
             if row is None or row["attempt"] < attempt or (
