@@ -108,6 +108,7 @@ class WorkerSettings:
 @dataclass(frozen=True)
 class MetricsSettings:
     textfile: Path | None = None
+    interval: float = 15.0  # how often the worker looks for changed values
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ class Config:
 
 _TOP_KEYS = {"worker", "metrics", "jobs"}
 _WORKER_KEYS = {f for f in WorkerSettings.__dataclass_fields__}
-_METRICS_KEYS = {"textfile"}
+_METRICS_KEYS = {"textfile", "interval"}
 _JOB_KEYS = {
     "name", "command", "callable", "shell", "every", "cron", "timezone", "timeout",
     "max_attempts", "retry_delay", "catch_up", "catch_up_limit", "jitter", "enabled", "env", "cwd",
@@ -264,13 +265,20 @@ def _parse_metrics(raw: Any, where: _Where, base: Path) -> MetricsSettings:
     raw = _table(raw, "metrics", where)
     for key in raw:
         if key not in _METRICS_KEYS:
-            raise where.error(f"[metrics] {key}: unknown key; allowed: textfile",
+            raise where.error(f"[metrics] {key}: unknown key; allowed: interval, textfile",
                               "metrics", 0, key)
-    textfile = raw.get("textfile")
-    if textfile is None:
-        return MetricsSettings()
-    return MetricsSettings(textfile=_path(textfile, base, lambda m: where.error(
-        f"[metrics] textfile: {m}", "metrics", 0, "textfile")))
+
+    def fail(key: str, message: str) -> ConfigError:
+        return where.error(f"[metrics] {key}: {message}", "metrics", 0, key)
+
+    values: dict[str, Any] = {}
+    if "interval" in raw:
+        values["interval"] = _duration(raw["interval"], lambda m: fail("interval", m))
+        if values["interval"] < 0.1:
+            raise fail("interval", "must be at least 100ms")
+    if "textfile" in raw:
+        values["textfile"] = _path(raw["textfile"], base, lambda m: fail("textfile", m))
+    return MetricsSettings(**values)
 
 
 def _parse_job_table(raw: Any, where: _Where, index: int) -> JobSpec:

@@ -35,6 +35,7 @@ from edgeworker.config import Config, load_config
 from edgeworker.errors import EdgeworkerError
 from edgeworker.jobs import sync_jobs
 from edgeworker.ledger import Ledger
+from edgeworker.metrics import TextfileMetrics
 from edgeworker.models import FINISHED, Task
 from edgeworker.notify import Notifier
 from edgeworker.queue import EdgeHuey
@@ -107,7 +108,8 @@ class Housekeeper(BaseProcess):
         super().__init__(huey, stop_flag)
         self.daemon = daemon
         self.next_prune = time.monotonic() + 60.0
-        self.interval = daemon.notifier.watchdog_interval or PRUNE_INTERVAL
+        intervals = (daemon.notifier.watchdog_interval, daemon.metrics and daemon.metrics.interval)
+        self.interval = min(filter(None, intervals), default=PRUNE_INTERVAL)
 
     def loop(self, now=None) -> None:
         if time.monotonic() >= self.next_prune:
@@ -120,6 +122,8 @@ class Housekeeper(BaseProcess):
             self.daemon.tick()
         except Exception as exc:
             logger.error("housekeeping failed: %s", exc)
+        if self.daemon.metrics is not None:
+            self.daemon.metrics.update()  # logs its own errors, once each
         self.stop_flag.wait(max(0.0, min(self.interval, self.next_prune - time.monotonic())))
 
     def shutdown(self) -> None:
@@ -158,6 +162,7 @@ class Daemon:
         self.signals: list[int] = []
         self._signal_read, self._signal_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.notifier = Notifier()
+        self.metrics: TextfileMetrics | None = None
         self.consumer: EdgeConsumer | None = None
 
     # -- start-up ---------------------------------------------------------------------------
@@ -177,6 +182,8 @@ class Daemon:
             migrate.ensure_current(database)
         verify_callables(self.config)
         self.huey = EdgeHuey(database)
+        if self.config.metrics.textfile is not None:
+            self.metrics = TextfileMetrics(self.config.metrics, self.huey)
         self.ledger = Ledger(self.huey)
         worker = IntervalJobWorker(self.ledger, self.abort, stopping=lambda: self.stop_pipe.is_set)
         self.huey.bind(worker.claim, worker.work)

@@ -1,4 +1,4 @@
-"""sd_notify as systemd sees it: a real `edgeworker run` sending datagrams to a socket we listen on."""
+"""sd_notify as systemd sees it: a real `edgeworker run` sends datagrams to a socket we read."""
 
 from __future__ import annotations
 

@@ -1,0 +1,136 @@
+"""The Prometheus textfile: what a real worker writes into it, and only when a value changed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from workerproc import WorkerProcess, wait_for
+
+from edgeworker.clock import from_text
+from edgeworker.config import parse_config
+from edgeworker.errors import ConfigError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def io_written(pid: int) -> int:
+    with open(f"/proc/{pid}/io") as handle:
+        fields = dict(line.split(": ") for line in handle.read().splitlines())
+    return int(fields["write_bytes"]) + int(fields["wchar"])
+
+
+def metrics_config(textfile: Path, jobs: str) -> str:
+    return (f'[worker]\ndatabase = "ew.db"\n\n[metrics]\ntextfile = "{textfile}"\n'
+            f'interval = "100ms"\n\n{jobs}')
+
+
+def samples(path: Path) -> dict[tuple, float]:
+    """{(name, sorted labels): value} from a textfile, through prometheus_client's own parser."""
+    found = {}
+    for family in text_string_to_metric_families(path.read_text()):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def value(path: Path, name: str, **labels: str) -> float | None:
+    return samples(path).get((name, tuple(sorted(labels.items()))))
+
+
+def test_counts_last_success_queue_and_recovery(tmp_path):
+    textfile = tmp_path / "textfile" / "edgeworker.prom"
+    textfile.parent.mkdir()
+    jobs = ('[[jobs]]\nname = "ok"\ncommand = "true"\nevery = "1h"\n\n'
+            '[[jobs]]\nname = "bad"\ncommand = "false"\nevery = "1h"\n')
+    with WorkerProcess(tmp_path, metrics_config(textfile, jobs)) as worker:
+        worker.start().wait_running()
+        for job in ("ok", "ok", "bad"):
+            worker.cli("jobs", "run", job)
+        worker.wait_tasks("origin = 'manual' AND status IN ('succeeded', 'failed')", count=3)
+        wait_for(lambda: textfile.exists()
+                 and value(textfile, "edgeworker_tasks", job="ok", status="succeeded") == 2,
+                 what="the metrics to show both runs of ok", log=worker.log)
+        wait_for(lambda: value(textfile, "edgeworker_tasks", job="bad", status="failed") == 1,
+                 what="the metrics to show the failure", log=worker.log)
+        last_ok = worker.tasks("job = 'ok' AND status = 'succeeded'")[-1]
+        worker.stop()
+
+    found = samples(textfile)
+    assert found[("edgeworker_tasks", (("job", "ok"), ("status", "created")))] == 1  # next slot
+    assert found[("edgeworker_tasks", (("job", "bad"), ("status", "succeeded")))] == 0
+    assert found[("edgeworker_job_last_success_timestamp_seconds", (("job", "ok"),))] == \
+        pytest.approx(from_text(last_ok["finished_at"]).timestamp())
+    assert ("edgeworker_job_last_success_timestamp_seconds", (("job", "bad"),)) not in found
+    assert found[("edgeworker_queue_messages", (("state", "scheduled"),))] == 2
+    assert found[("edgeworker_queue_messages", (("state", "ready"),))] == 0
+    assert found[("edgeworker_recoveries_total", ())] == 1
+    assert found[("edgeworker_last_recovery_tasks", (("action", "recovered"),))] == 0
+    assert textfile.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in textfile.parent.iterdir()] == ["edgeworker.prom"]  # no temp files
+
+
+def test_an_idle_worker_with_metrics_writes_nothing(tmp_path):
+    textfile = tmp_path / "edgeworker.prom"
+    jobs = '[[jobs]]\nname = "rare"\ncommand = "true"\nevery = "1d"\n'
+    with WorkerProcess(tmp_path, metrics_config(textfile, jobs)) as worker:
+        worker.start().wait_running()
+        wait_for(textfile.exists, what="the first metrics", log=worker.log)
+        time.sleep(0.5)  # let start-up settle (recovery, first scheduling)
+        first = textfile.stat()
+        before = io_written(worker.proc.pid)
+        time.sleep(2)  # 20 metrics intervals
+        assert io_written(worker.proc.pid) == before
+        assert (textfile.stat().st_ino, textfile.stat().st_mtime_ns) == \
+            (first.st_ino, first.st_mtime_ns)
+
+        worker.cli("jobs", "run", "rare")  # a change is written within an interval or so
+        wait_for(lambda: value(textfile, "edgeworker_tasks", job="rare", status="succeeded") == 1,
+                 what="the run in the metrics", log=worker.log)
+        assert textfile.stat().st_ino != first.st_ino  # replaced by a rename, not rewritten
+        worker.stop()
+
+
+def test_an_unwritable_textfile_is_logged_once_and_jobs_run_on(tmp_path):
+    textfile = tmp_path / "no-such-dir" / "edgeworker.prom"
+    jobs = '[[jobs]]\nname = "fast"\ncommand = "true"\nevery = "100ms"\n'
+    with WorkerProcess(tmp_path, metrics_config(textfile, jobs)) as worker:
+        worker.start().wait_running()
+        worker.wait_tasks("status = 'succeeded'", count=10)
+        textfile.parent.mkdir()
+        wait_for(textfile.exists, what="the metrics once the directory exists", log=worker.log)
+        assert worker.stop() == 0
+    errors = [line for line in worker.log().splitlines() if "cannot write metrics" in line]
+    assert len(errors) == 1
+    assert errors[0].endswith(f"ERROR cannot write metrics to {textfile}: [Errno 2] No such file "
+                              f"or directory: '{textfile.parent}/.edgeworker.prom."
+                              f"{worker.proc.pid}.tmp' (jobs run on)")
+    assert f"INFO metrics written to {textfile} again" in worker.log()
+
+
+def test_without_prometheus_client_the_start_fails_with_one_line(tmp_path):
+    worker = WorkerProcess(tmp_path, metrics_config(tmp_path / "m.prom", ""))
+    hide = ("import sys; sys.modules['prometheus_client'] = None; "
+            "from edgeworker.cli import main; sys.argv[0] = 'edgeworker'; main()")
+    result = subprocess.run([sys.executable, "-c", hide, "--config", str(worker.config), "run",
+                             "--migrate"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "Error: [metrics] textfile needs the prometheus_client package "
+        "(pip install 'edgeworker[metrics]')")
+
+
+def test_metrics_settings():
+    config = parse_config('[metrics]\ntextfile = "m.prom"\ninterval = "1m"\n', Path("/etc/e.toml"))
+    assert (config.metrics.textfile, config.metrics.interval) == (Path("/etc/m.prom"), 60.0)
+    assert parse_config("").metrics.interval == 15.0
+    with pytest.raises(ConfigError) as error:
+        parse_config('[metrics]\ninterval = "10ms"\n', Path("e.toml"))
+    assert str(error.value) == "e.toml:2: [metrics] interval: must be at least 100ms"
+    with pytest.raises(ConfigError) as error:
+        parse_config('[metrics]\nfile = "x"\n', Path("e.toml"))
+    assert str(error.value) == "e.toml:2: [metrics] file: unknown key; allowed: interval, textfile"
