@@ -16,10 +16,12 @@ restarting a dead one) and adapted where an edge box needs something else:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
 import signal
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -198,6 +200,12 @@ class Daemon:
         return self.consumer
 
     def install_signal_handlers(self) -> None:
+        if getattr(sys, "frozen", False):
+            # Ctrl-C signals the whole process group, and a one-file binary's bootloader passes
+            # it on as well: the worker would count two (stop at once). Alone in its own group,
+            # it hears each signal once, from the bootloader.
+            with contextlib.suppress(OSError):
+                os.setpgid(0, 0)
         # The handlers only record the signal; the wake-up fd makes the main loop see it at once.
         signal.set_wakeup_fd(self._signal_write, warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

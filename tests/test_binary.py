@@ -9,6 +9,7 @@ the pip install of PyInstaller), so marked `slow`; `make test` runs it.
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import signal
 import socket
@@ -66,13 +67,13 @@ class Box:
         return subprocess.run(["edgeworker", *args], cwd=self.root, env={**self.env, **(env or {})},
                               capture_output=True, text=True, timeout=60)
 
-    def start(self, *args: str, env: dict | None = None,
-              prefix: tuple[str, ...] = ()) -> subprocess.Popen:
+    def start(self, *args: str, env: dict | None = None, prefix: tuple[str, ...] = (),
+              new_session: bool = False) -> subprocess.Popen:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [*prefix, "edgeworker", "--config", str(self.config), "run", *args],
                 cwd=self.root, env={**self.env, **(env or {})}, stdout=log,
-                stderr=subprocess.STDOUT)
+                stderr=subprocess.STDOUT, start_new_session=new_session)
         return self.proc
 
     def read_log(self) -> str:
@@ -147,6 +148,23 @@ def test_migrate_run_an_interval_job_and_stop_with_sigterm(box):
     assert "received SIGTERM: stopping" in log  # passed on by the bootloader
     assert log.rstrip().endswith("INFO edgeworker stopped")
     assert list(box.tmp.iterdir()) == []
+
+
+@pytest.mark.timeout(60, func_only=True)
+def test_ctrl_c_is_one_graceful_stop(box):
+    box.write_config('[[jobs]]\nname = "slow"\ncommand = "sh -c \'sleep 1; echo done\'"\n'
+                     'every = "1h"\n')
+    box.start("--migrate", new_session=True)
+    wait_for(lambda: "edgeworker running" in box.read_log(), 20, log=box.read_log)
+    assert box.run("--config", str(box.config), "jobs", "run", "slow").returncode == 0
+    box.wait_tasks("status = 'running'")
+    # A terminal's Ctrl-C signals the whole process group: the bootloader and the worker.
+    os.killpg(box.proc.pid, signal.SIGINT)
+    assert box.proc.wait(30) == 0
+    log = box.read_log()
+    assert log.count("received SIGINT: stopping") == 1, log
+    assert "stopping at once" not in log
+    assert [row[2:] for row in box.tasks("tasks.origin = 'manual'")] == [("succeeded", "done\n")]
 
 
 @pytest.mark.timeout(60, func_only=True)
