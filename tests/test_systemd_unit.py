@@ -149,6 +149,33 @@ def test_make_install_and_uninstall(tmp_path):
 needs_systemd = pytest.mark.skipif(systemd_unavailable_reason() is not None,
                                    reason=str(systemd_unavailable_reason()))
 
+
+@needs_systemd
+@pytest.mark.timeout(90, func_only=True)
+def test_make_install_as_root_adds_the_user_and_reloads_systemd(tmp_path):
+    built_binary()
+    usr_local = tmp_path / "usr-local"
+    usr_local.mkdir()
+    # /etc is an overlay and /usr/local a bind of usr_local: the host is left as it was.
+    with BootedSystemd({}, binds={"/usr/local": usr_local}) as sd:
+        assert sd.run("id", "edgeworker").returncode != 0
+        assert "Reloading." not in sd.journal().splitlines()
+        installed = sd.run("make", "-s", "-C", str(REPO), "install", timeout=60)
+        assert installed.returncode == 0, installed.stdout + installed.stderr
+        assert "installed /etc/edgeworker/edgeworker.toml" in installed.stdout
+        assert sd.run("id", "-u", "edgeworker").returncode == 0
+        assert sd.run("stat", "-c", "%a %U %G", "/etc/edgeworker/edgeworker.toml").stdout == \
+            "640 root edgeworker\n"
+        assert (usr_local / "bin/edgeworker").exists()
+        assert (usr_local / "lib/systemd/system/edgeworker.service").exists()
+        assert "Reloading." in sd.journal().splitlines()  # systemctl daemon-reload
+
+        removed = sd.run("make", "-s", "-C", str(REPO), "uninstall", timeout=60)
+        assert removed.returncode == 0, removed.stdout + removed.stderr
+        assert not (usr_local / "bin/edgeworker").exists()
+        assert sd.run("test", "-e", "/etc/edgeworker/edgeworker.toml").returncode == 0
+        assert sd.run("id", "-u", "edgeworker").returncode == 0
+
 CONFIG = f'''[worker]
 database = "{DB}"
 shutdown_timeout = "10s"
