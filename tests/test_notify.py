@@ -141,6 +141,7 @@ def test_commands_cannot_notify_in_the_workers_name(tmp_path, notify_socket):
     assert task["output"] == "unset unset unset\n"
 
 
+@pytest.mark.timeout(10)
 def test_watchdog_belongs_to_the_process_systemd_watches():
     base = {"NOTIFY_SOCKET": "@edgeworker-test", "WATCHDOG_USEC": "30000000"}
     assert Notifier({**base}).watchdog_interval == 15.0
