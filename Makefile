@@ -27,8 +27,8 @@ STDLIB_ARGS := import importlib.util as u, sys; skip = set(sys.argv[1:]); \
 	        + n for n, s in specs if s))
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install uninstall run test lint migrate migrate-remove-current-task-id \
-	build-worker binary run-worker
+.PHONY: help venv install uninstall run test test-task-recovery torture lint migrate \
+	migrate-remove-current-task-id build-worker binary run-worker
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-32s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -93,12 +93,19 @@ uninstall: ## As root: remove the binary and the unit (config, database and user
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "kept $(CONFIG_DIR), /var/lib/edgeworker and the user $(SERVICE_USER)"
 
-run: venv ## Migrate the demo database and run the worker on examples/edgeworker.toml
+run: venv ## Migrate the demo database and run the worker on examples/edgeworker.toml (Ctrl-C stops)
 	$(EDGEWORKER) --config $(CONFIG) migrate
-	$(EDGEWORKER) --config $(CONFIG) status
+	$(EDGEWORKER) --config $(CONFIG) run
 
 test: venv ## Run the test suite (crash, power-cut, binary and systemd tests included)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+test-task-recovery: venv ## Crash torture: SIGKILL a running worker 200 times, check nothing is lost
+	$(BIN)/python tests/torture.py crash --kills $(or $(KILLS),200)
+
+torture: venv ## Power-cut torture: 100 cuts with durability "full", 100 with "normal"
+	$(BIN)/python tests/torture.py powercut --cuts $(or $(CUTS),100)
+	$(BIN)/python tests/torture.py powercut --cuts $(or $(CUTS),100) --durability normal
 
 lint: venv ## Check the code with ruff
 	$(BIN)/ruff check edgeworker tests
