@@ -165,6 +165,7 @@ class Daemon:
         self._signal_read, self._signal_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.notifier = Notifier()
         self.metrics: TextfileMetrics | None = None
+        self.ready = False
         self.consumer: EdgeConsumer | None = None
 
     # -- start-up ---------------------------------------------------------------------------
@@ -222,6 +223,7 @@ class Daemon:
         logger.info("edgeworker running: %s worker thread(s) on %s (pid %s)", self.workers,
                     self.db_path, os.getpid())
         self.notifier.ready(self.status_line())
+        self.ready = True  # the housekeeper pings only from here on
         next_health = time.monotonic() + HEALTH_CHECK_INTERVAL
         while True:
             self._wait_for_signal(next_health - time.monotonic())
@@ -285,7 +287,7 @@ class Daemon:
 
     def tick(self) -> None:
         """Housekeeping that proves progress: systemd's watchdog and status line."""
-        if not self.notifier.enabled:
+        if not self.notifier.enabled or not self.ready:
             return
         problem = self.stalled()
         if problem:

@@ -107,6 +107,8 @@ max_attempts = 2
     first, *rest = [text for _, text in notify_socket.messages]
     assert first == "STATUS=starting: syncing jobs and recovering tasks"
     assert [t for t in rest if "READY=1" in t] == [ready]
+    texts = [text for _, text in notify_socket.messages]
+    assert "WATCHDOG=1" not in texts[:texts.index(ready)]  # no ping before READY=1
     after_ready = [at for at, text in pings if at > ready_at]
     assert len(after_ready) >= 3
     gaps = [b - a for a, b in zip(after_ready, after_ready[1:], strict=False)]
