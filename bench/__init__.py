@@ -1,0 +1,15 @@
+"""edgeworker's benchmarks, beside raw huey and plain Python, on the machine they run on.
+
+`python -m bench` (or `make bench`) runs every script and prints one table; `--quick` runs each
+with tiny sizes, only to prove that the scripts still work (the test suite does that). The
+machines these run on are shared and noisy: every comparison is measured side by side in the same
+run, repeated, and reported as the median with the min and max of the repeats.
+
+| script          | measures                                                                   |
+|-----------------|----------------------------------------------------------------------------|
+| `throughput.py` | no-op task throughput, commits and bytes written per task, vs. SqliteHuey  |
+| `latency.py`    | pickup latency of `jobs run`, lateness of a 200 ms interval job            |
+| `recovery.py`   | start-up to READY=1 with 10,000 tasks a dead worker left running           |
+| `idle.py`       | an idle worker: RSS, bytes written per minute, wake-ups per second         |
+| `startup.py`    | cold start of `edgeworker --version` / `--help` beside `python -c pass`    |
+"""
