@@ -1,0 +1,41 @@
+"""`python -m bench --quick`: the benchmark scripts still run end to end and print one table.
+
+Tiny sizes, a few seconds; no figure is checked against a target (no timing is asserted in the
+test suite: the full `make bench` is for that).
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = {"throughput", "latency", "recovery", "idle", "startup"}
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_the_benchmarks_run_and_print_one_table(tmp_path):
+    output = tmp_path / "results.json"
+    result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--output", str(output)],
+                            cwd=REPO, capture_output=True, text=True, timeout=110)
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = json.loads(output.read_text())
+    assert set(results["scripts"]) == SCRIPTS
+    figures = [f for script in results["scripts"].values() for f in script["figures"]]
+    assert {f["number"] for f in figures} == {"1", "2", "3", "4", "5", "6"}
+    for figure in figures:
+        value = figure["value"]
+        assert value["low"] <= value["median"] <= value["high"], figure
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:2] == ["#", "measure"]
+    assert len([line for line in lines if line[:1].isdigit()]) == len(figures)
+
+
+def test_an_unknown_script_is_a_usage_error():
+    result = subprocess.run([sys.executable, "-m", "bench", "--only", "nonsense"], cwd=REPO,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "unknown script(s): nonsense" in result.stderr
