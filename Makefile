@@ -28,7 +28,7 @@ STDLIB_ARGS := import importlib.util as u, sys; skip = set(sys.argv[1:]); \
 
 .DEFAULT_GOAL := help
 .PHONY: help venv install uninstall run test test-task-recovery torture lint migrate \
-	migrate-remove-current-task-id build-worker binary run-worker
+	migrate-remove-current-task-id build-worker binary run-worker bench bench-smoke
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-32s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -106,6 +106,12 @@ test-task-recovery: venv ## Crash torture: SIGKILL a running worker 200 times, c
 torture: venv ## Power-cut torture: 100 cuts with durability "full", 100 with "normal"
 	$(BIN)/python tests/torture.py powercut --cuts $(or $(CUTS),100)
 	$(BIN)/python tests/torture.py powercut --cuts $(or $(CUTS),100) --durability normal
+
+bench: venv ## Benchmarks beside raw huey: one table, bench/results.json (about 4 minutes)
+	$(BIN)/python -m bench
+
+bench-smoke: venv ## The benchmarks with tiny sizes: do the scripts still run? (seconds)
+	$(BIN)/python -m bench --quick
 
 lint: venv ## Check the code with ruff
 	$(BIN)/ruff check edgeworker tests
