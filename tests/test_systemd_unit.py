@@ -156,11 +156,12 @@ def test_make_install_as_root_adds_the_user_and_reloads_systemd(tmp_path):
     built_binary()
     usr_local = tmp_path / "usr-local"
     usr_local.mkdir()
-    # /etc is an overlay and /usr/local a bind of usr_local: the host is left as it was.
-    with BootedSystemd({}, binds={"/usr/local": usr_local}) as sd:
+    # /etc is an overlay and /usr/local a bind of usr_local: the host is left as it was. The
+    # checkout is bound at /srv: where CI clones it (under /tmp, say) may be hidden inside.
+    with BootedSystemd({}, binds={"/usr/local": usr_local, "/srv": REPO}) as sd:
         assert sd.run("id", "edgeworker").returncode != 0
         assert "Reloading." not in sd.journal().splitlines()
-        installed = sd.run("make", "-s", "-C", str(REPO), "install", timeout=60)
+        installed = sd.run("make", "-s", "-C", "/srv", "install", timeout=60)
         assert installed.returncode == 0, installed.stdout + installed.stderr
         assert "installed /etc/edgeworker/edgeworker.toml" in installed.stdout
         assert sd.run("id", "-u", "edgeworker").returncode == 0
@@ -170,7 +171,7 @@ def test_make_install_as_root_adds_the_user_and_reloads_systemd(tmp_path):
         assert (usr_local / "lib/systemd/system/edgeworker.service").exists()
         assert "Reloading." in sd.journal().splitlines()  # systemctl daemon-reload
 
-        removed = sd.run("make", "-s", "-C", str(REPO), "uninstall", timeout=60)
+        removed = sd.run("make", "-s", "-C", "/srv", "uninstall", timeout=60)
         assert removed.returncode == 0, removed.stdout + removed.stderr
         assert not (usr_local / "bin/edgeworker").exists()
         assert sd.run("test", "-e", "/etc/edgeworker/edgeworker.toml").returncode == 0
