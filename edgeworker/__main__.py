@@ -1,3 +1,3 @@
-from edgeworker.cli import main
+from edgeworker.entry import main
 
 main()

@@ -8,10 +8,8 @@ imported inside the commands, so that `--help` and `--version` start fast on a s
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +28,16 @@ class UserError(click.ClickException):
         self.exit_code = exit_code
 
 
-@dataclass
 class Context:
     """What every command needs, resolved lazily from the global options."""
 
-    config_option: Path | None
-    db_option: Path | None
-    debug: bool
-    _config: Any = None
-    _db: Any = None
-    _cache: dict = field(default_factory=dict)
+    def __init__(self, config_option: Path | None, db_option: Path | None, debug: bool):
+        self.config_option = config_option
+        self.db_option = db_option
+        self.debug = debug
+        self._config: Any = None
+        self._db: Any = None
+        self._cache: dict = {}
 
     @property
     def config(self):
@@ -133,6 +131,8 @@ pass_ctx = click.make_pass_decorator(Context)
 
 def emit(data: Any, as_json: bool, render) -> None:
     if as_json:
+        import json
+
         click.echo(json.dumps(data, indent=2, sort_keys=True))
     else:
         render(data)

@@ -41,3 +41,15 @@ def test_version_and_help_do_not_import_huey():
             "('huey', 'peewee', 'croniter')), file=sys.stderr)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stderr.strip() == "[]"
+
+
+def test_version_is_answered_before_click_is_imported():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.argv = ['edgeworker', '--version']\n"
+            "from edgeworker.entry import main; main()\n"
+            "print('click' in sys.modules, file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.startswith("edgeworker, version ")
+    assert result.stderr.strip() == "False"
