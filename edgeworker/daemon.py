@@ -17,6 +17,8 @@ restarting a dead one) and adapted where an edge box needs something else:
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import logging
 import os
 import select
@@ -53,6 +55,21 @@ PRUNE_INTERVAL = 3600.0
 STALL = MAX_IDLE + 30.0  # an idle worker thread that has not looped for this long is stuck
 
 
+def release_startup_memory() -> None:
+    """Give back what imports, the config sync and recovery left free, before the long idle life
+    of the worker: collect cycles, and ask glibc to return free heap pages to the system."""
+    gc.collect()
+    gc.freeze()  # what is left lives as long as the process: keep it out of future collections
+    try:
+        libc = ctypes.CDLL(None)
+        libc.malloc_trim(0)
+        # One malloc arena per thread would keep each thread's freed memory apart; the worker's
+        # threads mostly wait, so they share one (M_ARENA_MAX is -8).
+        libc.mallopt(-8, 1)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 class WorkerThread(Worker):
     """huey's worker loop, waiting for due work instead of polling with back-off."""
 
@@ -63,6 +80,9 @@ class WorkerThread(Worker):
         self.error_delay = 0.5
         self.busy = False  # running a task (which may take long: not a stall)
         self.last_loop = time.monotonic()
+        # Woken by a write to the WAL: that commit becomes visible only after its fsync, so the
+        # next look at the queue must wait for the writer (under the write lock).
+        self.woken = False
 
     def initialize(self) -> None:
         self.watch = DatabaseWatch(self.daemon.db_path, self.daemon.stop_pipe)
@@ -70,7 +90,7 @@ class WorkerThread(Worker):
     def loop(self, now=None) -> None:
         self.last_loop = time.monotonic()
         try:
-            task = self.huey.dequeue()
+            task = self.huey.dequeue(locked=self.woken)
         except Exception as exc:
             logger.error("cannot read the queue (%s); retrying in %.1fs", exc, self.error_delay)
             self.watch.wait(self.error_delay)
@@ -84,7 +104,7 @@ class WorkerThread(Worker):
             finally:
                 self.busy = False
         elif not self.stop_flag.is_set():
-            self.watch.wait(self.idle_timeout())
+            self.woken = self.watch.wait(self.idle_timeout())
 
     def idle_timeout(self) -> float:
         try:
@@ -109,7 +129,7 @@ class Housekeeper(BaseProcess):
     def __init__(self, huey: EdgeHuey, stop_flag, daemon: Daemon):
         super().__init__(huey, stop_flag)
         self.daemon = daemon
-        self.next_prune = time.monotonic() + 60.0
+        self.next_prune = time.monotonic()  # first look now: its connection opens at start-up
         intervals = (daemon.notifier.watchdog_interval, daemon.metrics and daemon.metrics.interval)
         self.interval = min(filter(None, intervals), default=PRUNE_INTERVAL)
 
@@ -219,6 +239,7 @@ class Daemon:
 
     def run(self) -> int:
         consumer = self.start()
+        release_startup_memory()
         consumer.start()
         logger.info("edgeworker running: %s worker thread(s) on %s (pid %s)", self.workers,
                     self.db_path, os.getpid())

@@ -18,13 +18,42 @@ from datetime import datetime, timedelta
 import peewee
 
 from edgeworker import schedule
-from edgeworker.models import FINISHED, UNFINISHED, Job, Task, TaskStatus
+from edgeworker.clock import to_text
+from edgeworker.models import FINISHED, IS_UNFINISHED, UNFINISHED, Job, Task, TaskStatus
 from edgeworker.queue import EdgeHuey, IntervalJobArgs
 
 logger = logging.getLogger("edgeworker.ledger")
 
 S = TaskStatus
 OVERLAP_RETRY = timedelta(seconds=1)
+
+
+def _columns(model) -> str:
+    return ", ".join(field.column_name for field in model._meta.sorted_fields)
+
+
+def _model(model, row: tuple):
+    """A model instance from a row of `SELECT _columns(model)`, converted field by field."""
+    return model(**{field.name: None if value is None else field.python_value(value)
+                    for field, value in zip(model._meta.sorted_fields, row, strict=True)})
+
+
+# The statements of every run, written out once: peewee builds a query's SQL text anew each
+# time, and for these that cost more CPU than SQLite took to run them (bench/throughput.py).
+SQL = {
+    "job": f"SELECT {_columns(Job)} FROM jobs WHERE id = ?",
+    "task": f"SELECT {_columns(Task)} FROM tasks WHERE id = ?",
+    "create": "INSERT INTO tasks (job_id, status, origin, scheduled_for, due_at, attempt, "
+              "recovered_count, created_at) VALUES (?, 'created', ?, ?, ?, 0, 0, ?)",
+    # A live run of the same job, through the small partial index (its WHERE term repeated).
+    "busy": "SELECT 1 FROM tasks WHERE status IN ('created', 'running') AND status = 'running' "
+            "AND job_id = ? AND id != ? AND worker = ? LIMIT 1",
+    "claim": "UPDATE tasks SET status = 'running', attempt = attempt + 1, started_at = ?, "
+             "finished_at = NULL, worker = ? WHERE id = ? AND status = 'created'",
+    # running -> succeeded | failed | created (retry), only if still this claim's (CAS).
+    "finish": "UPDATE tasks SET status = ?, finished_at = ?, due_at = ?, exit_code = ?, "
+              "error = ?, output = ? WHERE id = ? AND status = 'running' AND attempt = ?",
+}
 
 
 def worker_identity() -> str:
@@ -64,10 +93,16 @@ class Ledger:
 
     def _create(self, job: Job, slot: datetime, due: datetime, origin: str,
                 now: datetime) -> Task:
-        task = Task.create(job=job.id, status=S.CREATED, origin=origin, scheduled_for=slot,
-                           due_at=due, created_at=now)
+        cursor = self.db.execute_sql(SQL["create"], (job.id, origin, to_text(slot), to_text(due),
+                                                     to_text(now)))
+        task = Task(id=cursor.lastrowid, job=job.id, status=S.CREATED, origin=origin,
+                    scheduled_for=slot, due_at=due, attempt=0, recovered_count=0, created_at=now)
         self.huey.put(IntervalJobArgs(job.id, task.id), due)
         return task
+
+    def _get(self, model, key: int):
+        row = self.db.execute_sql(SQL[model._meta.name], (key,)).fetchone()
+        return None if row is None else _model(model, row)
 
     def schedule_next(self, job: Job, last_slot: datetime | None, now: datetime) -> Task:
         """Create the job's next scheduled run (catch-up applied) and its message."""
@@ -76,8 +111,8 @@ class Ledger:
             return self._create(job, slot, schedule.due_at(job, slot), "schedule", now)
 
     def pending_scheduled(self, job_id: int) -> Task | None:
-        return (Task.select().where((Task.job == job_id) & (Task.origin == "schedule")
-                                    & (Task.status.in_(list(UNFINISHED))))
+        return (Task.select().where(IS_UNFINISHED & (Task.job == job_id)
+                                    & (Task.origin == "schedule"))
                 .order_by(Task.id.desc()).first())
 
     def last_slot(self, job_id: int) -> datetime | None:
@@ -119,14 +154,14 @@ class Ledger:
         Returns None when the message must be dropped (already claimed, finished, or its job is
         gone or paused: then the task is cancelled) or deferred (its job is running another task).
         """
-        job = Job.get_or_none(Job.id == args.job_id)
+        job = self._get(Job, args.job_id)
         if args.task_id is None:
             if job is None or not job.active:
                 logger.info("dropped a run of job %s: the job is gone or paused", args.job_id)
                 return None
             task = self._create_claimable(job, now)
         else:
-            task = Task.get_or_none(Task.id == args.task_id)
+            task = self._get(Task, args.task_id)
             if task is None:
                 logger.warning("dropped a message for task %s: no such task", args.task_id)
                 return None
@@ -147,13 +182,15 @@ class Ledger:
                 logger.info("dropped a recovery message for task %s: already recovered", task.id)
                 return None
             recovered = True
-        claimed = (Task.update(status=S.RUNNING, attempt=Task.attempt + 1, started_at=now,
-                               finished_at=None, worker=self.worker)
-                   .where((Task.id == task.id) & (Task.status == S.CREATED)).execute())
-        if not claimed:
+            task.recovered_count += 1
+        claimed = self.db.execute_sql(SQL["claim"], (to_text(now), self.worker, task.id))
+        if not claimed.rowcount:
             logger.info("dropped a message for task %s: claimed by another run", task.id)
             return None
-        return ClaimedRun(Task.get_by_id(task.id), job, recovered)
+        # the row as the UPDATE left it, without reading it back
+        task.status, task.attempt, task.started_at = S.RUNNING.value, task.attempt + 1, now
+        task.finished_at, task.worker = None, self.worker
+        return ClaimedRun(task, job, recovered)
 
     def _create_claimable(self, job: Job, now: datetime) -> Task:
         # The seed's path for a message without a task id: the row is created at the claim.
@@ -161,9 +198,10 @@ class Ledger:
                            due_at=now, created_at=now)
 
     def _job_busy(self, job_id: int, task_id: int) -> bool:
-        # No two runs of one job at a time, whatever mix of schedule, manual and recovery runs.
-        return (Task.select().where((Task.job == job_id) & (Task.status == S.RUNNING)
-                                    & (Task.id != task_id)).exists())
+        """No two runs of one job at a time, whatever mix of schedule, manual and recovery runs.
+        Only live runs count: rows a dead worker left `running` wait for their recovery."""
+        return self.db.execute_sql(SQL["busy"], (job_id, task_id, self.worker)).fetchone() \
+            is not None
 
     def _reset_for_recovery(self, task_id: int, attempt: int) -> bool:
         """running -> created for the attempt a dead worker was running (the seed's reset)."""
@@ -176,39 +214,38 @@ class Ledger:
         scheduled run is over, create the job's next one, all in one transaction."""
         task = run.task
         with self.db.atomic():
-            job = Job.get_or_none(Job.id == task.job_id)
+            job = self._get(Job, task.job_id)
             retry = (not outcome.succeeded and job is not None and job.active
                      and task.attempt < job.max_attempts)
-            fields = dict(exit_code=outcome.exit_code, error=outcome.error, output=outcome.output)
             if retry:
-                delay = schedule.retry_delay(job, task.id, task.attempt)
-                due = now + timedelta(seconds=delay)
-                changed = self._transition(task, S.CREATED, due_at=due, **fields)
-                if changed:
-                    self.huey.put(IntervalJobArgs(job.id, task.id), due)
+                status, finished = S.CREATED, None
+                due = now + timedelta(seconds=schedule.retry_delay(job, task.id, task.attempt))
             else:
-                final = S.SUCCEEDED if outcome.succeeded else S.FAILED
-                changed = self._transition(task, final, finished_at=now, **fields)
-                if changed and task.origin == "schedule" and job is not None and job.active:
-                    self.schedule_next(job, task.scheduled_for, now)
+                status = S.SUCCEEDED if outcome.succeeded else S.FAILED
+                finished, due = now, task.due_at
+            changed = self.db.execute_sql(SQL["finish"], (
+                status.value, finished and to_text(finished), to_text(due), outcome.exit_code,
+                outcome.error, outcome.output, task.id, task.attempt)).rowcount
             if not changed:
                 logger.warning("task %s was changed by someone else while it ran; "
                                "its outcome is not recorded", task.id)
-        return Task.get_by_id(task.id)
-
-    def _transition(self, task: Task, new: TaskStatus, **fields) -> bool:
-        """running -> new, only if the row is still this claim's (compare-and-set)."""
-        return bool(Task.update(status=new, **fields)
-                    .where((Task.id == task.id) & (Task.status == S.RUNNING)
-                           & (Task.attempt == task.attempt)).execute())
+            elif retry:
+                self.huey.put(IntervalJobArgs(job.id, task.id), due)
+            elif task.origin == "schedule" and job is not None and job.active:
+                self.schedule_next(job, task.scheduled_for, now)
+        if not changed:
+            return self._get(Task, task.id)
+        done = Task(**task.__data__)
+        done.status, done.finished_at, done.due_at = status.value, finished, due
+        done.exit_code, done.error, done.output = outcome.exit_code, outcome.error, outcome.output
+        return done
 
     # -- operators and recovery ----------------------------------------------------------------
 
     def _close(self, task: Task, status: TaskStatus, now: datetime, error: str) -> bool:
         """created/running -> failed/cancelled, with the reason."""
         return bool(Task.update(status=status, finished_at=now, error=error)
-                    .where((Task.id == task.id) & (Task.status.in_(list(UNFINISHED))))
-                    .execute())
+                    .where(IS_UNFINISHED & (Task.id == task.id)).execute())
 
     def cancel(self, task: Task, reason: str, now: datetime) -> bool:
         with self.db.atomic():
@@ -221,7 +258,8 @@ class Ledger:
     def cancel_waiting(self, job_id: int, reason: str, now: datetime) -> int:
         """Cancel a job's tasks that have not started (pause, removal). Running ones finish."""
         return (Task.update(status=S.CANCELLED, finished_at=now, error=reason)
-                .where((Task.job == job_id) & (Task.status == S.CREATED)).execute())
+                .where(IS_UNFINISHED & (Task.job == job_id) & (Task.status == S.CREATED))
+                .execute())
 
     def enqueue_recoveries(self, tasks: list[Task]) -> None:
         """Queue the recovery of tasks a dead worker left running. Each row stays `running` until
@@ -242,8 +280,7 @@ class Ledger:
         for (status, reason), ids in groups.items():
             for chunk in peewee.chunked(ids, 500):
                 changed += (Task.update(status=status, finished_at=now, error=reason)
-                            .where(Task.id.in_(chunk) & Task.status.in_(list(UNFINISHED)))
-                            .execute())
+                            .where(IS_UNFINISHED & Task.id.in_(chunk)).execute())
         return changed
 
     def prune(self, before: datetime, batch: int = 5000) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -87,10 +88,26 @@ class FixedNameRegistry(Registry):
 
 
 class EdgeStorage(SqlStorage):
-    """huey's SqlStorage with prefixed tables, created by our migrations (not on the fly)."""
+    """huey's SqlStorage with prefixed tables, created by our migrations (not on the fly).
+
+    The statements of every run are written out once: peewee builds a query's SQL text anew each
+    time, which cost more than SQLite took to run it. The queue is taken in id order, as
+    edgeworker sets no priorities (migration 008 dropped huey's priority index).
+    """
 
     def __init__(self, name: str, database: peewee.SqliteDatabase, **kwargs):
         super().__init__(name, database=database, create_tables=False, **kwargs)
+        queue, schedule = self.Task._meta.table_name, self.Schedule._meta.table_name
+        self._sql = {
+            "ready": f"SELECT id, data FROM {queue} WHERE queue = ? ORDER BY id LIMIT 1",
+            "due": f"SELECT id, data FROM {schedule} WHERE queue = ? AND timestamp <= ? "
+                   "ORDER BY timestamp, id LIMIT 1",
+            "pop_ready": f"DELETE FROM {queue} WHERE id = ?",
+            "pop_due": f"DELETE FROM {schedule} WHERE id = ?",
+            "put_ready": f"INSERT INTO {queue} (queue, data, priority) VALUES (?, ?, 0)",
+            "put_due": f"INSERT INTO {schedule} (queue, data, timestamp) VALUES (?, ?, ?)",
+        }
+        self._stamp = self.Schedule.timestamp.db_value
 
     def create_models(self):
         models = super().create_models()
@@ -100,26 +117,23 @@ class EdgeStorage(SqlStorage):
         models[1].timestamp.utc = True
         return models
 
-    def _ready(self, now: datetime):
+    def _ready(self, now: datetime) -> tuple[str, tuple | None]:
         """The next message to run: the queue first, then the earliest due scheduled one."""
-        row = (self.tasks(self.Task.id, self.Task.data)
-               .order_by(self.Task.priority.desc(), self.Task.id).limit(1).tuples().first())
+        row = self.database.execute_sql(self._sql["ready"], (self.name,)).fetchone()
         if row is not None:
-            return self.Task, row
-        row = (self.schedule(self.Schedule.id, self.Schedule.data)
-               .where(self.Schedule.timestamp <= now)
-               .order_by(self.Schedule.timestamp, self.Schedule.id).limit(1).tuples().first())
-        return (self.Schedule, row) if row is not None else (None, None)
+            return "pop_ready", row
+        row = self.database.execute_sql(self._sql["due"], (self.name, self._stamp(now)))
+        return "pop_due", row.fetchone()
 
     def has_ready(self, now: datetime) -> bool:
         return self._ready(now)[1] is not None
 
     def pop_ready(self, now: datetime) -> bytes | None:
         """Remove and return the next ready message; call inside the caller's transaction."""
-        model, row = self._ready(now)
+        delete, row = self._ready(now)
         if row is None:
             return None
-        model.delete().where(model.id == row[0]).execute()
+        self.database.execute_sql(self._sql[delete], (row[0],))
         return bytes(row[1])
 
     def next_due(self) -> datetime | None:
@@ -128,16 +142,13 @@ class EdgeStorage(SqlStorage):
         return None if value is None else value.replace(tzinfo=UTC)  # naive UTC from the field
 
     def add_many(self, ready: list[bytes], scheduled: list[tuple[bytes, datetime]]) -> None:
-        """Insert many messages with executemany: peewee's insert_many spends ~35 us a row
-        building SQL, which is most of the time of recovering 10,000 tasks."""
+        """Insert messages: `ready` to run now, `scheduled` with their naive UTC etas."""
         cursor = self.database.cursor()
-        cursor.executemany(
-            f'INSERT INTO "{self.Task._meta.table_name}" (queue, data, priority) VALUES (?, ?, 0)',
-            [(self.name, data) for data in ready])
-        stamp = self.Schedule.timestamp.db_value
-        cursor.executemany(
-            f'INSERT INTO "{self.Schedule._meta.table_name}" (queue, data, timestamp) '
-            "VALUES (?, ?, ?)", [(self.name, data, stamp(eta)) for data, eta in scheduled])
+        if ready:
+            cursor.executemany(self._sql["put_ready"], [(self.name, data) for data in ready])
+        if scheduled:
+            cursor.executemany(self._sql["put_due"], [(self.name, data, self._stamp(eta))
+                                                      for data, eta in scheduled])
 
     def all_messages(self) -> list[bytes]:
         rows = list(self.tasks(self.Task.data).tuples()) + list(
@@ -173,24 +184,23 @@ class EdgeHuey(Huey):
 
     def put(self, args: IntervalJobArgs, eta: datetime | None = None) -> None:
         """Queue a run; call inside the transaction that writes its task row."""
-        task = self.run_job.s(args.payload())
-        if eta is not None and eta > utcnow():
-            task.eta = eta.astimezone(UTC).replace(tzinfo=None)
-            self.add_schedule(task)
-        else:
-            self.enqueue(task)
+        self.put_many([(args, eta)])
 
     def put_many(self, runs: list[tuple[IntervalJobArgs, datetime | None]]) -> None:
-        """Queue many runs at once (start-up recovery of thousands of tasks)."""
+        """Queue runs (one, or the thousands of a start-up recovery), due at their eta or now.
+
+        The messages are what `run_job.s(payload)` would enqueue, built straight from huey's
+        Message: a huey Task object and its signals per message cost more than the INSERT."""
         now = utcnow()
         ready, scheduled = [], []
         for args, eta in runs:
-            task = self.run_job.s(args.payload())
-            if eta is not None and eta > now:
-                task.eta = eta.astimezone(UTC).replace(tzinfo=None)
-                scheduled.append((self.serialize_task(task), task.eta))
+            due = eta.astimezone(UTC).replace(tzinfo=None) if eta and eta > now else None
+            data = self.serializer.serialize(Message(str(uuid.uuid4()), TASK_NAME, due,
+                                                     args=(args.payload(),), kwargs={}))
+            if due is None:
+                ready.append(data)
             else:
-                ready.append(self.serialize_task(task))
+                scheduled.append((data, due))
         self.storage.add_many(ready, scheduled)
 
     def payloads(self) -> list[IntervalJobArgs]:
@@ -204,11 +214,14 @@ class EdgeHuey(Huey):
                 logger.warning("ignoring an unreadable queue message: %r", data[:80])
         return found
 
-    def dequeue(self, now: datetime | None = None):
-        """Take the next ready message and claim its task, in one transaction (one commit)."""
+    def dequeue(self, now: datetime | None = None, locked: bool = False):
+        """Take the next ready message and claim its task, in one transaction (one commit).
+
+        `locked` looks under the write lock at once: a lock-free read can miss a commit whose
+        WAL frames are written but not yet visible (the waiter was woken by those writes)."""
         while True:
             now = now or utcnow()
-            if not self.storage.has_ready(now):
+            if not locked and not self.storage.has_ready(now):
                 return None  # a read, without taking the write lock
             with self.database.atomic("IMMEDIATE"):
                 data = self.storage.pop_ready(now)

@@ -24,7 +24,7 @@ from datetime import datetime
 from edgeworker import schedule
 from edgeworker.clock import to_text
 from edgeworker.ledger import Ledger
-from edgeworker.models import Job, Recovery, Task, TaskStatus
+from edgeworker.models import IS_UNFINISHED, Job, Recovery, Task, TaskStatus
 
 S = TaskStatus
 KEEP_RECORDS = 100
@@ -61,6 +61,22 @@ def is_task_valid(task: Task, job: Job | None, now: datetime) -> Verdict:
     return VALID
 
 
+VALIDITY_COLUMNS = (Job.id, Job.name, Job.enabled, Job.paused, Job.max_attempts,
+                    Job.every_seconds, Job.cron, Job.timezone, Job.catch_up, Job.catch_up_limit,
+                    Job.jitter_seconds, Job.retry_delay_seconds)
+
+
+class JobFacts:
+    """What `is_task_valid` reads of a job (a `schedule.ScheduleSpec`), without a model."""
+
+    def __init__(self, **columns):
+        self.__dict__.update(columns)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.enabled) and not self.paused
+
+
 @dataclass
 class Plan:
     recover: list[Task] = field(default_factory=list)  # running -> recovery message
@@ -86,16 +102,18 @@ class Plan:
 def plan(ledger: Ledger, now: datetime) -> Plan:
     """What recovery would do, changing nothing."""
     result = Plan()
-    jobs = {job.id: job for job in Job.select()}
+    # Only the columns validity needs, as plain rows: a Job model instance costs ~20 us to build,
+    # most of recovering 10,000 tasks of 10,000 jobs. Jobs to schedule are read in full below.
+    jobs = {job.id: job for job in Job.select(*VALIDITY_COLUMNS).objects(JobFacts)}
     queued = ledger.huey.payloads()
     named = {args.task_id for args in queued if args.task_id is not None}
     recovering = {(args.task_id, args.recovering_attempt) for args in queued
                   if args.recovering_attempt is not None}
     will_run: set[int] = set()  # jobs with a scheduled run that stays pending
+    # No ORDER BY: with one, SQLite walks the whole table in id order instead of the small index.
     unfinished = (Task.select(Task.id, Task.job, Task.status, Task.origin, Task.attempt,
-                              Task.scheduled_for, Task.due_at)
-                  .where(Task.status.in_([S.CREATED, S.RUNNING])).order_by(Task.id))
-    for task in unfinished:
+                              Task.scheduled_for, Task.due_at).where(IS_UNFINISHED))
+    for task in sorted(unfinished, key=lambda t: t.id):
         verdict = is_task_valid(task, jobs.get(task.job_id), now)
         if not verdict.valid:
             result.close.append((task, verdict.status, verdict.reason))
@@ -107,7 +125,8 @@ def plan(ledger: Ledger, now: datetime) -> Plan:
                 result.recover.append(task)
         elif task.id not in named:
             result.requeue.append(task)
-    result.schedule = [job for job in jobs.values() if job.active and job.id not in will_run]
+    todo = [job.id for job in jobs.values() if job.active and job.id not in will_run]
+    result.schedule = list(Job.select().where(Job.id.in_(todo)).order_by(Job.id)) if todo else []
     return result
 
 

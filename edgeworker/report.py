@@ -10,7 +10,7 @@ from datetime import datetime
 import peewee
 
 from edgeworker.clock import to_text
-from edgeworker.models import FINISHED, Job, Task, TaskStatus
+from edgeworker.models import FINISHED, IS_UNFINISHED, Job, Task, TaskStatus
 
 
 def _when(moment: datetime | None) -> str | None:
@@ -18,8 +18,7 @@ def _when(moment: datetime | None) -> str | None:
 
 
 def job_row(job: Job, counts: dict[str, int] | None = None) -> dict:
-    pending = (Task.select().where((Task.job == job.id)
-                                   & (Task.status.in_([TaskStatus.CREATED, TaskStatus.RUNNING])))
+    pending = (Task.select().where(IS_UNFINISHED & (Task.job == job.id))
                .order_by(Task.due_at).first())
     last = (Task.select().where((Task.job == job.id) & (Task.status.in_(list(FINISHED))))
             .order_by(Task.id.desc()).first())

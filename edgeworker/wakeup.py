@@ -80,8 +80,9 @@ class DatabaseWatch:
         if not self.watching and ctypes.get_errno() != errno.ENOENT:
             logger.warning("cannot watch %s: %s", self.wal, os.strerror(ctypes.get_errno()))
 
-    def wait(self, timeout: float) -> None:
-        """Return after `timeout` seconds, or as soon as the database changes or stop is set."""
+    def wait(self, timeout: float) -> bool:
+        """Return after `timeout` seconds, or as soon as the database changes or stop is set.
+        True when woken by a change to the WAL."""
         if not self.watching:
             self._watch()  # the WAL did not exist yet, or was removed
         if not self.watching:
@@ -91,18 +92,21 @@ class DatabaseWatch:
         if self.watching:
             poller.register(self.fd, select.POLLIN)
         if poller.poll(max(0, timeout) * 1000):
-            self._drain()
+            return self._drain()
+        return False
 
-    def _drain(self) -> None:
+    def _drain(self) -> bool:
         if self.fd < 0:
-            return
+            return False
+        changed = False
         while True:
             try:
                 data = os.read(self.fd, 4096)
             except BlockingIOError:
-                return
+                return changed
             if not data:
-                return
+                return changed
+            changed = True
             offset = 0
             while offset + _EVENT.size <= len(data):
                 _wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)

@@ -56,7 +56,8 @@ def test_huey_models_match_the_migrated_schema(database):
 
 def test_every_status_has_its_transitions_written_down():
     assert set(TRANSITIONS) == set(TaskStatus)
-    assert UNFINISHED | FINISHED == set(TaskStatus)
+    assert set(UNFINISHED) | set(FINISHED) == set(TaskStatus)
+    assert UNFINISHED == ("created", "running")  # the order of tasks_unfinished's WHERE term
     for status in FINISHED:
         assert TRANSITIONS[status] == frozenset()
 
@@ -79,3 +80,29 @@ def test_task_check_constraint_rejects_unknown_status(database):
     with pytest.raises(peewee.IntegrityError, match="CHECK"):
         database.execute_sql("INSERT INTO tasks (status, scheduled_for, created_at) "
                              "VALUES ('lost', 'x', 'x')")
+
+
+def plan_of(database, sql: str, params=()) -> str:
+    rows = database.execute_sql(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
+    return " / ".join(row[-1] for row in rows)
+
+
+def test_unfinished_tasks_are_found_through_the_small_partial_index(database):
+    """History grows to millions of rows; what the worker does per run must not scan it."""
+    from edgeworker import ledger as ledger_module
+    from edgeworker.models import IS_UNFINISHED
+
+    queries = {
+        "busy": (ledger_module.SQL["busy"], (1, 2, "w")),
+        "pending": Task.select().where(IS_UNFINISHED & (Task.job == 1)
+                                       & (Task.origin == "schedule"))
+                               .order_by(Task.id.desc()).limit(1).sql(),
+        "recovery": Task.select(Task.id, Task.status).where(IS_UNFINISHED).sql(),
+        "cancel": Task.update(status="cancelled").where(
+            IS_UNFINISHED & (Task.job == 1) & (Task.status == "created")).sql(),
+    }
+    for name, (sql, params) in queries.items():
+        assert "tasks_unfinished" in plan_of(database, sql, params), name
+    # the trap: the same condition with bound parameters scans the table
+    sql, params = Task.select().where(Task.status.in_(UNFINISHED)).sql()
+    assert "tasks_unfinished" not in plan_of(database, sql, params)
