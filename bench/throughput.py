@@ -285,7 +285,7 @@ def measure(quick: bool = False) -> tuple[list[Figure], dict]:
     frames = {c: (counted[c]["commits"]["enqueue_frames"] + counted[c]["commits"]["drain_frames"])
               / n_commits for c in CONTENDERS}
     figures.append(Figure(
-        "2", "pages written to the WAL per task (4 KiB + 24 B each)", "pages",
+        "2", "pages written to the WAL per task (a page + 24 B each)", "pages",
         Stat.of([frames["edgeworker"]]), Stat.of([frames["huey"]]), "huey", None, "", None, 2))
     cpu = {c: Stat.of(per_run(c, lambda r: (r["enqueue"]["cpu"] + r["drain"]["cpu"]) / r["n"]
                               * 1e3)) for c in CONTENDERS}
