@@ -55,3 +55,46 @@ def test_times_are_stored_as_fixed_width_utc_text(migrated):
     scheduled = json.loads(row)["scheduled_for"]
     assert len(scheduled) == 27 and scheduled.endswith("Z")
     assert from_text(scheduled).minute == 0 and from_text(scheduled).second == 0
+
+
+def fail_task(task_id: int, status: str = "failed", days_ago: float = 0):
+    from datetime import timedelta
+
+    Task.update(status=status, error="exit status 1", exit_code=1,
+                finished_at=utcnow() - timedelta(days=days_ago)).where(Task.id == task_id).execute()
+
+
+def test_retry_queues_a_new_run_for_the_same_slot(migrated):
+    migrated.ok("jobs", "add", "a", "--command", "true", "--every", "1h")
+    fail_task(1)
+    assert migrated.ok("tasks", "retry", "1") == "queued task 2 to retry task 1\n"
+    first, second = (json.loads(migrated.ok("tasks", "show", str(i), "--json")) for i in (1, 2))
+    assert (second["status"], second["origin"]) == ("created", "manual")
+    assert second["scheduled_for"] == first["scheduled_for"]
+
+
+def test_retry_refuses_unfinished_and_orphaned_tasks(migrated):
+    migrated.ok("jobs", "add", "a", "--command", "true", "--every", "1h")
+    result = migrated("tasks", "retry", "1")
+    assert (result.exit_code, result.stderr) == (
+        1, "Error: task 1 is created; only failed or cancelled tasks can be retried\n")
+    fail_task(1)
+    migrated.ok("jobs", "remove", "a")
+    result = migrated("tasks", "retry", "1")
+    assert (result.exit_code, result.stderr) == (1, "Error: task 1's job no longer exists\n")
+    assert migrated("tasks", "retry", "99").stderr == "Error: no task with id 99\n"
+
+
+def test_prune_deletes_old_finished_tasks_only(migrated):
+    migrated.ok("jobs", "add", "a", "--command", "true", "--every", "1h")
+    migrated.ok("jobs", "run", "a")
+    migrated.ok("jobs", "run", "a")
+    fail_task(2, days_ago=10)
+    fail_task(3, "cancelled", days_ago=1)
+    assert migrated.ok("tasks", "prune", "--older-than", "7d") == (
+        "pruned 1 finished task(s) older than 7d\n")
+    assert [t["id"] for t in json.loads(migrated.ok("tasks", "list", "--json"))] == [3, 1]
+    result = migrated("tasks", "prune", "--older-than", "a week")
+    assert (result.exit_code, result.stderr) == (
+        1, "Error: --older-than: 'a week' is not a duration such as 500ms, 30s, 5m, 1h30m or "
+           "7d\n")

@@ -345,3 +345,38 @@ def test_every_queued_run_wakes_the_worker(tmp_path):
              .total_seconds() for t in done]
     late = [wait for wait in waits if wait > 2]
     assert late == []
+
+
+def test_retention_prunes_old_finished_tasks_at_start(tmp_path):
+    config = ('[worker]\ndatabase = "ew.db"\nretention = "1d"\n\n'
+              '[[jobs]]\nname = "a"\ncommand = "true"\nevery = "1h"\n')
+    worker = WorkerProcess(tmp_path, config)
+    worker.cli("migrate")
+    worker.cli("jobs", "sync")
+    for _ in range(3):
+        worker.cli("jobs", "run", "a")
+    con = sqlite3.connect(worker.db)
+    con.execute("UPDATE tasks SET status = 'succeeded', finished_at = "
+                "'2026-01-01T00:00:00.000000Z' WHERE id IN (2, 3)")
+    con.commit()
+    con.close()
+    with worker:
+        worker.start().wait_running()
+        wait_for(lambda: "pruned 2 task(s)" in worker.log(), log=worker.log)
+        worker.stop()
+    assert [r[0] for r in worker.query("SELECT id FROM tasks WHERE id <= 4 ORDER BY id")] == [1, 4]
+
+
+def test_json_log_lines(tmp_path):
+    config = '[[jobs]]\nname = "j"\ncommand = "true"\nevery = "1h"\n'
+    with WorkerProcess(tmp_path, config) as worker:
+        worker.start("--log-format", "json")
+        wait_for(lambda: '"msg":"edgeworker running' in worker.log(), log=worker.log)
+        worker.cli("jobs", "run", "j")
+        wait_for(lambda: '"status":"succeeded"' in worker.log(), log=worker.log)
+        worker.stop()
+    records = [json.loads(line) for line in worker.log().splitlines()]
+    done = next(r for r in records if r.get("status") == "succeeded")
+    assert {k: done[k] for k in ("level", "job", "attempt", "exit_code")} == {
+        "level": "info", "job": "j", "attempt": 1, "exit_code": 0}
+    assert isinstance(done["task_id"], int) and done["duration"] >= 0
