@@ -114,7 +114,7 @@ bench-smoke: venv ## The benchmarks with tiny sizes: do the scripts still run? (
 	$(BIN)/python -m bench --quick
 
 lint: venv ## Check the code with ruff
-	$(BIN)/ruff check edgeworker tests
+	$(BIN)/ruff check edgeworker tests bench
 
 migrate: venv ## Apply pending migrations to the configured database (CONFIG=...)
 	$(EDGEWORKER) --config $(CONFIG) migrate

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -57,13 +58,14 @@ SQL = {
 
 
 def worker_identity() -> str:
-    """`<boot id>:<pid>`: tells a crash (same boot) from a power cut (new boot) in the record."""
+    """`<boot id>:<pid>:<start>`: tells a crash (same boot) from a power cut (new boot) in the
+    record, and one life of the worker from the next even where the pid repeats (containers)."""
     try:
         with open("/proc/sys/kernel/random/boot_id") as handle:
             boot = handle.read().strip()[:8]
     except OSError:
         boot = "noboot"
-    return f"{boot}:{os.getpid()}"
+    return f"{boot}:{os.getpid()}:{int(time.time())}"
 
 
 @dataclass(frozen=True)
