@@ -27,10 +27,6 @@ def from_text(text: str) -> datetime:
     return datetime.fromisoformat(text)  # C code, 30x faster than strptime; 'Z' is UTC
 
 
-def from_timestamp(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
-
-
 def display(moment: datetime | None) -> str:
     """Local time for people, to the second: '2026-11-29 14:47:13'."""
     if moment is None:

@@ -237,10 +237,10 @@ class Ledger:
                 self.schedule_next(job, task.scheduled_for, now)
         if not changed:
             return self._get(Task, task.id)
-        done = Task(**task.__data__)
-        done.status, done.finished_at, done.due_at = status.value, finished, due
-        done.exit_code, done.error, done.output = outcome.exit_code, outcome.error, outcome.output
-        return done
+        # the row as the UPDATE left it, without reading it back
+        task.status, task.finished_at, task.due_at = status.value, finished, due
+        task.exit_code, task.error, task.output = outcome.exit_code, outcome.error, outcome.output
+        return task
 
     # -- operators and recovery ----------------------------------------------------------------
 
@@ -248,14 +248,6 @@ class Ledger:
         """created/running -> failed/cancelled, with the reason."""
         return bool(Task.update(status=status, finished_at=now, error=error)
                     .where(IS_UNFINISHED & (Task.id == task.id)).execute())
-
-    def cancel(self, task: Task, reason: str, now: datetime) -> bool:
-        with self.db.atomic():
-            return self._close(task, S.CANCELLED, now, reason)
-
-    def fail(self, task: Task, reason: str, now: datetime) -> bool:
-        with self.db.atomic():
-            return self._close(task, S.FAILED, now, reason)
 
     def cancel_waiting(self, job_id: int, reason: str, now: datetime) -> int:
         """Cancel a job's tasks that have not started (pause, removal). Running ones finish."""
