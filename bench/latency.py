@@ -27,7 +27,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime
 from itertools import pairwise
 
 from bench.common import (
@@ -123,7 +123,7 @@ def add_history(worker: WorkerProcess, job_name: str, count: int, every: float) 
 
     from edgeworker import db as dbmod
     from edgeworker import migrate, models
-    from edgeworker.clock import from_timestamp, utcnow
+    from edgeworker.clock import utcnow
     from edgeworker.config import load_config
     from edgeworker.jobs import sync_jobs
     from edgeworker.ledger import Ledger
@@ -143,7 +143,7 @@ def add_history(worker: WorkerProcess, job_name: str, count: int, every: float) 
         for chunk in range(0, count, 1000):
             rows = []
             for k in range(chunk, min(count, chunk + 1000)):
-                slot = from_timestamp(first + k * every)
+                slot = datetime.fromtimestamp(first + k * every, UTC)
                 rows.append({"job": job.id, "status": "succeeded", "origin": "schedule",
                              "scheduled_for": slot, "due_at": slot, "attempt": 1,
                              "created_at": slot, "started_at": slot, "finished_at": slot,

@@ -21,7 +21,7 @@ import json
 import shutil
 import sys
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from bench.common import Figure, NotifySocket, Stat, WorkerProcess, scratch_dir, worker_config
 
@@ -32,14 +32,15 @@ DAY = 86400
 def prepare(worker: WorkerProcess, interrupted: int) -> None:
     from edgeworker import db as dbmod
     from edgeworker import migrate, models
-    from edgeworker.clock import from_timestamp, utcnow
+    from edgeworker.clock import utcnow
     from edgeworker.models import Job, Task
 
     database = dbmod.open_database(worker.db, create=True)
     migrate.apply(database, migrate.plan(database, migrate.discover()))
     models.database.initialize(database)
     now = utcnow()
-    slot = from_timestamp(now.timestamp() // DAY * DAY)  # the current slot of `every = "24h"`
+    # the current slot of `every = "24h"`
+    slot = datetime.fromtimestamp(now.timestamp() // DAY * DAY, UTC)
     started = now - timedelta(seconds=5)
     with database.atomic():
         for first in range(0, interrupted, 1000):

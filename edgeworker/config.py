@@ -82,7 +82,9 @@ class JobSpec:
     cron: str | None = None
     timezone: str | None = None
     timeout: float | None = None
-    max_attempts: int = 1
+    # 3, not 1: an attempt is counted when a run starts, so a run that a power cut interrupts
+    # has used one; with a single attempt it could not run again.
+    max_attempts: int = 3
     retry_delay: float = 10.0
     catch_up: str = "skip"
     catch_up_limit: int = 10

@@ -76,7 +76,7 @@ class Job(BaseModel):
     cron = peewee.TextField(null=True)
     timezone = peewee.TextField(null=True)
     timeout_seconds = peewee.FloatField(null=True)
-    max_attempts = peewee.IntegerField(default=1)
+    max_attempts = peewee.IntegerField(default=3)
     retry_delay_seconds = peewee.FloatField(default=10.0)
     catch_up = peewee.TextField(default="skip")
     catch_up_limit = peewee.IntegerField(default=10)

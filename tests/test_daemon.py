@@ -72,6 +72,7 @@ command = "sleep 300 & echo $! >> {pids}; sh -c 'sleep 300' & echo $! >> {pids};
 shell = true
 every = "1h"
 timeout = "500ms"
+max_attempts = 1
 '''
     with WorkerProcess(tmp_path, config) as worker:
         worker.start().wait_running()
@@ -130,6 +131,7 @@ timeout = "10s"
 name = "bad"
 callable = "mytasks:broken"
 every = "1h"
+max_attempts = 1
 '''
     with WorkerProcess(tmp_path, config) as worker:
         worker.start().wait_running()

@@ -46,7 +46,7 @@ def test_counts_last_success_queue_and_recovery(tmp_path):
     textfile = tmp_path / "textfile" / "edgeworker.prom"
     textfile.parent.mkdir()
     jobs = ('[[jobs]]\nname = "ok"\ncommand = "true"\nevery = "1h"\n\n'
-            '[[jobs]]\nname = "bad"\ncommand = "false"\nevery = "1h"\n')
+            '[[jobs]]\nname = "bad"\ncommand = "false"\nevery = "1h"\nmax_attempts = 1\n')
     with WorkerProcess(tmp_path, metrics_config(textfile, jobs)) as worker:
         worker.start().wait_running()
         for job in ("ok", "ok", "bad"):

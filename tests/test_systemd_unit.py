@@ -335,7 +335,8 @@ ReadWritePaths=/var/lib/sensor-data
 @pytest.mark.timeout(90, func_only=True)
 def test_jobs_write_outside_the_state_directory_only_with_the_documented_drop_in(binary_dir):
     config = CONFIG + ('\n[[jobs]]\nname = "store"\ncommand = ["sh", "-c", '
-                       '"echo reading >> /var/lib/sensor-data/readings"]\nevery = "300ms"\n')
+                       '"echo reading >> /var/lib/sensor-data/readings"]\nevery = "300ms"\n'
+                       'max_attempts = 1\n')
     with BootedSystemd({UNIT: UNIT_FILE, f"{UNIT}.d/test-timings.conf": TEST_TIMINGS},
                        files={"/etc/edgeworker/edgeworker.toml": config,
                               "/var/lib/sensor-data/readings": ""},
