@@ -33,3 +33,8 @@ class Conflict(EdgeworkerError):
 
 class WorkerRunning(EdgeworkerError):
     """Another worker holds the database's single-instance lock."""
+
+
+class ScheduleError(ConfigError):
+    """A job's schedule gives no run time (a cron expression that never fires, a date out of
+    range): the job cannot be scheduled until its settings change."""
