@@ -20,6 +20,7 @@ import peewee
 
 from edgeworker import schedule
 from edgeworker.clock import to_text
+from edgeworker.errors import ScheduleError
 from edgeworker.models import FINISHED, IS_UNFINISHED, UNFINISHED, Job, Task, TaskStatus
 from edgeworker.queue import EdgeHuey, IntervalJobArgs
 
@@ -68,6 +69,12 @@ def worker_identity() -> str:
     return f"{boot}:{os.getpid()}:{int(time.time())}"
 
 
+def _schedule_of(job: Job) -> tuple:
+    """What a job's next slot, due time and back-off depend on."""
+    return (job.name, job.every_seconds, job.cron, job.timezone, job.catch_up,
+            job.catch_up_limit, job.jitter_seconds, job.retry_delay_seconds)
+
+
 @dataclass(frozen=True)
 class ClaimedRun:
     """A task this worker has claimed: the row (status running) and its job, as of the claim."""
@@ -106,11 +113,18 @@ class Ledger:
         row = self.db.execute_sql(SQL[model._meta.name], (key,)).fetchone()
         return None if row is None else _model(model, row)
 
+    @staticmethod
+    def _plan(job: Job, last_slot: datetime | None, now: datetime) -> tuple[datetime, datetime]:
+        """The slot and due time of a job's next scheduled run: computed before a write
+        transaction opens, so that no schedule arithmetic runs while SQLite's write lock is held."""
+        slot = schedule.next_run(job, last_slot, now)
+        return slot, schedule.due_at(job, slot)
+
     def schedule_next(self, job: Job, last_slot: datetime | None, now: datetime) -> Task:
         """Create the job's next scheduled run (catch-up applied) and its message."""
-        slot = schedule.next_run(job, last_slot, now)
+        slot, due = self._plan(job, last_slot, now)
         with self.db.atomic():
-            return self._create(job, slot, schedule.due_at(job, slot), "schedule", now)
+            return self._create(job, slot, due, "schedule", now)
 
     def pending_scheduled(self, job_id: int) -> Task | None:
         return (Task.select().where(IS_UNFINISHED & (Task.job == job_id)
@@ -128,13 +142,16 @@ class Ledger:
         policy (start-up after downtime); without, the next run is the next slot (a new or
         resumed job: slots missed while paused are not owed).
         """
-        if not job.active:
+        if not job.active or self.pending_scheduled(job.id) is not None:
             return None
+        last = self.last_slot(job.id) if catch_up else None
+        slot, due = self._plan(job, last, now)
         with self.db.atomic():
             if self.pending_scheduled(job.id) is not None:
                 return None
-            last = self.last_slot(job.id) if catch_up else None
-            return self.schedule_next(job, last, now)
+            if catch_up and self.last_slot(job.id) != last:  # a run finished meanwhile
+                slot, due = self._plan(job, self.last_slot(job.id), now)
+            return self._create(job, slot, due, "schedule", now)
 
     def run_now(self, job: Job, now: datetime, slot: datetime | None = None) -> Task:
         """A manual run (`jobs run`, `tasks retry`), outside the schedule."""
@@ -215,13 +232,21 @@ class Ledger:
         """Record a run's outcome: succeeded, failed, or back to created for a retry; and, when a
         scheduled run is over, create the job's next one, all in one transaction."""
         task = run.task
+        # The next slot and the back-off are worked out from the job as it was at the claim,
+        # before the write lock is taken; a job edited while it ran is planned again inside.
+        planned = run.job
+        following = self._following(planned, task, now)
+        backoff = schedule.retry_delay(planned, task.id, task.attempt)
         with self.db.atomic():
             job = self._get(Job, task.job_id)
+            if job is not None and _schedule_of(job) != _schedule_of(planned):
+                following = self._following(job, task, now)
+                backoff = schedule.retry_delay(job, task.id, task.attempt)
             retry = (not outcome.succeeded and job is not None and job.active
                      and task.attempt < job.max_attempts)
             if retry:
                 status, finished = S.CREATED, None
-                due = now + timedelta(seconds=schedule.retry_delay(job, task.id, task.attempt))
+                due = now + timedelta(seconds=backoff)
             else:
                 status = S.SUCCEEDED if outcome.succeeded else S.FAILED
                 finished, due = now, task.due_at
@@ -233,14 +258,25 @@ class Ledger:
                                "its outcome is not recorded", task.id)
             elif retry:
                 self.huey.put(IntervalJobArgs(job.id, task.id), due)
-            elif task.origin == "schedule" and job is not None and job.active:
-                self.schedule_next(job, task.scheduled_for, now)
+            elif following is not None and job is not None and job.active:
+                self._create(job, *following, "schedule", now)
         if not changed:
             return self._get(Task, task.id)
         # the row as the UPDATE left it, without reading it back
         task.status, task.finished_at, task.due_at = status.value, finished, due
         task.exit_code, task.error, task.output = outcome.exit_code, outcome.error, outcome.output
         return task
+
+    def _following(self, job: Job, task: Task, now: datetime) -> tuple[datetime, datetime] | None:
+        """The next run after a scheduled one. A schedule that gives no time (settings stored by
+        an older version) must not lose this run's outcome: it is logged and the job waits."""
+        if task.origin != "schedule":
+            return None
+        try:
+            return self._plan(job, task.scheduled_for, now)
+        except ScheduleError as exc:
+            logger.error("%s; no further run is scheduled until the job is changed", exc)
+            return None
 
     # -- operators and recovery ----------------------------------------------------------------
 

@@ -155,3 +155,62 @@ def test_prune_deletes_only_old_finished_tasks(ledger):
     assert ledger.prune(utcnow() - timedelta(days=7)) == 1
     assert [t.status for t in Task.select()] == ["created"]
     assert ledger.prune(utcnow()) == 0
+
+
+def test_no_schedule_arithmetic_while_the_write_lock_is_held(ledger, database, monkeypatch):
+    from edgeworker import schedule
+
+    seen = []
+    for name in ("next_run", "due_at", "retry_delay"):
+        original = getattr(schedule, name)
+
+        def watched(*args, _original=original, _name=name):
+            seen.append((_name, database.in_transaction()))
+            return _original(*args)
+
+        monkeypatch.setattr(schedule, name, watched)
+    job = add(ledger, max_attempts=2)
+    ledger.cancel_waiting(job.id, "test", utcnow())
+    seen.clear()
+    ledger.ensure_scheduled(job, utcnow())
+    assert seen and not any(locked for _, locked in seen)
+    run = take(ledger).claimed
+    seen.clear()
+    ledger.finish(run, Outcome(False, 1, "exit status 1", ""), utcnow())  # a retry
+    run = take(ledger).claimed
+    ledger.finish(run, Outcome(True, 0, None, ""), utcnow())  # the next slot
+    assert {name for name, _ in seen} == {"next_run", "due_at", "retry_delay"}
+    assert not any(locked for _, locked in seen)
+    assert Task.select().where(Task.status == "created").count() == 1
+
+
+def test_a_job_edited_while_it_ran_is_planned_with_its_new_schedule(ledger):
+    job = add(ledger)
+    run = take(ledger).claimed
+    Job.update(every_seconds=300.0).where(Job.id == job.id).execute()
+    ledger.finish(run, Outcome(True, 0, None, ""), utcnow())
+    [nxt] = Task.select().where(Task.status == "created")
+    assert nxt.scheduled_for == schedule_after(run.task.scheduled_for, 300)
+
+
+def schedule_after(slot, every):
+    from edgeworker import schedule
+
+    class Every:
+        every_seconds = every
+
+    return schedule.next_slot(Every, slot)
+
+
+def test_a_schedule_that_fails_at_run_time_still_records_the_outcome(ledger, caplog):
+    job = add(ledger, name="odd")
+    run = take(ledger).claimed
+    # a schedule no current version accepts, stored by an older one: never fires
+    Job.update(every_seconds=None, cron="0 0 31 2 *", timezone="UTC").where(
+        Job.id == job.id).execute()
+    task = ledger.finish(run, Outcome(True, 0, None, ""), utcnow())
+    assert Task.get_by_id(task.id).status == "succeeded"
+    assert Task.select().where(Task.status == "created").count() == 0
+    assert 'job "odd": cannot compute a run time for cron "0 0 31 2 *" (UTC): the expression ' \
+           "matches no date (it never fires); no further run is scheduled until the job is " \
+           "changed" in caplog.text
