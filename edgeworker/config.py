@@ -34,6 +34,17 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _CALLABLE = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
+# Every duration is bounded: a year is plenty for anything a box schedules, and far larger values
+# overflow date arithmetic at run time (timedelta, year 9999).
+LONGEST = 365 * 86400.0
+# SQLite takes its busy timeout in milliseconds as a 32-bit int; Python turns more than ~24 days
+# into 0 (no waiting at all) without a word.
+LONGEST_BUSY_TIMEOUT = 86400.0
+# A cron expression that matches no date in this many years never does (Feb 29 of a leap year
+# is at most 8 years away, across a century year).
+NEVER_YEARS = 8
+CRON_HELP = '(minute hour day-of-month month day-of-week, e.g. "*/5 * * * *")'
+
 CATCH_UP_POLICIES = ("skip", "once", "all")
 DURABILITY_LEVELS = ("full", "normal")
 LOG_FORMATS = ("text", "json")
@@ -237,15 +248,18 @@ def _parse_worker(raw: Any, where: _Where, base: Path) -> WorkerSettings:
     if "durability" in raw:
         values["durability"] = _choice(raw["durability"], DURABILITY_LEVELS,
                                        lambda m: fail("durability", m))
-    for key in ("busy_timeout", "shutdown_timeout"):
-        if key in raw:
-            values[key] = _duration(raw[key], lambda m, k=key: fail(k, m))
+    if "busy_timeout" in raw:
+        values["busy_timeout"] = _duration(raw["busy_timeout"], lambda m: fail("busy_timeout", m),
+                                           positive=True, longest=LONGEST_BUSY_TIMEOUT)
+    if "shutdown_timeout" in raw:
+        values["shutdown_timeout"] = _duration(raw["shutdown_timeout"],
+                                               lambda m: fail("shutdown_timeout", m))
     if "retention" in raw:
         if raw["retention"] in ("forever", "off"):
             values["retention"] = None
         else:
             values["retention"] = _duration(raw["retention"], lambda m: fail(
-                "retention", m + ', or "forever" to keep every task'))
+                "retention", m + ', or "forever" to keep every task'), positive=True)
     if "python_path" in raw:
         entries = raw["python_path"]
         if isinstance(entries, str):
@@ -275,7 +289,8 @@ def _parse_metrics(raw: Any, where: _Where, base: Path) -> MetricsSettings:
 
     values: dict[str, Any] = {}
     if "interval" in raw:
-        values["interval"] = _duration(raw["interval"], lambda m: fail("interval", m))
+        values["interval"] = _duration(raw["interval"], lambda m: fail("interval", m),
+                                       positive=True)
         if values["interval"] < 0.1:
             raise fail("interval", "must be at least 100ms")
     if "textfile" in raw:
@@ -350,10 +365,7 @@ def build_job_spec(raw: Mapping[str, Any], fail) -> JobSpec:
         raise fail(None, "give exactly one schedule: 'every' (e.g. \"30s\") or "
                          "'cron' (e.g. \"*/5 * * * *\")")
     if has_every:
-        every = _duration(raw["every"], lambda m: fail("every", m))
-        if every < 0.1:
-            raise fail("every", "must be at least 100ms")
-        values["every"] = every
+        values["every"] = _duration(raw["every"], lambda m: fail("every", m), shortest=0.1)
     else:
         values["cron"] = _cron(raw["cron"], lambda m: fail("cron", m))
     if "timezone" in raw:
@@ -361,9 +373,8 @@ def build_job_spec(raw: Mapping[str, Any], fail) -> JobSpec:
             raise fail("timezone", "only applies to 'cron' schedules")
         values["timezone"] = _timezone(raw["timezone"], lambda m: fail("timezone", m))
     if "timeout" in raw:
-        values["timeout"] = _duration(raw["timeout"], lambda m: fail("timeout", m))
-        if values["timeout"] <= 0:
-            raise fail("timeout", "must be more than 0")
+        values["timeout"] = _duration(raw["timeout"], lambda m: fail("timeout", m),
+                                      positive=True)
     if "max_attempts" in raw:
         values["max_attempts"] = _int(raw["max_attempts"], 1, 1000,
                                       lambda m: fail("max_attempts", m))
@@ -377,6 +388,7 @@ def build_job_spec(raw: Mapping[str, Any], fail) -> JobSpec:
                                         lambda m: fail("catch_up_limit", m))
     if "jitter" in raw:
         values["jitter"] = _duration(raw["jitter"], lambda m: fail("jitter", m))
+        _check_jitter(values, lambda m: fail("jitter", m))
     if "enabled" in raw:
         if not isinstance(raw["enabled"], bool):
             raise fail("enabled", "must be true or false")
@@ -394,11 +406,56 @@ def build_job_spec(raw: Mapping[str, Any], fail) -> JobSpec:
     return JobSpec(**values)
 
 
-def _duration(value: Any, fail) -> float:
+def _duration(value: Any, fail, *, positive: bool = False, shortest: float = 0.0,
+              longest: float = LONGEST) -> float:
     try:
-        return parse_duration(value)
+        seconds = parse_duration(value)
     except ValueError as exc:
         raise fail(str(exc)) from None
+    if not seconds <= longest:
+        raise fail(f"{value!r} is longer than {format_duration(longest)}, the most allowed")
+    if seconds < shortest:
+        raise fail(f"must be at least {format_duration(shortest)}")
+    if positive and seconds <= 0:
+        raise fail("must be more than 0")
+    return seconds
+
+
+def _check_jitter(values: dict[str, Any], fail) -> None:
+    """A jitter as long as the period could start a run after its next slot: refused."""
+    jitter = values["jitter"]
+    if not jitter:
+        return
+    if values.get("every") is not None:
+        if jitter >= values["every"]:
+            raise fail(f"{format_duration(jitter)} is not shorter than the period "
+                       f"(every = {format_duration(values['every'])})")
+        return
+    gap = _cron_gap_at_most(values["cron"], jitter)
+    if gap is not None:
+        raise fail(f"{format_duration(jitter)} is not shorter than the shortest gap between two "
+                   f"runs of \"{values['cron']}\" ({format_duration(gap)})")
+
+
+def _cron_gap_at_most(expression: str, limit: float, slots: int = 1000) -> float | None:
+    """A gap between consecutive slots of `expression` of at most `limit` seconds, looked for
+    over a year of slots (at most `slots` of them: a denser expression repeats within them)."""
+    from datetime import UTC, datetime, timedelta
+
+    from croniter import croniter
+
+    itr = croniter(expression, datetime(2001, 1, 1, tzinfo=UTC))
+    previous = itr.get_next(datetime)
+    end = previous + timedelta(days=366)
+    for _ in range(slots):
+        slot = itr.get_next(datetime)
+        gap = (slot - previous).total_seconds()
+        if gap <= limit:
+            return gap
+        if slot > end:
+            break
+        previous = slot
+    return None
 
 
 def _int(value: Any, low: int, high: int, fail) -> int:
@@ -421,14 +478,20 @@ def _path(value: Any, base: Path, fail) -> Path:
 
 
 def _cron(value: Any, fail) -> str:
-    from croniter import croniter  # imported here: `--help` must stay fast
+    from datetime import UTC, datetime
+
+    from croniter import CroniterBadDateError, croniter  # here: `--help` must stay fast
 
     if not isinstance(value, str) or len(value.split()) != 5:
-        raise fail(f"{value!r} is not a 5-field cron expression "
-                   "(minute hour day-of-month month day-of-week, e.g. \"*/5 * * * *\")")
+        raise fail(f"{value!r} is not a 5-field cron expression {CRON_HELP}")
     if not croniter.is_valid(value):
-        raise fail(f"{value!r} is not a valid cron expression "
-                   "(minute hour day-of-month month day-of-week, e.g. \"*/5 * * * *\")")
+        raise fail(f"{value!r} is not a valid cron expression {CRON_HELP}")
+    try:
+        croniter(value, datetime(2001, 1, 1, tzinfo=UTC),
+                 max_years_between_matches=NEVER_YEARS).get_next(datetime)
+    except CroniterBadDateError:
+        raise fail(f"{value!r} never fires: no date matches it (within {NEVER_YEARS} years)") \
+            from None
     return value
 
 

@@ -167,3 +167,30 @@ def test_run_queues_a_manual_task(migrated):
     tasks = json.loads(migrated.ok("tasks", "list", "--json"))
     assert [(t["id"], t["origin"], t["status"]) for t in tasks] == [
         (2, "manual", "created"), (1, "schedule", "created")]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--command", "x", "--cron", "0 0 31 2 *"],
+     "Error: --cron: '0 0 31 2 *' never fires: no date matches it (within 8 years)\n"),
+    (["--command", "x", "--every", "400d"],
+     "Error: --every: '400d' is longer than 365d, the most allowed\n"),
+    (["--command", "x", "--every", "1m", "--timeout", "9999999999d"],
+     "Error: --timeout: '9999999999d' is longer than 365d, the most allowed\n"),
+    (["--command", "x", "--every", "1m", "--retry-delay", "1000d"],
+     "Error: --retry-delay: '1000d' is longer than 365d, the most allowed\n"),
+    (["--command", "x", "--every", "30s", "--jitter", "30s"],
+     "Error: --jitter: 30s is not shorter than the period (every = 30s)\n"),
+    (["--command", "x", "--cron", "*/5 * * * *", "--jitter", "10m"],
+     "Error: --jitter: 10m is not shorter than the shortest gap between two runs of "
+     "\"*/5 * * * *\" (5m)\n"),
+])
+def test_add_refuses_what_the_worker_could_not_schedule(migrated, args, message):
+    result = migrated("jobs", "add", "j", *args)
+    assert (result.exit_code, result.stdout, result.stderr) == (1, "", message)
+    assert migrated.ok("jobs", "list") == "no jobs\n"
+    assert migrated.ok("tasks", "list") == "no tasks\n"
+
+
+def test_add_accepts_a_leap_day_job(migrated):
+    assert migrated.ok("jobs", "add", "leap", "--command", "x", "--cron", "0 0 29 2 *",
+                       "--timezone", "UTC") == 'added job "leap" (cron 0 0 29 2 * (UTC))\n'

@@ -183,3 +183,85 @@ def test_shell_needs_a_string_and_a_command():
 def test_missing_file():
     with pytest.raises(ConfigError, match=r"^/nonexistent/x.toml: config file not found$"):
         load_config(Path("/nonexistent/x.toml"))
+
+
+# -- everything `run` would refuse is refused here first -----------------------------------------
+
+JOB = '[[jobs]]\nname = "a"\ncommand = "true"\n'
+
+
+@pytest.mark.parametrize("body, expected", [
+    # cron expressions that never fire: `run` used to die on croniter's CroniterBadDateError
+    ('cron = "0 0 31 2 *"', ":4: job \"a\": cron: '0 0 31 2 *' never fires: no date matches it "
+                            "(within 8 years)"),
+    ('cron = "0 0 30 2 *"', ":4: job \"a\": cron: '0 0 30 2 *' never fires: no date matches it "
+                            "(within 8 years)"),
+    ('cron = "0 0 31 4,6,9,11 *"', ":4: job \"a\": cron: '0 0 31 4,6,9,11 *' never fires: no "
+                                   "date matches it (within 8 years)"),
+    # durations beyond a year overflowed date arithmetic at run time
+    ('every = "400d"', ":4: job \"a\": every: '400d' is longer than 365d, the most allowed"),
+    ('every = "1m"\ntimeout = "99999999d"',
+     ":5: job \"a\": timeout: '99999999d' is longer than 365d, the most allowed"),
+    ('every = "1m"\nretry_delay = "366d"',
+     ":5: job \"a\": retry_delay: '366d' is longer than 365d, the most allowed"),
+    ('every = "1m"\ntimeout = "0s"', ':5: job "a": timeout: must be more than 0'),
+    # jitter as long as the period
+    ('every = "1m"\njitter = "1m"',
+     ':5: job "a": jitter: 1m is not shorter than the period (every = 1m)'),
+    ('every = "1m"\njitter = "2h"',
+     ':5: job "a": jitter: 2h is not shorter than the period (every = 1m)'),
+    ('cron = "*/30 * * * *"\njitter = "30m"', ':5: job "a": jitter: 30m is not shorter than the '
+                                              'shortest gap between two runs of "*/30 * * * *" '
+                                              "(30m)"),
+    ('cron = "0 0,23 * * *"\njitter = "2h"', ':5: job "a": jitter: 2h is not shorter than the '
+                                             'shortest gap between two runs of "0 0,23 * * *" '
+                                             "(1h)"),
+    ('cron = "0 0 1,28 * *"\njitter = "1d"', ':5: job "a": jitter: 1d is not shorter than the '
+                                             'shortest gap between two runs of "0 0 1,28 * *" '
+                                             "(1d)"),
+])
+def test_what_run_cannot_schedule_is_refused_with_file_and_line(body, expected):
+    assert error_of(JOB + body + "\n") == "/etc/edgeworker/edgeworker.toml" + expected
+
+
+@pytest.mark.parametrize("body", [
+    'cron = "0 0 29 2 *"',  # leap days only: fires every 4 (at most 8) years
+    'cron = "0 0 31 * *"',
+    'cron = "*/30 * * * *"\njitter = "29m"',
+    'cron = "0 2 * * *"\njitter = "23h"',
+    'every = "365d"\ntimeout = "365d"\nretry_delay = "0s"\njitter = "364d"',
+])
+def test_schedules_at_the_edge_of_what_is_allowed(body):
+    parse_config(JOB + body + "\n")
+
+
+@pytest.mark.parametrize("body, expected", [
+    # SQLite keeps its busy timeout in ms in a 32-bit int: Python silently made 30d into 0
+    ('busy_timeout = "30d"', ":2: [worker] busy_timeout: '30d' is longer than 1d, the most "
+                             "allowed"),
+    ('busy_timeout = "0s"', ":2: [worker] busy_timeout: must be more than 0"),
+    ('shutdown_timeout = "1000d"', ":2: [worker] shutdown_timeout: '1000d' is longer than 365d, "
+                                   "the most allowed"),
+    ('retention = "0s"', ':2: [worker] retention: must be more than 0, or "forever" to keep '
+                         "every task"),
+    ('retention = "5000d"', ":2: [worker] retention: '5000d' is longer than 365d, the most "
+                            'allowed, or "forever" to keep every task'),
+])
+def test_worker_durations_are_bounded(body, expected):
+    assert error_of("[worker]\n" + body + "\n") == "/etc/edgeworker/edgeworker.toml" + expected
+
+
+def test_metrics_interval_is_bounded():
+    assert error_of('[metrics]\ninterval = "400d"\n') == (
+        "/etc/edgeworker/edgeworker.toml:2: [metrics] interval: '400d' is longer than 365d, the "
+        "most allowed")
+
+
+def test_check_config_refuses_a_cron_that_never_fires(run_cli, tmp_path):
+    config = tmp_path / "edgeworker.toml"
+    config.write_text('[[jobs]]\nname = "leap"\ncommand = "true"\ncron = "0 0 29 2 *"\n\n'
+                      '[[jobs]]\nname = "feb31"\ncommand = "true"\ncron = "0 0 31 2 *"\n')
+    result = run_cli("check-config", config=config)
+    assert (result.exit_code, result.stderr) == (
+        1, f"Error: {config}:9: job \"feb31\": cron: '0 0 31 2 *' never fires: no date matches "
+           "it (within 8 years)\n")
