@@ -107,7 +107,7 @@ torture: venv ## Power-cut torture: 100 cuts with durability "full", 100 with "n
 	$(BIN)/python tests/torture.py powercut --cuts $(or $(CUTS),100)
 	$(BIN)/python tests/torture.py powercut --cuts $(or $(CUTS),100) --durability normal
 
-bench: venv ## Benchmarks beside raw huey: one table, bench/results.json (about 4 minutes)
+bench: venv ## Benchmarks beside raw huey: one table, bench/results.json (about 5 minutes)
 	$(BIN)/python -m bench
 
 bench-smoke: venv ## The benchmarks with tiny sizes: do the scripts still run? (seconds)

@@ -106,7 +106,13 @@ class Ledger:
                                                      to_text(now)))
         task = Task(id=cursor.lastrowid, job=job.id, status=S.CREATED, origin=origin,
                     scheduled_for=slot, due_at=due, attempt=0, recovered_count=0, created_at=now)
-        self.huey.put(IntervalJobArgs(job.id, task.id), due)
+        # An overdue scheduled run (catch-up) queues behind work that fell due before `now`:
+        # a flood of catch-up runs cannot hold back another job's runs. Manual runs go first.
+        if origin == "schedule":
+            eta = max(due, now)
+        else:
+            eta = due if due > now else None
+        self.huey.put(IntervalJobArgs(job.id, task.id), eta)
         return task
 
     def _get(self, model, key: int):

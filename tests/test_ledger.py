@@ -214,3 +214,37 @@ def test_a_schedule_that_fails_at_run_time_still_records_the_outcome(ledger, cap
     assert 'job "odd": cannot compute a run time for cron "0 0 31 2 *" (UTC): the expression ' \
            "matches no date (it never fires); no further run is scheduled until the job is " \
            "changed" in caplog.text
+
+
+def test_a_catch_up_flood_lets_another_jobs_due_run_go_first(ledger):
+    # `backlog` owes 50 runs after downtime; `tick` runs every second. A catch-up run is queued
+    # with the time it was created, so a tick that fell due before then is taken first. (Before,
+    # each catch-up run went to the queue ahead of every scheduled run: the tick waited.)
+    now = utcnow()
+    tick = add(ledger, name="tick", every=1.0, now=now)
+    backlog = add(ledger, name="backlog", every=60.0, catch_up="all", catch_up_limit=100,
+                  now=now)
+    Task.delete().where(Task.job == backlog.id).execute()
+    ledger.schedule_next(backlog, now - timedelta(minutes=50), now)
+    tick_slot = Task.get((Task.job == tick.id) & (Task.status == "created")).scheduled_for
+    ledger.huey.bind(ledger.claim, lambda args, run: None)
+
+    later = tick_slot + timedelta(milliseconds=500)
+    first = ledger.huey.dequeue(later).claimed  # queued before the tick fell due: first
+    assert first.job.name == "backlog"
+    ledger.finish(first, Outcome(True, 0, None, ""), later)
+    second = ledger.huey.dequeue(later).claimed
+    assert (second.job.name, second.task.scheduled_for) == ("tick", tick_slot)
+    third = ledger.huey.dequeue(later).claimed
+    assert third.job.name == "backlog"
+
+
+def test_a_manual_run_still_goes_before_due_scheduled_runs(ledger):
+    now = utcnow()
+    job = add(ledger, name="tick", every=1.0, now=now)
+    other = add(ledger, name="other", every=3600.0, now=now)
+    ledger.huey.bind(ledger.claim, lambda args, run: None)
+    manual = ledger.run_now(other, now + timedelta(seconds=5))
+    taken = ledger.huey.dequeue(now + timedelta(seconds=5)).claimed
+    assert taken.task.id == manual.id
+    assert ledger.huey.dequeue(now + timedelta(seconds=5)).claimed.job.id == job.id
