@@ -17,14 +17,18 @@ transaction with multi-row writes: a crash during recovery leaves the database a
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from edgeworker import schedule
 from edgeworker.clock import to_text
+from edgeworker.errors import ScheduleError
 from edgeworker.ledger import Ledger
 from edgeworker.models import IS_UNFINISHED, Job, Recovery, Task, TaskStatus
+
+logger = logging.getLogger("edgeworker.recovery")
 
 S = TaskStatus
 KEEP_RECORDS = 100
@@ -55,7 +59,11 @@ def is_task_valid(task: Task, job: Job | None, now: datetime) -> Verdict:
                        f"interrupted on attempt {task.attempt} of {job.max_attempts} (the worker "
                        "stopped while it ran): no attempt left")
     if task.origin == "schedule":
-        stale = schedule.stale_reason(job, task.scheduled_for, now)
+        try:
+            stale = schedule.stale_reason(job, task.scheduled_for, now)
+        except ScheduleError as exc:  # its own slot is known: let it run
+            logger.error("%s", exc)
+            stale = None
         if stale:
             return Verdict(False, S.CANCELLED, stale)
     return VALID
@@ -138,7 +146,10 @@ def recover_running_tasks(ledger: Ledger, todo: Plan, now: datetime) -> None:
 
 def recover_jobs(ledger: Ledger, todo: Plan, now: datetime) -> None:
     for job in todo.schedule:
-        ledger.schedule_next(job, ledger.last_slot(job.id), now)
+        try:
+            ledger.schedule_next(job, ledger.last_slot(job.id), now)
+        except ScheduleError as exc:  # one job's schedule must not stop the worker's start
+            logger.error("%s; the job is not scheduled until it is changed", exc)
 
 
 def recover(ledger: Ledger, now: datetime) -> Plan:

@@ -166,3 +166,22 @@ def test_ten_thousand_interrupted_tasks(ledger):
     assert plan.counts()["recovered"] == 10_000
     assert len(ledger.huey.payloads()) == 10_001  # and the job's scheduled run
     print(f"recovered 10,000 tasks in {elapsed * 1000:.0f} ms")
+
+
+def test_a_job_whose_schedule_gives_no_time_does_not_stop_recovery(ledger, caplog):
+    # Stored by an older version that accepted it: February 31st never comes.
+    odd = add(ledger, name="odd", catch_up="all", catch_up_limit=5)
+    start_run(ledger)  # odd's run, interrupted
+    unscheduled = add(ledger, name="unscheduled")
+    fine = add(ledger, name="fine")
+    Task.delete().where(Task.job.in_([unscheduled.id, fine.id])).execute()
+    Job.update(every_seconds=None, cron="0 0 31 2 *", timezone="UTC").where(
+        Job.id.in_([odd.id, unscheduled.id])).execute()
+    plan = recovery.recover(ledger, utcnow() + timedelta(minutes=30))
+    assert plan.counts()["recovered"] == 1  # its own slot is known: it runs again
+    assert Task.select().where((Task.job == fine.id) & (Task.status == "created")).count() == 1
+    assert Task.select().where(Task.job == unscheduled.id).count() == 0
+    assert 'job "odd": cannot compute a run time for cron "0 0 31 2 *" (UTC)' in caplog.text
+    assert 'job "unscheduled": cannot compute a run time for cron "0 0 31 2 *" (UTC): the ' \
+           "expression matches no date (it never fires); the job is not scheduled until it " \
+           "is changed" in caplog.text
