@@ -69,10 +69,10 @@ def worker_identity() -> str:
     return f"{boot}:{os.getpid()}:{int(time.time())}"
 
 
-def _schedule_of(job: Job) -> tuple:
-    """What a job's next slot, due time and back-off depend on."""
-    return (job.name, job.every_seconds, job.cron, job.timezone, job.catch_up,
-            job.catch_up_limit, job.jitter_seconds, job.retry_delay_seconds)
+def _plan_inputs(job: Job) -> tuple:
+    """What the plan for a run's end depends on: retry or not, back-off, next slot and due."""
+    return (job.active, job.max_attempts, job.name, job.every_seconds, job.cron, job.timezone,
+            job.catch_up, job.catch_up_limit, job.jitter_seconds, job.retry_delay_seconds)
 
 
 @dataclass(frozen=True)
@@ -241,13 +241,11 @@ class Ledger:
         # The next slot and the back-off are worked out from the job as it was at the claim,
         # before the write lock is taken; a job edited while it ran is planned again inside.
         planned = run.job
-        following = self._following(planned, task, now)
-        backoff = schedule.retry_delay(planned, task.id, task.attempt)
+        following, backoff = self._end_plan(planned, task, outcome, now)
         with self.db.atomic():
             job = self._get(Job, task.job_id)
-            if job is not None and _schedule_of(job) != _schedule_of(planned):
-                following = self._following(job, task, now)
-                backoff = schedule.retry_delay(job, task.id, task.attempt)
+            if job is not None and _plan_inputs(job) != _plan_inputs(planned):
+                following, backoff = self._end_plan(job, task, outcome, now)
             retry = (not outcome.succeeded and job is not None and job.active
                      and task.attempt < job.max_attempts)
             if retry:
@@ -273,16 +271,20 @@ class Ledger:
         task.exit_code, task.error, task.output = outcome.exit_code, outcome.error, outcome.output
         return task
 
-    def _following(self, job: Job, task: Task, now: datetime) -> tuple[datetime, datetime] | None:
-        """The next run after a scheduled one. A schedule that gives no time (settings stored by
-        an older version) must not lose this run's outcome: it is logged and the job waits."""
-        if task.origin != "schedule":
-            return None
+    def _end_plan(self, job: Job, task: Task, outcome: Outcome,
+                  now: datetime) -> tuple[tuple[datetime, datetime] | None, float]:
+        """The next scheduled run (slot, due) if this one ends, and the back-off if it is
+        retried. A schedule that gives no time (settings stored by an older version) must not
+        lose this run's outcome: it is logged, and the job waits until it is changed."""
+        if not outcome.succeeded and job.active and task.attempt < job.max_attempts:
+            return None, schedule.retry_delay(job, task.id, task.attempt)
+        if task.origin != "schedule" or not job.active:
+            return None, 0.0
         try:
-            return self._plan(job, task.scheduled_for, now)
+            return self._plan(job, task.scheduled_for, now), 0.0
         except ScheduleError as exc:
             logger.error("%s; no further run is scheduled until the job is changed", exc)
-            return None
+            return None, 0.0
 
     # -- operators and recovery ----------------------------------------------------------------
 
