@@ -37,6 +37,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import cache
@@ -85,28 +86,22 @@ def _describe(job: ScheduleSpec) -> str:
     return f'cron "{job.cron}"' + (f" ({job.timezone})" if job.timezone else "")
 
 
-class _Errors:
-    """Turns whatever croniter, zoneinfo or datetime arithmetic raise into `ScheduleError`."""
+@contextmanager
+def _errors(job: ScheduleSpec) -> Iterator[None]:
+    """Whatever croniter, zoneinfo or datetime arithmetic raise becomes a `ScheduleError`."""
+    from croniter import CroniterBadDateError
 
-    def __init__(self, job: ScheduleSpec):
-        self.job = job
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        if exc is None or isinstance(exc, ScheduleError) or not isinstance(exc, Exception):
-            return False
-        from croniter import CroniterBadDateError, CroniterError
-
-        # KeyError: zoneinfo's ZoneInfoNotFoundError, for a zone this box does not know
-        if isinstance(exc, CroniterError | OverflowError | ValueError | KeyError):
-            reason = str(exc) or type(exc).__name__
-            if isinstance(exc, CroniterBadDateError):
-                reason = "the expression matches no date (it never fires)"
-            raise ScheduleError(f'job "{self.job.name}": cannot compute a run time for '
-                                f"{_describe(self.job)}: {reason}") from exc
-        return False
+    try:
+        yield
+    except ScheduleError:
+        raise
+    # croniter's errors are ValueErrors; KeyError: zoneinfo's ZoneInfoNotFoundError
+    except (OverflowError, ValueError, KeyError) as exc:
+        reason = str(exc) or type(exc).__name__
+        if isinstance(exc, CroniterBadDateError):
+            reason = "the expression matches no date (it never fires)"
+        raise ScheduleError(f'job "{job.name}": cannot compute a run time for '
+                            f"{_describe(job)}: {reason}") from exc
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -148,24 +143,34 @@ def _after_gap(slot: datetime, local: datetime) -> bool:
 
 
 _TICK = timedelta(microseconds=1)
+_NEARLY_A_MINUTE = timedelta(seconds=59)  # cron's resolution is a minute
 
 
 def _cron_slots(job: ScheduleSpec, start: datetime, backward: bool = False) -> Iterator[datetime]:
     """A cron job's slots in UTC: after `start` going forward, at or before it going back.
 
-    croniter (7.x) gives both copies of a repeated time, and for a time the clocks skip it gives
-    the moment after the gap (03:00 for 02:30), for some expressions. Here a fixed-time job keeps
-    only the first copy and the moment after the gap; any other job keeps both copies and drops
-    the stand-in unless the expression matches it anyway.
+    croniter (6.1 to 7.0) gives both copies of a repeated time, and for a time the clocks skip
+    it gives the moment after the gap (03:00 for 02:30), for some expressions. Here a fixed-time
+    job keeps only the first copy and the moment after the gap; any other job keeps both copies
+    and drops the stand-in unless the expression matches it anyway.
     """
     from croniter import croniter
 
     zone = _zone(job)
     fixed = is_fixed_time(job.cron)
+    direction = -1 if backward else 1
     itr = croniter(job.cron, (start + _TICK if backward else start).astimezone(zone))
-    step = itr.get_prev if backward else itr.get_next
+    previous, stuck = None, 0
     while True:
-        slot = step(datetime).astimezone(UTC)
+        slot = (itr.get_prev if backward else itr.get_next)(datetime).astimezone(UTC)
+        if previous is not None and (slot - previous) * direction <= timedelta(0):
+            # croniter stuck at a DST edge (older versions did): start again past it
+            stuck += 1
+            if stuck > 3:
+                raise ValueError(f"croniter does not get past {previous.isoformat()}")
+            itr = croniter(job.cron, (previous + direction * _NEARLY_A_MINUTE).astimezone(zone))
+            continue
+        previous, stuck = slot, 0
         local = slot.astimezone(zone)
         if fixed and _repeated(local):
             continue
@@ -177,7 +182,7 @@ def _cron_slots(job: ScheduleSpec, start: datetime, backward: bool = False) -> I
 
 def next_slot(job: ScheduleSpec, after: datetime) -> datetime:
     """The first slot strictly after `after`."""
-    with _Errors(job):
+    with _errors(job):
         if job.every_seconds is not None:
             every = _interval(job)
             return _slot(_micros(after) // every + 1, every)
@@ -196,7 +201,7 @@ def recent_slots(job: ScheduleSpec, after: datetime, now: datetime, limit: int) 
     """The most recent `limit` (at most) slots in (after, now], oldest first. O(limit)."""
     if limit <= 0 or now <= after:
         return []
-    with _Errors(job):
+    with _errors(job):
         if job.every_seconds is not None:
             every = _interval(job)
             first = _micros(after) // every + 1
@@ -306,7 +311,7 @@ def next_run(job: ScheduleSpec, last_slot: datetime | None, now: datetime) -> da
     candidate = next_slot(job, last_slot)
     if candidate > now:
         return candidate
-    with _Errors(job):
+    with _errors(job):
         if job.catch_up == "skip":
             return next_slot(job, now)
         if job.catch_up == "once":
@@ -319,7 +324,7 @@ def stale_reason(job: ScheduleSpec, slot: datetime, now: datetime) -> str | None
     O(1) for an interval job, O(catch_up_limit) at most for a cron job (recovery asks once)."""
     if job.catch_up == "once":
         return None
-    with _Errors(job):
+    with _errors(job):
         if job.catch_up == "skip":
             if next_slot(job, slot) <= now:
                 return "superseded: a newer slot is already due (catch_up = skip)"
@@ -348,7 +353,7 @@ def due_at(job: ScheduleSpec, slot: datetime) -> datetime:
     """When the run for `slot` may start: the slot plus the job's jitter."""
     if not job.jitter_seconds:
         return slot
-    with _Errors(job):
+    with _errors(job):
         return slot + timedelta(
             seconds=job.jitter_seconds * _fraction(job.name, slot.timestamp()))
 
