@@ -248,3 +248,37 @@ def test_a_manual_run_still_goes_before_due_scheduled_runs(ledger):
     taken = ledger.huey.dequeue(now + timedelta(seconds=5)).claimed
     assert taken.task.id == manual.id
     assert ledger.huey.dequeue(now + timedelta(seconds=5)).claimed.job.id == job.id
+
+
+def test_finishing_catch_up_runs_costs_a_few_croniter_steps_each(ledger, monkeypatch):
+    # A per-minute cron job back after 10 days with catch_up_limit = 2000: the first plan counts
+    # back 2000 cron times once; then each finished run costs a few steps, not 2000 more.
+    from croniter import croniter
+
+    steps = {"n": 0}
+    for name in ("get_next", "get_prev"):
+        original = getattr(croniter, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            steps["n"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(croniter, name, counted)
+    # half a minute into a minute a little ahead: no minute boundary while the test runs, and
+    # the queue (which stores a past eta as the real now) sees every message as due
+    now = (utcnow() + timedelta(minutes=2)).replace(second=30, microsecond=0)
+    spec = JobSpec(name="minutely", kind="command", target="true", cron="* * * * *",
+                   timezone="UTC", catch_up="all", catch_up_limit=2000)
+    job = add_job(ledger, spec, now)
+    Task.delete().where(Task.job == job.id).execute()
+    ledger.schedule_next(job, now - timedelta(days=10), now)
+    ledger.huey.bind(ledger.claim, lambda args, run: None)
+    steps["n"] = 0
+    slots = []
+    for i in range(100):
+        run = ledger.huey.dequeue(now + timedelta(milliseconds=i)).claimed
+        slots.append(run.task.scheduled_for)
+        ledger.finish(run, Outcome(True, 0, None, ""), now + timedelta(milliseconds=i))
+    assert slots == [slots[0] + timedelta(minutes=k) for k in range(100)]
+    assert slots[0] == (now - timedelta(minutes=1999)).replace(second=0, microsecond=0)
+    assert steps["n"] <= 5 * 100
