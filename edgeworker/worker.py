@@ -115,7 +115,9 @@ class IntervalJobWorker:
         delay = 0.5
         while True:
             try:
-                return self.ledger.finish(run, outcome, self.clock())
+                # never before it started, whatever the clock did meanwhile
+                now = max(self.clock(), run.task.started_at)
+                return self.ledger.finish(run, outcome, now)
             except Exception as exc:
                 if self.stopping():
                     logger.error("task %s: cannot record its outcome (%s); it runs again at the "
