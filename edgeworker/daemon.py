@@ -51,6 +51,7 @@ logger = logging.getLogger("edgeworker.daemon")
 
 MAX_IDLE = 60.0  # an idle thread re-reads the schedule at least this often (clock jumps)
 HEALTH_CHECK_INTERVAL = 10.0
+HELD_CHECK_INTERVAL = 1.0
 PRUNE_INTERVAL = 3600.0
 STALL = MAX_IDLE + 30.0  # an idle worker thread that has not looped for this long is stuck
 
@@ -323,7 +324,10 @@ class Daemon:
         self.ready = True  # the housekeeper pings only from here on
         next_health = time.monotonic() + HEALTH_CHECK_INTERVAL
         while True:
-            self._wait_for_signal(next_health - time.monotonic())
+            wait = next_health - time.monotonic()
+            if self.held_since is not None:
+                wait = min(wait, HELD_CHECK_INTERVAL)  # a stat and a syscall: is it synchronised?
+            self._wait_for_signal(wait)
             stop = self._take_signals()
             if stop:
                 return self.shutdown(consumer)
