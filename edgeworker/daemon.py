@@ -309,8 +309,20 @@ class Daemon:
             logger.warning("the clock stepped %s (%s) and is not synchronised: the worker does "
                            "not follow it back; its time goes on from %s, the newest time "
                            "recorded", span(step.wall), when, step.at.isoformat())
-        self.ledger.save_clock(now, correct=step.moved < 0, last_step_at=step.at,
-                               last_step_seconds=step.wall, last_step_moved=step.moved)
+        facts = {"last_step_at": step.at, "last_step_seconds": step.wall,
+                 "last_step_moved": step.moved}
+        if step.moved > 0:
+            # Runs recorded before a forward step look older than they are: retention must
+            # not take them for it (see prune), so remember it while retention would.
+            state = self.ledger.clock_state()
+            earlier = 0.0
+            retention = self.config.worker.retention
+            if state is not None and state.forward_at is not None and (
+                    retention is None or state.forward_at > now - timedelta(
+                        seconds=retention + state.forward_seconds)):
+                earlier = state.forward_seconds
+            facts.update(forward_at=now, forward_seconds=earlier + step.moved)
+        self.ledger.save_clock(now, correct=step.moved < 0, **facts)
 
     # -- running ----------------------------------------------------------------------------
 
@@ -419,10 +431,11 @@ class Daemon:
         now = self.clock.now()
         before = now - timedelta(seconds=retention)
         state = self.ledger.clock_state()
-        if state is not None and state.last_step_moved and state.last_step_moved > 0 \
-                and state.last_step_at > before:
-            # A forward step made the older runs look older than they are: not a reason to go.
-            before -= timedelta(seconds=state.last_step_moved)
+        if state is not None and state.forward_at is not None and \
+                state.forward_at > before - timedelta(seconds=state.forward_seconds):
+            # A forward step made the runs before it look older than they are: not a reason
+            # to delete them (runs after it may be kept that much longer).
+            before -= timedelta(seconds=state.forward_seconds)
         # Look before deleting: a write transaction that deletes nothing still costs a lock.
         old = (Task.select().where(Task.status.in_(list(FINISHED)) & (Task.finished_at < before))
                .exists())

@@ -363,20 +363,23 @@ class Ledger:
                 due = schedule.due_at(job, slot)
             if (slot, due) != (task.scheduled_for, task.due_at):
                 changes.append((task, slot, due))
-        with self.db.atomic():
-            self._move(changes)
-        return len(changes)
+        return self._move(changes)
 
-    def _move(self, changes: list[tuple[Task, datetime, datetime]], queued: bool = True) -> None:
-        """Give tasks a new slot and due time, and their queue messages the same (inside the
-        caller's transaction). `queued=False`: they have no message yet (held runs)."""
-        if queued:
-            self.huey.unqueue({task.id for task, _, _ in changes})
-        for task, slot, due in changes:
-            Task.update(scheduled_for=slot, due_at=due).where(
-                (Task.id == task.id) & (Task.status == S.CREATED)).execute()
-        self.huey.put_many([(IntervalJobArgs(task.job_id, task.id), due)
-                            for task, _, due in changes])
+    def _move(self, changes: list[tuple[Task, datetime, datetime]]) -> int:
+        """Give waiting tasks a new slot and due time, and a queue message for it, in one
+        transaction. A task that changed meanwhile (a worker claimed it) is left alone."""
+        moved = []
+        with self.db.atomic():
+            for task, slot, due in changes:
+                if Task.update(scheduled_for=slot, due_at=due).where(
+                        (Task.id == task.id) & (Task.status == S.CREATED)
+                        & (Task.attempt == task.attempt)
+                        & (Task.scheduled_for == task.scheduled_for)).execute():
+                    moved.append((task, due))
+            self.huey.unqueue({task.id for task, _ in moved})
+            self.huey.put_many([(IntervalJobArgs(task.job_id, task.id), due)
+                                for task, due in moved])
+        return len(moved)
 
     def _calendar_runs(self) -> list[tuple[Task, Job]]:
         return [(task, job) for task, job in self._pending()
@@ -393,13 +396,9 @@ class Ledger:
 
     def release_calendar(self, now: datetime) -> int:
         """Queue held cron runs again, with each job's catch-up policy for slots missed while
-        held (a held slot that is still ahead stays)."""
-        runs = self._calendar_runs()
-        with self.db.atomic():
-            queued = self.huey.unqueue({task.id for task, _ in runs})
-            changes = []
-            for task, job in runs:
-                slot = schedule.next_run(job, task.scheduled_for - timedelta(microseconds=1), now)
-                changes.append((task, slot, schedule.due_at(job, slot)))
-            self._move(changes, queued=False)
-        return len(runs) - len(queued)
+        held (a held slot that is still ahead stays). Returns how many were queued."""
+        changes = []
+        for task, job in self._calendar_runs():
+            slot = schedule.next_run(job, task.scheduled_for - timedelta(microseconds=1), now)
+            changes.append((task, slot, schedule.due_at(job, slot)))
+        return self._move(changes)

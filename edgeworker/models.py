@@ -160,6 +160,8 @@ class ClockState(BaseModel):
     last_step_at = UtcDateTimeField(null=True)
     last_step_seconds = peewee.FloatField(null=True)
     last_step_moved = peewee.FloatField(null=True)
+    forward_at = UtcDateTimeField(null=True)
+    forward_seconds = peewee.FloatField(default=0.0)
     held_since = UtcDateTimeField(null=True)
 
     class Meta:

@@ -6,5 +6,7 @@ CREATE TABLE clock (
     last_step_at TEXT,            -- when the wall clock last stepped (the worker's time then)
     last_step_seconds REAL,       -- by how much (negative: back)
     last_step_moved REAL,         -- how far the worker's time moved with it (0: it did not follow)
+    forward_at TEXT,              -- when the worker's time last jumped forward with the clock
+    forward_seconds REAL NOT NULL DEFAULT 0,  -- by how much (summed while retention remembers)
     held_since TEXT               -- cron jobs wait for a synchronised clock since then, or NULL
 );

@@ -115,6 +115,7 @@ def test_hold_and_release_cron_runs(ledger):
     assert list(queued(ledger)) == [pending(ledger, tick).id]  # interval jobs run meanwhile
     assert ledger.hold_calendar() == 0  # nothing more to take
     later = datetime(2026, 12, 3, 4, tzinfo=UTC)  # held past its 03:00 slot
+    ledger.huey.now = lambda: later
     assert ledger.release_calendar(later) == 1
     task = pending(ledger, cron)
     assert task.scheduled_for == datetime(2026, 12, 3, 3, tzinfo=UTC)  # catch-up once: it runs
