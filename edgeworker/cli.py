@@ -9,9 +9,10 @@ imported inside the commands, so that `--help` and `--version` start fast on a s
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -20,6 +21,10 @@ from edgeworker.errors import ConfigError, DatabaseError, EdgeworkerError
 
 DEFAULT_CONFIG = Path("edgeworker.toml")
 DEFAULT_DB = Path("edgeworker.db")
+# SQLite's integers are 64-bit: a larger number on the command line is a usage error, not an
+# OverflowError deep inside a query.
+INT64_MAX = 2**63 - 1
+TASK_ID = click.IntRange(1, INT64_MAX)
 
 
 class UserError(click.ClickException):
@@ -91,12 +96,24 @@ class EdgeworkerGroup(click.Group):
             raise UserError(str(exc), exc.exit_code) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except BrokenPipeError:
+            output_closed()
         except Exception as exc:
             if _debug(ctx):
                 raise
             translated = _translate(ctx, exc)
             raise UserError(translated or f"internal error: {type(exc).__name__}: {exc} "
                                           "(run with --debug for the traceback)") from None
+
+
+def output_closed() -> NoReturn:
+    """Whoever read our output is gone (`edgeworker status | head -1`): end quietly, killed by
+    SIGPIPE as `git log` or `cat` are (status 141 in a shell), rather than with an error."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # nothing left to flush at exit
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+    sys.exit(128 + signal.SIGPIPE)  # not reached
 
 
 def _debug(ctx: click.Context) -> bool:
@@ -171,7 +188,7 @@ def cli(ctx: click.Context, config_path: Path | None, db_path: Path | None, debu
 @cli.command()
 @click.option("--check", is_flag=True, help="Exit 3 if migrations are pending, 0 if up to date.")
 @click.option("--dry-run", is_flag=True, help="List the migrations that would run.")
-@click.option("--to", "target", type=int, metavar="VERSION",
+@click.option("--to", "target", type=click.IntRange(0, INT64_MAX), metavar="VERSION",
               help="Apply migrations up to and including VERSION only.")
 @pass_ctx
 def migrate(obj: Context, check: bool, dry_run: bool, target: int | None) -> None:
@@ -401,11 +418,11 @@ def jobs_list(obj: Context, as_json: bool) -> None:
 @click.option("--cron", help='5-field cron expression, e.g. "*/5 * * * *".')
 @click.option("--timezone", help="Time zone of the cron expression [default: local].")
 @click.option("--timeout", help="Stop a run after this long, e.g. 10m.")
-@click.option("--max-attempts", type=int, help="Attempts per run before it fails [default: 3].")
+@click.option("--max-attempts", type=click.IntRange(max=INT64_MAX), help="Attempts per run before it fails [default: 3].")
 @click.option("--retry-delay", help="Base back-off between attempts [default: 10s].")
 @click.option("--catch-up", type=click.Choice(["skip", "once", "all"]),
               help="Slots missed while down: skip, run once, or run all [default: skip].")
-@click.option("--catch-up-limit", type=int, help="At most this many missed slots [default: 10].")
+@click.option("--catch-up-limit", type=click.IntRange(max=INT64_MAX), help="At most this many missed slots [default: 10].")
 @click.option("--jitter", help="Spread start times by up to this long.")
 @click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment (repeat).")
 @click.option("--cwd", help="Working directory for a command.")
@@ -528,7 +545,7 @@ def tasks() -> None:
 @click.option("--job", "job_name", help="Only this job's tasks.")
 @click.option("--status", type=click.Choice(["created", "running", "succeeded", "failed",
                                              "cancelled"]), help="Only tasks in this state.")
-@click.option("--limit", type=click.IntRange(1), default=50, show_default=True,
+@click.option("--limit", type=click.IntRange(1, INT64_MAX), default=50, show_default=True,
               help="Newest first, at most this many.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
@@ -564,7 +581,7 @@ def _one_line(text: str | None, width: int = 60) -> str:
 
 
 @tasks.command("show")
-@click.argument("task_id", type=int)
+@click.argument("task_id", type=TASK_ID)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
 def tasks_show(obj: Context, task_id: int, as_json: bool) -> None:
@@ -596,7 +613,7 @@ def tasks_show(obj: Context, task_id: int, as_json: bool) -> None:
 
 
 @tasks.command("retry")
-@click.argument("task_id", type=int)
+@click.argument("task_id", type=TASK_ID)
 @pass_ctx
 def tasks_retry(obj: Context, task_id: int) -> None:
     """Run a failed or cancelled task's job again, for the same slot."""
@@ -639,9 +656,7 @@ def tasks_prune(obj: Context, older_than: str) -> None:
 
 
 def main() -> None:
-    # systemd and pipes: a closed stdout must not turn into a traceback.
     try:
         cli(prog_name="edgeworker")
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
+    except BrokenPipeError:  # raised outside a command, e.g. while flushing at the end
+        output_closed()
