@@ -418,11 +418,13 @@ def jobs_list(obj: Context, as_json: bool) -> None:
 @click.option("--cron", help='5-field cron expression, e.g. "*/5 * * * *".')
 @click.option("--timezone", help="Time zone of the cron expression [default: local].")
 @click.option("--timeout", help="Stop a run after this long, e.g. 10m.")
-@click.option("--max-attempts", type=click.IntRange(max=INT64_MAX), help="Attempts per run before it fails [default: 3].")
+@click.option("--max-attempts", type=click.IntRange(max=INT64_MAX),
+              help="Attempts per run before it fails [default: 3].")
 @click.option("--retry-delay", help="Base back-off between attempts [default: 10s].")
 @click.option("--catch-up", type=click.Choice(["skip", "once", "all"]),
               help="Slots missed while down: skip, run once, or run all [default: skip].")
-@click.option("--catch-up-limit", type=click.IntRange(max=INT64_MAX), help="At most this many missed slots [default: 10].")
+@click.option("--catch-up-limit", type=click.IntRange(max=INT64_MAX),
+              help="At most this many missed slots [default: 10].")
 @click.option("--jitter", help="Spread start times by up to this long.")
 @click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment (repeat).")
 @click.option("--cwd", help="Working directory for a command.")
