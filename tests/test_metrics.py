@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -81,17 +82,24 @@ def test_an_idle_worker_with_metrics_writes_nothing(tmp_path):
         worker.start().wait_running()
         wait_for(textfile.exists, what="the first metrics", log=worker.log)
         time.sleep(0.5)  # let start-up settle (recovery, first scheduling)
-        first = textfile.stat()
-        before = io_written(worker.proc.pid)
-        time.sleep(2)  # 20 metrics intervals
-        assert io_written(worker.proc.pid) == before
-        assert (textfile.stat().st_ino, textfile.stat().st_mtime_ns) == \
-            (first.st_ino, first.st_mtime_ns)
+        # Held open, the first file keeps its inode: a later file cannot reuse it (ext4 does
+        # reuse freed inodes), and its content shows whether it was rewritten in place.
+        with open(textfile, "rb") as first_file:
+            first = os.fstat(first_file.fileno())
+            first_text = first_file.read()
+            before = io_written(worker.proc.pid)
+            time.sleep(2)  # 20 metrics intervals
+            assert io_written(worker.proc.pid) == before
+            assert (textfile.stat().st_ino, textfile.stat().st_mtime_ns) == \
+                (first.st_ino, first.st_mtime_ns)
 
-        worker.cli("jobs", "run", "rare")  # a change is written within an interval or so
-        wait_for(lambda: value(textfile, "edgeworker_tasks", job="rare", status="succeeded") == 1,
-                 what="the run in the metrics", log=worker.log)
-        assert textfile.stat().st_ino != first.st_ino  # replaced by a rename, not rewritten
+            worker.cli("jobs", "run", "rare")  # a change is written within an interval or so
+            wait_for(lambda: value(textfile, "edgeworker_runs_total", job="rare",
+                                   outcome="succeeded") == 1,
+                     what="the run in the metrics", log=worker.log)
+            assert textfile.stat().st_ino != first.st_ino  # replaced by a rename...
+            first_file.seek(0)
+            assert first_file.read() == first_text  # ...not rewritten
         worker.stop()
 
 
