@@ -554,18 +554,16 @@ def tasks() -> None:
 def tasks_list(obj: Context, job_name: str | None, status: str | None, limit: int,
                as_json: bool) -> None:
     """List tasks, newest first."""
-    from edgeworker import jobs as catalog
     from edgeworker import report
 
     obj.open()
-    job = catalog.get_job(job_name) if job_name else None
-    data = report.tasks(job, status, limit)
+    data = report.tasks(job_name, status, limit)
 
     def render(rows: list[dict]) -> None:
         if not rows:
             click.echo("no tasks")
             return
-        table([[t["id"], t["job"] or f"#{t['job_id']} (removed)", t["status"], t["origin"],
+        table([[t["id"], job_label(t), t["status"], t["origin"],
                 show_time(t["scheduled_for"]), t["attempt"], t["recovered_count"],
                 "-" if t["exit_code"] is None else t["exit_code"],
                 _one_line(t["error"])] for t in rows],
@@ -573,6 +571,13 @@ def tasks_list(obj: Context, job_name: str | None, status: str | None, limit: in
                "ERROR"])
 
     emit(data, as_json, render)
+
+
+def job_label(task: dict) -> str:
+    """A task's job: its name, and "(removed)" after a removed job's name (kept since 014)."""
+    if task["job_id"] is not None:
+        return task["job"]
+    return f"{task['job'] or '-'} (removed)"
 
 
 def _one_line(text: str | None, width: int = 60) -> str:
@@ -601,7 +606,8 @@ def tasks_show(obj: Context, task_id: int, as_json: bool) -> None:
     def render(t: dict) -> None:
         for key in ("id", "job", "status", "origin", "attempt", "recovered_count", "exit_code",
                     "worker"):
-            click.echo(f"{key:16}{'-' if t[key] is None else t[key]}")
+            shown = job_label(t) if key == "job" else t[key]
+            click.echo(f"{key:16}{'-' if shown is None else shown}")
         for key in ("scheduled_for", "due_at", "created_at", "started_at", "finished_at"):
             click.echo(f"{key:16}{show_time(t[key])}")
         if t["error"]:

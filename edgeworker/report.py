@@ -10,6 +10,7 @@ from datetime import datetime
 import peewee
 
 from edgeworker.clock import to_text
+from edgeworker.errors import NotFound
 from edgeworker.models import FINISHED, IS_UNFINISHED, Job, Task, TaskStatus
 
 
@@ -71,7 +72,7 @@ def jobs(with_counts: bool = False) -> list[dict]:
 def task_row(task: Task, job_names: dict[int, str], full: bool = False) -> dict:
     row = {
         "id": task.id,
-        "job": job_names.get(task.job_id) if task.job_id is not None else None,
+        "job": job_names.get(task.job_id) if task.job_id is not None else task.job_name,
         "job_id": task.job_id,
         "status": task.status,
         "origin": task.origin,
@@ -95,14 +96,27 @@ def job_names() -> dict[int, str]:
     return dict(Job.select(Job.id, Job.name).tuples())
 
 
-def tasks(job: Job | None = None, status: str | None = None, limit: int = 50) -> list[dict]:
+def tasks(job_name: str | None = None, status: str | None = None, limit: int = 50) -> list[dict]:
+    """Tasks, newest first. A job's are those of the job of that name and those of removed jobs
+    that had the name: its history stays when it is removed (and when one is added again)."""
     query = Task.select(*[f for f in Task._meta.sorted_fields if f.name != "output"])
-    if job is not None:
-        query = query.where(Task.job == job.id)
     if status is not None:
         query = query.where(Task.status == status)
+    if job_name is None:
+        found = list(query.order_by(Task.id.desc()).limit(limit))
+    else:
+        job = Job.get_or_none(Job.name == job_name)
+        removed = Task.job.is_null() & (Task.job_name == job_name)
+        if job is None and not Task.select().where(removed).exists():
+            raise NotFound(f'no job named "{job_name}" (see `edgeworker jobs list`)')
+        # Two walks of the tasks_job_id index (job_id, id), each newest first, merged here: an
+        # OR would sort all of a job's history to return its newest rows.
+        found = list(query.where(removed).order_by(Task.id.desc()).limit(limit))
+        if job is not None:
+            found.extend(query.where(Task.job == job.id).order_by(Task.id.desc()).limit(limit))
+        found = sorted(found, key=lambda t: t.id, reverse=True)[:limit]
     names = job_names()
-    return [task_row(t, names) for t in query.order_by(Task.id.desc()).limit(limit)]
+    return [task_row(t, names) for t in found]
 
 
 def queue_depth(huey) -> dict:
