@@ -183,6 +183,14 @@ def cli(ctx: click.Context, config_path: Path | None, db_path: Path | None, debu
     ctx.call_on_close(ctx.obj.close)
 
 
+def next_run(job: dict) -> str:
+    if job["running"]:
+        return "running"
+    if job["overdue"]:
+        return f"overdue since {show_time(job['next_run_at'])}"
+    return show_time(job["next_run_at"])
+
+
 # -- migrate / check-config ---------------------------------------------------------------------
 
 @cli.command()
@@ -331,6 +339,7 @@ def recover(obj: Context, dry_run: bool, as_json: bool) -> None:
 def status(obj: Context, as_json: bool) -> None:
     """What ran, what runs next, what was recovered."""
     from edgeworker import report
+    from edgeworker.clock import utcnow
     from edgeworker.db import worker_pid
     from edgeworker.recovery import last_recovery
 
@@ -342,7 +351,7 @@ def status(obj: Context, as_json: bool) -> None:
         "worker": {"running": pid is not None, "pid": pid if pid and pid > 0 else None},
         "queue": report.queue_depth(ledger.huey),
         "last_recovery": last_recovery(),
-        "jobs": report.jobs(with_counts=True),
+        "jobs": report.jobs(utcnow(), with_counts=True),
     }
 
     def render(d: dict) -> None:
@@ -367,10 +376,9 @@ def status(obj: Context, as_json: bool) -> None:
         for j in d["jobs"]:
             c = j["counts"]
             state = "paused" if j["paused"] else ("disabled" if not j["enabled"] else "")
-            nxt = "running" if j["running"] else show_time(j["next_run_at"])
             last = (f"{j['last_status']} {show_time(j['last_finished_at'])}"
                     if j["last_status"] else "-")
-            rows.append([j["name"], j["schedule"], state or nxt, last, c["succeeded"],
+            rows.append([j["name"], j["schedule"], state or next_run(j), last, c["succeeded"],
                          c["failed"], c["cancelled"], c["running"], c["created"]])
         table(rows, ["JOB", "SCHEDULE", "NEXT RUN", "LAST RESULT", "OK", "FAILED", "CANCELLED",
                      "RUNNING", "WAITING"])
@@ -391,9 +399,10 @@ def jobs() -> None:
 def jobs_list(obj: Context, as_json: bool) -> None:
     """List jobs with their schedule and next run."""
     from edgeworker import report
+    from edgeworker.clock import utcnow
 
     obj.open()
-    data = report.jobs()
+    data = report.jobs(utcnow())
 
     def render(rows: list[dict]) -> None:
         if not rows:
@@ -401,8 +410,7 @@ def jobs_list(obj: Context, as_json: bool) -> None:
             return
         table([[j["name"], j["kind"], j["schedule"],
                 "paused" if j["paused"] else ("yes" if j["enabled"] else "no"),
-                "running" if j["running"] else show_time(j["next_run_at"]),
-                j["source"], j["target"]] for j in rows],
+                next_run(j), j["source"], j["target"]] for j in rows],
               ["NAME", "KIND", "SCHEDULE", "ENABLED", "NEXT RUN", "SOURCE", "TARGET"])
 
     emit(data, as_json, render)
