@@ -208,7 +208,8 @@ class Daemon:
         if self.config.metrics.textfile is not None:
             self.metrics = TextfileMetrics(self.config.metrics, self.huey)
         self.ledger = Ledger(self.huey)
-        worker = IntervalJobWorker(self.ledger, self.abort, stopping=lambda: self.stop_pipe.is_set)
+        worker = IntervalJobWorker(self.ledger, self.abort, stopping=lambda: self.stop_pipe.is_set,
+                                   observe=self.metrics and self.metrics.observe)
         self.huey.bind(worker.claim, worker.work)
         self.notifier.status("starting: syncing jobs and recovering tasks")
         with dbmod.translate_errors(self.db_path):
