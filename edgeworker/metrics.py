@@ -8,9 +8,11 @@ wrote last: an idle worker writes nothing.
 
 What it reads is small whatever the history: unfinished tasks (their partial index), the queue,
 the last recovery. Outcomes are counted as the worker records them (`observe`), and each job's
-last success is read once, at the first look, by walking each job's newest tasks. The file is replaced whole (a temp file beside it,
-fsync, rename), so the collector never reads half a file, and it is mode 0644 whatever the
-service's umask, because node_exporter runs as another user.
+last success is read once, at the first look, by walking each job's newest tasks.
+
+The file is replaced whole (a temp file beside it, fsync, rename), so the collector never reads
+half a file, and it is mode 0644 whatever the service's umask, because node_exporter runs as
+another user.
 
 prometheus_client renders the exposition format (names, escaping, types). It is imported here,
 and this module only when metrics are on, so that other commands do not pay its ~60 ms import.
