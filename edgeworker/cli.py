@@ -87,6 +87,12 @@ class Context:
 
 
 class EdgeworkerGroup(click.Group):
+    def make_context(self, *args, **kwargs) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except BrokenPipeError:  # `edgeworker --help | head -1`
+            output_closed()
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)

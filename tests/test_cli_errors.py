@@ -193,7 +193,7 @@ def test_a_closed_output_pipe_ends_quietly(migrated):
     import sys
 
     migrated.ok("jobs", "add", "a", "--command", "true", "--every", "1m")
-    for args in (["status"], ["tasks", "list", "--json"], ["jobs", "list"]):
+    for args in (["status"], ["tasks", "list", "--json"], ["jobs", "list"], ["--help"]):
         read_end, write_end = os.pipe()
         os.close(read_end)  # head has read its line and exited
         try:
