@@ -8,7 +8,9 @@ imported inside the commands, so that `--help` and `--version` start fast on a s
 
 from __future__ import annotations
 
+import io
 import os
+import select
 import signal
 import sys
 from pathlib import Path
@@ -91,6 +93,8 @@ class EdgeworkerGroup(click.Group):
         try:
             return super().make_context(*args, **kwargs)
         except BrokenPipeError:  # `edgeworker --help | head -1`
+            if not reader_gone():
+                raise
             output_closed()
 
     def invoke(self, ctx: click.Context):
@@ -102,14 +106,24 @@ class EdgeworkerGroup(click.Group):
             raise UserError(str(exc), exc.exit_code) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except BrokenPipeError:
-            output_closed()
         except Exception as exc:
+            if isinstance(exc, BrokenPipeError) and reader_gone():
+                output_closed()
             if _debug(ctx):
                 raise
             translated = _translate(ctx, exc)
             raise UserError(translated or f"internal error: {type(exc).__name__}: {exc} "
                                           "(run with --debug for the traceback)") from None
+
+
+def reader_gone() -> bool:
+    """Has the reader of our stdout closed its end? (A pipe polls as an error then.)"""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False
 
 
 def output_closed() -> NoReturn:
@@ -681,4 +695,6 @@ def main() -> None:
     try:
         cli(prog_name="edgeworker")
     except BrokenPipeError:  # raised outside a command, e.g. while flushing at the end
+        if not reader_gone():
+            raise
         output_closed()
