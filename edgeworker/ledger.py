@@ -264,6 +264,13 @@ class Ledger:
                 .where(IS_UNFINISHED & (Task.job == job_id) & (Task.status == S.CREATED))
                 .execute())
 
+    def forget_job(self, job: Job, reason: str, now: datetime) -> int:
+        """Before a job is deleted: cancel its waiting runs (a running one finishes) and keep its
+        name with its history, which the deletion detaches (job_id becomes NULL)."""
+        cancelled = self.cancel_waiting(job.id, reason, now)
+        Task.update(job_name=job.name).where(Task.job == job.id).execute()
+        return cancelled
+
     def enqueue_recoveries(self, tasks: list[Task]) -> None:
         """Queue the recovery of tasks a dead worker left running. Each row stays `running` until
         a worker resets and claims it (so a crash in between loses nothing)."""
