@@ -395,11 +395,7 @@ class Ledger:
     def hold_calendar(self) -> int:
         """Take the queue messages of cron jobs' waiting runs away until the clock can be
         trusted: the rows stay `created` (a restart queues them again, and holds them again)."""
-        runs = self._calendar_runs()
-        if not runs:
-            return 0
-        with self.db.atomic():
-            return len(self.huey.unqueue({task.id for task, _ in runs}))
+        return len(self.huey.unqueue({task.id for task, _ in self._calendar_runs()}))
 
     def release_calendar(self, now: datetime) -> int:
         """Queue held cron runs again, with each job's catch-up policy for slots missed while
