@@ -75,6 +75,14 @@ class Context:
                     migrate.ensure_current(self._db)
         return self._db
 
+    def now(self):
+        """The time a command records: the wall clock, but never earlier than the newest time
+        the database holds (a box whose clock is behind; see docs/time.md)."""
+        from edgeworker.clock import utcnow
+
+        now, mark = utcnow(), self.ledger().high_water()
+        return max(now, mark) if mark else now
+
     def ledger(self):
         if "ledger" not in self._cache:
             from edgeworker.ledger import Ledger
@@ -298,11 +306,11 @@ def run(obj: Context, apply_migrations: bool, workers: int | None, log_format: s
 def recover(obj: Context, dry_run: bool, as_json: bool) -> None:
     """Recover tasks a dead worker left behind (the worker does this at every start)."""
     from edgeworker import recovery, report, schedule
-    from edgeworker.clock import to_text, utcnow
+    from edgeworker.clock import to_text
     from edgeworker.db import WorkerLock, worker_pid
 
     ledger = obj.ledger()
-    now = utcnow()
+    now = obj.now()
     pid = worker_pid(obj.db_path)
     if dry_run:
         todo = recovery.plan(ledger, now)
@@ -481,7 +489,6 @@ def jobs_list(obj: Context, as_json: bool) -> None:
 def jobs_add(obj: Context, name: str, **options: Any) -> None:
     """Add a job from the command line."""
     from edgeworker import jobs as catalog
-    from edgeworker.clock import utcnow
     from edgeworker.config import build_job_spec
     from edgeworker.runners import verify_callable
 
@@ -510,7 +517,7 @@ def jobs_add(obj: Context, name: str, **options: Any) -> None:
     spec = build_job_spec(raw, fail)
     if spec.kind == "callable":
         verify_callable(spec.target, obj.config.worker.python_path)
-    job = catalog.add_job(obj.ledger(), spec, utcnow())
+    job = catalog.add_job(obj.ledger(), spec, obj.now())
     click.echo(f'added job "{job.name}" ({job.schedule_text})')
 
 
@@ -520,9 +527,8 @@ def jobs_add(obj: Context, name: str, **options: Any) -> None:
 def jobs_remove(obj: Context, name: str) -> None:
     """Remove a job; its history stays, waiting runs are cancelled."""
     from edgeworker import jobs as catalog
-    from edgeworker.clock import utcnow
 
-    job = catalog.remove_job(obj.ledger(), name, utcnow())
+    job = catalog.remove_job(obj.ledger(), name, obj.now())
     note = " (it is in the config file: the next sync adds it again)" \
         if job.source == "config" else ""
     click.echo(f'removed job "{name}"{note}')
@@ -534,9 +540,8 @@ def jobs_remove(obj: Context, name: str) -> None:
 def jobs_pause(obj: Context, name: str) -> None:
     """Stop scheduling a job (survives config syncs)."""
     from edgeworker import jobs as catalog
-    from edgeworker.clock import utcnow
 
-    _, changed = catalog.set_paused(obj.ledger(), name, True, utcnow())
+    _, changed = catalog.set_paused(obj.ledger(), name, True, obj.now())
     click.echo(f'paused job "{name}"' if changed else f'job "{name}" was already paused')
 
 
@@ -546,9 +551,8 @@ def jobs_pause(obj: Context, name: str) -> None:
 def jobs_resume(obj: Context, name: str) -> None:
     """Schedule a paused job again, from its next slot."""
     from edgeworker import jobs as catalog
-    from edgeworker.clock import utcnow
 
-    _, changed = catalog.set_paused(obj.ledger(), name, False, utcnow())
+    _, changed = catalog.set_paused(obj.ledger(), name, False, obj.now())
     click.echo(f'resumed job "{name}"' if changed else f'job "{name}" was not paused')
 
 
@@ -557,7 +561,6 @@ def jobs_resume(obj: Context, name: str) -> None:
 def jobs_sync(obj: Context) -> None:
     """Make the database's config jobs match the config file."""
     from edgeworker import jobs as catalog
-    from edgeworker.clock import utcnow
     from edgeworker.runners import verify_callables
 
     config = obj.config
@@ -565,7 +568,7 @@ def jobs_sync(obj: Context) -> None:
         raise ConfigError(f"no config file to sync from: give --config or $EDGEWORKER_CONFIG, "
                           f"or create ./{DEFAULT_CONFIG}")
     verify_callables(config)
-    report = catalog.sync_jobs(obj.ledger(), config.jobs, utcnow())
+    report = catalog.sync_jobs(obj.ledger(), config.jobs, obj.now())
     click.echo(f"synced {config.path}: {report.summary()}")
 
 
@@ -575,11 +578,10 @@ def jobs_sync(obj: Context) -> None:
 def jobs_run(obj: Context, name: str) -> None:
     """Run a job once, now, outside its schedule (the worker picks it up)."""
     from edgeworker import jobs as catalog
-    from edgeworker.clock import utcnow
     from edgeworker.db import worker_pid
 
     ledger = obj.ledger()
-    task = ledger.run_now(catalog.get_job(name), utcnow())
+    task = ledger.run_now(catalog.get_job(name), obj.now())
     note = "" if worker_pid(obj.db_path) else " (no worker is running: it runs when one starts)"
     click.echo(f'queued task {task.id} for job "{name}"{note}')
 
@@ -673,7 +675,6 @@ def tasks_show(obj: Context, task_id: int, as_json: bool) -> None:
 @pass_ctx
 def tasks_retry(obj: Context, task_id: int) -> None:
     """Run a failed or cancelled task's job again, for the same slot."""
-    from edgeworker.clock import utcnow
     from edgeworker.errors import Conflict, NotFound
     from edgeworker.models import Task
 
@@ -685,7 +686,7 @@ def tasks_retry(obj: Context, task_id: int) -> None:
         raise Conflict(f"task {task_id} is {task.status}; only failed or cancelled tasks can be "
                        "retried")
     try:
-        new = ledger.retry(task, utcnow())
+        new = ledger.retry(task, obj.now())
     except ValueError as exc:
         raise Conflict(str(exc)) from None
     click.echo(f"queued task {new.id} to retry task {task_id}")
