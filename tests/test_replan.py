@@ -140,7 +140,9 @@ def test_commands_date_nothing_before_the_high_water_mark(migrated):
     from edgeworker.clock import utcnow
 
     migrated.ok("jobs", "add", "tick", "--command", "true", "--every", "1m")
-    ledger = Ledger(EdgeHuey(Task._meta.database), worker="test:1")
+    from edgeworker import models
+
+    ledger = Ledger(EdgeHuey(models.database.obj), worker="test:1")
     ahead = utcnow() + timedelta(hours=5)  # the worker ran while the clock was 5 h ahead
     ledger.save_clock(ahead)
     migrated.ok("jobs", "run", "tick")
