@@ -98,3 +98,13 @@ def test_prune_deletes_old_finished_tasks_only(migrated):
     assert (result.exit_code, result.stderr) == (
         1, "Error: --older-than: 'a week' is not a duration such as 500ms, 30s, 5m, 1h30m or "
            "7d\n")
+
+
+def test_a_pruned_task_id_is_never_handed_out_again(migrated):
+    # EDGEWORKER_TASK_ID is an idempotency key: a new run must never repeat an old run's id
+    migrated.ok("jobs", "add", "a", "--command", "true", "--every", "1h")
+    migrated.ok("jobs", "run", "a")
+    fail_task(2, days_ago=10)
+    migrated.ok("tasks", "prune", "--older-than", "7d")
+    assert migrated.ok("jobs", "run", "a") == 'queued task 3 for job "a" (no worker is running: ' \
+                                              'it runs when one starts)\n'
