@@ -215,12 +215,14 @@ def migrate(obj: Context, check: bool, dry_run: bool, target: int | None) -> Non
 @pass_ctx
 def check_config(obj: Context) -> None:
     """Validate the config file, including that every callable imports."""
+    from edgeworker import trust
     from edgeworker.runners import verify_callables
 
     config = obj.config
     if config.path is None:
         raise ConfigError(f"no config file: give --config or $EDGEWORKER_CONFIG, or create "
                           f"./{DEFAULT_CONFIG}")
+    trust.verify(config)
     verify_callables(config)
     click.echo(f"{config.path}: ok ({len(config.jobs)} jobs)")
 
@@ -409,11 +411,14 @@ def jobs_list(obj: Context, as_json: bool) -> None:
 @click.option("--jitter", help="Spread start times by up to this long.")
 @click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment (repeat).")
 @click.option("--cwd", help="Working directory for a command.")
+@click.option("--env-file", metavar="PATH",
+              help="KEY=VALUE lines read at each run (mode 0600 or 0640), for secrets.")
 @click.option("--disabled", is_flag=True, help="Add the job disabled.")
 @pass_ctx
 def jobs_add(obj: Context, name: str, **options: Any) -> None:
     """Add a job from the command line."""
     from edgeworker import jobs as catalog
+    from edgeworker import trust
     from edgeworker.clock import utcnow
     from edgeworker.config import build_job_spec
     from edgeworker.runners import verify_callable
@@ -441,6 +446,11 @@ def jobs_add(obj: Context, name: str, **options: Any) -> None:
         return ConfigError(f"{option}{message}" if key != "name" else f"NAME: {message}")
 
     spec = build_job_spec(raw, fail)
+    try:
+        trust.verify_job(spec, obj.config.worker.python_path)
+    except ConfigError as exc:
+        key, sep, rest = str(exc).partition(": ")
+        raise ConfigError(f"--{key.replace('_', '-')}: {rest}" if sep else str(exc)) from None
     if spec.kind == "callable":
         verify_callable(spec.target, obj.config.worker.python_path)
     job = catalog.add_job(obj.ledger(), spec, utcnow())
@@ -490,6 +500,7 @@ def jobs_resume(obj: Context, name: str) -> None:
 def jobs_sync(obj: Context) -> None:
     """Make the database's config jobs match the config file."""
     from edgeworker import jobs as catalog
+    from edgeworker import trust
     from edgeworker.clock import utcnow
     from edgeworker.runners import verify_callables
 
@@ -497,6 +508,7 @@ def jobs_sync(obj: Context) -> None:
     if config.path is None:
         raise ConfigError(f"no config file to sync from: give --config or $EDGEWORKER_CONFIG, "
                           f"or create ./{DEFAULT_CONFIG}")
+    trust.verify(config)
     verify_callables(config)
     report = catalog.sync_jobs(obj.ledger(), config.jobs, utcnow())
     click.echo(f"synced {config.path}: {report.summary()}")

@@ -33,7 +33,7 @@ import peewee
 from huey.consumer import BaseProcess, Consumer, Worker
 
 from edgeworker import db as dbmod
-from edgeworker import migrate, models, recovery
+from edgeworker import migrate, models, recovery, trust
 from edgeworker.clock import utcnow
 from edgeworker.config import Config, load_config
 from edgeworker.errors import EdgeworkerError
@@ -191,6 +191,7 @@ class Daemon:
     # -- start-up ---------------------------------------------------------------------------
 
     def start(self) -> EdgeConsumer:
+        trust.verify(self.config)  # before anything is created or imported
         self.install_signal_handlers()
         self.lock = dbmod.WorkerLock(self.db_path).acquire()
         settings = self.config.worker
@@ -208,7 +209,8 @@ class Daemon:
         if self.config.metrics.textfile is not None:
             self.metrics = TextfileMetrics(self.config.metrics, self.huey)
         self.ledger = Ledger(self.huey)
-        worker = IntervalJobWorker(self.ledger, self.abort, stopping=lambda: self.stop_pipe.is_set)
+        worker = IntervalJobWorker(self.ledger, self.abort, stopping=lambda: self.stop_pipe.is_set,
+                                   env_file=lambda: self.config.worker.env_file)
         self.huey.bind(worker.claim, worker.work)
         self.notifier.status("starting: syncing jobs and recovering tasks")
         with dbmod.translate_errors(self.db_path):
@@ -279,6 +281,7 @@ class Daemon:
     def reload(self) -> None:
         try:
             config = load_config(self.config.path)
+            trust.verify(config)
             verify_callables(config)
             report = sync_jobs(self.ledger, config.jobs, utcnow())
         except (EdgeworkerError, peewee.DatabaseError) as exc:

@@ -40,6 +40,7 @@ def job_row(job: Job, counts: dict[str, int] | None = None) -> dict:
         "enabled": job.enabled,
         "paused": job.paused,
         "source": job.source,
+        "env_file": job.env_file,  # the path only: its values are secrets
         "next_run_at": None,
         "running": False,
         "last_status": last.status if last else None,

@@ -66,7 +66,7 @@ def test_unknown_callable_in_config(run_cli, tmp_path):
     config.write_text('[[jobs]]\nname = "r"\ncallable = "nowhere_xyz.mod:run"\nevery = "1m"\n')
     result = run_cli("check-config", config=config)
     assert (result.exit_code, result.stderr) == (
-        1, f'Error: {config}: job "r": callable "nowhere_xyz.mod:run": cannot import '
+        1, f'Error: {config}:3: job "r": callable "nowhere_xyz.mod:run": cannot import '
            "nowhere_xyz.mod: ModuleNotFoundError: No module named 'nowhere_xyz'\n")
 
 
