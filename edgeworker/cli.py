@@ -54,14 +54,16 @@ class Context:
     def db_path(self) -> Path:
         return self.db_option or self.config.worker.database or DEFAULT_DB
 
-    def open(self, create: bool = False, check_schema: bool = True):
-        """Open the database and bind the models to it."""
+    def open(self, create: bool = False, check_schema: bool = True, readonly: bool = False,
+             foreign: bool = False):
+        """Open the database and bind the models to it; `readonly` for commands that only look
+        (they write nothing, not even SQLite's -wal and -shm files)."""
         if self._db is None:
             from edgeworker import db, migrate, models
 
             self._db = db.open_database(self.db_path, durability=self.config.worker.durability,
                                         busy_timeout=self.config.worker.busy_timeout,
-                                        create=create)
+                                        create=create, readonly=readonly, foreign=foreign)
             models.database.initialize(self._db)
             if check_schema:
                 with db.translate_errors(self.db_path):
@@ -173,8 +175,10 @@ def cli(ctx: click.Context, config_path: Path | None, db_path: Path | None, debu
 @click.option("--dry-run", is_flag=True, help="List the migrations that would run.")
 @click.option("--to", "target", type=int, metavar="VERSION",
               help="Apply migrations up to and including VERSION only.")
+@click.option("--force", is_flag=True,
+              help="Add edgeworker's tables to a database that holds another program's.")
 @pass_ctx
-def migrate(obj: Context, check: bool, dry_run: bool, target: int | None) -> None:
+def migrate(obj: Context, check: bool, dry_run: bool, target: int | None, force: bool) -> None:
     """Create or upgrade the database schema."""
     from edgeworker import db
     from edgeworker import migrate as migrations
@@ -183,22 +187,38 @@ def migrate(obj: Context, check: bool, dry_run: bool, target: int | None) -> Non
     if creating and (check or dry_run):
         todo = migrations.discover()
         todo = [m for m in todo if target is None or m.version <= target]
-    else:
-        database = obj.open(create=not (check or dry_run), check_schema=False)
+    elif check or dry_run:
+        database = obj.open(check_schema=False, readonly=True, foreign=force)
         with db.translate_errors(obj.db_path):
             todo = migrations.plan(database, migrations.discover(), target)
+    else:
+        try:
+            database = obj.open(create=True, check_schema=False, foreign=force)
+            with db.translate_errors(obj.db_path):
+                todo = migrations.plan(database, migrations.discover(), target)
+            _migrate(obj, database, todo)
+        except BaseException:
+            if creating:  # a migrate that fails leaves no empty or half-made database
+                obj.close()
+                db.remove_new_database(obj.db_path)
+            raise
+        return
     if check:
         if todo:
             click.echo(f"{len(todo)} pending: " + ", ".join(m.label for m in todo))
             raise click.exceptions.Exit(3)
         click.echo("up to date")
         return
-    if dry_run:
-        for m in todo:
-            click.echo(f"would apply {m.label}")
-        if not todo:
-            click.echo("up to date")
-        return
+    for m in todo:
+        click.echo(f"would apply {m.label}")
+    if not todo:
+        click.echo("up to date")
+
+
+def _migrate(obj: Context, database, todo: list) -> None:
+    from edgeworker import db
+    from edgeworker import migrate as migrations
+
     if todo:
         pid = db.worker_pid(obj.db_path)
         if pid:
@@ -258,6 +278,7 @@ def recover(obj: Context, dry_run: bool, as_json: bool) -> None:
     from edgeworker.clock import to_text, utcnow
     from edgeworker.db import WorkerLock, worker_pid
 
+    obj.open(readonly=dry_run)
     ledger = obj.ledger()
     now = utcnow()
     pid = worker_pid(obj.db_path)
@@ -319,6 +340,7 @@ def status(obj: Context, as_json: bool) -> None:
     from edgeworker.db import worker_pid
     from edgeworker.recovery import last_recovery
 
+    obj.open(readonly=True)
     ledger = obj.ledger()
     pid = worker_pid(obj.db_path)
     data = {
@@ -377,7 +399,7 @@ def jobs_list(obj: Context, as_json: bool) -> None:
     """List jobs with their schedule and next run."""
     from edgeworker import report
 
-    obj.open()
+    obj.open(readonly=True)
     data = report.jobs()
 
     def render(rows: list[dict]) -> None:
@@ -550,7 +572,7 @@ def tasks_list(obj: Context, job_name: str | None, status: str | None, limit: in
     from edgeworker import jobs as catalog
     from edgeworker import report
 
-    obj.open()
+    obj.open(readonly=True)
     job = catalog.get_job(job_name) if job_name else None
     data = report.tasks(job, status, limit)
 
@@ -585,7 +607,7 @@ def tasks_show(obj: Context, task_id: int, as_json: bool) -> None:
     from edgeworker.errors import NotFound
     from edgeworker.models import Task
 
-    obj.open()
+    obj.open(readonly=True)
     task = Task.get_or_none(Task.id == task_id)
     if task is None:
         raise NotFound(f"no task with id {task_id}")

@@ -194,17 +194,16 @@ class Daemon:
         trust.verify(self.config)  # before anything is created or imported
         self.install_signal_handlers()
         self.lock = dbmod.WorkerLock(self.db_path).acquire()
+        creating = not self.db_path.exists()
+        try:
+            database = self.open_database()
+        except BaseException:
+            # A refused start leaves nothing behind: no lock file, no half-made database.
+            if creating and self.apply_migrations:
+                dbmod.remove_new_database(self.db_path)
+            self.lock.release(remove=True)
+            raise
         settings = self.config.worker
-        database = dbmod.open_database(self.db_path, durability=settings.durability,
-                                       busy_timeout=settings.busy_timeout,
-                                       create=self.apply_migrations)
-        models.database.initialize(database)
-        with dbmod.translate_errors(self.db_path):
-            if self.apply_migrations:
-                for m in migrate.apply(database, migrate.plan(database, migrate.discover())):
-                    logger.info("applied migration %s", m.label)
-            migrate.ensure_current(database)
-        verify_callables(self.config)
         self.huey = EdgeHuey(database)
         if self.config.metrics.textfile is not None:
             self.metrics = TextfileMetrics(self.config.metrics, self.huey)
@@ -221,6 +220,24 @@ class Daemon:
         logger.info("%s", self.recovery.line())
         self.consumer = EdgeConsumer(self.huey, self, self.workers, settings.shutdown_timeout)
         return self.consumer
+
+    def open_database(self):
+        settings = self.config.worker
+        database = dbmod.open_database(self.db_path, durability=settings.durability,
+                                       busy_timeout=settings.busy_timeout,
+                                       create=self.apply_migrations)
+        try:
+            models.database.initialize(database)
+            with dbmod.translate_errors(self.db_path):
+                if self.apply_migrations:
+                    for m in migrate.apply(database, migrate.plan(database, migrate.discover())):
+                        logger.info("applied migration %s", m.label)
+                migrate.ensure_current(database)
+            verify_callables(self.config)
+        except BaseException:
+            database.close()
+            raise
+        return database
 
     def install_signal_handlers(self) -> None:
         if getattr(sys, "frozen", False):

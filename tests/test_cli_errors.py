@@ -131,7 +131,8 @@ def test_read_only_database_directory_with_existing_database(run_cli, tmpfs):
     assert run_cli("--db", str(db), "migrate").exit_code == 0
     before = digest(db)
     mount.remount("ro")
-    result = run_cli("--db", str(db), "jobs", "list")
+    assert run_cli("--db", str(db), "jobs", "list").stdout == "no jobs\n"  # reading works
+    result = run_cli("--db", str(db), "jobs", "add", "a", "--command", "true", "--every", "1m")
     assert result.exit_code == 1
     assert result.stderr.startswith(f"Error: {db}: ")
     assert "read-only" in result.stderr or "not writable" in result.stderr

@@ -35,7 +35,7 @@ def test_writes_take_the_write_lock_at_begin(tmp_path):
     database.execute_sql("CREATE TABLE t (x)")
     with database.atomic():
         # BEGIN IMMEDIATE: another connection cannot start writing now
-        other = open_database(tmp_path / "ew.db", busy_timeout=0)
+        other = open_database(tmp_path / "ew.db", busy_timeout=0, foreign=True)
         with pytest.raises(peewee.OperationalError, match="locked"):
             other.execute_sql("BEGIN IMMEDIATE")
 
