@@ -9,8 +9,9 @@ and the fix) any such file that is
 - writable by its group or by others;
 
 and the same for every directory above it, up to `/`, as sshd checks the path to
-authorized_keys. A directory writable by others passes with the sticky bit (`/tmp`): there,
-nobody can rename or delete another user's entries. Group-writable is refused whatever the group,
+authorized_keys. A directory above that others may write passes with the sticky bit (`/tmp`):
+there, nobody can rename or delete another user's entries. A directory that is itself trusted (a
+`python_path` entry, a package) passes without any: a new file in it is new code. Group-writable is refused whatever the group,
 as upstream sshd does: membership of a group changes without the worker knowing.
 
 A `python_path` entry or a job's `cwd` that does not exist is refused too: whoever creates it
@@ -40,6 +41,12 @@ def _user(uid: int) -> str:
         return f"uid {uid}"
 
 
+def _writers(st: os.stat_result) -> str | None:
+    """Who besides the owner may write it, in words (None: nobody)."""
+    return {0o022: "its group and others", 0o020: "its group", 0o002: "others"}.get(
+        st.st_mode & 0o022)
+
+
 class Checker:
     """Checks files against one user (default: the one running this process); remembers the
     directories it already found safe."""
@@ -51,12 +58,12 @@ class Checker:
     def _owner_ok(self, st: os.stat_result) -> bool:
         return st.st_uid in (0, self.uid)
 
-    def _describe(self, path: str, st: os.stat_result) -> str:
+    def _describe(self, st: os.stat_result) -> str:
         return f"owner {_user(st.st_uid)}, mode {stat.S_IMODE(st.st_mode):04o}"
 
     def _bad_owner(self, path: str, st: os.stat_result, what: str) -> str:
         return (f"{what} is owned by {_user(st.st_uid)}, not root or {_user(self.uid)} "
-                f"(the user running the worker) ({self._describe(path, st)}); fix: chown "
+                f"(the user running the worker) ({self._describe(st)}); fix: chown "
                 f"{_user(self.uid)} {path}")
 
     def _directories(self, path: str) -> None:
@@ -66,13 +73,11 @@ class Checker:
             if not self._owner_ok(st):
                 raise ConfigError(self._bad_owner(directory, st, f"directory {directory} "
                                                                  f"(above {path})"))
-            writable = stat.S_IMODE(st.st_mode) & 0o022
-            if writable and not st.st_mode & stat.S_ISVTX:
-                who = "its group and others" if writable == 0o022 else (
-                    "its group" if writable == 0o020 else "others")
+            who = _writers(st)
+            if who and not st.st_mode & stat.S_ISVTX:
                 raise ConfigError(
                     f"directory {directory} (above {path}) is writable by {who} without the "
-                    f"sticky bit ({self._describe(directory, st)}): they could replace what the "
+                    f"sticky bit ({self._describe(st)}): they could replace what the "
                     f"worker runs; fix: chmod go-w {directory}")
             self.safe_dirs.add(directory)
             parent = os.path.dirname(directory)
@@ -99,12 +104,10 @@ class Checker:
             raise ConfigError(
                 f"{label} holds secrets but its mode is {mode:04o} (owner {_user(st.st_uid)}): "
                 f"others could read or change it; fix: chmod {allowed_mode:o} {real}")
-        writable = mode & 0o022
-        if writable and not (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
-            who = "its group and others" if writable == 0o022 else (
-                "its group" if writable == 0o020 else "others")
+        who = _writers(st)
+        if who:  # even sticky: a new module in a python_path directory is new code
             raise ConfigError(
-                f"{label} is writable by {who} ({self._describe(real, st)}): they could make "
+                f"{label} is writable by {who} ({self._describe(st)}): they could make "
                 f"the worker run their code; fix: chmod go-w {real}")
         if stat.S_ISDIR(st.st_mode):
             self.safe_dirs.add(real)

@@ -88,6 +88,10 @@ def test_python_path_entry_and_module_files(run_cli, tmp_path):
     lib.chmod(0o777)
     assert error(run_cli, config).startswith(
         f"Error: python_path entry {lib} is writable by its group and others")
+    lib.chmod(0o1777)  # sticky: nobody can replace pkg/, but anyone can add a module
+    assert error(run_cli, config).startswith(
+        f"Error: python_path entry {lib} is writable by its group and others (owner root, "
+        "mode 1777)")
     lib.chmod(0o755)
     run_cli.ok("check-config", config=config)
 
