@@ -10,9 +10,10 @@ and the fix) any such file that is
 
 and the same for every directory above it, up to `/`, as sshd checks the path to
 authorized_keys. A directory above that others may write passes with the sticky bit (`/tmp`):
-there, nobody can rename or delete another user's entries. A directory that is itself trusted (a
-`python_path` entry, a package) passes without any: a new file in it is new code. Group-writable is refused whatever the group,
-as upstream sshd does: membership of a group changes without the worker knowing.
+there, nobody can rename or delete another user's entries. A directory that is itself trusted
+(a `python_path` entry, a package) gets no such pass: a new file in it is new code.
+Group-writable is refused whatever the group, as upstream sshd does: who is in a group changes
+without the worker knowing.
 
 A `python_path` entry or a job's `cwd` that does not exist is refused too: whoever creates it
 first owns it. An `env_file` holds secrets, so it must not be readable by others either (mode
