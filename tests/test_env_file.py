@@ -117,6 +117,7 @@ def test_secrets_reach_the_run_and_nowhere_else(tmp_path):
                  worker.cli("tasks", "list", "--json").stdout]
         for task in json.loads(shown[-1]):
             shown.append(worker.cli("tasks", "show", str(task["id"]), "--json").stdout)
+            shown.append(worker.cli("tasks", "show", str(task["id"])).stdout)
         shown.append(worker.log())
         for text in shown:
             assert SECRET not in text and rotated not in text and "worker-token" not in text
@@ -126,3 +127,24 @@ def test_secrets_reach_the_run_and_nowhere_else(tmp_path):
         assert SECRET not in dump and rotated not in dump
     finally:
         assert worker.stop() == 0
+
+
+def test_a_callable_finds_the_values_in_its_context(tmp_path):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "mytasks.py").write_text(
+        "def record(ctx):\n"
+        f"    with open({str(tmp_path / 'out')!r}, 'w') as f:\n"
+        "        f.write(ctx.env['SHARED'] + ' ' + ctx.env['TOKEN'])\n")
+    private(tmp_path / "worker.env", "SHARED=from-worker\nTOKEN=worker\n")
+    private(tmp_path / "job.env", f"TOKEN={SECRET}\n")
+    config = ('[worker]\ndatabase = "ew.db"\npython_path = ["lib"]\nenv_file = "worker.env"\n\n'
+              '[[jobs]]\nname = "rec"\ncallable = "mytasks:record"\nevery = "1h"\n'
+              'env_file = "job.env"\n')
+    with WorkerProcess(tmp_path, config) as worker:
+        worker.start().wait_running()
+        worker.cli("jobs", "run", "rec")
+        worker.wait_tasks("status = 'succeeded'")
+        worker.stop()
+        assert SECRET not in worker.log()
+    assert (tmp_path / "out").read_text() == f"from-worker {SECRET}"
