@@ -112,7 +112,7 @@ class ReadOnlyDatabase(peewee.SqliteDatabase):
     """A connection that writes nothing: not the database, and no -wal or -shm beside it.
 
     SQLite reads a WAL database through its shared-memory index, `<db>-shm`. When a writer is
-    connected (or left a -wal), the -wal and -shm are there: this opens them read-only
+    connected (or left a -wal), the -wal and -shm are there: this reads through them, read-only
     (`mode=ro`). When neither is there, every committed page is in the main file, but `mode=ro`
     would create both files (and leave them: a reader cannot remove them), or fail in a directory
     it cannot write. Then the file is opened `immutable`, holding a read lock on SQLite's shared
@@ -153,7 +153,10 @@ class ReadOnlyDatabase(peewee.SqliteDatabase):
         return conn
 
     def _companions(self) -> bool:
-        return any(os.path.exists(f"{self.path}{suffix}") for suffix in ("-wal", "-shm"))
+        # (-journal: a rollback-mode writer is at work, or crashed and left a journal that only
+        # a writer may roll back: `immutable` would read half a transaction)
+        return any(os.path.exists(f"{self.path}{suffix}")
+                   for suffix in ("-wal", "-shm", "-journal"))
 
     def _close(self, conn) -> None:
         try:
