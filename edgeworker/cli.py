@@ -61,8 +61,13 @@ class Context:
         if self._db is None:
             from edgeworker import db, migrate, models
 
-            self._db = db.open_database(self.db_path, durability=self.config.worker.durability,
-                                        busy_timeout=self.config.worker.busy_timeout,
+            settings = self.config.worker
+            if check_schema and not readonly:
+                # Look before opening to write: opening sets WAL mode, a change to the file.
+                migrate.ensure_current_file(self.db_path, settings.busy_timeout)
+                foreign = True  # checked just now
+            self._db = db.open_database(self.db_path, durability=settings.durability,
+                                        busy_timeout=settings.busy_timeout,
                                         create=create, readonly=readonly, foreign=foreign)
             models.database.initialize(self._db)
             if check_schema:

@@ -223,6 +223,8 @@ class Daemon:
 
     def open_database(self):
         settings = self.config.worker
+        if not self.apply_migrations:
+            migrate.ensure_current_file(self.db_path, settings.busy_timeout)  # changes nothing
         database = dbmod.open_database(self.db_path, durability=settings.durability,
                                        busy_timeout=settings.busy_timeout,
                                        create=self.apply_migrations)

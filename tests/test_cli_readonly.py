@@ -238,3 +238,14 @@ def test_a_reader_without_wal_holds_off_a_writers_closing_checkpoint(database, t
     later = dbmod.open_database(path, readonly=True)  # now through the -wal the writer left
     assert later.execute_sql("SELECT count(*) FROM jobs").fetchone() == (1,)
     later.close()
+
+
+@pytest.mark.parametrize("args", [("jobs", "add", "a", "--command", "true", "--every", "1m"),
+                                  ("tasks", "prune", "--older-than", "1d"), ("run",)])
+def test_a_command_that_writes_refuses_an_unmigrated_file_without_changing_it(run_cli, args):
+    run_cli.db.touch()
+    before = snapshot(run_cli.tmp_path)
+    result = run_cli(*args)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: {run_cli.db}: database needs migrations (")
+    assert snapshot(run_cli.tmp_path) == before  # still 0 bytes, no WAL, no lock file
