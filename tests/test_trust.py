@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 from conftest import is_root
-from workerproc import WorkerProcess, wait_for
+from workerproc import REPO, WorkerProcess, wait_for
 
 NOBODY = 65534
 
@@ -25,9 +25,11 @@ def error(run_cli, config, *args):
     return result.stderr
 
 
-def test_today_s_test_directories_and_the_demo_pass(run_cli, tmp_path):
+def test_test_directories_and_the_demo_pass(run_cli, tmp_path):
     config = write_config(tmp_path, '[[jobs]]\nname = "a"\ncommand = "true"\nevery = "1m"\n')
     assert run_cli.ok("check-config", config=config) == f"{config}: ok (1 jobs)\n"
+    demo = REPO / "examples" / "edgeworker.toml"  # `make run`: a callable, a shell job
+    assert run_cli.ok("check-config", config=demo) == f"{demo}: ok (4 jobs)\n"
 
 
 def test_a_world_writable_config_is_refused(run_cli, tmp_path):
