@@ -2,6 +2,7 @@
 
 import json
 import os
+import pwd
 import sqlite3
 
 import pytest
@@ -11,6 +12,7 @@ from workerproc import WorkerProcess, wait_for
 from edgeworker.errors import ConfigError
 from edgeworker.runners import read_env_file
 
+ME = pwd.getpwuid(os.geteuid()).pw_name  # who runs the tests owns their files
 SECRET = "hunter2-7f3a9c"
 
 
@@ -42,7 +44,7 @@ def test_a_file_others_can_read_or_change_is_refused(tmp_path, mode):
     with pytest.raises(ConfigError) as info:
         read_env_file(path)
     assert str(info.value) == (
-        f"env_file: {path} holds secrets but its mode is {mode:04o} (owner root): others could "
+        f"env_file: {path} holds secrets but its mode is {mode:04o} (owner {ME}): others could "
         f"read or change it; fix: chmod 640 {path}")
 
 
@@ -67,12 +69,12 @@ def test_check_config_refuses_a_readable_env_file_with_its_line(run_cli, tmp_pat
     result = run_cli("check-config", config=config)
     assert (result.exit_code, result.stderr) == (
         1, f"Error: {config}:2: [worker] env_file: {secrets} holds secrets but its mode is 0644 "
-           f"(owner root): others could read or change it; fix: chmod 640 {secrets}\n")
+           f"(owner {ME}): others could read or change it; fix: chmod 640 {secrets}\n")
     config.write_text(config.read_text().replace('env_file = "s.env"\n\n', "\n"))
     result = run_cli("check-config", config=config)
     assert (result.exit_code, result.stderr) == (
         1, f'Error: {config}:7: job "a": env_file: {secrets} holds secrets but its mode is 0644 '
-           f"(owner root): others could read or change it; fix: chmod 640 {secrets}\n")
+           f"(owner {ME}): others could read or change it; fix: chmod 640 {secrets}\n")
     secrets.chmod(0o640)
     run_cli.ok("check-config", config=config)
     secrets.unlink()

@@ -1,6 +1,7 @@
 """StrictModes: files that another user could change are refused before the worker trusts them."""
 
 import os
+import pwd
 import signal
 import sqlite3
 
@@ -8,6 +9,7 @@ import pytest
 from conftest import is_root
 from workerproc import REPO, WorkerProcess, wait_for
 
+ME = pwd.getpwuid(os.geteuid()).pw_name  # who runs the tests owns their files
 NOBODY = 65534
 
 
@@ -36,10 +38,10 @@ def test_a_world_writable_config_is_refused(run_cli, tmp_path):
     config = write_config(tmp_path, '[[jobs]]\nname = "a"\ncommand = "true"\nevery = "1m"\n',
                           0o666)
     assert error(run_cli, config) == (
-        f"Error: config file {config} is writable by its group and others (owner root, mode "
+        f"Error: config file {config} is writable by its group and others (owner {ME}, mode "
         f"0666): they could make the worker run their code; fix: chmod go-w {config}\n")
     config.chmod(0o664)
-    assert "is writable by its group (owner root, mode 0664)" in error(run_cli, config)
+    assert f"is writable by its group (owner {ME}, mode 0664)" in error(run_cli, config)
     config.chmod(0o640)
     run_cli.ok("check-config", config=config)
 
@@ -60,7 +62,7 @@ def test_a_writable_directory_above_is_refused_unless_sticky(run_cli, tmp_path):
     shared.chmod(0o777)
     assert error(run_cli, config) == (
         f"Error: directory {shared} (above {config}) is writable by its group and others without "
-        f"the sticky bit (owner root, mode 0777): they could replace what the worker runs; "
+        f"the sticky bit (owner {ME}, mode 0777): they could replace what the worker runs; "
         f"fix: chmod go-w {shared}\n")
     shared.chmod(0o1777)  # like /tmp: nobody can replace another user's entries
     run_cli.ok("check-config", config=config)
@@ -78,7 +80,7 @@ def test_python_path_entry_and_module_files(run_cli, tmp_path):
     (lib / "pkg" / "jobs.py").chmod(0o646)
     assert error(run_cli, config) == (
         f"Error: {config}:6: job \"c\": callable: {lib}/pkg/jobs.py is writable by others "
-        f"(owner root, mode 0646): they could make the worker run their code; fix: chmod go-w "
+        f"(owner {ME}, mode 0646): they could make the worker run their code; fix: chmod go-w "
         f"{lib}/pkg/jobs.py\n")
     (lib / "pkg" / "jobs.py").chmod(0o644)
     (lib / "pkg" / "__init__.py").chmod(0o666)
@@ -92,7 +94,7 @@ def test_python_path_entry_and_module_files(run_cli, tmp_path):
         f"Error: python_path entry {lib} is writable by its group and others")
     lib.chmod(0o1777)  # sticky: nobody can replace pkg/, but anyone can add a module
     assert error(run_cli, config).startswith(
-        f"Error: python_path entry {lib} is writable by its group and others (owner root, "
+        f"Error: python_path entry {lib} is writable by its group and others (owner {ME}, "
         "mode 1777)")
     lib.chmod(0o755)
     run_cli.ok("check-config", config=config)
