@@ -61,14 +61,21 @@ class Context:
     def db_path(self) -> Path:
         return self.db_option or self.config.worker.database or DEFAULT_DB
 
-    def open(self, create: bool = False, check_schema: bool = True):
-        """Open the database and bind the models to it."""
+    def open(self, create: bool = False, check_schema: bool = True, readonly: bool = False,
+             foreign: bool = False):
+        """Open the database and bind the models to it; `readonly` for commands that only look
+        (they write nothing, not even SQLite's -wal and -shm files)."""
         if self._db is None:
             from edgeworker import db, migrate, models
 
-            self._db = db.open_database(self.db_path, durability=self.config.worker.durability,
-                                        busy_timeout=self.config.worker.busy_timeout,
-                                        create=create)
+            settings = self.config.worker
+            if check_schema and not readonly:
+                # Look before opening to write: opening sets WAL mode, a change to the file.
+                migrate.ensure_current_file(self.db_path, settings.busy_timeout)
+                foreign = True  # checked just now
+            self._db = db.open_database(self.db_path, durability=settings.durability,
+                                        busy_timeout=settings.busy_timeout,
+                                        create=create, readonly=readonly, foreign=foreign)
             models.database.initialize(self._db)
             if check_schema:
                 with db.translate_errors(self.db_path):
@@ -226,8 +233,10 @@ def next_run(job: dict) -> str:
 @click.option("--dry-run", is_flag=True, help="List the migrations that would run.")
 @click.option("--to", "target", type=click.IntRange(0, INT64_MAX), metavar="VERSION",
               help="Apply migrations up to and including VERSION only.")
+@click.option("--force", is_flag=True,
+              help="Add edgeworker's tables to a database that holds another program's.")
 @pass_ctx
-def migrate(obj: Context, check: bool, dry_run: bool, target: int | None) -> None:
+def migrate(obj: Context, check: bool, dry_run: bool, target: int | None, force: bool) -> None:
     """Create or upgrade the database schema."""
     from edgeworker import db
     from edgeworker import migrate as migrations
@@ -236,22 +245,38 @@ def migrate(obj: Context, check: bool, dry_run: bool, target: int | None) -> Non
     if creating and (check or dry_run):
         todo = migrations.discover()
         todo = [m for m in todo if target is None or m.version <= target]
-    else:
-        database = obj.open(create=not (check or dry_run), check_schema=False)
+    elif check or dry_run:
+        database = obj.open(check_schema=False, readonly=True, foreign=force)
         with db.translate_errors(obj.db_path):
             todo = migrations.plan(database, migrations.discover(), target)
+    else:
+        try:
+            database = obj.open(create=True, check_schema=False, foreign=force)
+            with db.translate_errors(obj.db_path):
+                todo = migrations.plan(database, migrations.discover(), target)
+            _migrate(obj, database, todo)
+        except BaseException:
+            if creating:  # a migrate that fails leaves no empty or half-made database
+                obj.close()
+                db.remove_new_database(obj.db_path)
+            raise
+        return
     if check:
         if todo:
             click.echo(f"{len(todo)} pending: " + ", ".join(m.label for m in todo))
             raise click.exceptions.Exit(3)
         click.echo("up to date")
         return
-    if dry_run:
-        for m in todo:
-            click.echo(f"would apply {m.label}")
-        if not todo:
-            click.echo("up to date")
-        return
+    for m in todo:
+        click.echo(f"would apply {m.label}")
+    if not todo:
+        click.echo("up to date")
+
+
+def _migrate(obj: Context, database, todo: list) -> None:
+    from edgeworker import db
+    from edgeworker import migrate as migrations
+
     if todo:
         pid = db.worker_pid(obj.db_path)
         if pid:
@@ -268,12 +293,14 @@ def migrate(obj: Context, check: bool, dry_run: bool, target: int | None) -> Non
 @pass_ctx
 def check_config(obj: Context) -> None:
     """Validate the config file, including that every callable imports."""
+    from edgeworker import trust
     from edgeworker.runners import verify_callables
 
     config = obj.config
     if config.path is None:
         raise ConfigError(f"no config file: give --config or $EDGEWORKER_CONFIG, or create "
                           f"./{DEFAULT_CONFIG}")
+    trust.verify(config)
     verify_callables(config)
     click.echo(f"{config.path}: ok ({len(config.jobs)} jobs)")
 
@@ -309,6 +336,7 @@ def recover(obj: Context, dry_run: bool, as_json: bool) -> None:
     from edgeworker.clock import to_text
     from edgeworker.db import WorkerLock, worker_pid
 
+    obj.open(readonly=dry_run)
     ledger = obj.ledger()
     now = obj.now()
     pid = worker_pid(obj.db_path)
@@ -371,6 +399,7 @@ def status(obj: Context, as_json: bool) -> None:
     from edgeworker.db import worker_pid
     from edgeworker.recovery import last_recovery
 
+    obj.open(readonly=True)
     ledger = obj.ledger()
     pid = worker_pid(obj.db_path)
     data = {
@@ -449,7 +478,7 @@ def jobs_list(obj: Context, as_json: bool) -> None:
     from edgeworker import report
     from edgeworker.clock import utcnow
 
-    obj.open()
+    obj.open(readonly=True)
     data = report.jobs(utcnow())
 
     def render(rows: list[dict]) -> None:
@@ -484,11 +513,14 @@ def jobs_list(obj: Context, as_json: bool) -> None:
 @click.option("--jitter", help="Spread start times by up to this long.")
 @click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment (repeat).")
 @click.option("--cwd", help="Working directory for a command.")
+@click.option("--env-file", metavar="PATH",
+              help="KEY=VALUE lines read at each run (mode 0600 or 0640), for secrets.")
 @click.option("--disabled", is_flag=True, help="Add the job disabled.")
 @pass_ctx
 def jobs_add(obj: Context, name: str, **options: Any) -> None:
     """Add a job from the command line."""
     from edgeworker import jobs as catalog
+    from edgeworker import trust
     from edgeworker.config import build_job_spec
     from edgeworker.runners import verify_callable
 
@@ -515,6 +547,11 @@ def jobs_add(obj: Context, name: str, **options: Any) -> None:
         return ConfigError(f"{option}{message}" if key != "name" else f"NAME: {message}")
 
     spec = build_job_spec(raw, fail)
+    try:
+        trust.verify_job(spec, obj.config.worker.python_path)
+    except ConfigError as exc:
+        key, sep, rest = str(exc).partition(": ")
+        raise ConfigError(f"--{key.replace('_', '-')}: {rest}" if sep else str(exc)) from None
     if spec.kind == "callable":
         verify_callable(spec.target, obj.config.worker.python_path)
     job = catalog.add_job(obj.ledger(), spec, obj.now())
@@ -561,12 +598,14 @@ def jobs_resume(obj: Context, name: str) -> None:
 def jobs_sync(obj: Context) -> None:
     """Make the database's config jobs match the config file."""
     from edgeworker import jobs as catalog
+    from edgeworker import trust
     from edgeworker.runners import verify_callables
 
     config = obj.config
     if config.path is None:
         raise ConfigError(f"no config file to sync from: give --config or $EDGEWORKER_CONFIG, "
                           f"or create ./{DEFAULT_CONFIG}")
+    trust.verify(config)
     verify_callables(config)
     report = catalog.sync_jobs(obj.ledger(), config.jobs, obj.now())
     click.echo(f"synced {config.path}: {report.summary()}")
@@ -606,7 +645,7 @@ def tasks_list(obj: Context, job_name: str | None, status: str | None, limit: in
     """List tasks, newest first."""
     from edgeworker import report
 
-    obj.open()
+    obj.open(readonly=True)
     data = report.tasks(job_name, status, limit)
 
     def render(rows: list[dict]) -> None:
@@ -647,7 +686,7 @@ def tasks_show(obj: Context, task_id: int, as_json: bool) -> None:
     from edgeworker.errors import NotFound
     from edgeworker.models import Task
 
-    obj.open()
+    obj.open(readonly=True)
     task = Task.get_or_none(Task.id == task_id)
     if task is None:
         raise NotFound(f"no task with id {task_id}")

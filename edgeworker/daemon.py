@@ -33,7 +33,7 @@ import peewee
 from huey.consumer import BaseProcess, Consumer, Worker
 
 from edgeworker import db as dbmod
-from edgeworker import migrate, models, recovery
+from edgeworker import migrate, models, recovery, trust
 from edgeworker.clock import ClockSetWatch, Step, WorkerClock, clock_synchronised, span, time_daemon
 from edgeworker.config import Config, load_config
 from edgeworker.errors import EdgeworkerError
@@ -196,19 +196,19 @@ class Daemon:
     # -- start-up ---------------------------------------------------------------------------
 
     def start(self) -> EdgeConsumer:
+        trust.verify(self.config)  # before anything is created or imported
         self.install_signal_handlers()
         self.lock = dbmod.WorkerLock(self.db_path).acquire()
+        creating = not self.db_path.exists()
+        try:
+            database = self.open_database()
+        except BaseException:
+            # A refused start leaves nothing behind: no lock file, no half-made database.
+            if creating and self.apply_migrations:
+                dbmod.remove_new_database(self.db_path)
+            self.lock.release(remove=True)
+            raise
         settings = self.config.worker
-        database = dbmod.open_database(self.db_path, durability=settings.durability,
-                                       busy_timeout=settings.busy_timeout,
-                                       create=self.apply_migrations)
-        models.database.initialize(database)
-        with dbmod.translate_errors(self.db_path):
-            if self.apply_migrations:
-                for m in migrate.apply(database, migrate.plan(database, migrate.discover())):
-                    logger.info("applied migration %s", m.label)
-            migrate.ensure_current(database)
-        verify_callables(self.config)
         self.huey = EdgeHuey(database)
         if self.config.metrics.textfile is not None:
             self.metrics = TextfileMetrics(self.config.metrics, self.huey)
@@ -219,7 +219,8 @@ class Daemon:
         self.huey.now = self.clock.now
         worker = IntervalJobWorker(self.ledger, self.abort, stopping=lambda: self.stop_pipe.is_set,
                                    clock=self.clock.now,
-                                   observe=self.metrics and self.metrics.observe)
+                                   observe=self.metrics and self.metrics.observe,
+                                   env_file=lambda: self.config.worker.env_file)
         self.huey.bind(worker.claim, worker.work)
         self.notifier.status("starting: syncing jobs and recovering tasks")
         with dbmod.translate_errors(self.db_path):
@@ -231,6 +232,26 @@ class Daemon:
             self.check_clock(starting=True)
         self.consumer = EdgeConsumer(self.huey, self, self.workers, settings.shutdown_timeout)
         return self.consumer
+
+    def open_database(self):
+        settings = self.config.worker
+        if not self.apply_migrations:
+            migrate.ensure_current_file(self.db_path, settings.busy_timeout)  # changes nothing
+        database = dbmod.open_database(self.db_path, durability=settings.durability,
+                                       busy_timeout=settings.busy_timeout,
+                                       create=self.apply_migrations)
+        try:
+            models.database.initialize(database)
+            with dbmod.translate_errors(self.db_path):
+                if self.apply_migrations:
+                    for m in migrate.apply(database, migrate.plan(database, migrate.discover())):
+                        logger.info("applied migration %s", m.label)
+                migrate.ensure_current(database)
+            verify_callables(self.config)
+        except BaseException:
+            database.close()
+            raise
+        return database
 
     def install_signal_handlers(self) -> None:
         if getattr(sys, "frozen", False):
@@ -379,6 +400,7 @@ class Daemon:
     def reload(self) -> None:
         try:
             config = load_config(self.config.path)
+            trust.verify(config)
             verify_callables(config)
             report = sync_jobs(self.ledger, config.jobs, self.clock.now())
         except (EdgeworkerError, peewee.DatabaseError) as exc:

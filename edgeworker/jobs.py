@@ -38,6 +38,7 @@ def spec_columns(spec: JobSpec) -> dict:
         "enabled": spec.enabled,
         "env": json.dumps(dict(spec.env), sort_keys=True),
         "cwd": spec.cwd,
+        "env_file": None if spec.env_file is None else str(spec.env_file),
     }
 
 

@@ -85,6 +85,7 @@ class Job(BaseModel):
     paused = peewee.BooleanField(default=False)
     env = peewee.TextField(default="{}")  # JSON object
     cwd = peewee.TextField(null=True)
+    env_file = peewee.TextField(null=True)  # a path; the values are read at each run
     source = peewee.TextField(default="cli")  # "config" | "cli"
     created_at = UtcDateTimeField()
     updated_at = UtcDateTimeField()

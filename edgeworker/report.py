@@ -73,6 +73,7 @@ def job_row(job: Job, now: datetime, counts: dict[str, int] | None = None) -> di
         "enabled": job.enabled,
         "paused": job.paused,
         "source": job.source,
+        "env_file": job.env_file,  # the path only: its values are secrets
         "next_run_at": next_run,
         "overdue": next_run is not None and next_run < to_text(now),
         "running": running,

@@ -15,6 +15,7 @@ import importlib
 import io
 import logging
 import os
+import re
 import select
 import shlex
 import signal
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from edgeworker import trust
 from edgeworker.config import Config
 from edgeworker.errors import ConfigError
 
@@ -158,6 +160,38 @@ def command_env(base: dict[str, str], job_env: dict[str, str],
     env.update(job_env)
     env.update(task_env)
     return env
+
+
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines, as systemd's EnvironmentFile= reads them: `#` and `;` lines are
+    comments, a value may be quoted ('...' or "..." with backslash escapes). The file is checked
+    (owner, mode at most 0640) each time it is read. Errors name the file and line, never what
+    is in it: it holds secrets."""
+    trust.check_env_file(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"env_file: {path}: cannot read it: {reason}") from None
+    values: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line[0] in "#;":
+            continue
+        key, sep, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not _ENV_KEY.fullmatch(key):
+            raise ConfigError(f"env_file: {path}:{number}: not a KEY=VALUE line (its content "
+                              "is not shown: it may be a secret)")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            quote, value = value[0], value[1:-1]
+            if quote == '"':
+                value = re.sub(r'\\(["\\$`])', r"\1", value)
+        values[key] = value
+    return values
 
 
 def run_command(target: str, shell: bool, env: dict[str, str], cwd: str | None,
@@ -311,13 +345,13 @@ def verify_callable(target: str, python_path: tuple[Path, ...]) -> Callable:
 def verify_callables(config: Config) -> None:
     """Import every callable job now, so a typo fails at start, not at 3 a.m."""
     add_python_path(config.worker.python_path)
-    for spec in config.jobs:
+    for index, spec in enumerate(config.jobs):
         if spec.kind == "callable":
             try:
                 load_callable(spec.target)
             except ConfigError as exc:
-                where = config.path or "config"
-                raise ConfigError(f'{where}: job "{spec.name}": {exc}') from None
+                raise config.error(f'job "{spec.name}": {exc}', "jobs", index,
+                                   "callable") from None
 
 
 class _TailHandler(logging.Handler):

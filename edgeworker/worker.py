@@ -14,8 +14,10 @@ import os
 import time
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 
 from edgeworker.clock import to_text, utcnow
+from edgeworker.errors import ConfigError
 from edgeworker.ledger import ClaimedRun, Ledger, Outcome
 from edgeworker.models import Job, Task
 from edgeworker.queue import IntervalJobArgs
@@ -26,6 +28,7 @@ from edgeworker.runners import (
     TaskContext,
     command_env,
     load_callable,
+    read_env_file,
     run_callable,
     run_command,
 )
@@ -53,12 +56,14 @@ class IntervalJobWorker:
     def __init__(self, ledger: Ledger, abort: Abort | None = None,
                  stopping: Callable[[], bool] = lambda: False,
                  clock: Callable[[], datetime] = utcnow,
-                 observe: Callable[[Task], None] | None = None):
+                 observe: Callable[[Task], None] | None = None,
+                 env_file: Callable[[], Path | None] = lambda: None):
         self.ledger = ledger
         self.abort = abort or Abort()
         self.stopping = stopping
         self.clock = clock
         self.observe = observe  # told each recorded outcome (the metrics count them)
+        self.env_file = env_file  # `[worker] env_file` of the config loaded now (reloads)
 
     def claim(self, args: IntervalJobArgs, now: datetime) -> ClaimedRun | None:
         return self.ledger.claim(args, now)
@@ -95,13 +100,26 @@ class IntervalJobWorker:
                    "task %s job %s attempt %s %s in %.3fs%s", task.id, job.name, task.attempt,
                    "succeeded" if result.succeeded else "failed", duration, detail, extra=fields)
 
+    def secrets(self, job: Job) -> tuple[dict[str, str], dict[str, str]]:
+        """The worker's env_file values and the job's, read now: a rotated secret needs no
+        reload."""
+        worker_file = self.env_file()
+        return (read_env_file(worker_file) if worker_file else {},
+                read_env_file(Path(job.env_file)) if job.env_file else {})
+
     def execute(self, run: ClaimedRun) -> Result:
         task, job = run.task, run.job
         env = task_environment(task, job, run.recovered)
+        try:
+            worker_secrets, job_secrets = self.secrets(job)
+        except ConfigError as exc:
+            return Result(False, None, str(exc), "")
         if job.kind == "command":
+            job_env = {**worker_secrets, **job.environment, **job_secrets}
             return run_command(job.target, job.shell,
-                               command_env(dict(os.environ), job.environment, env), job.cwd,
+                               command_env(dict(os.environ), job_env, env), job.cwd,
                                job.timeout_seconds, self.abort)
+        env = {**worker_secrets, **job_secrets, **env}
         deadline = (None if job.timeout_seconds is None
                     else time.monotonic() + job.timeout_seconds)
         ctx = TaskContext(task_id=task.id, job=job.name, attempt=task.attempt,

@@ -119,10 +119,14 @@ def test_unknown_worker_key():
         "/etc/edgeworker/edgeworker.toml:3: [worker] workrs: unknown key; allowed:")
 
 
-def test_unknown_table():
+def test_unknown_table_or_top_level_key_names_its_line():
     assert error_of("[job]\nname = 1\n") == (
-        "/etc/edgeworker/edgeworker.toml: unknown table or key 'job'; allowed: [worker], "
+        "/etc/edgeworker/edgeworker.toml:1: unknown table or key 'job'; allowed: [worker], "
         "[metrics], [[jobs]]")
+    assert error_of("# a comment\n\ndatabase = 'x.db'\n[worker]\n").startswith(
+        "/etc/edgeworker/edgeworker.toml:3: unknown table or key 'database';")
+    assert error_of("[worker]\nworkers = 1\n\n[metric.textfile]\npath = 'x'\n").startswith(
+        "/etc/edgeworker/edgeworker.toml:4: unknown table or key 'metric';")
 
 
 @pytest.mark.parametrize("body, expected", [

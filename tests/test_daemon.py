@@ -152,7 +152,7 @@ def test_an_unknown_callable_stops_the_start(tmp_path):
                             timeout=60)
     assert result.returncode == 1
     assert result.stderr.endswith(
-        f'Error: {worker.config}: job "x": callable "nowhere_abc:run": cannot import '
+        f'Error: {worker.config}:5: job "x": callable "nowhere_abc:run": cannot import '
         "nowhere_abc: ModuleNotFoundError: No module named 'nowhere_abc'\n")
 
 
