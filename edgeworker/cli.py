@@ -397,6 +397,8 @@ def jobs_list(obj: Context, as_json: bool) -> None:
 @click.option("--callable", "callable_", metavar="MODULE:FUNCTION",
               help="Python callable to call with a TaskContext.")
 @click.option("--shell", is_flag=True, default=None, help="Run --command through /bin/sh.")
+@click.option("--isolate", is_flag=True, default=None,
+              help="Run --callable in a child process that a timeout can stop.")
 @click.option("--every", help="Interval, e.g. 30s, 5m, 1h30m.")
 @click.option("--cron", help='5-field cron expression, e.g. "*/5 * * * *".')
 @click.option("--timezone", help="Time zone of the cron expression [default: local].")

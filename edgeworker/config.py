@@ -92,6 +92,7 @@ class JobSpec:
     enabled: bool = True
     env: tuple[tuple[str, str], ...] = ()
     cwd: str | None = None
+    isolate: bool = False  # a callable in a child process, stoppable at its timeout
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ _METRICS_KEYS = {"textfile", "interval"}
 _JOB_KEYS = {
     "name", "command", "callable", "shell", "every", "cron", "timezone", "timeout",
     "max_attempts", "retry_delay", "catch_up", "catch_up_limit", "jitter", "enabled", "env", "cwd",
+    "isolate",
 }
 
 
@@ -344,6 +346,13 @@ def build_job_spec(raw: Mapping[str, Any], fail) -> JobSpec:
             raise fail("callable", f"{target!r} is not of the form package.module:function")
         values["kind"] = "callable"
         values["target"] = target
+    isolate = raw.get("isolate", False)
+    if not isinstance(isolate, bool):
+        raise fail("isolate", "must be true or false")
+    if isolate and has_command:
+        raise fail("isolate", "only applies to 'callable' jobs (a command runs in its own "
+                              "process already)")
+    values["isolate"] = isolate
 
     has_every, has_cron = "every" in raw, "cron" in raw
     if has_every == has_cron:

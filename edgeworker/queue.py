@@ -9,7 +9,10 @@ edgeworker departs from huey's defaults where durability or an SD card asks for 
   costs one commit to start instead of three (schedule -> queue, dequeue, claim);
 - the worker takes due messages straight from huey's schedule table rather than waiting for
   huey's scheduler to move them once a second, so an interval run starts on time;
-- results, revocation and huey's own retries are off: the ledger keeps that state in `tasks`.
+- results, revocation and huey's own retries are off: the ledger keeps that state in `tasks`;
+- a message for a job that has a run running in this process waits where it is, unread and
+  unwritten, until that run finishes (`running_jobs`): no two runs of a job at once, and no
+  commit a second while one waits.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import peewee
 from huey.api import Huey
@@ -33,6 +36,11 @@ logger = logging.getLogger("edgeworker.queue")
 
 QUEUE_NAME = "edgeworker"
 TASK_NAME = "edgeworker.run_job"
+CLAIM_RETRY = timedelta(seconds=60)  # a claim that failed outside the database is tried again
+
+
+class Deferred(Exception):
+    """Raised by a claim: the job is running another run here; the message waits, unchanged."""
 
 
 @dataclass(frozen=True)
@@ -102,12 +110,18 @@ class EdgeStorage(SqlStorage):
             "ready": f"SELECT id, data FROM {queue} WHERE queue = ? ORDER BY id LIMIT 1",
             "due": f"SELECT id, data FROM {schedule} WHERE queue = ? AND timestamp <= ? "
                    "ORDER BY timestamp, id LIMIT 1",
+            "all_ready": f"SELECT id, data FROM {queue} WHERE queue = ? ORDER BY id",
+            "all_due": f"SELECT id, data FROM {schedule} WHERE queue = ? AND timestamp <= ? "
+                       "ORDER BY timestamp, id",
+            "scheduled": f"SELECT data, timestamp FROM {schedule} WHERE queue = ? "
+                         "ORDER BY timestamp, id",
             "pop_ready": f"DELETE FROM {queue} WHERE id = ?",
             "pop_due": f"DELETE FROM {schedule} WHERE id = ?",
             "put_ready": f"INSERT INTO {queue} (queue, data, priority) VALUES (?, ?, 0)",
             "put_due": f"INSERT INTO {schedule} (queue, data, timestamp) VALUES (?, ?, ?)",
         }
         self._stamp = self.Schedule.timestamp.db_value
+        self.waits: Callable[[bytes], bool] | None = None  # messages that wait (EdgeHuey)
 
     def create_models(self):
         models = super().create_models()
@@ -119,11 +133,21 @@ class EdgeStorage(SqlStorage):
 
     def _ready(self, now: datetime) -> tuple[str, tuple | None]:
         """The next message to run: the queue first, then the earliest due scheduled one."""
+        if self.waits is not None:
+            return self._ready_skipping(now, self.waits)
         row = self.database.execute_sql(self._sql["ready"], (self.name,)).fetchone()
         if row is not None:
             return "pop_ready", row
         row = self.database.execute_sql(self._sql["due"], (self.name, self._stamp(now)))
         return "pop_due", row.fetchone()
+
+    def _ready_skipping(self, now: datetime, waits: Callable[[bytes], bool]):
+        for delete, sql, params in (("pop_ready", "all_ready", (self.name,)),
+                                    ("pop_due", "all_due", (self.name, self._stamp(now)))):
+            for row in self.database.execute_sql(self._sql[sql], params):
+                if not waits(bytes(row[1])):
+                    return delete, row
+        return "pop_due", None
 
     def has_ready(self, now: datetime) -> bool:
         return self._ready(now)[1] is not None
@@ -137,7 +161,13 @@ class EdgeStorage(SqlStorage):
         return bytes(row[1])
 
     def next_due(self) -> datetime | None:
-        """When the earliest scheduled message falls due (aware UTC), or None."""
+        """When the earliest scheduled message that does not wait falls due (aware UTC), or
+        None."""
+        if self.waits is not None:
+            for data, stamp in self.database.execute_sql(self._sql["scheduled"], (self.name,)):
+                if not self.waits(bytes(data)):
+                    return self.Schedule.timestamp.python_value(stamp).replace(tzinfo=UTC)
+            return None
         value = self.schedule(peewee.fn.MIN(self.Schedule.timestamp)).scalar()
         return None if value is None else value.replace(tzinfo=UTC)  # naive UTC from the field
 
@@ -170,6 +200,9 @@ class EdgeHuey(Huey):
         # Set by the worker process (`bind`); a CLI process only enqueues.
         self.claim: Claim | None = None
         self.handler: Callable[[IntervalJobArgs, object], None] | None = None
+        # Jobs with a run running in this process: their other messages wait. Changed under the
+        # write lock (at a claim, or by the ledger once a finish is committed).
+        self.running_jobs: set[int] = set()
 
         @self.task(name=TASK_NAME, context=True)
         def run_job(payload: dict, task=None):
@@ -181,6 +214,15 @@ class EdgeHuey(Huey):
 
     def bind(self, claim: Claim, handler: Callable[[IntervalJobArgs, object], None]) -> None:
         self.claim, self.handler = claim, handler
+        self.storage.waits = self._waits
+
+    def _waits(self, data: bytes) -> bool:
+        if not self.running_jobs:
+            return False
+        try:
+            return json.loads(data)["args"][0]["job_id"] in self.running_jobs
+        except (ValueError, KeyError, IndexError, TypeError):
+            return False  # dequeue drops it, with a log line
 
     def put(self, args: IntervalJobArgs, eta: datetime | None = None) -> None:
         """Queue a run; call inside the transaction that writes its task row."""
@@ -218,31 +260,49 @@ class EdgeHuey(Huey):
         """Take the next ready message and claim its task, in one transaction (one commit).
 
         `locked` looks under the write lock at once: a lock-free read can miss a commit whose
-        WAL frames are written but not yet visible (the waiter was woken by those writes)."""
+        WAL frames are written but not yet visible (the waiter was woken by those writes).
+        A deferred claim rolls back: the message waits, and nothing is written."""
         while True:
             now = now or utcnow()
             if not locked and not self.storage.has_ready(now):
                 return None  # a read, without taking the write lock
-            with self.database.atomic("IMMEDIATE"):
-                data = self.storage.pop_ready(now)
-                if data is None:
-                    return None
-                try:
-                    task = self.deserialize_task(data)
-                    args = IntervalJobArgs.from_payload(task.args[0])
-                except Exception:
-                    logger.error("dropped an unreadable queue message: %r", data[:80])
-                    continue
-                try:
-                    with self.database.atomic():  # a savepoint: a failed claim changes nothing
-                        task.claimed = self.claim(args, now) if self.claim else None
-                except peewee.DatabaseError:
-                    raise  # the transaction is broken: roll back, keep the message
-                except Exception:
-                    logger.exception("dropped a message whose claim failed: %s", args)
-                    continue
-                if task.claimed is not None:
-                    return task
+            claimed_job = None
+            try:
+                with self.database.atomic("IMMEDIATE"):
+                    data = self.storage.pop_ready(now)
+                    if data is None:
+                        return None
+                    try:
+                        task = self.deserialize_task(data)
+                        args = IntervalJobArgs.from_payload(task.args[0])
+                    except Exception:
+                        logger.error("dropped an unreadable queue message: %r", data[:80])
+                        continue
+                    try:
+                        with self.database.atomic():  # a savepoint: a failed claim changes nothing
+                            task.claimed = self.claim(args, now) if self.claim else None
+                    except Deferred:
+                        # Under the write lock, so that the finish that ends the running run
+                        # (and empties this entry) commits after it.
+                        self.running_jobs.add(args.job_id)
+                        raise
+                    except peewee.DatabaseError:
+                        raise  # the transaction is broken: roll back, keep the message
+                    except Exception as exc:
+                        logger.error("cannot claim a run of job %s (%s: %s); trying again in %s",
+                                     args.job_id, type(exc).__name__, exc, CLAIM_RETRY)
+                        self.put(args, now + CLAIM_RETRY)  # the row keeps its message
+                        continue
+                    if task.claimed is not None:
+                        claimed_job = args.job_id
+                        self.running_jobs.add(claimed_job)
+                        return task
+            except Deferred:
+                return None
+            except BaseException:
+                if claimed_job is not None:
+                    self.running_jobs.discard(claimed_job)  # the claim was not committed
+                raise
             # the claim was refused: the message is dropped (committed above); try the next one
 
     def execute(self, task, timestamp=None):
