@@ -314,15 +314,19 @@ def recover(obj: Context, dry_run: bool, as_json: bool) -> None:
 def status(obj: Context, as_json: bool) -> None:
     """What ran, what runs next, what was recovered."""
     from edgeworker import report
+    from edgeworker.clock import utcnow
     from edgeworker.db import worker_pid
     from edgeworker.recovery import last_recovery
 
     ledger = obj.ledger()
     pid = worker_pid(obj.db_path)
+    settings = obj.config.worker
     data = {
         "database": str(obj.db_path),
-        "durability": obj.config.worker.durability,
-        "worker": {"running": pid is not None, "pid": pid if pid and pid > 0 else None},
+        "durability": settings.durability,
+        "worker": {"running": pid is not None, "pid": pid if pid and pid > 0 else None,
+                   "alert": pid and report.all_busy(pid, settings.workers, settings.busy_alert,
+                                                    utcnow()) or None},
         "queue": report.queue_depth(ledger.huey),
         "last_recovery": last_recovery(),
         "jobs": report.jobs(with_counts=True),
@@ -333,6 +337,8 @@ def status(obj: Context, as_json: bool) -> None:
                   else "not running")
         click.echo(f"database  {d['database']} (durability {d['durability']})")
         click.echo(f"worker    {worker}")
+        if d["worker"]["alert"]:
+            click.echo(f"alert     {d['worker']['alert']}")
         click.echo(f"queue     {d['queue']['ready']} ready, {d['queue']['scheduled']} scheduled")
         rec = d["last_recovery"]
         if rec:

@@ -103,6 +103,7 @@ class WorkerSettings:
     busy_timeout: float = 5.0
     shutdown_timeout: float = 30.0
     retention: float | None = 7 * 86400.0
+    busy_alert: float | None = 3600.0  # every worker thread busy this long: say so
     python_path: tuple[Path, ...] = ()
     log_format: str = "text"
     log_level: str = "info"
@@ -248,6 +249,14 @@ def _parse_worker(raw: Any, where: _Where, base: Path) -> WorkerSettings:
         else:
             values["retention"] = _duration(raw["retention"], lambda m: fail(
                 "retention", m + ', or "forever" to keep every task'))
+    if "busy_alert" in raw:
+        if raw["busy_alert"] == "off":
+            values["busy_alert"] = None
+        else:
+            values["busy_alert"] = _duration(raw["busy_alert"], lambda m: fail(
+                "busy_alert", m + ', or "off"'))
+            if values["busy_alert"] <= 0:
+                raise fail("busy_alert", 'must be more than 0, or "off"')
     if "python_path" in raw:
         entries = raw["python_path"]
         if isinstance(entries, str):

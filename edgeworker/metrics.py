@@ -59,6 +59,7 @@ class TextfileMetrics:
         self._seen: tuple | None = None  # the database's version at the last render
         self._written: bytes | None = None
         self._error: str | None = None  # the last error logged (each is logged once)
+        self.all_busy = False  # set by the daemon: every worker thread busy past busy_alert
 
     def update(self) -> bool:
         """Write the file if a value changed since the last write; True if it wrote."""
@@ -84,7 +85,7 @@ class TextfileMetrics:
         # data_version moves when another connection commits; total_changes counts our own.
         connection = self.database.connection()
         data_version = connection.execute("PRAGMA data_version").fetchone()[0]
-        return id(connection), data_version, connection.total_changes
+        return id(connection), data_version, connection.total_changes, self.all_busy
 
     def _report(self, message: str) -> None:
         # Once per distinct error: a log line every interval would wear the SD card instead.
@@ -122,7 +123,10 @@ class TextfileMetrics:
         record = Recovery.select().order_by(Recovery.id.desc()).first()
         recoveries = counter("edgeworker_recoveries", "Start-up recoveries run on this database",
                              value=record.id if record else 0)
-        families = [tasks, success, queue, recoveries]
+        busy = gauge("edgeworker_worker_all_threads_busy", "1 when every worker thread has run "
+                     "one task for longer than [worker] busy_alert: no other run can start",
+                     value=int(self.all_busy))
+        families = [tasks, success, queue, recoveries, busy]
         if record is not None:
             families.append(gauge("edgeworker_last_recovery_timestamp_seconds",
                                   "When the last start-up recovery ran",

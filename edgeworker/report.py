@@ -5,7 +5,7 @@ Each view returns plain dicts with stable keys (what `--json` prints); the CLI f
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import peewee
 
@@ -108,3 +108,21 @@ def tasks(job: Job | None = None, status: str | None = None, limit: int = 50) ->
 
 def queue_depth(huey) -> dict:
     return {"ready": huey.storage.queue_size(), "scheduled": huey.storage.schedule_size()}
+
+
+def all_busy(pid: int, workers: int, bound: float | None, now: datetime) -> str | None:
+    """Whether the live worker `pid` has had every one of its `workers` threads on one run for
+    longer than `bound` (read from its `running` rows: the worker writes nothing extra)."""
+    if bound is None or pid <= 0:
+        return None
+    ids = [task_id for (task_id,) in Task.select(Task.id).where(
+        IS_UNFINISHED & (Task.status == TaskStatus.RUNNING)
+        & Task.worker.contains(f":{pid}:")
+        & (Task.started_at < now - timedelta(seconds=bound))).order_by(Task.id).tuples()]
+    if len(ids) < workers:
+        return None
+    from edgeworker.config import format_duration
+
+    return (f"all {workers} worker thread(s) busy for more than {format_duration(bound)} "
+            f"(task{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}): "
+            "no other run can start")
