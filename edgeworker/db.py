@@ -137,20 +137,22 @@ def _chain(exc: BaseException | None) -> Iterator[BaseException]:
     """An error and what it hides: a failed COMMIT leaves SQLite without a transaction, so the
     error the caller sees is the ROLLBACK's ("no transaction is active"), not the disk's."""
     seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
+    todo = [exc]
+    while todo:
+        exc = todo.pop(0)
+        if exc is None or id(exc) in seen:
+            continue
         seen.add(id(exc))
         yield exc
         orig = getattr(exc, "orig", None)
-        if isinstance(orig, BaseException) and id(orig) not in seen:
-            yield orig
-            seen.add(id(orig))
-        exc = exc.__cause__ or exc.__context__
+        todo += [orig if isinstance(orig, BaseException) else None, exc.__cause__,
+                 exc.__context__]
 
 
 def heals(exc: BaseException) -> bool:
     """Whether retrying the write later may succeed (a lock, a full disk, an I/O error)."""
-    return any((getattr(e, "sqlite_errorcode", -1) & 0xFF) in HEALING_CODES
-               or isinstance(e, OSError) for e in _chain(exc))
+    return isinstance(exc, OSError) or any(
+        (getattr(e, "sqlite_errorcode", -1) & 0xFF) in HEALING_CODES for e in _chain(exc))
 
 
 def describe(path: Path, exc: BaseException) -> str:
