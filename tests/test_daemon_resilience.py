@@ -39,7 +39,7 @@ def test_a_worker_with_every_thread_busy_says_so(tmp_path):
         assert status["worker"]["alert"] == (
             f"all 1 worker thread(s) busy for more than 500ms (task {task_id}): "
             "no other run can start")
-        assert f"alert     all 1 worker thread(s) busy" in worker.cli("status").stdout
+        assert "alert     all 1 worker thread(s) busy" in worker.cli("status").stdout
         wait_for(lambda: "edgeworker_worker_all_threads_busy 1.0" in textfile.read_text(),
                  what="the busy alert in the metrics")
         go.touch()
