@@ -39,6 +39,18 @@ TASK_NAME = "edgeworker.run_job"
 CLAIM_RETRY = timedelta(seconds=60)  # a claim that failed outside the database is tried again
 
 
+# A message's job id, NULL-safe for a message that is not JSON (dequeue drops and logs those).
+FREE = ("coalesce(CASE WHEN json_valid(CAST(data AS TEXT)) THEN json_extract(CAST(data AS TEXT), "
+        "'$.args[0].job_id') END, -1) NOT IN (SELECT value FROM json_each(?))")
+
+
+def job_of(data: bytes) -> int | None:
+    try:
+        return json.loads(data)["args"][0]["job_id"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
 class Deferred(Exception):
     """Raised by a claim: the job is running another run here; the message waits, unchanged."""
 
@@ -110,18 +122,26 @@ class EdgeStorage(SqlStorage):
             "ready": f"SELECT id, data FROM {queue} WHERE queue = ? ORDER BY id LIMIT 1",
             "due": f"SELECT id, data FROM {schedule} WHERE queue = ? AND timestamp <= ? "
                    "ORDER BY timestamp, id LIMIT 1",
+            # The same, skipping messages whose job is in a JSON list (`running_jobs`).
+            "free_ready": f"SELECT id, data FROM {queue} WHERE queue = ? AND {FREE} "
+                          "ORDER BY id LIMIT 1",
+            "free_due": f"SELECT id, data FROM {schedule} WHERE queue = ? AND timestamp <= ? "
+                        f"AND {FREE} ORDER BY timestamp, id LIMIT 1",
+            "free_next": f"SELECT MIN(timestamp) FROM {schedule} WHERE queue = ? AND {FREE}",
             "all_ready": f"SELECT id, data FROM {queue} WHERE queue = ? ORDER BY id",
             "all_due": f"SELECT id, data FROM {schedule} WHERE queue = ? AND timestamp <= ? "
                        "ORDER BY timestamp, id",
-            "scheduled": f"SELECT data, timestamp FROM {schedule} WHERE queue = ? "
-                         "ORDER BY timestamp, id",
+            "all_scheduled": f"SELECT data, timestamp FROM {schedule} WHERE queue = ? "
+                             "ORDER BY timestamp, id",
             "pop_ready": f"DELETE FROM {queue} WHERE id = ?",
             "pop_due": f"DELETE FROM {schedule} WHERE id = ?",
             "put_ready": f"INSERT INTO {queue} (queue, data, priority) VALUES (?, ?, 0)",
             "put_due": f"INSERT INTO {schedule} (queue, data, timestamp) VALUES (?, ?, ?)",
         }
         self._stamp = self.Schedule.timestamp.db_value
-        self.waits: Callable[[bytes], bool] | None = None  # messages that wait (EdgeHuey)
+        # Jobs with a run running in this process: their other messages wait (see EdgeHuey).
+        self.running_jobs: set[int] = set()
+        self.json_functions: bool | None = None  # SQLite's JSON functions (built in since 3.38)
 
     def create_models(self):
         models = super().create_models()
@@ -133,21 +153,39 @@ class EdgeStorage(SqlStorage):
 
     def _ready(self, now: datetime) -> tuple[str, tuple | None]:
         """The next message to run: the queue first, then the earliest due scheduled one."""
-        if self.waits is not None:
-            return self._ready_skipping(now, self.waits)
+        if self.running_jobs:
+            return self._ready_free(now)
         row = self.database.execute_sql(self._sql["ready"], (self.name,)).fetchone()
         if row is not None:
             return "pop_ready", row
         row = self.database.execute_sql(self._sql["due"], (self.name, self._stamp(now)))
         return "pop_due", row.fetchone()
 
-    def _ready_skipping(self, now: datetime, waits: Callable[[bytes], bool]):
+    def _ready_free(self, now: datetime) -> tuple[str, tuple | None]:
+        running = json.dumps(sorted(self.running_jobs))
+        if self._json():
+            row = self.database.execute_sql(self._sql["free_ready"], (self.name, running))
+            row = row.fetchone()
+            if row is not None:
+                return "pop_ready", row
+            row = self.database.execute_sql(self._sql["free_due"],
+                                            (self.name, self._stamp(now), running))
+            return "pop_due", row.fetchone()
         for delete, sql, params in (("pop_ready", "all_ready", (self.name,)),
                                     ("pop_due", "all_due", (self.name, self._stamp(now)))):
             for row in self.database.execute_sql(self._sql[sql], params):
-                if not waits(bytes(row[1])):
+                if job_of(bytes(row[1])) not in self.running_jobs:
                     return delete, row
         return "pop_due", None
+
+    def _json(self) -> bool:
+        if self.json_functions is None:
+            try:
+                self.database.execute_sql("SELECT json_extract('[1]', '$[0]')").fetchone()
+                self.json_functions = True
+            except peewee.OperationalError:  # an SQLite built without them: scan in Python
+                self.json_functions = False
+        return self.json_functions
 
     def has_ready(self, now: datetime) -> bool:
         return self._ready(now)[1] is not None
@@ -163,13 +201,22 @@ class EdgeStorage(SqlStorage):
     def next_due(self) -> datetime | None:
         """When the earliest scheduled message that does not wait falls due (aware UTC), or
         None."""
-        if self.waits is not None:
-            for data, stamp in self.database.execute_sql(self._sql["scheduled"], (self.name,)):
-                if not self.waits(bytes(data)):
-                    return self.Schedule.timestamp.python_value(stamp).replace(tzinfo=UTC)
+        if not self.running_jobs:
+            value = self.schedule(peewee.fn.MIN(self.Schedule.timestamp)).scalar()
+            return None if value is None else value.replace(tzinfo=UTC)  # naive UTC
+        stamp = None
+        if self._json():
+            stamp = self.database.execute_sql(self._sql["free_next"], (
+                self.name, json.dumps(sorted(self.running_jobs)))).fetchone()[0]
+        else:
+            for data, value in self.database.execute_sql(self._sql["all_scheduled"],
+                                                         (self.name,)):
+                if job_of(bytes(data)) not in self.running_jobs:
+                    stamp = value
+                    break
+        if stamp is None:
             return None
-        value = self.schedule(peewee.fn.MIN(self.Schedule.timestamp)).scalar()
-        return None if value is None else value.replace(tzinfo=UTC)  # naive UTC from the field
+        return self.Schedule.timestamp.python_value(stamp).replace(tzinfo=UTC)
 
     def add_many(self, ready: list[bytes], scheduled: list[tuple[bytes, datetime]]) -> None:
         """Insert messages: `ready` to run now, `scheduled` with their naive UTC etas."""
@@ -202,7 +249,7 @@ class EdgeHuey(Huey):
         self.handler: Callable[[IntervalJobArgs, object], None] | None = None
         # Jobs with a run running in this process: their other messages wait. Changed under the
         # write lock (at a claim, or by the ledger once a finish is committed).
-        self.running_jobs: set[int] = set()
+        self.running_jobs: set[int] = self.storage.running_jobs
 
         @self.task(name=TASK_NAME, context=True)
         def run_job(payload: dict, task=None):
@@ -214,15 +261,6 @@ class EdgeHuey(Huey):
 
     def bind(self, claim: Claim, handler: Callable[[IntervalJobArgs, object], None]) -> None:
         self.claim, self.handler = claim, handler
-        self.storage.waits = self._waits
-
-    def _waits(self, data: bytes) -> bool:
-        if not self.running_jobs:
-            return False
-        try:
-            return json.loads(data)["args"][0]["job_id"] in self.running_jobs
-        except (ValueError, KeyError, IndexError, TypeError):
-            return False  # dequeue drops it, with a log line
 
     def put(self, args: IntervalJobArgs, eta: datetime | None = None) -> None:
         """Queue a run; call inside the transaction that writes its task row."""

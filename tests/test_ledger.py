@@ -162,7 +162,9 @@ def test_prune_deletes_only_old_finished_tasks(ledger):
     assert ledger.prune(utcnow()) == 0
 
 
-def test_a_deferred_run_writes_nothing_while_it_waits(ledger, database):
+@pytest.mark.parametrize("json_functions", [True, False], ids=["sql", "python"])
+def test_a_deferred_run_writes_nothing_while_it_waits(ledger, database, json_functions):
+    ledger.huey.storage.json_functions = json_functions
     job = add(ledger)
     first = take(ledger).claimed
     waiting = ledger.run_now(job, utcnow())  # `jobs run` while the scheduled run runs
@@ -200,3 +202,16 @@ def test_an_outcome_sqlite_cannot_store_is_recorded_as_the_runs_error(ledger):
     assert task.error.startswith("cannot record this run's outcome (UnicodeEncodeError: ")
     assert task.error.endswith("it failed: FileNotFoundError: /data/caf\\udce9.csv")
     assert Task.get_by_id(run.task.id).status == "failed"
+
+
+@pytest.mark.parametrize("json_functions", [True, False], ids=["sql", "python"])
+def test_a_waiting_run_does_not_hold_up_other_jobs(ledger, json_functions):
+    ledger.huey.storage.json_functions = json_functions
+    busy, other = add(ledger, "busy"), add(ledger, "other")
+    now = utcnow()
+    ledger.run_now(busy, now)
+    assert take(ledger, now).claimed.job.id == busy.id  # running here from now on
+    waiting = ledger.run_now(busy, now)
+    later = ledger.run_now(other, now)  # queued after the waiting one
+    assert take(ledger, now).claimed.task.id == later.id
+    assert (waiting.id, None) in messages(ledger)
