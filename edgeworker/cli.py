@@ -329,6 +329,7 @@ def status(obj: Context, as_json: bool) -> None:
                                                     utcnow()) or None},
         "queue": report.queue_depth(ledger.huey),
         "last_recovery": last_recovery(),
+        "clock": report.clock(utcnow(), pid is not None),
         "jobs": report.jobs(with_counts=True),
     }
 
@@ -348,6 +349,7 @@ def status(obj: Context, as_json: bool) -> None:
                        f"({rec['duration_ms']:g} ms)")
         else:
             click.echo("recovery  none yet (no worker has started)")
+        click.echo(f"clock     {clock_line(d['clock'])}")
         if not d["jobs"]:
             click.echo("no jobs")
             return
@@ -365,6 +367,24 @@ def status(obj: Context, as_json: bool) -> None:
                      "RUNNING", "WAITING"])
 
     emit(data, as_json, render)
+
+
+def clock_line(view: dict) -> str:
+    from edgeworker.clock import span
+
+    daemon = f" ({view['time_daemon']})" if view["time_daemon"] else ""
+    parts = [("synchronised" if view["synchronised"] else "not synchronised") + daemon]
+    if view["behind_seconds"] >= 1:
+        parts.append(f"{span(view['behind_seconds']).lstrip('+')} behind the newest time "
+                     "recorded")
+    step = view["last_step"]
+    if step:
+        followed = "" if step["moved"] else ", not followed"
+        parts.append(f"last step {span(step['seconds'])} at {show_time(step['at'])}{followed}")
+    if view["cron_held_since"]:
+        parts.append(f"cron jobs held for {span(view['cron_held_seconds']).lstrip('+')}, "
+                     "waiting for a synchronised clock")
+    return "; ".join(parts)
 
 
 # -- jobs ---------------------------------------------------------------------------------------

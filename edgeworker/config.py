@@ -107,6 +107,9 @@ class WorkerSettings:
     python_path: tuple[Path, ...] = ()
     log_format: str = "text"
     log_level: str = "info"
+    # Cron jobs wait for a synchronised clock ("auto": when a time daemon runs), at most this long.
+    wait_for_clock_sync: str = "auto"
+    clock_sync_timeout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -271,6 +274,15 @@ def _parse_worker(raw: Any, where: _Where, base: Path) -> WorkerSettings:
     if "log_level" in raw:
         values["log_level"] = _choice(raw["log_level"], ("debug", "info", "warning", "error"),
                                       lambda m: fail("log_level", m))
+    if "wait_for_clock_sync" in raw:
+        value = raw["wait_for_clock_sync"]
+        values["wait_for_clock_sync"] = (
+            {True: "yes", False: "no"}[value] if isinstance(value, bool)
+            else _choice(value, ("auto",), lambda m: fail(
+                "wait_for_clock_sync", m.rstrip() + ", true or false")))
+    if "clock_sync_timeout" in raw:
+        values["clock_sync_timeout"] = _duration(raw["clock_sync_timeout"],
+                                                 lambda m: fail("clock_sync_timeout", m))
     return WorkerSettings(**values)
 
 

@@ -34,7 +34,7 @@ from huey.consumer import BaseProcess, Consumer, Worker
 
 from edgeworker import db as dbmod
 from edgeworker import migrate, models, recovery
-from edgeworker.clock import utcnow
+from edgeworker.clock import ClockSetWatch, Step, WorkerClock, clock_synchronised, span, time_daemon
 from edgeworker.config import Config, format_duration, load_config
 from edgeworker.errors import EdgeworkerError
 from edgeworker.jobs import sync_jobs
@@ -52,6 +52,7 @@ logger = logging.getLogger("edgeworker.daemon")
 
 MAX_IDLE = 60.0  # an idle thread re-reads the schedule at least this often (clock jumps)
 HEALTH_CHECK_INTERVAL = 10.0
+HELD_CHECK_INTERVAL = 1.0
 PRUNE_INTERVAL = 3600.0
 STALL = MAX_IDLE + 30.0  # an idle worker thread that has not looped for this long is stuck
 MAX_ERROR_DELAY = 30.0
@@ -120,7 +121,7 @@ class WorkerThread(Worker):
             return 1.0
         if due is None:
             return MAX_IDLE
-        return min(MAX_IDLE, max(0.0, (due - utcnow()).total_seconds()))
+        return min(MAX_IDLE, max(0.0, (due - self.daemon.clock.now()).total_seconds()))
 
     def shutdown(self) -> None:
         if self.watch is not None:
@@ -198,6 +199,10 @@ class Daemon:
         self.ready = False
         self.consumer: EdgeConsumer | None = None
         self.busy_alert: str | None = None
+        self.clock: WorkerClock | None = None
+        self.clock_watch = ClockSetWatch()
+        self.held_since: float | None = None  # monotonic: since when cron jobs wait for the clock
+        self.overdue: tuple[object, float] | None = None  # (due time, monotonic first seen)
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -219,15 +224,21 @@ class Daemon:
         if self.config.metrics.textfile is not None:
             self.metrics = TextfileMetrics(self.config.metrics, self.huey)
         self.ledger = Ledger(self.huey)
-        worker = IntervalJobWorker(self.ledger, self.abort, stopping=lambda: self.stop_pipe.is_set)
+        with dbmod.translate_errors(self.db_path):
+            self.clock = WorkerClock(self.ledger.high_water(), clock_synchronised,
+                                     on_step=self._wake)
+        self.huey.now = self.clock.now
+        worker = IntervalJobWorker(self.ledger, self.abort, stopping=lambda: self.stop_pipe.is_set,
+                                   clock=self.clock.now)
         self.huey.bind(worker.claim, worker.work)
         self.notifier.status("starting: syncing jobs and recovering tasks")
         with dbmod.translate_errors(self.db_path):
             if self.config.path is not None:
-                report = sync_jobs(self.ledger, self.config.jobs, utcnow())
+                report = sync_jobs(self.ledger, self.config.jobs, self.clock.now())
                 logger.info("synced jobs from %s: %s", self.config.path, report.summary())
-            self.recovery = recovery.recover(self.ledger, utcnow())
-        logger.info("%s", self.recovery.line())
+            self.recovery = recovery.recover(self.ledger, self.clock.now())
+            logger.info("%s", self.recovery.line())
+            self.check_clock(starting=True)
         self.consumer = EdgeConsumer(self.huey, self, self.workers, settings.shutdown_timeout)
         return self.consumer
 
@@ -246,6 +257,84 @@ class Daemon:
     def _on_signal(self, signum: int, frame) -> None:
         self.signals.append(signum)
 
+    def _wake(self) -> None:
+        """Wake the main loop (a clock step was seen by another thread)."""
+        try:
+            os.write(self._signal_write, b"c")
+        except BlockingIOError:
+            pass
+
+    # -- the clock ------------------------------------------------------------------------------
+
+    def wait_for_clock_sync(self) -> bool:
+        setting = self.config.worker.wait_for_clock_sync
+        return setting == "yes" or (setting == "auto" and time_daemon() is not None)
+
+    def check_clock(self, starting: bool = False) -> None:
+        """Re-plan after clock steps; hold cron jobs until the clock is synchronised (bounded)."""
+        for step in self.clock.take_steps():
+            self.on_step(step, starting)
+        synchronised = clock_synchronised()
+        if synchronised and self.clock.behind:
+            step = self.clock.follow_wall()
+            if step is not None:
+                self.on_step(step, starting)
+        now = self.clock.now()
+        if starting:
+            if self.wait_for_clock_sync() and not synchronised:
+                self.held_since = time.monotonic()
+                held = self.ledger.hold_calendar()
+                logger.warning("the clock is not synchronised: cron jobs (%s waiting) wait for it "
+                               "for up to %s; interval jobs run", held,
+                               span(self.config.worker.clock_sync_timeout).lstrip("+"))
+                self.ledger.save_clock(now, held_since=now)
+            else:
+                self.ledger.save_clock(now, held_since=None)
+            return
+        if self.held_since is None:
+            return
+        waited = time.monotonic() - self.held_since
+        if synchronised or waited >= self.config.worker.clock_sync_timeout:
+            released = self.ledger.release_calendar(now)
+            if synchronised:
+                logger.info("the clock is synchronised: %s held cron run(s) queued after %s",
+                            released, span(waited).lstrip("+"))
+            else:
+                logger.warning("the clock is still not synchronised after %s: running cron jobs "
+                               "on the time it shows (%s run(s) queued)",
+                               span(waited).lstrip("+"), released)
+            self.held_since = None
+            self.ledger.save_clock(now, held_since=None)
+        else:
+            self.ledger.hold_calendar()  # cron runs created meanwhile (jobs add, sync)
+
+    def on_step(self, step: Step, starting: bool = False) -> None:
+        now = self.clock.now()
+        when = "while the worker was down" if starting else "now"
+        if step.moved:
+            moved = self.ledger.replan(step.moved, now)
+            logger.warning("the clock stepped %s (%s): re-planned %s waiting run(s); intervals "
+                           "and retries keep their length, cron jobs follow cron's rule",
+                           span(step.moved), when, moved)
+        else:
+            logger.warning("the clock stepped %s (%s) and is not synchronised: the worker does "
+                           "not follow it back; its time goes on from %s, the newest time "
+                           "recorded", span(step.wall), when, step.at.isoformat())
+        facts = {"last_step_at": step.at, "last_step_seconds": step.wall,
+                 "last_step_moved": step.moved}
+        if step.moved > 0:
+            # Runs recorded before a forward step look older than they are: retention must
+            # not take them for it (see prune), so remember it while retention would.
+            state = self.ledger.clock_state()
+            earlier = 0.0
+            retention = self.config.worker.retention
+            if state is not None and state.forward_at is not None and (
+                    retention is None or state.forward_at > now - timedelta(
+                        seconds=retention + state.forward_seconds)):
+                earlier = state.forward_seconds
+            facts.update(forward_at=now, forward_seconds=earlier + step.moved)
+        self.ledger.save_clock(now, correct=step.moved < 0, **facts)
+
     # -- running ----------------------------------------------------------------------------
 
     def run(self) -> int:
@@ -258,16 +347,26 @@ class Daemon:
         self.ready = True  # the housekeeper pings only from here on
         next_health = time.monotonic() + HEALTH_CHECK_INTERVAL
         while True:
-            self._wait_for_signal(next_health - time.monotonic())
+            wait = next_health - time.monotonic()
+            if self.held_since is not None:
+                wait = min(wait, HELD_CHECK_INTERVAL)  # a stat and a syscall: is it synchronised?
+            self._wait_for_signal(wait)
             stop = self._take_signals()
             if stop:
                 return self.shutdown(consumer)
+            self.clock_watch.drain()
+            self.clock.now()  # a step shows here: wall minus monotonic moved
+            try:
+                self.check_clock()
+            except peewee.DatabaseError as exc:
+                logger.error("cannot re-plan after a clock change (%s); trying again", exc)
             if time.monotonic() >= next_health:
                 next_health = time.monotonic() + HEALTH_CHECK_INTERVAL
                 consumer.check_worker_health()
 
     def _wait_for_signal(self, timeout: float) -> None:
-        select.select([self._signal_read], [], [], max(0.0, timeout))
+        watched = [self._signal_read] + ([self.clock_watch] if self.clock_watch.fd >= 0 else [])
+        select.select(watched, [], [], max(0.0, timeout))
         try:
             while os.read(self._signal_read, 64):
                 pass
@@ -293,7 +392,7 @@ class Daemon:
         try:
             config = load_config(self.config.path)
             verify_callables(config)
-            report = sync_jobs(self.ledger, config.jobs, utcnow())
+            report = sync_jobs(self.ledger, config.jobs, self.clock.now())
         except (EdgeworkerError, peewee.DatabaseError) as exc:
             logger.error("reload failed, keeping the jobs as they were: %s", exc)
             return
@@ -345,8 +444,15 @@ class Daemon:
         for worker in idle:
             if now - worker.last_loop > STALL:
                 return f"a worker thread has not looped for {now - worker.last_loop:.0f}s"
+        # Due work that nobody takes, timed on the monotonic clock from when it was first seen
+        # due: a clock step makes work look overdue at once, yet nothing is stuck.
         due = self.huey.storage.next_due()
-        if idle and due is not None and (utcnow() - due).total_seconds() > STALL:
+        if not idle or due is None or due > self.clock.now():
+            self.overdue = None
+            return None
+        if self.overdue is None or self.overdue[0] != due:
+            self.overdue = (due, now)
+        if now - self.overdue[1] > STALL:
             return f"work due since {due.isoformat()} is not being taken"
         return None
 
@@ -366,7 +472,14 @@ class Daemon:
         retention = self.config.worker.retention
         if retention is None:
             return 0
-        before = utcnow() - timedelta(seconds=retention)
+        now = self.clock.now()
+        before = now - timedelta(seconds=retention)
+        state = self.ledger.clock_state()
+        if state is not None and state.forward_at is not None and \
+                state.forward_at > before - timedelta(seconds=state.forward_seconds):
+            # A forward step made the runs before it look older than they are: not a reason
+            # to delete them (runs after it may be kept that much longer).
+            before -= timedelta(seconds=state.forward_seconds)
         # Look before deleting: a write transaction that deletes nothing still costs a lock.
         old = (Task.select().where(Task.status.in_(list(FINISHED)) & (Task.finished_at < before))
                .exists())
@@ -392,6 +505,8 @@ class Daemon:
             if not self._join(consumer, time.monotonic() + KILL_GRACE + 2):
                 return self._stop_now("tasks did not stop")
         logger.info("edgeworker stopped")
+        with contextlib.suppress(peewee.DatabaseError):
+            self.ledger.save_clock(self.clock.now())
         self.close()
         return 0
 

@@ -156,3 +156,19 @@ class Recovery(BaseModel):
 
     class Meta:
         table_name = "recoveries"
+
+
+class ClockState(BaseModel):
+    """The worker's clock across restarts (one row, id 1): see edgeworker.clock."""
+
+    high_water = UtcDateTimeField()
+    high_water_task = peewee.IntegerField(default=0)  # tasks after it may hold newer times
+    last_step_at = UtcDateTimeField(null=True)
+    last_step_seconds = peewee.FloatField(null=True)
+    last_step_moved = peewee.FloatField(null=True)
+    forward_at = UtcDateTimeField(null=True)
+    forward_seconds = peewee.FloatField(default=0.0)
+    held_since = UtcDateTimeField(null=True)
+
+    class Meta:
+        table_name = "clock"

@@ -228,9 +228,18 @@ class EdgeStorage(SqlStorage):
                                                       for data, eta in scheduled])
 
     def all_messages(self) -> list[bytes]:
-        rows = list(self.tasks(self.Task.data).tuples()) + list(
-            self.schedule(self.Schedule.data).tuples())
-        return [bytes(data) for (data,) in rows]
+        return [data for _, _, data in self.rows()]
+
+    def rows(self) -> list[tuple[str, int, bytes]]:
+        """Every message as (table, id, data)."""
+        queue, schedule = self.Task._meta.table_name, self.Schedule._meta.table_name
+        return [(table, key, bytes(data)) for table in (queue, schedule)
+                for key, data in self.database.execute_sql(
+                    f"SELECT id, data FROM {table} WHERE queue = ?", (self.name,))]
+
+    def remove(self, rows: list[tuple[str, int]]) -> None:
+        for table, key in rows:
+            self.database.execute_sql(f"DELETE FROM {table} WHERE id = ?", (key,))
 
 
 Claim = Callable[[IntervalJobArgs, datetime], object | None]
@@ -244,6 +253,7 @@ class EdgeHuey(Huey):
                          storage_class=EdgeStorage, database=database)
         self._registry = FixedNameRegistry()
         self.database = database
+        self.now: Callable[[], datetime] = utcnow  # the worker sets its own clock
         # Set by the worker process (`bind`); a CLI process only enqueues.
         self.claim: Claim | None = None
         self.handler: Callable[[IntervalJobArgs, object], None] | None = None
@@ -271,7 +281,7 @@ class EdgeHuey(Huey):
 
         The messages are what `run_job.s(payload)` would enqueue, built straight from huey's
         Message: a huey Task object and its signals per message cost more than the INSERT."""
-        now = utcnow()
+        now = self.now()
         ready, scheduled = [], []
         for args, eta in runs:
             due = eta.astimezone(UTC).replace(tzinfo=None) if eta and eta > now else None
@@ -294,6 +304,20 @@ class EdgeHuey(Huey):
                 logger.warning("ignoring an unreadable queue message: %r", data[:80])
         return found
 
+    def unqueue(self, task_ids: set[int]) -> set[int]:
+        """Remove the messages that name these tasks; returns the ids that had one."""
+        found, doomed = set(), []
+        for table, key, data in self.storage.rows():
+            try:
+                task_id = self.serializer.deserialize(data).args[0].get("task_id")
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+                continue
+            if task_id in task_ids:
+                found.add(task_id)
+                doomed.append((table, key))
+        self.storage.remove(doomed)
+        return found
+
     def dequeue(self, now: datetime | None = None, locked: bool = False):
         """Take the next ready message and claim its task, in one transaction (one commit).
 
@@ -301,7 +325,7 @@ class EdgeHuey(Huey):
         WAL frames are written but not yet visible (the waiter was woken by those writes).
         A deferred claim rolls back: the message waits, and nothing is written."""
         while True:
-            now = now or utcnow()
+            now = now or self.now()
             if not locked and not self.storage.has_ready(now):
                 return None  # a read, without taking the write lock
             claimed_job = None

@@ -110,6 +110,28 @@ def queue_depth(huey) -> dict:
     return {"ready": huey.storage.queue_size(), "scheduled": huey.storage.schedule_size()}
 
 
+def clock(now: datetime, worker_running: bool) -> dict:
+    """The clock as the worker sees it: synchronised or not, the last step, held cron jobs."""
+    from edgeworker.clock import clock_synchronised, time_daemon
+    from edgeworker.models import ClockState
+
+    state = ClockState.get_or_none(ClockState.id == 1)
+    view = {"synchronised": clock_synchronised(), "time_daemon": time_daemon(),
+            "now": _when(now), "high_water": None, "behind_seconds": 0.0, "last_step": None,
+            "cron_held_since": None, "cron_held_seconds": None}
+    if state is None:
+        return view
+    view["high_water"] = _when(state.high_water)
+    view["behind_seconds"] = round(max(0.0, (state.high_water - now).total_seconds()), 3)
+    if state.last_step_at is not None:
+        view["last_step"] = {"at": _when(state.last_step_at),
+                             "seconds": state.last_step_seconds, "moved": state.last_step_moved}
+    if state.held_since is not None and worker_running:
+        view["cron_held_since"] = _when(state.held_since)
+        view["cron_held_seconds"] = round((now - state.held_since).total_seconds(), 3)
+    return view
+
+
 def all_busy(pid: int, workers: int, bound: float | None, now: datetime) -> str | None:
     """Whether the live worker `pid` has had every one of its `workers` threads on one run for
     longer than `bound` (read from its `running` rows: the worker writes nothing extra)."""

@@ -149,3 +149,12 @@ def retry_delay(job: ScheduleSpec, task_id: int, attempt: int) -> float:
     base = job.retry_delay_seconds
     delay = min(base * 2 ** max(attempt - 1, 0), max(base, 3600.0))
     return delay * (0.5 + 0.5 * _fraction(task_id, attempt))
+
+
+def is_fixed_time(job: ScheduleSpec) -> bool:
+    """A cron job at fixed times of day: its minute and hour fields are single numbers (cron's
+    own distinction for clock steps and daylight saving time)."""
+    if job.cron is None:
+        return False
+    fields = job.cron.split()
+    return len(fields) >= 2 and fields[0].isdigit() and fields[1].isdigit()

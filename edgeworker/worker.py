@@ -130,7 +130,9 @@ class IntervalJobWorker:
         path = self.ledger.db.database
         while True:
             try:
-                task = self.ledger.finish(run, outcome, self.clock())
+                # never before it started, whatever the clock did meanwhile
+                now = max(self.clock(), run.task.started_at)
+                task = self.ledger.finish(run, outcome, now)
             except Exception as exc:
                 if not dbmod.heals(exc):
                     return self._record_failure(run, outcome, exc)
@@ -154,7 +156,7 @@ class IntervalJobWorker:
         error = error.encode("utf-8", "backslashreplace").decode("utf-8")
         try:
             return self.ledger.finish(run, Outcome(False, outcome.exit_code, error, None),
-                                      self.clock())
+                                      max(self.clock(), run.task.started_at))
         except Exception as again:
             logger.error("task %s: cannot record its outcome (%s: %s); it stays running until "
                          "the next start's recovery", run.task.id, type(again).__name__, again)
