@@ -8,10 +8,13 @@ imported inside the commands, so that `--help` and `--version` start fast on a s
 
 from __future__ import annotations
 
+import io
 import os
+import select
+import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -20,6 +23,10 @@ from edgeworker.errors import ConfigError, DatabaseError, EdgeworkerError
 
 DEFAULT_CONFIG = Path("edgeworker.toml")
 DEFAULT_DB = Path("edgeworker.db")
+# SQLite's integers are 64-bit: a larger number on the command line is a usage error, not an
+# OverflowError deep inside a query.
+INT64_MAX = 2**63 - 1
+TASK_ID = click.IntRange(1, INT64_MAX)
 
 
 class UserError(click.ClickException):
@@ -82,6 +89,14 @@ class Context:
 
 
 class EdgeworkerGroup(click.Group):
+    def make_context(self, *args, **kwargs) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except BrokenPipeError:  # `edgeworker --help | head -1`
+            if not reader_gone():
+                raise
+            output_closed()
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -92,11 +107,33 @@ class EdgeworkerGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
+            if isinstance(exc, BrokenPipeError) and reader_gone():
+                output_closed()
             if _debug(ctx):
                 raise
             translated = _translate(ctx, exc)
             raise UserError(translated or f"internal error: {type(exc).__name__}: {exc} "
                                           "(run with --debug for the traceback)") from None
+
+
+def reader_gone() -> bool:
+    """Has the reader of our stdout closed its end? (A pipe polls as an error then.)"""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False
+
+
+def output_closed() -> NoReturn:
+    """Whoever read our output is gone (`edgeworker status | head -1`): end quietly, killed by
+    SIGPIPE as `git log` or `cat` are (status 141 in a shell), rather than with an error."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # nothing left to flush at exit
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+    sys.exit(128 + signal.SIGPIPE)  # not reached
 
 
 def _debug(ctx: click.Context) -> bool:
@@ -166,12 +203,20 @@ def cli(ctx: click.Context, config_path: Path | None, db_path: Path | None, debu
     ctx.call_on_close(ctx.obj.close)
 
 
+def next_run(job: dict) -> str:
+    if job["running"]:
+        return "running"
+    if job["overdue"]:
+        return f"overdue since {show_time(job['next_run_at'])}"
+    return show_time(job["next_run_at"])
+
+
 # -- migrate / check-config ---------------------------------------------------------------------
 
 @cli.command()
 @click.option("--check", is_flag=True, help="Exit 3 if migrations are pending, 0 if up to date.")
 @click.option("--dry-run", is_flag=True, help="List the migrations that would run.")
-@click.option("--to", "target", type=int, metavar="VERSION",
+@click.option("--to", "target", type=click.IntRange(0, INT64_MAX), metavar="VERSION",
               help="Apply migrations up to and including VERSION only.")
 @pass_ctx
 def migrate(obj: Context, check: bool, dry_run: bool, target: int | None) -> None:
@@ -330,7 +375,7 @@ def status(obj: Context, as_json: bool) -> None:
         "queue": report.queue_depth(ledger.huey),
         "last_recovery": last_recovery(),
         "clock": report.clock(utcnow(), pid is not None),
-        "jobs": report.jobs(with_counts=True),
+        "jobs": report.jobs(utcnow(), with_counts=True),
     }
 
     def render(d: dict) -> None:
@@ -358,10 +403,9 @@ def status(obj: Context, as_json: bool) -> None:
         for j in d["jobs"]:
             c = j["counts"]
             state = "paused" if j["paused"] else ("disabled" if not j["enabled"] else "")
-            nxt = "running" if j["running"] else show_time(j["next_run_at"])
             last = (f"{j['last_status']} {show_time(j['last_finished_at'])}"
                     if j["last_status"] else "-")
-            rows.append([j["name"], j["schedule"], state or nxt, last, c["succeeded"],
+            rows.append([j["name"], j["schedule"], state or next_run(j), last, c["succeeded"],
                          c["failed"], c["cancelled"], c["running"], c["created"]])
         table(rows, ["JOB", "SCHEDULE", "NEXT RUN", "LAST RESULT", "OK", "FAILED", "CANCELLED",
                      "RUNNING", "WAITING"])
@@ -400,9 +444,10 @@ def jobs() -> None:
 def jobs_list(obj: Context, as_json: bool) -> None:
     """List jobs with their schedule and next run."""
     from edgeworker import report
+    from edgeworker.clock import utcnow
 
     obj.open()
-    data = report.jobs()
+    data = report.jobs(utcnow())
 
     def render(rows: list[dict]) -> None:
         if not rows:
@@ -410,8 +455,7 @@ def jobs_list(obj: Context, as_json: bool) -> None:
             return
         table([[j["name"], j["kind"], j["schedule"],
                 "paused" if j["paused"] else ("yes" if j["enabled"] else "no"),
-                "running" if j["running"] else show_time(j["next_run_at"]),
-                j["source"], j["target"]] for j in rows],
+                next_run(j), j["source"], j["target"]] for j in rows],
               ["NAME", "KIND", "SCHEDULE", "ENABLED", "NEXT RUN", "SOURCE", "TARGET"])
 
     emit(data, as_json, render)
@@ -429,11 +473,13 @@ def jobs_list(obj: Context, as_json: bool) -> None:
 @click.option("--cron", help='5-field cron expression, e.g. "*/5 * * * *".')
 @click.option("--timezone", help="Time zone of the cron expression [default: local].")
 @click.option("--timeout", help="Stop a run after this long, e.g. 10m.")
-@click.option("--max-attempts", type=int, help="Attempts per run before it fails [default: 3].")
+@click.option("--max-attempts", type=click.IntRange(max=INT64_MAX),
+              help="Attempts per run before it fails [default: 3].")
 @click.option("--retry-delay", help="Base back-off between attempts [default: 10s].")
 @click.option("--catch-up", type=click.Choice(["skip", "once", "all"]),
               help="Slots missed while down: skip, run once, or run all [default: skip].")
-@click.option("--catch-up-limit", type=int, help="At most this many missed slots [default: 10].")
+@click.option("--catch-up-limit", type=click.IntRange(max=INT64_MAX),
+              help="At most this many missed slots [default: 10].")
 @click.option("--jitter", help="Spread start times by up to this long.")
 @click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment (repeat).")
 @click.option("--cwd", help="Working directory for a command.")
@@ -556,25 +602,23 @@ def tasks() -> None:
 @click.option("--job", "job_name", help="Only this job's tasks.")
 @click.option("--status", type=click.Choice(["created", "running", "succeeded", "failed",
                                              "cancelled"]), help="Only tasks in this state.")
-@click.option("--limit", type=click.IntRange(1), default=50, show_default=True,
+@click.option("--limit", type=click.IntRange(1, INT64_MAX), default=50, show_default=True,
               help="Newest first, at most this many.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
 def tasks_list(obj: Context, job_name: str | None, status: str | None, limit: int,
                as_json: bool) -> None:
     """List tasks, newest first."""
-    from edgeworker import jobs as catalog
     from edgeworker import report
 
     obj.open()
-    job = catalog.get_job(job_name) if job_name else None
-    data = report.tasks(job, status, limit)
+    data = report.tasks(job_name, status, limit)
 
     def render(rows: list[dict]) -> None:
         if not rows:
             click.echo("no tasks")
             return
-        table([[t["id"], t["job"] or f"#{t['job_id']} (removed)", t["status"], t["origin"],
+        table([[t["id"], job_label(t), t["status"], t["origin"],
                 show_time(t["scheduled_for"]), t["attempt"], t["recovered_count"],
                 "-" if t["exit_code"] is None else t["exit_code"],
                 _one_line(t["error"])] for t in rows],
@@ -582,6 +626,13 @@ def tasks_list(obj: Context, job_name: str | None, status: str | None, limit: in
                "ERROR"])
 
     emit(data, as_json, render)
+
+
+def job_label(task: dict) -> str:
+    """A task's job: its name, and "(removed)" after a removed job's name (kept since 014)."""
+    if task["job_id"] is not None:
+        return task["job"]
+    return f"{task['job'] or '-'} (removed)"
 
 
 def _one_line(text: str | None, width: int = 60) -> str:
@@ -592,7 +643,7 @@ def _one_line(text: str | None, width: int = 60) -> str:
 
 
 @tasks.command("show")
-@click.argument("task_id", type=int)
+@click.argument("task_id", type=TASK_ID)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
 def tasks_show(obj: Context, task_id: int, as_json: bool) -> None:
@@ -610,7 +661,8 @@ def tasks_show(obj: Context, task_id: int, as_json: bool) -> None:
     def render(t: dict) -> None:
         for key in ("id", "job", "status", "origin", "attempt", "recovered_count", "exit_code",
                     "worker"):
-            click.echo(f"{key:16}{'-' if t[key] is None else t[key]}")
+            shown = job_label(t) if key == "job" else t[key]
+            click.echo(f"{key:16}{'-' if shown is None else shown}")
         for key in ("scheduled_for", "due_at", "created_at", "started_at", "finished_at"):
             click.echo(f"{key:16}{show_time(t[key])}")
         if t["error"]:
@@ -624,7 +676,7 @@ def tasks_show(obj: Context, task_id: int, as_json: bool) -> None:
 
 
 @tasks.command("retry")
-@click.argument("task_id", type=int)
+@click.argument("task_id", type=TASK_ID)
 @pass_ctx
 def tasks_retry(obj: Context, task_id: int) -> None:
     """Run a failed or cancelled task's job again, for the same slot."""
@@ -667,9 +719,9 @@ def tasks_prune(obj: Context, older_than: str) -> None:
 
 
 def main() -> None:
-    # systemd and pipes: a closed stdout must not turn into a traceback.
     try:
         cli(prog_name="edgeworker")
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
+    except BrokenPipeError:  # raised outside a command, e.g. while flushing at the end
+        if not reader_gone():
+            raise
+        output_closed()

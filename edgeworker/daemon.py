@@ -229,7 +229,8 @@ class Daemon:
                                      on_step=self._wake)
         self.huey.now = self.clock.now
         worker = IntervalJobWorker(self.ledger, self.abort, stopping=lambda: self.stop_pipe.is_set,
-                                   clock=self.clock.now)
+                                   clock=self.clock.now,
+                                   observe=self.metrics and self.metrics.observe)
         self.huey.bind(worker.claim, worker.work)
         self.notifier.status("starting: syncing jobs and recovering tasks")
         with dbmod.translate_errors(self.db_path):

@@ -264,6 +264,13 @@ class Ledger:
                 .where(IS_UNFINISHED & (Task.job == job_id) & (Task.status == S.CREATED))
                 .execute())
 
+    def forget_job(self, job: Job, reason: str, now: datetime) -> int:
+        """Before a job is deleted: cancel its waiting runs (a running one finishes) and keep its
+        name with its history, which the deletion detaches (job_id becomes NULL)."""
+        cancelled = self.cancel_waiting(job.id, reason, now)
+        Task.update(job_name=job.name).where(Task.job == job.id).execute()
+        return cancelled
+
     def enqueue_recoveries(self, tasks: list[Task]) -> None:
         """Queue the recovery of tasks a dead worker left running. Each row stays `running` until
         a worker resets and claims it (so a crash in between loses nothing)."""
@@ -388,11 +395,7 @@ class Ledger:
     def hold_calendar(self) -> int:
         """Take the queue messages of cron jobs' waiting runs away until the clock can be
         trusted: the rows stay `created` (a restart queues them again, and holds them again)."""
-        runs = self._calendar_runs()
-        if not runs:
-            return 0
-        with self.db.atomic():
-            return len(self.huey.unqueue({task.id for task, _ in runs}))
+        return len(self.huey.unqueue({task.id for task, _ in self._calendar_runs()}))
 
     def release_calendar(self, now: datetime) -> int:
         """Queue held cron runs again, with each job's catch-up policy for slots missed while

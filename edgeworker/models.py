@@ -133,6 +133,7 @@ class Task(BaseModel):
     error = peewee.TextField(null=True)
     output = peewee.TextField(null=True)
     worker = peewee.TextField(null=True)
+    job_name = peewee.TextField(null=True)  # set when the job is removed (job_id becomes NULL)
 
     class Meta:
         table_name = "tasks"

@@ -315,7 +315,9 @@ class EdgeHuey(Huey):
             if task_id in task_ids:
                 found.add(task_id)
                 doomed.append((table, key))
-        self.storage.remove(doomed)
+        if doomed:  # a look that finds nothing takes no write lock
+            with self.database.atomic():
+                self.storage.remove(doomed)
         return found
 
     def dequeue(self, now: datetime | None = None, locked: bool = False):

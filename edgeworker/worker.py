@@ -58,11 +58,13 @@ def last_line(text: str | None) -> str:
 class IntervalJobWorker:
     def __init__(self, ledger: Ledger, abort: Abort | None = None,
                  stopping: Callable[[], bool] = lambda: False,
-                 clock: Callable[[], datetime] = utcnow):
+                 clock: Callable[[], datetime] = utcnow,
+                 observe: Callable[[Task], None] | None = None):
         self.ledger = ledger
         self.abort = abort or Abort()
         self.stopping = stopping
         self.clock = clock
+        self.observe = observe  # told each recorded outcome (the metrics count them)
 
     def claim(self, args: IntervalJobArgs, now: datetime) -> ClaimedRun | None:
         return self.ledger.claim(args, now)
@@ -90,6 +92,8 @@ class IntervalJobWorker:
                                             result.output))
         if finished is None:
             return
+        if self.observe is not None:
+            self.observe(finished)
         fields.update(status=finished.status, duration=round(duration, 3),
                       exit_code=result.exit_code)
         succeeded = finished.status == "succeeded"

@@ -164,3 +164,42 @@ def test_full_disk_loses_nothing(run_cli, tmpfs):
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     con.close()
+
+
+@pytest.mark.parametrize("args", [
+    ["tasks", "show", "99999999999999999999"],
+    ["tasks", "retry", "99999999999999999999"],
+    ["tasks", "show", "0"],
+    ["tasks", "list", "--limit", "99999999999999999999"],
+    ["jobs", "add", "x", "--command", "true", "--every", "1m", "--max-attempts",
+     "99999999999999999999"],
+    ["jobs", "add", "x", "--command", "true", "--every", "1m", "--catch-up-limit",
+     "99999999999999999999"],
+    ["migrate", "--to", "99999999999999999999"],
+])
+def test_numbers_out_of_range_are_usage_errors(migrated, args):
+    result = migrated(*args)
+    assert result.exit_code == 2, result.stderr
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert error.startswith("Error: Invalid value for ")
+    assert "is not in the range" in error
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+
+
+def test_a_closed_output_pipe_ends_quietly(migrated):
+    """`edgeworker status | head -1`: the reader is gone; the command ends like `git log`."""
+    import signal
+    import subprocess
+    import sys
+
+    migrated.ok("jobs", "add", "a", "--command", "true", "--every", "1m")
+    for args in (["status"], ["tasks", "list", "--json"], ["jobs", "list"], ["--help"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # head has read its line and exited
+        try:
+            result = subprocess.run([sys.executable, "-m", "edgeworker", "--db",
+                                     str(migrated.db), *args], stdout=write_end,
+                                    stderr=subprocess.PIPE, text=True, timeout=60)
+        finally:
+            os.close(write_end)
+        assert (result.returncode, result.stderr) == (-signal.SIGPIPE, ""), args

@@ -35,9 +35,10 @@ def test_add_list_pause_resume_remove(migrated):
 
     assert migrated.ok("jobs", "remove", "hb") == 'removed job "hb"\n'
     assert migrated.ok("jobs", "list") == "no jobs\n"
-    # history stays, without its job
+    # history stays, with its job's name
     rows = json.loads(migrated.ok("tasks", "list", "--json"))
-    assert [(t["job"], t["status"]) for t in rows] == [(None, "cancelled"), (None, "cancelled")]
+    assert [(t["job"], t["job_id"], t["status"]) for t in rows] == [
+        ("hb", None, "cancelled"), ("hb", None, "cancelled")]
 
 
 def test_add_every_kind_of_option(migrated):

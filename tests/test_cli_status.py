@@ -31,3 +31,36 @@ def test_status_text(migrated, monkeypatch, tmp_path):
                                 "FAILED", "CANCELLED", "RUNNING", "WAITING"]
     assert lines[7].split()[:3] == ["hb", "every", "30s"]
     assert lines[7].split()[-6:] == ["-", "0", "0", "0", "0", "1"]
+
+
+def test_after_a_restart_status_shows_the_last_real_outcome_and_overdue_runs(migrated):
+    from datetime import timedelta
+
+    from edgeworker.clock import display, to_text, utcnow
+    from edgeworker.models import Task
+
+    migrated.ok("jobs", "add", "hb", "--command", "true", "--every", "30s")
+    now = utcnow()
+    finished = now - timedelta(hours=1)
+    Task.update(status="succeeded", started_at=finished, finished_at=finished,
+                scheduled_for=finished, due_at=finished).where(Task.id == 1).execute()
+    slot = now - timedelta(minutes=59)  # the worker stopped with this slot pending
+    Task.insert(job=1, status="created", origin="schedule", scheduled_for=slot, due_at=slot,
+                created_at=finished).execute()
+    assert "cancelled 1, scheduled 1" in migrated.ok("recover")  # as at a start: superseded
+    assert Task.get_by_id(2).status == "cancelled"
+
+    [job] = json.loads(migrated.ok("status", "--json"))["jobs"]
+    assert (job["last_status"], job["last_finished_at"]) == ("succeeded", to_text(finished))
+    assert job["overdue"] is False
+    row = migrated.ok("status").splitlines()[7]
+    assert f"succeeded {display(finished)}" in row
+
+    # The worker is down: the next run's time passes.
+    overdue_since = now - timedelta(minutes=5)
+    Task.update(due_at=overdue_since, scheduled_for=overdue_since).where(Task.id == 3).execute()
+    [job] = json.loads(migrated.ok("status", "--json"))["jobs"]
+    assert (job["next_run_at"], job["overdue"]) == (to_text(overdue_since), True)
+    row = migrated.ok("status").splitlines()[7]
+    assert f"overdue since {display(overdue_since)}" in row
+    assert f"overdue since {display(overdue_since)}" in migrated.ok("jobs", "list")
