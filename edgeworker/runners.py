@@ -16,6 +16,7 @@ Whatever a callable raises, `SystemExit` and `KeyboardInterrupt` included, is th
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib
 import io
@@ -425,13 +426,17 @@ def run_isolated(fn: Callable, ctx: TaskContext, timeout: float | None,
                  abort: Abort | None = None, grace: float = KILL_GRACE) -> Result:
     """Run a callable in a forked child: stopped like a command at its timeout or a shutdown.
 
-    The worker has threads: the child may find any lock held (logging's, the database's, the
-    allocator's in C). It touches none it can avoid: it runs the callable, writes its result
-    to a pipe and leaves with `os._exit`, running no cleanup of the worker's objects."""
+    The worker has threads: the child may find any lock held. It touches none it can avoid: it
+    never uses the database connection, runs the callable, writes its result to a pipe and
+    leaves with `os._exit`, running no cleanup of the worker's objects. The callable's
+    `ctx.logger` is safe there: CPython's logging re-creates its locks in a forked child."""
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork (dlopen takes locks)
     parent = os.getpid()
+    for stream in (sys.stdout, sys.stderr):  # or the child would write their buffers again
+        with contextlib.suppress(Exception):
+            stream.flush()
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     try:
         pid = os.fork()
@@ -455,6 +460,9 @@ def run_isolated(fn: Callable, ctx: TaskContext, timeout: float | None,
             ctx.logger.handlers = []  # the worker's log belongs to the worker
             ctx.logger.propagate = False
             result = run_callable(fn, ctx, None)
+            for stream in (sys.stdout, sys.stderr):  # what it printed, before os._exit
+                with contextlib.suppress(Exception):
+                    stream.flush()
             body = json.dumps({"succeeded": result.succeeded, "error": result.error,
                                "output": result.output}).encode("utf-8", "backslashreplace")
             view = memoryview(body)

@@ -121,7 +121,10 @@ def test_a_full_disk_is_logged_once_waited_out_and_loses_nothing(tmp_path, tmpfs
         worker.start().wait_running()
         worker.wait_tasks("status = 'succeeded'", count=3)
         fill(mount.path)
-        wait_for(lambda: "disk full" in worker.log(), log=worker.log, what="the disk-full line")
+        # Seen by a thread taking the next run, or by one recording a run's outcome (which
+        # then waits for space).
+        wait_for(lambda: "disk full: no space left to write the database" in worker.log(),
+                 log=worker.log, what="the disk-full line")
         lines_then = len(worker.log().splitlines())
         committed = {r[0] for r in worker.query("SELECT id FROM tasks WHERE status = 'succeeded'")}
         time.sleep(3)  # full for a while: the log must not grow with it
@@ -129,9 +132,10 @@ def test_a_full_disk_is_logged_once_waited_out_and_loses_nothing(tmp_path, tmpfs
         full_lines = worker.log().splitlines()
         assert len(full_lines) - lines_then <= 10, "\n".join(full_lines[-20:])
         assert "no transaction is active" not in worker.log()
+        assert "Traceback" not in worker.log()
         (mount.path / "filler").unlink()
         newest = max(committed)
-        worker.wait_tasks(f"status = 'succeeded' AND id > {newest + 2}", timeout=30)
+        worker.wait_tasks(f"status = 'succeeded' AND id > {newest + 2}", timeout=60)
         assert worker.stop() == 0
     after = {r[0] for r in worker.query("SELECT id FROM tasks WHERE status = 'succeeded'")}
     assert committed <= after
