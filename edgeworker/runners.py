@@ -184,9 +184,10 @@ class _Status:
         return self.returncode
 
     def wait(self, timeout: float) -> int | None:
-        deadline = time.monotonic() + timeout
+        deadline, pause = time.monotonic() + timeout, 0.0005
         while self.poll() is None and time.monotonic() < deadline:
-            time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.05)  # an exit right after EOF is seen at once
         if self.returncode is None:
             raise subprocess.TimeoutExpired(str(self.pid), timeout)
         return self.returncode
