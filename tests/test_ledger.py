@@ -215,3 +215,32 @@ def test_a_waiting_run_does_not_hold_up_other_jobs(ledger, json_functions):
     later = ledger.run_now(other, now)  # queued after the waiting one
     assert take(ledger, now).claimed.task.id == later.id
     assert (waiting.id, None) in messages(ledger)
+
+
+@pytest.mark.timeout(30)
+def test_an_outcome_is_recorded_once_a_lock_that_held_it_up_is_gone(tmp_path, caplog):
+    import sqlite3
+    import threading
+
+    from edgeworker import db as dbmod
+    from edgeworker import migrate, models
+    from edgeworker.worker import IntervalJobWorker
+
+    database = dbmod.open_database(tmp_path / "locked.db", create=True, busy_timeout=0.05)
+    migrate.apply(database, migrate.plan(database, migrate.discover()))
+    models.database.initialize(database)
+    ledger = Ledger(EdgeHuey(database), worker="test:1")
+    add(ledger)
+    run = take(ledger).claimed
+    other = sqlite3.connect(tmp_path / "locked.db", isolation_level=None,
+                            check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the lock past the busy timeout
+    threading.Timer(1.5, other.rollback).start()
+    task = IntervalJobWorker(ledger).finish(run, Outcome(True, 0, None, "done"))
+    other.close()
+    database.close()
+    assert (task.status, task.output) == ("succeeded", "done")
+    retries = [r.getMessage() for r in caplog.records if "cannot record" in r.getMessage()]
+    assert retries == [f"task {run.task.id}: cannot record its outcome (database is locked by "
+                       "another process (busy timeout expired); try again); retrying, at most "
+                       "every 30s"]
