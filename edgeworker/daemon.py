@@ -83,7 +83,6 @@ class WorkerThread(Worker):
         self.error_delay = 0.5
         self.busy_since: float | None = None  # running a task since (long is not a stall)
         self.last_loop = time.monotonic()
-        self.queue_trouble = Reminder(logger)
         # Woken by a write to the WAL: that commit becomes visible only after its fsync, so the
         # next look at the queue must wait for the writer (under the write lock).
         self.woken = False
@@ -96,15 +95,16 @@ class WorkerThread(Worker):
         try:
             task = self.huey.dequeue(locked=self.woken)
         except Exception as exc:
-            self.queue_trouble.failing("cannot read the queue: %s; retrying, at most every %.0fs",
-                                       dbmod.describe(self.daemon.db_path, exc), MAX_ERROR_DELAY)
+            self.daemon.queue_trouble.failing(
+                "cannot read the queue: %s; retrying, at most every %.0fs",
+                dbmod.describe(self.daemon.db_path, exc), MAX_ERROR_DELAY)
             # Not the WAL watch: the failing writes themselves would wake it at once.
             self.stop_flag.wait(self.error_delay)
             self.error_delay = min(self.error_delay * 2, MAX_ERROR_DELAY)
             self.woken = True
             return
         self.error_delay = 0.5
-        self.queue_trouble.resolved("reading the queue again")
+        self.daemon.queue_trouble.resolved("reading the queue again")
         if task is not None:
             self.busy_since = time.monotonic()
             try:
@@ -199,6 +199,7 @@ class Daemon:
         self.ready = False
         self.consumer: EdgeConsumer | None = None
         self.busy_alert: str | None = None
+        self.queue_trouble = Reminder(logger)  # one for all worker threads: logged once
         self.clock: WorkerClock | None = None
         self.clock_watch = ClockSetWatch()
         self.held_since: float | None = None  # monotonic: since when cron jobs wait for the clock
