@@ -402,10 +402,13 @@ def status(obj: Context, as_json: bool) -> None:
     obj.open(readonly=True)
     ledger = obj.ledger()
     pid = worker_pid(obj.db_path)
+    settings = obj.config.worker
     data = {
         "database": str(obj.db_path),
-        "durability": obj.config.worker.durability,
-        "worker": {"running": pid is not None, "pid": pid if pid and pid > 0 else None},
+        "durability": settings.durability,
+        "worker": {"running": pid is not None, "pid": pid if pid and pid > 0 else None,
+                   "alert": pid and report.all_busy(pid, settings.workers, settings.busy_alert,
+                                                    utcnow()) or None},
         "queue": report.queue_depth(ledger.huey),
         "last_recovery": last_recovery(),
         "clock": report.clock(utcnow(), pid is not None),
@@ -417,6 +420,8 @@ def status(obj: Context, as_json: bool) -> None:
                   else "not running")
         click.echo(f"database  {d['database']} (durability {d['durability']})")
         click.echo(f"worker    {worker}")
+        if d["worker"]["alert"]:
+            click.echo(f"alert     {d['worker']['alert']}")
         click.echo(f"queue     {d['queue']['ready']} ready, {d['queue']['scheduled']} scheduled")
         rec = d["last_recovery"]
         if rec:
@@ -499,6 +504,8 @@ def jobs_list(obj: Context, as_json: bool) -> None:
 @click.option("--callable", "callable_", metavar="MODULE:FUNCTION",
               help="Python callable to call with a TaskContext.")
 @click.option("--shell", is_flag=True, default=None, help="Run --command through /bin/sh.")
+@click.option("--isolate", is_flag=True, default=None,
+              help="Run --callable in a child process that a timeout can stop.")
 @click.option("--every", help="Interval, e.g. 30s, 5m, 1h30m.")
 @click.option("--cron", help='5-field cron expression, e.g. "*/5 * * * *".')
 @click.option("--timezone", help="Time zone of the cron expression [default: local].")

@@ -93,6 +93,7 @@ class JobSpec:
     env: tuple[tuple[str, str], ...] = ()
     cwd: str | None = None
     env_file: Path | None = None  # KEY=VALUE lines read at each run (secrets stay out of here)
+    isolate: bool = False  # a callable in a child process, stoppable at its timeout
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class WorkerSettings:
     busy_timeout: float = 5.0
     shutdown_timeout: float = 30.0
     retention: float | None = 7 * 86400.0
+    busy_alert: float | None = 3600.0  # every worker thread busy this long: say so
     python_path: tuple[Path, ...] = ()
     log_format: str = "text"
     log_level: str = "info"
@@ -141,6 +143,7 @@ _JOB_KEYS = {
     "name", "command", "callable", "shell", "every", "cron", "timezone", "timeout",
     "max_attempts", "retry_delay", "catch_up", "catch_up_limit", "jitter", "enabled", "env", "cwd",
     "env_file",
+    "isolate",
 }
 
 
@@ -275,6 +278,14 @@ def _parse_worker(raw: Any, where: _Where, base: Path) -> WorkerSettings:
         else:
             values["retention"] = _duration(raw["retention"], lambda m: fail(
                 "retention", m + ', or "forever" to keep every task'))
+    if "busy_alert" in raw:
+        if raw["busy_alert"] == "off":
+            values["busy_alert"] = None
+        else:
+            values["busy_alert"] = _duration(raw["busy_alert"], lambda m: fail(
+                "busy_alert", m + ', or "off"'))
+            if values["busy_alert"] <= 0:
+                raise fail("busy_alert", 'must be more than 0, or "off"')
     if "python_path" in raw:
         entries = raw["python_path"]
         if isinstance(entries, str):
@@ -385,6 +396,13 @@ def build_job_spec(raw: Mapping[str, Any], fail, base: Path | None = None) -> Jo
             raise fail("callable", f"{target!r} is not of the form package.module:function")
         values["kind"] = "callable"
         values["target"] = target
+    isolate = raw.get("isolate", False)
+    if not isinstance(isolate, bool):
+        raise fail("isolate", "must be true or false")
+    if isolate and has_command:
+        raise fail("isolate", "only applies to 'callable' jobs (a command runs in its own "
+                              "process already)")
+    values["isolate"] = isolate
 
     has_every, has_cron = "every" in raw, "cron" in raw
     if has_every == has_cron:

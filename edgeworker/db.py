@@ -234,6 +234,44 @@ def _sqlite_reason(path: Path, exc: Exception) -> str:
     return message
 
 
+# SQLite's primary result codes for what heals by itself: another writer's lock, a full disk,
+# a failing or briefly missing file (sqlite3 sets `sqlite_errorcode` on its exceptions).
+HEALING_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL,
+                 sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL}
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """An error and what it hides: a failed COMMIT leaves SQLite without a transaction, so the
+    error the caller sees is the ROLLBACK's ("no transaction is active"), not the disk's."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        exc = todo.pop(0)
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        yield exc
+        orig = getattr(exc, "orig", None)
+        todo += [orig if isinstance(orig, BaseException) else None, exc.__cause__,
+                 exc.__context__]
+
+
+def heals(exc: BaseException) -> bool:
+    """Whether retrying the write later may succeed (a lock, a full disk, an I/O error)."""
+    return isinstance(exc, OSError) or any(
+        (getattr(e, "sqlite_errorcode", -1) & 0xFF) in HEALING_CODES for e in _chain(exc))
+
+
+def describe(path: Path, exc: BaseException) -> str:
+    """One line for the log: the first cause SQLite reported, in words an operator can act on."""
+    errors = [e for e in _chain(exc) if isinstance(e, (peewee.DatabaseError, sqlite3.Error))]
+    healing = [e for e in errors if (getattr(e, "sqlite_errorcode", -1) & 0xFF) in HEALING_CODES]
+    cause = (healing or errors or [exc])[-1]
+    if isinstance(cause, (peewee.DatabaseError, sqlite3.Error)):
+        return _sqlite_reason(Path(path), cause)
+    return f"{type(cause).__name__}: {cause}"
+
+
 def _disk_full(directory: Path) -> bool:
     try:
         return shutil.disk_usage(directory).free < 64 * 1024

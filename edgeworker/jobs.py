@@ -25,7 +25,7 @@ def spec_columns(spec: JobSpec) -> dict:
     return {
         "kind": spec.kind,
         "target": spec.target,
-        "shell": spec.shell,
+        "shell": spec.isolate if spec.kind == "callable" else spec.shell,  # Job.isolated
         "every_seconds": spec.every,
         "cron": spec.cron,
         "timezone": spec.timezone,

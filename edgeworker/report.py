@@ -5,7 +5,7 @@ Each view returns plain dicts with stable keys (what `--json` prints); the CLI f
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import peewee
 
@@ -59,7 +59,8 @@ def job_row(job: Job, now: datetime, counts: dict[str, int] | None = None) -> di
         "name": job.name,
         "kind": job.kind,
         "target": job.target,
-        "shell": job.shell,
+        "shell": job.shell and job.kind == "command",
+        "isolate": job.isolated,
         "schedule": job.schedule_text,
         "every_seconds": job.every_seconds,
         "cron": job.cron,
@@ -174,3 +175,21 @@ def clock(now: datetime, worker_running: bool) -> dict:
         view["cron_held_since"] = _when(state.held_since)
         view["cron_held_seconds"] = round((now - state.held_since).total_seconds(), 3)
     return view
+
+
+def all_busy(pid: int, workers: int, bound: float | None, now: datetime) -> str | None:
+    """Whether the live worker `pid` has had every one of its `workers` threads on one run for
+    longer than `bound` (read from its `running` rows: the worker writes nothing extra)."""
+    if bound is None or pid <= 0:
+        return None
+    ids = [task_id for (task_id,) in Task.select(Task.id).where(
+        IS_UNFINISHED & (Task.status == TaskStatus.RUNNING)
+        & Task.worker.contains(f":{pid}:")
+        & (Task.started_at < now - timedelta(seconds=bound))).order_by(Task.id).tuples()]
+    if len(ids) < workers:
+        return None
+    from edgeworker.config import format_duration
+
+    return (f"all {workers} worker thread(s) busy for more than {format_duration(bound)} "
+            f"(task{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}): "
+            "no other run can start")

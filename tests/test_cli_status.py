@@ -7,7 +7,7 @@ def test_status_json_has_stable_keys(migrated):
     assert sorted(data) == ["clock", "database", "durability", "jobs", "last_recovery", "queue",
                             "worker"]
     assert data["last_recovery"] is None
-    assert data["worker"] == {"running": False, "pid": None}
+    assert data["worker"] == {"running": False, "pid": None, "alert": None}
     assert data["queue"] == {"ready": 0, "scheduled": 1}
     assert data["durability"] == "full"
     [job] = data["jobs"]

@@ -219,7 +219,7 @@ def test_a_second_worker_on_the_same_database_is_refused(tmp_path):
         assert second.stderr == (f"Error: another worker (pid {worker.proc.pid}) is running on "
                                  f"{worker.db}; stop it first\n")
         status = json.loads(worker.cli("status", "--json").stdout)
-        assert status["worker"] == {"running": True, "pid": worker.proc.pid}
+        assert status["worker"] == {"running": True, "pid": worker.proc.pid, "alert": None}
         worker.stop()
 
 
