@@ -8,10 +8,13 @@ imported inside the commands, so that `--help` and `--version` start fast on a s
 
 from __future__ import annotations
 
+import io
 import os
+import select
+import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -20,6 +23,10 @@ from edgeworker.errors import ConfigError, DatabaseError, EdgeworkerError
 
 DEFAULT_CONFIG = Path("edgeworker.toml")
 DEFAULT_DB = Path("edgeworker.db")
+# SQLite's integers are 64-bit: a larger number on the command line is a usage error, not an
+# OverflowError deep inside a query.
+INT64_MAX = 2**63 - 1
+TASK_ID = click.IntRange(1, INT64_MAX)
 
 
 class UserError(click.ClickException):
@@ -54,19 +61,34 @@ class Context:
     def db_path(self) -> Path:
         return self.db_option or self.config.worker.database or DEFAULT_DB
 
-    def open(self, create: bool = False, check_schema: bool = True):
-        """Open the database and bind the models to it."""
+    def open(self, create: bool = False, check_schema: bool = True, readonly: bool = False,
+             foreign: bool = False):
+        """Open the database and bind the models to it; `readonly` for commands that only look
+        (they write nothing, not even SQLite's -wal and -shm files)."""
         if self._db is None:
             from edgeworker import db, migrate, models
 
-            self._db = db.open_database(self.db_path, durability=self.config.worker.durability,
-                                        busy_timeout=self.config.worker.busy_timeout,
-                                        create=create)
+            settings = self.config.worker
+            if check_schema and not readonly:
+                # Look before opening to write: opening sets WAL mode, a change to the file.
+                migrate.ensure_current_file(self.db_path, settings.busy_timeout)
+                foreign = True  # checked just now
+            self._db = db.open_database(self.db_path, durability=settings.durability,
+                                        busy_timeout=settings.busy_timeout,
+                                        create=create, readonly=readonly, foreign=foreign)
             models.database.initialize(self._db)
             if check_schema:
                 with db.translate_errors(self.db_path):
                     migrate.ensure_current(self._db)
         return self._db
+
+    def now(self):
+        """The time a command records: the wall clock, but never earlier than the newest time
+        the database holds (a box whose clock is behind; see docs/time.md)."""
+        from edgeworker.clock import utcnow
+
+        now, mark = utcnow(), self.ledger().high_water()
+        return max(now, mark) if mark else now
 
     def ledger(self):
         if "ledger" not in self._cache:
@@ -82,6 +104,14 @@ class Context:
 
 
 class EdgeworkerGroup(click.Group):
+    def make_context(self, *args, **kwargs) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except BrokenPipeError:  # `edgeworker --help | head -1`
+            if not reader_gone():
+                raise
+            output_closed()
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -92,11 +122,33 @@ class EdgeworkerGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
+            if isinstance(exc, BrokenPipeError) and reader_gone():
+                output_closed()
             if _debug(ctx):
                 raise
             translated = _translate(ctx, exc)
             raise UserError(translated or f"internal error: {type(exc).__name__}: {exc} "
                                           "(run with --debug for the traceback)") from None
+
+
+def reader_gone() -> bool:
+    """Has the reader of our stdout closed its end? (A pipe polls as an error then.)"""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False
+
+
+def output_closed() -> NoReturn:
+    """Whoever read our output is gone (`edgeworker status | head -1`): end quietly, killed by
+    SIGPIPE as `git log` or `cat` are (status 141 in a shell), rather than with an error."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # nothing left to flush at exit
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+    sys.exit(128 + signal.SIGPIPE)  # not reached
 
 
 def _debug(ctx: click.Context) -> bool:
@@ -166,15 +218,25 @@ def cli(ctx: click.Context, config_path: Path | None, db_path: Path | None, debu
     ctx.call_on_close(ctx.obj.close)
 
 
+def next_run(job: dict) -> str:
+    if job["running"]:
+        return "running"
+    if job["overdue"]:
+        return f"overdue since {show_time(job['next_run_at'])}"
+    return show_time(job["next_run_at"])
+
+
 # -- migrate / check-config ---------------------------------------------------------------------
 
 @cli.command()
 @click.option("--check", is_flag=True, help="Exit 3 if migrations are pending, 0 if up to date.")
 @click.option("--dry-run", is_flag=True, help="List the migrations that would run.")
-@click.option("--to", "target", type=int, metavar="VERSION",
+@click.option("--to", "target", type=click.IntRange(0, INT64_MAX), metavar="VERSION",
               help="Apply migrations up to and including VERSION only.")
+@click.option("--force", is_flag=True,
+              help="Add edgeworker's tables to a database that holds another program's.")
 @pass_ctx
-def migrate(obj: Context, check: bool, dry_run: bool, target: int | None) -> None:
+def migrate(obj: Context, check: bool, dry_run: bool, target: int | None, force: bool) -> None:
     """Create or upgrade the database schema."""
     from edgeworker import db
     from edgeworker import migrate as migrations
@@ -183,22 +245,38 @@ def migrate(obj: Context, check: bool, dry_run: bool, target: int | None) -> Non
     if creating and (check or dry_run):
         todo = migrations.discover()
         todo = [m for m in todo if target is None or m.version <= target]
-    else:
-        database = obj.open(create=not (check or dry_run), check_schema=False)
+    elif check or dry_run:
+        database = obj.open(check_schema=False, readonly=True, foreign=force)
         with db.translate_errors(obj.db_path):
             todo = migrations.plan(database, migrations.discover(), target)
+    else:
+        try:
+            database = obj.open(create=True, check_schema=False, foreign=force)
+            with db.translate_errors(obj.db_path):
+                todo = migrations.plan(database, migrations.discover(), target)
+            _migrate(obj, database, todo)
+        except BaseException:
+            if creating:  # a migrate that fails leaves no empty or half-made database
+                obj.close()
+                db.remove_new_database(obj.db_path)
+            raise
+        return
     if check:
         if todo:
             click.echo(f"{len(todo)} pending: " + ", ".join(m.label for m in todo))
             raise click.exceptions.Exit(3)
         click.echo("up to date")
         return
-    if dry_run:
-        for m in todo:
-            click.echo(f"would apply {m.label}")
-        if not todo:
-            click.echo("up to date")
-        return
+    for m in todo:
+        click.echo(f"would apply {m.label}")
+    if not todo:
+        click.echo("up to date")
+
+
+def _migrate(obj: Context, database, todo: list) -> None:
+    from edgeworker import db
+    from edgeworker import migrate as migrations
+
     if todo:
         pid = db.worker_pid(obj.db_path)
         if pid:
@@ -215,12 +293,14 @@ def migrate(obj: Context, check: bool, dry_run: bool, target: int | None) -> Non
 @pass_ctx
 def check_config(obj: Context) -> None:
     """Validate the config file, including that every callable imports."""
+    from edgeworker import trust
     from edgeworker.runners import verify_callables
 
     config = obj.config
     if config.path is None:
         raise ConfigError(f"no config file: give --config or $EDGEWORKER_CONFIG, or create "
                           f"./{DEFAULT_CONFIG}")
+    trust.verify(config)
     verify_callables(config)
     click.echo(f"{config.path}: ok ({len(config.jobs)} jobs)")
 
@@ -253,11 +333,12 @@ def run(obj: Context, apply_migrations: bool, workers: int | None, log_format: s
 def recover(obj: Context, dry_run: bool, as_json: bool) -> None:
     """Recover tasks a dead worker left behind (the worker does this at every start)."""
     from edgeworker import recovery, report, schedule
-    from edgeworker.clock import to_text, utcnow
+    from edgeworker.clock import to_text
     from edgeworker.db import WorkerLock, worker_pid
 
+    obj.open(readonly=dry_run)
     ledger = obj.ledger()
-    now = utcnow()
+    now = obj.now()
     pid = worker_pid(obj.db_path)
     if dry_run:
         todo = recovery.plan(ledger, now)
@@ -314,18 +395,24 @@ def recover(obj: Context, dry_run: bool, as_json: bool) -> None:
 def status(obj: Context, as_json: bool) -> None:
     """What ran, what runs next, what was recovered."""
     from edgeworker import report
+    from edgeworker.clock import utcnow
     from edgeworker.db import worker_pid
     from edgeworker.recovery import last_recovery
 
+    obj.open(readonly=True)
     ledger = obj.ledger()
     pid = worker_pid(obj.db_path)
+    settings = obj.config.worker
     data = {
         "database": str(obj.db_path),
-        "durability": obj.config.worker.durability,
-        "worker": {"running": pid is not None, "pid": pid if pid and pid > 0 else None},
+        "durability": settings.durability,
+        "worker": {"running": pid is not None, "pid": pid if pid and pid > 0 else None,
+                   "alert": pid and report.all_busy(pid, settings.workers, settings.busy_alert,
+                                                    utcnow()) or None},
         "queue": report.queue_depth(ledger.huey),
         "last_recovery": last_recovery(),
-        "jobs": report.jobs(with_counts=True),
+        "clock": report.clock(utcnow(), pid is not None),
+        "jobs": report.jobs(utcnow(), with_counts=True),
     }
 
     def render(d: dict) -> None:
@@ -333,6 +420,8 @@ def status(obj: Context, as_json: bool) -> None:
                   else "not running")
         click.echo(f"database  {d['database']} (durability {d['durability']})")
         click.echo(f"worker    {worker}")
+        if d["worker"]["alert"]:
+            click.echo(f"alert     {d['worker']['alert']}")
         click.echo(f"queue     {d['queue']['ready']} ready, {d['queue']['scheduled']} scheduled")
         rec = d["last_recovery"]
         if rec:
@@ -342,6 +431,7 @@ def status(obj: Context, as_json: bool) -> None:
                        f"({rec['duration_ms']:g} ms)")
         else:
             click.echo("recovery  none yet (no worker has started)")
+        click.echo(f"clock     {clock_line(d['clock'])}")
         if not d["jobs"]:
             click.echo("no jobs")
             return
@@ -350,15 +440,32 @@ def status(obj: Context, as_json: bool) -> None:
         for j in d["jobs"]:
             c = j["counts"]
             state = "paused" if j["paused"] else ("disabled" if not j["enabled"] else "")
-            nxt = "running" if j["running"] else show_time(j["next_run_at"])
             last = (f"{j['last_status']} {show_time(j['last_finished_at'])}"
                     if j["last_status"] else "-")
-            rows.append([j["name"], j["schedule"], state or nxt, last, c["succeeded"],
+            rows.append([j["name"], j["schedule"], state or next_run(j), last, c["succeeded"],
                          c["failed"], c["cancelled"], c["running"], c["created"]])
         table(rows, ["JOB", "SCHEDULE", "NEXT RUN", "LAST RESULT", "OK", "FAILED", "CANCELLED",
                      "RUNNING", "WAITING"])
 
     emit(data, as_json, render)
+
+
+def clock_line(view: dict) -> str:
+    from edgeworker.clock import span
+
+    daemon = f" ({view['time_daemon']})" if view["time_daemon"] else ""
+    parts = [("synchronised" if view["synchronised"] else "not synchronised") + daemon]
+    if view["behind_seconds"] >= 1:
+        parts.append(f"{span(view['behind_seconds']).lstrip('+')} behind the newest time "
+                     "recorded")
+    step = view["last_step"]
+    if step:
+        followed = "" if step["moved"] else ", not followed"
+        parts.append(f"last step {span(step['seconds'])} at {show_time(step['at'])}{followed}")
+    if view["cron_held_since"]:
+        parts.append(f"cron jobs held for {span(view['cron_held_seconds']).lstrip('+')}, "
+                     "waiting for a synchronised clock")
+    return "; ".join(parts)
 
 
 # -- jobs ---------------------------------------------------------------------------------------
@@ -374,9 +481,10 @@ def jobs() -> None:
 def jobs_list(obj: Context, as_json: bool) -> None:
     """List jobs with their schedule and next run."""
     from edgeworker import report
+    from edgeworker.clock import utcnow
 
-    obj.open()
-    data = report.jobs()
+    obj.open(readonly=True)
+    data = report.jobs(utcnow())
 
     def render(rows: list[dict]) -> None:
         if not rows:
@@ -384,8 +492,7 @@ def jobs_list(obj: Context, as_json: bool) -> None:
             return
         table([[j["name"], j["kind"], j["schedule"],
                 "paused" if j["paused"] else ("yes" if j["enabled"] else "no"),
-                "running" if j["running"] else show_time(j["next_run_at"]),
-                j["source"], j["target"]] for j in rows],
+                next_run(j), j["source"], j["target"]] for j in rows],
               ["NAME", "KIND", "SCHEDULE", "ENABLED", "NEXT RUN", "SOURCE", "TARGET"])
 
     emit(data, as_json, render)
@@ -397,24 +504,30 @@ def jobs_list(obj: Context, as_json: bool) -> None:
 @click.option("--callable", "callable_", metavar="MODULE:FUNCTION",
               help="Python callable to call with a TaskContext.")
 @click.option("--shell", is_flag=True, default=None, help="Run --command through /bin/sh.")
+@click.option("--isolate", is_flag=True, default=None,
+              help="Run --callable in a child process that a timeout can stop.")
 @click.option("--every", help="Interval, e.g. 30s, 5m, 1h30m.")
 @click.option("--cron", help='5-field cron expression, e.g. "*/5 * * * *".')
 @click.option("--timezone", help="Time zone of the cron expression [default: local].")
 @click.option("--timeout", help="Stop a run after this long, e.g. 10m.")
-@click.option("--max-attempts", type=int, help="Attempts per run before it fails [default: 3].")
+@click.option("--max-attempts", type=click.IntRange(max=INT64_MAX),
+              help="Attempts per run before it fails [default: 3].")
 @click.option("--retry-delay", help="Base back-off between attempts [default: 10s].")
 @click.option("--catch-up", type=click.Choice(["skip", "once", "all"]),
               help="Slots missed while down: skip, run once, or run all [default: skip].")
-@click.option("--catch-up-limit", type=int, help="At most this many missed slots [default: 10].")
+@click.option("--catch-up-limit", type=click.IntRange(max=INT64_MAX),
+              help="At most this many missed slots [default: 10].")
 @click.option("--jitter", help="Spread start times by up to this long.")
 @click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment (repeat).")
 @click.option("--cwd", help="Working directory for a command.")
+@click.option("--env-file", metavar="PATH",
+              help="KEY=VALUE lines read at each run (mode 0600 or 0640), for secrets.")
 @click.option("--disabled", is_flag=True, help="Add the job disabled.")
 @pass_ctx
 def jobs_add(obj: Context, name: str, **options: Any) -> None:
     """Add a job from the command line."""
     from edgeworker import jobs as catalog
-    from edgeworker.clock import utcnow
+    from edgeworker import trust
     from edgeworker.config import build_job_spec
     from edgeworker.runners import verify_callable
 
@@ -441,9 +554,14 @@ def jobs_add(obj: Context, name: str, **options: Any) -> None:
         return ConfigError(f"{option}{message}" if key != "name" else f"NAME: {message}")
 
     spec = build_job_spec(raw, fail)
+    try:
+        trust.verify_job(spec, obj.config.worker.python_path)
+    except ConfigError as exc:
+        key, sep, rest = str(exc).partition(": ")
+        raise ConfigError(f"--{key.replace('_', '-')}: {rest}" if sep else str(exc)) from None
     if spec.kind == "callable":
         verify_callable(spec.target, obj.config.worker.python_path)
-    job = catalog.add_job(obj.ledger(), spec, utcnow())
+    job = catalog.add_job(obj.ledger(), spec, obj.now())
     click.echo(f'added job "{job.name}" ({job.schedule_text})')
 
 
@@ -453,9 +571,8 @@ def jobs_add(obj: Context, name: str, **options: Any) -> None:
 def jobs_remove(obj: Context, name: str) -> None:
     """Remove a job; its history stays, waiting runs are cancelled."""
     from edgeworker import jobs as catalog
-    from edgeworker.clock import utcnow
 
-    job = catalog.remove_job(obj.ledger(), name, utcnow())
+    job = catalog.remove_job(obj.ledger(), name, obj.now())
     note = " (it is in the config file: the next sync adds it again)" \
         if job.source == "config" else ""
     click.echo(f'removed job "{name}"{note}')
@@ -467,9 +584,8 @@ def jobs_remove(obj: Context, name: str) -> None:
 def jobs_pause(obj: Context, name: str) -> None:
     """Stop scheduling a job (survives config syncs)."""
     from edgeworker import jobs as catalog
-    from edgeworker.clock import utcnow
 
-    _, changed = catalog.set_paused(obj.ledger(), name, True, utcnow())
+    _, changed = catalog.set_paused(obj.ledger(), name, True, obj.now())
     click.echo(f'paused job "{name}"' if changed else f'job "{name}" was already paused')
 
 
@@ -479,9 +595,8 @@ def jobs_pause(obj: Context, name: str) -> None:
 def jobs_resume(obj: Context, name: str) -> None:
     """Schedule a paused job again, from its next slot."""
     from edgeworker import jobs as catalog
-    from edgeworker.clock import utcnow
 
-    _, changed = catalog.set_paused(obj.ledger(), name, False, utcnow())
+    _, changed = catalog.set_paused(obj.ledger(), name, False, obj.now())
     click.echo(f'resumed job "{name}"' if changed else f'job "{name}" was not paused')
 
 
@@ -490,15 +605,16 @@ def jobs_resume(obj: Context, name: str) -> None:
 def jobs_sync(obj: Context) -> None:
     """Make the database's config jobs match the config file."""
     from edgeworker import jobs as catalog
-    from edgeworker.clock import utcnow
+    from edgeworker import trust
     from edgeworker.runners import verify_callables
 
     config = obj.config
     if config.path is None:
         raise ConfigError(f"no config file to sync from: give --config or $EDGEWORKER_CONFIG, "
                           f"or create ./{DEFAULT_CONFIG}")
+    trust.verify(config)
     verify_callables(config)
-    report = catalog.sync_jobs(obj.ledger(), config.jobs, utcnow())
+    report = catalog.sync_jobs(obj.ledger(), config.jobs, obj.now())
     click.echo(f"synced {config.path}: {report.summary()}")
 
 
@@ -508,11 +624,10 @@ def jobs_sync(obj: Context) -> None:
 def jobs_run(obj: Context, name: str) -> None:
     """Run a job once, now, outside its schedule (the worker picks it up)."""
     from edgeworker import jobs as catalog
-    from edgeworker.clock import utcnow
     from edgeworker.db import worker_pid
 
     ledger = obj.ledger()
-    task = ledger.run_now(catalog.get_job(name), utcnow())
+    task = ledger.run_now(catalog.get_job(name), obj.now())
     note = "" if worker_pid(obj.db_path) else " (no worker is running: it runs when one starts)"
     click.echo(f'queued task {task.id} for job "{name}"{note}')
 
@@ -528,25 +643,23 @@ def tasks() -> None:
 @click.option("--job", "job_name", help="Only this job's tasks.")
 @click.option("--status", type=click.Choice(["created", "running", "succeeded", "failed",
                                              "cancelled"]), help="Only tasks in this state.")
-@click.option("--limit", type=click.IntRange(1), default=50, show_default=True,
+@click.option("--limit", type=click.IntRange(1, INT64_MAX), default=50, show_default=True,
               help="Newest first, at most this many.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
 def tasks_list(obj: Context, job_name: str | None, status: str | None, limit: int,
                as_json: bool) -> None:
     """List tasks, newest first."""
-    from edgeworker import jobs as catalog
     from edgeworker import report
 
-    obj.open()
-    job = catalog.get_job(job_name) if job_name else None
-    data = report.tasks(job, status, limit)
+    obj.open(readonly=True)
+    data = report.tasks(job_name, status, limit)
 
     def render(rows: list[dict]) -> None:
         if not rows:
             click.echo("no tasks")
             return
-        table([[t["id"], t["job"] or f"#{t['job_id']} (removed)", t["status"], t["origin"],
+        table([[t["id"], job_label(t), t["status"], t["origin"],
                 show_time(t["scheduled_for"]), t["attempt"], t["recovered_count"],
                 "-" if t["exit_code"] is None else t["exit_code"],
                 _one_line(t["error"])] for t in rows],
@@ -554,6 +667,13 @@ def tasks_list(obj: Context, job_name: str | None, status: str | None, limit: in
                "ERROR"])
 
     emit(data, as_json, render)
+
+
+def job_label(task: dict) -> str:
+    """A task's job: its name, and "(removed)" after a removed job's name (kept since 014)."""
+    if task["job_id"] is not None:
+        return task["job"]
+    return f"{task['job'] or '-'} (removed)"
 
 
 def _one_line(text: str | None, width: int = 60) -> str:
@@ -564,7 +684,7 @@ def _one_line(text: str | None, width: int = 60) -> str:
 
 
 @tasks.command("show")
-@click.argument("task_id", type=int)
+@click.argument("task_id", type=TASK_ID)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
 def tasks_show(obj: Context, task_id: int, as_json: bool) -> None:
@@ -573,7 +693,7 @@ def tasks_show(obj: Context, task_id: int, as_json: bool) -> None:
     from edgeworker.errors import NotFound
     from edgeworker.models import Task
 
-    obj.open()
+    obj.open(readonly=True)
     task = Task.get_or_none(Task.id == task_id)
     if task is None:
         raise NotFound(f"no task with id {task_id}")
@@ -582,7 +702,8 @@ def tasks_show(obj: Context, task_id: int, as_json: bool) -> None:
     def render(t: dict) -> None:
         for key in ("id", "job", "status", "origin", "attempt", "recovered_count", "exit_code",
                     "worker"):
-            click.echo(f"{key:16}{'-' if t[key] is None else t[key]}")
+            shown = job_label(t) if key == "job" else t[key]
+            click.echo(f"{key:16}{'-' if shown is None else shown}")
         for key in ("scheduled_for", "due_at", "created_at", "started_at", "finished_at"):
             click.echo(f"{key:16}{show_time(t[key])}")
         if t["error"]:
@@ -596,11 +717,10 @@ def tasks_show(obj: Context, task_id: int, as_json: bool) -> None:
 
 
 @tasks.command("retry")
-@click.argument("task_id", type=int)
+@click.argument("task_id", type=TASK_ID)
 @pass_ctx
 def tasks_retry(obj: Context, task_id: int) -> None:
     """Run a failed or cancelled task's job again, for the same slot."""
-    from edgeworker.clock import utcnow
     from edgeworker.errors import Conflict, NotFound
     from edgeworker.models import Task
 
@@ -612,7 +732,7 @@ def tasks_retry(obj: Context, task_id: int) -> None:
         raise Conflict(f"task {task_id} is {task.status}; only failed or cancelled tasks can be "
                        "retried")
     try:
-        new = ledger.retry(task, utcnow())
+        new = ledger.retry(task, obj.now())
     except ValueError as exc:
         raise Conflict(str(exc)) from None
     click.echo(f"queued task {new.id} to retry task {task_id}")
@@ -639,9 +759,9 @@ def tasks_prune(obj: Context, older_than: str) -> None:
 
 
 def main() -> None:
-    # systemd and pipes: a closed stdout must not turn into a traceback.
     try:
         cli(prog_name="edgeworker")
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
+    except BrokenPipeError:  # raised outside a command, e.g. while flushing at the end
+        if not reader_gone():
+            raise
+        output_closed()

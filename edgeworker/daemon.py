@@ -33,12 +33,13 @@ import peewee
 from huey.consumer import BaseProcess, Consumer, Worker
 
 from edgeworker import db as dbmod
-from edgeworker import migrate, models, recovery
-from edgeworker.clock import utcnow
-from edgeworker.config import Config, load_config
+from edgeworker import migrate, models, recovery, trust
+from edgeworker.clock import ClockSetWatch, Step, WorkerClock, clock_synchronised, span, time_daemon
+from edgeworker.config import Config, format_duration, load_config
 from edgeworker.errors import EdgeworkerError
 from edgeworker.jobs import sync_jobs
 from edgeworker.ledger import Ledger
+from edgeworker.logs import Reminder
 from edgeworker.metrics import TextfileMetrics
 from edgeworker.models import FINISHED, Task
 from edgeworker.notify import Notifier
@@ -51,8 +52,10 @@ logger = logging.getLogger("edgeworker.daemon")
 
 MAX_IDLE = 60.0  # an idle thread re-reads the schedule at least this often (clock jumps)
 HEALTH_CHECK_INTERVAL = 10.0
+HELD_CHECK_INTERVAL = 1.0
 PRUNE_INTERVAL = 3600.0
 STALL = MAX_IDLE + 30.0  # an idle worker thread that has not looped for this long is stuck
+MAX_ERROR_DELAY = 30.0
 
 
 def release_startup_memory() -> None:
@@ -78,7 +81,7 @@ class WorkerThread(Worker):
         self.daemon = daemon
         self.watch: DatabaseWatch | None = None
         self.error_delay = 0.5
-        self.busy = False  # running a task (which may take long: not a stall)
+        self.busy_since: float | None = None  # running a task since (long is not a stall)
         self.last_loop = time.monotonic()
         # Woken by a write to the WAL: that commit becomes visible only after its fsync, so the
         # next look at the queue must wait for the writer (under the write lock).
@@ -92,17 +95,22 @@ class WorkerThread(Worker):
         try:
             task = self.huey.dequeue(locked=self.woken)
         except Exception as exc:
-            logger.error("cannot read the queue (%s); retrying in %.1fs", exc, self.error_delay)
-            self.watch.wait(self.error_delay)
-            self.error_delay = min(self.error_delay * 2, 30.0)
+            self.daemon.queue_trouble.failing(
+                "cannot read the queue: %s; retrying, at most every %.0fs",
+                dbmod.describe(self.daemon.db_path, exc), MAX_ERROR_DELAY)
+            # Not the WAL watch: the failing writes themselves would wake it at once.
+            self.stop_flag.wait(self.error_delay)
+            self.error_delay = min(self.error_delay * 2, MAX_ERROR_DELAY)
+            self.woken = True
             return
         self.error_delay = 0.5
+        self.daemon.queue_trouble.resolved("reading the queue again")
         if task is not None:
-            self.busy = True
+            self.busy_since = time.monotonic()
             try:
                 self.huey.execute(task)
             finally:
-                self.busy = False
+                self.busy_since = None
         elif not self.stop_flag.is_set():
             self.woken = self.watch.wait(self.idle_timeout())
 
@@ -113,7 +121,7 @@ class WorkerThread(Worker):
             return 1.0
         if due is None:
             return MAX_IDLE
-        return min(MAX_IDLE, max(0.0, (due - utcnow()).total_seconds()))
+        return min(MAX_IDLE, max(0.0, (due - self.daemon.clock.now()).total_seconds()))
 
     def shutdown(self) -> None:
         if self.watch is not None:
@@ -130,7 +138,9 @@ class Housekeeper(BaseProcess):
         super().__init__(huey, stop_flag)
         self.daemon = daemon
         self.next_prune = time.monotonic()  # first look now: its connection opens at start-up
-        intervals = (daemon.notifier.watchdog_interval, daemon.metrics and daemon.metrics.interval)
+        bound = daemon.config.worker.busy_alert
+        intervals = (daemon.notifier.watchdog_interval, daemon.metrics and daemon.metrics.interval,
+                     bound and min(60.0, max(0.5, bound / 2)))
         self.interval = min(filter(None, intervals), default=PRUNE_INTERVAL)
 
     def loop(self, now=None) -> None:
@@ -141,6 +151,7 @@ class Housekeeper(BaseProcess):
             except Exception as exc:
                 logger.error("pruning old tasks failed: %s", exc)
         try:
+            self.daemon.check_busy()
             self.daemon.tick()
         except Exception as exc:
             logger.error("housekeeping failed: %s", exc)
@@ -187,38 +198,72 @@ class Daemon:
         self.metrics: TextfileMetrics | None = None
         self.ready = False
         self.consumer: EdgeConsumer | None = None
+        self.busy_alert: str | None = None
+        self.queue_trouble = Reminder(logger)  # one for all worker threads: logged once
+        self.clock: WorkerClock | None = None
+        self.clock_watch = ClockSetWatch()
+        self.held_since: float | None = None  # monotonic: since when cron jobs wait for the clock
+        self.overdue: tuple[object, float] | None = None  # (due time, monotonic first seen)
 
     # -- start-up ---------------------------------------------------------------------------
 
     def start(self) -> EdgeConsumer:
+        trust.verify(self.config)  # before anything is created or imported
         self.install_signal_handlers()
         self.lock = dbmod.WorkerLock(self.db_path).acquire()
+        creating = not self.db_path.exists()
+        try:
+            database = self.open_database()
+        except BaseException:
+            # A refused start leaves nothing behind: no lock file, no half-made database.
+            if creating and self.apply_migrations:
+                dbmod.remove_new_database(self.db_path)
+            self.lock.release(remove=True)
+            raise
         settings = self.config.worker
-        database = dbmod.open_database(self.db_path, durability=settings.durability,
-                                       busy_timeout=settings.busy_timeout,
-                                       create=self.apply_migrations)
-        models.database.initialize(database)
-        with dbmod.translate_errors(self.db_path):
-            if self.apply_migrations:
-                for m in migrate.apply(database, migrate.plan(database, migrate.discover())):
-                    logger.info("applied migration %s", m.label)
-            migrate.ensure_current(database)
-        verify_callables(self.config)
         self.huey = EdgeHuey(database)
         if self.config.metrics.textfile is not None:
             self.metrics = TextfileMetrics(self.config.metrics, self.huey)
         self.ledger = Ledger(self.huey)
-        worker = IntervalJobWorker(self.ledger, self.abort, stopping=lambda: self.stop_pipe.is_set)
+        with dbmod.translate_errors(self.db_path):
+            self.clock = WorkerClock(self.ledger.high_water(), clock_synchronised,
+                                     on_step=self._wake)
+        self.huey.now = self.clock.now
+        worker = IntervalJobWorker(self.ledger, self.abort, stopping=lambda: self.stop_pipe.is_set,
+                                   clock=self.clock.now,
+                                   observe=self.metrics and self.metrics.observe,
+                                   env_file=lambda: self.config.worker.env_file)
         self.huey.bind(worker.claim, worker.work)
         self.notifier.status("starting: syncing jobs and recovering tasks")
         with dbmod.translate_errors(self.db_path):
             if self.config.path is not None:
-                report = sync_jobs(self.ledger, self.config.jobs, utcnow())
+                report = sync_jobs(self.ledger, self.config.jobs, self.clock.now())
                 logger.info("synced jobs from %s: %s", self.config.path, report.summary())
-            self.recovery = recovery.recover(self.ledger, utcnow())
-        logger.info("%s", self.recovery.line())
+            self.recovery = recovery.recover(self.ledger, self.clock.now())
+            logger.info("%s", self.recovery.line())
+            self.check_clock(starting=True)
         self.consumer = EdgeConsumer(self.huey, self, self.workers, settings.shutdown_timeout)
         return self.consumer
+
+    def open_database(self):
+        settings = self.config.worker
+        if not self.apply_migrations:
+            migrate.ensure_current_file(self.db_path, settings.busy_timeout)  # changes nothing
+        database = dbmod.open_database(self.db_path, durability=settings.durability,
+                                       busy_timeout=settings.busy_timeout,
+                                       create=self.apply_migrations)
+        try:
+            models.database.initialize(database)
+            with dbmod.translate_errors(self.db_path):
+                if self.apply_migrations:
+                    for m in migrate.apply(database, migrate.plan(database, migrate.discover())):
+                        logger.info("applied migration %s", m.label)
+                migrate.ensure_current(database)
+            verify_callables(self.config)
+        except BaseException:
+            database.close()
+            raise
+        return database
 
     def install_signal_handlers(self) -> None:
         if getattr(sys, "frozen", False):
@@ -235,6 +280,84 @@ class Daemon:
     def _on_signal(self, signum: int, frame) -> None:
         self.signals.append(signum)
 
+    def _wake(self) -> None:
+        """Wake the main loop (a clock step was seen by another thread)."""
+        try:
+            os.write(self._signal_write, b"c")
+        except BlockingIOError:
+            pass
+
+    # -- the clock ------------------------------------------------------------------------------
+
+    def wait_for_clock_sync(self) -> bool:
+        setting = self.config.worker.wait_for_clock_sync
+        return setting == "yes" or (setting == "auto" and time_daemon() is not None)
+
+    def check_clock(self, starting: bool = False) -> None:
+        """Re-plan after clock steps; hold cron jobs until the clock is synchronised (bounded)."""
+        for step in self.clock.take_steps():
+            self.on_step(step, starting)
+        synchronised = clock_synchronised()
+        if synchronised and self.clock.behind:
+            step = self.clock.follow_wall()
+            if step is not None:
+                self.on_step(step, starting)
+        now = self.clock.now()
+        if starting:
+            if self.wait_for_clock_sync() and not synchronised:
+                self.held_since = time.monotonic()
+                held = self.ledger.hold_calendar()
+                logger.warning("the clock is not synchronised: cron jobs (%s waiting) wait for it "
+                               "for up to %s; interval jobs run", held,
+                               span(self.config.worker.clock_sync_timeout).lstrip("+"))
+                self.ledger.save_clock(now, held_since=now)
+            else:
+                self.ledger.save_clock(now, held_since=None)
+            return
+        if self.held_since is None:
+            return
+        waited = time.monotonic() - self.held_since
+        if synchronised or waited >= self.config.worker.clock_sync_timeout:
+            released = self.ledger.release_calendar(now)
+            if synchronised:
+                logger.info("the clock is synchronised: %s held cron run(s) queued after %s",
+                            released, span(waited).lstrip("+"))
+            else:
+                logger.warning("the clock is still not synchronised after %s: running cron jobs "
+                               "on the time it shows (%s run(s) queued)",
+                               span(waited).lstrip("+"), released)
+            self.held_since = None
+            self.ledger.save_clock(now, held_since=None)
+        else:
+            self.ledger.hold_calendar()  # cron runs created meanwhile (jobs add, sync)
+
+    def on_step(self, step: Step, starting: bool = False) -> None:
+        now = self.clock.now()
+        when = "while the worker was down" if starting else "now"
+        if step.moved:
+            moved = self.ledger.replan(step.moved, now)
+            logger.warning("the clock stepped %s (%s): re-planned %s waiting run(s); intervals "
+                           "and retries keep their length, cron jobs follow cron's rule",
+                           span(step.moved), when, moved)
+        else:
+            logger.warning("the clock stepped %s (%s) and is not synchronised: the worker does "
+                           "not follow it back; its time goes on from %s, the newest time "
+                           "recorded", span(step.wall), when, step.at.isoformat())
+        facts = {"last_step_at": step.at, "last_step_seconds": step.wall,
+                 "last_step_moved": step.moved}
+        if step.moved > 0:
+            # Runs recorded before a forward step look older than they are: retention must
+            # not take them for it (see prune), so remember it while retention would.
+            state = self.ledger.clock_state()
+            earlier = 0.0
+            retention = self.config.worker.retention
+            if state is not None and state.forward_at is not None and (
+                    retention is None or state.forward_at > now - timedelta(
+                        seconds=retention + state.forward_seconds)):
+                earlier = state.forward_seconds
+            facts.update(forward_at=now, forward_seconds=earlier + step.moved)
+        self.ledger.save_clock(now, correct=step.moved < 0, **facts)
+
     # -- running ----------------------------------------------------------------------------
 
     def run(self) -> int:
@@ -247,16 +370,26 @@ class Daemon:
         self.ready = True  # the housekeeper pings only from here on
         next_health = time.monotonic() + HEALTH_CHECK_INTERVAL
         while True:
-            self._wait_for_signal(next_health - time.monotonic())
+            wait = next_health - time.monotonic()
+            if self.held_since is not None:
+                wait = min(wait, HELD_CHECK_INTERVAL)  # a stat and a syscall: is it synchronised?
+            self._wait_for_signal(wait)
             stop = self._take_signals()
             if stop:
                 return self.shutdown(consumer)
+            self.clock_watch.drain()
+            self.clock.now()  # a step shows here: wall minus monotonic moved
+            try:
+                self.check_clock()
+            except peewee.DatabaseError as exc:
+                logger.error("cannot re-plan after a clock change (%s); trying again", exc)
             if time.monotonic() >= next_health:
                 next_health = time.monotonic() + HEALTH_CHECK_INTERVAL
                 consumer.check_worker_health()
 
     def _wait_for_signal(self, timeout: float) -> None:
-        select.select([self._signal_read], [], [], max(0.0, timeout))
+        watched = [self._signal_read] + ([self.clock_watch] if self.clock_watch.fd >= 0 else [])
+        select.select(watched, [], [], max(0.0, timeout))
         try:
             while os.read(self._signal_read, 64):
                 pass
@@ -277,32 +410,73 @@ class Daemon:
         return stop
 
     def reload(self) -> None:
+        """Re-read the config and sync its jobs in one transaction; any failure (a schedule
+        that cannot be planned, a module that raises at import) keeps the running config."""
         try:
             config = load_config(self.config.path)
+            trust.verify(config)
             verify_callables(config)
-            report = sync_jobs(self.ledger, config.jobs, utcnow())
+            report = sync_jobs(self.ledger, config.jobs, self.clock.now())
         except (EdgeworkerError, peewee.DatabaseError) as exc:
             logger.error("reload failed, keeping the jobs as they were: %s", exc)
+            return
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a reload never stops the worker
+            logger.error("reload failed, keeping the jobs as they were: %s: %s",
+                         type(exc).__name__, exc)
             return
         self.config = config
         logger.info("reloaded %s: %s", config.path, report.summary())
 
     def status_line(self) -> str:
-        busy = sum(1 for w, _ in self.consumer.worker_threads if w.busy)
+        busy = sum(1 for w, _ in self.consumer.worker_threads if w.busy_since is not None)
         due = self.huey.storage.next_due()
         nxt = f"next run {due.astimezone():%H:%M:%S}" if due else "nothing scheduled"
-        return (f"{busy}/{self.workers} threads busy, {nxt}; at start: {self.recovery.line()}")
+        alert = f"{self.busy_alert}; " if self.busy_alert else ""
+        return (f"{alert}{busy}/{self.workers} threads busy, {nxt}; "
+                f"at start: {self.recovery.line()}")
+
+    def all_busy(self) -> str | None:
+        """Every worker thread running one task for longer than `busy_alert`: nothing else can
+        start. Not a stall (the loop is alive), but worth an operator's look."""
+        bound = self.config.worker.busy_alert
+        if bound is None or not self.consumer.worker_threads:
+            return None
+        now = time.monotonic()
+        since = [w.busy_since for w, _ in self.consumer.worker_threads]
+        if any(s is None or now - s < bound for s in since):
+            return None
+        return (f"all {len(since)} worker thread(s) busy for more than "
+                f"{format_duration(bound)}: no other run can start")
+
+    def check_busy(self) -> None:
+        alert = self.all_busy()
+        if alert != self.busy_alert:
+            if alert:
+                logger.warning("%s (see `edgeworker status`; a job `timeout` ends such runs)",
+                               alert)
+            else:
+                logger.info("a worker thread is free again")
+            self.busy_alert = alert
+            if self.metrics is not None:
+                self.metrics.all_busy = alert is not None
 
     def stalled(self) -> str | None:
         """Why the worker is not making progress, or None. A thread running a long task is
         progress; an idle thread that stopped looping, or due work that nobody takes, is not."""
         now = time.monotonic()
-        idle = [w for w, _ in self.consumer.worker_threads if not w.busy]
+        idle = [w for w, _ in self.consumer.worker_threads if w.busy_since is None]
         for worker in idle:
             if now - worker.last_loop > STALL:
                 return f"a worker thread has not looped for {now - worker.last_loop:.0f}s"
+        # Due work that nobody takes, timed on the monotonic clock from when it was first seen
+        # due: a clock step makes work look overdue at once, yet nothing is stuck.
         due = self.huey.storage.next_due()
-        if idle and due is not None and (utcnow() - due).total_seconds() > STALL:
+        if not idle or due is None or due > self.clock.now():
+            self.overdue = None
+            return None
+        if self.overdue is None or self.overdue[0] != due:
+            self.overdue = (due, now)
+        if now - self.overdue[1] > STALL:
             return f"work due since {due.isoformat()} is not being taken"
         return None
 
@@ -322,7 +496,14 @@ class Daemon:
         retention = self.config.worker.retention
         if retention is None:
             return 0
-        before = utcnow() - timedelta(seconds=retention)
+        now = self.clock.now()
+        before = now - timedelta(seconds=retention)
+        state = self.ledger.clock_state()
+        if state is not None and state.forward_at is not None and \
+                state.forward_at > before - timedelta(seconds=state.forward_seconds):
+            # A forward step made the runs before it look older than they are: not a reason
+            # to delete them (runs after it may be kept that much longer).
+            before -= timedelta(seconds=state.forward_seconds)
         # Look before deleting: a write transaction that deletes nothing still costs a lock.
         old = (Task.select().where(Task.status.in_(list(FINISHED)) & (Task.finished_at < before))
                .exists())
@@ -348,6 +529,8 @@ class Daemon:
             if not self._join(consumer, time.monotonic() + KILL_GRACE + 2):
                 return self._stop_now("tasks did not stop")
         logger.info("edgeworker stopped")
+        with contextlib.suppress(peewee.DatabaseError):
+            self.ledger.save_clock(self.clock.now())
         self.close()
         return 0
 

@@ -25,7 +25,7 @@ def spec_columns(spec: JobSpec) -> dict:
     return {
         "kind": spec.kind,
         "target": spec.target,
-        "shell": spec.shell,
+        "shell": spec.isolate if spec.kind == "callable" else spec.shell,  # Job.isolated
         "every_seconds": spec.every,
         "cron": spec.cron,
         "timezone": spec.timezone,
@@ -38,6 +38,7 @@ def spec_columns(spec: JobSpec) -> dict:
         "enabled": spec.enabled,
         "env": json.dumps(dict(spec.env), sort_keys=True),
         "cwd": spec.cwd,
+        "env_file": None if spec.env_file is None else str(spec.env_file),
     }
 
 
@@ -64,7 +65,7 @@ def remove_job(ledger: Ledger, name: str, now: datetime) -> Job:
     """Delete a job; its waiting runs are cancelled, a running one finishes, history is kept."""
     with ledger.db.atomic():
         job = get_job(name)
-        ledger.cancel_waiting(job.id, "job removed", now)
+        ledger.forget_job(job, "job removed", now)
         job.delete_instance()
     return job
 
@@ -133,7 +134,7 @@ def sync_jobs(ledger: Ledger, specs: tuple[JobSpec, ...], now: datetime) -> Sync
         wanted = {spec.name for spec in specs}
         for name, job in current.items():
             if job.source == "config" and name not in wanted:
-                ledger.cancel_waiting(job.id, "job removed from the config file", now)
+                ledger.forget_job(job, "job removed from the config file", now)
                 job.delete_instance()
                 report.removed.append(name)
     return report

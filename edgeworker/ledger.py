@@ -19,15 +19,23 @@ from datetime import datetime, timedelta
 import peewee
 
 from edgeworker import schedule
-from edgeworker.clock import to_text
+from edgeworker.clock import from_text, to_text
 from edgeworker.errors import ScheduleError
-from edgeworker.models import FINISHED, IS_UNFINISHED, UNFINISHED, Job, Task, TaskStatus
-from edgeworker.queue import EdgeHuey, IntervalJobArgs
+from edgeworker.models import (
+    FINISHED,
+    IS_UNFINISHED,
+    UNFINISHED,
+    ClockState,
+    Job,
+    Task,
+    TaskStatus,
+)
+from edgeworker.queue import Deferred, EdgeHuey, IntervalJobArgs
 
 logger = logging.getLogger("edgeworker.ledger")
 
 S = TaskStatus
-OVERLAP_RETRY = timedelta(seconds=1)
+CRON_STEP_RULE = 3 * 3600.0  # cron's rule: a smaller step neither repeats nor skips a fixed job
 
 
 def _columns(model) -> str:
@@ -177,7 +185,8 @@ class Ledger:
         """Claim the task a message names; runs inside the dequeue transaction.
 
         Returns None when the message must be dropped (already claimed, finished, or its job is
-        gone or paused: then the task is cancelled) or deferred (its job is running another task).
+        gone or paused: then the task is cancelled); raises `Deferred` when its job is running
+        another task here (the message then waits, unchanged, until that run finishes).
         """
         job = self._get(Job, args.job_id)
         if args.task_id is None:
@@ -199,8 +208,7 @@ class Ledger:
                 logger.info("cancelled task %s: %s", task.id, why)
                 return None
         if self._job_busy(job.id, task.id):
-            self.huey.put(args, now + OVERLAP_RETRY)
-            return None
+            raise Deferred(job.id)
         recovered = False
         if args.recovering_attempt is not None:
             if not self._reset_for_recovery(task.id, args.recovering_attempt):
@@ -264,6 +272,7 @@ class Ledger:
                 self.huey.put(IntervalJobArgs(job.id, task.id), due)
             elif following is not None and job is not None and job.active:
                 self._create(job, *following, "schedule", now)
+        self.huey.running_jobs.discard(task.job_id)  # its waiting messages may go now
         if not changed:
             return self._get(Task, task.id)
         # the row as the UPDATE left it, without reading it back
@@ -299,6 +308,13 @@ class Ledger:
                 .where(IS_UNFINISHED & (Task.job == job_id) & (Task.status == S.CREATED))
                 .execute())
 
+    def forget_job(self, job: Job, reason: str, now: datetime) -> int:
+        """Before a job is deleted: cancel its waiting runs (a running one finishes) and keep its
+        name with its history, which the deletion detaches (job_id becomes NULL)."""
+        cancelled = self.cancel_waiting(job.id, reason, now)
+        Task.update(job_name=job.name).where(Task.job == job.id).execute()
+        return cancelled
+
     def enqueue_recoveries(self, tasks: list[Task]) -> None:
         """Queue the recovery of tasks a dead worker left running. Each row stays `running` until
         a worker resets and claims it (so a crash in between loses nothing)."""
@@ -333,3 +349,103 @@ class Ledger:
             total += deleted
             if deleted < batch:
                 return total
+
+    # -- the clock: high-water mark and re-planning after a step ---------------------------------
+
+    def high_water(self) -> datetime | None:
+        """The newest time recorded: the clock row's mark, or a newer time in a run since."""
+        state = ClockState.get_or_none(ClockState.id == 1)
+        marks = [to_text(state.high_water)] if state is not None else []
+        rows = self.db.execute_sql(
+            "SELECT max(coalesce(finished_at, ''), coalesce(started_at, ''), created_at) "
+            "FROM tasks WHERE id > ? ORDER BY id DESC LIMIT 64",
+            (state.high_water_task if state is not None else 0,)).fetchall()
+        marks += [value for (value,) in rows if value]
+        return from_text(max(marks)) if marks else None
+
+    def clock_state(self) -> ClockState | None:
+        return ClockState.get_or_none(ClockState.id == 1)
+
+    def save_clock(self, now: datetime, correct: bool = False, **fields) -> None:
+        """Record the worker's time as the high-water mark (never lower, unless `correct`: the
+        clock was set back and synchronised, so the times recorded before were ahead), with other
+        clock facts (`ClockState` fields)."""
+        last_id = self.db.execute_sql("SELECT max(id) FROM tasks").fetchone()[0] or 0
+        with self.db.atomic():
+            state = ClockState.get_or_none(ClockState.id == 1)
+            if state is None:
+                state = ClockState(id=1, high_water=now)
+                state.save(force_insert=True)
+            elif correct or now > state.high_water:
+                state.high_water = now
+            state.high_water_task = last_id
+            for name, value in fields.items():
+                setattr(state, name, value)
+            state.save()
+
+    def _pending(self) -> list[tuple[Task, Job]]:
+        """Created tasks (waiting to run) with their jobs."""
+        rows = (Task.select(Task, Job).join(Job).where(IS_UNFINISHED & (Task.status == S.CREATED)))
+        return [(task, task.job) for task in rows]
+
+    def replan(self, moved: float, now: datetime) -> int:
+        """Re-plan waiting runs after the worker's time moved by `moved` seconds (a clock step).
+
+        Durations keep their length on the monotonic clock: an interval job's next run, and a
+        retry's back-off, move with the clock. Cron jobs follow cron's rule: after a step of under
+        3 hours a fixed-time job is neither repeated nor skipped (a pending slot stays; slots a
+        forward step skipped run now) while a job with a wildcard hour or minute follows the new
+        time; a larger step is a correction: the new time is used at once, with the job's
+        catch-up policy for slots a forward step skipped. Returns how many runs moved."""
+        shift = timedelta(seconds=moved)
+        changes: list[tuple[Task, datetime, datetime]] = []
+        for task, job in self._pending():
+            slot, due = task.scheduled_for, task.due_at or task.scheduled_for
+            if task.origin != "schedule" or task.attempt > 0 or job.every_seconds is not None:
+                if task.origin == "schedule" and task.attempt == 0:
+                    slot = slot + shift
+                due = due + shift
+            elif abs(moved) >= CRON_STEP_RULE:
+                slot = (schedule.next_run(job, slot - timedelta(microseconds=1), now)
+                        if moved > 0 else schedule.next_slot(job, now))
+                due = schedule.due_at(job, slot)
+            elif moved < 0 and not schedule.is_fixed_time(job):
+                slot = schedule.next_slot(job, now)
+                due = schedule.due_at(job, slot)
+            if (slot, due) != (task.scheduled_for, task.due_at):
+                changes.append((task, slot, due))
+        return self._move(changes)
+
+    def _move(self, changes: list[tuple[Task, datetime, datetime]]) -> int:
+        """Give waiting tasks a new slot and due time, and a queue message for it, in one
+        transaction. A task that changed meanwhile (a worker claimed it) is left alone."""
+        moved = []
+        with self.db.atomic():
+            for task, slot, due in changes:
+                if Task.update(scheduled_for=slot, due_at=due).where(
+                        (Task.id == task.id) & (Task.status == S.CREATED)
+                        & (Task.attempt == task.attempt)
+                        & (Task.scheduled_for == task.scheduled_for)).execute():
+                    moved.append((task, due))
+            self.huey.unqueue({task.id for task, _ in moved})
+            self.huey.put_many([(IntervalJobArgs(task.job_id, task.id), due)
+                                for task, due in moved])
+        return len(moved)
+
+    def _calendar_runs(self) -> list[tuple[Task, Job]]:
+        return [(task, job) for task, job in self._pending()
+                if job.cron is not None and task.origin == "schedule" and task.attempt == 0]
+
+    def hold_calendar(self) -> int:
+        """Take the queue messages of cron jobs' waiting runs away until the clock can be
+        trusted: the rows stay `created` (a restart queues them again, and holds them again)."""
+        return len(self.huey.unqueue({task.id for task, _ in self._calendar_runs()}))
+
+    def release_calendar(self, now: datetime) -> int:
+        """Queue held cron runs again, with each job's catch-up policy for slots missed while
+        held (a held slot that is still ahead stays). Returns how many were queued."""
+        changes = []
+        for task, job in self._calendar_runs():
+            slot = schedule.next_run(job, task.scheduled_for - timedelta(microseconds=1), now)
+            changes.append((task, slot, schedule.due_at(job, slot)))
+        return self._move(changes)

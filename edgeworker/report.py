@@ -5,28 +5,62 @@ Each view returns plain dicts with stable keys (what `--json` prints); the CLI f
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import peewee
 
 from edgeworker.clock import to_text
-from edgeworker.models import FINISHED, IS_UNFINISHED, Job, Task, TaskStatus
+from edgeworker.errors import NotFound
+from edgeworker.models import IS_UNFINISHED, Job, Task, TaskStatus
 
 
 def _when(moment: datetime | None) -> str | None:
     return None if moment is None else to_text(moment)
 
 
-def job_row(job: Job, counts: dict[str, int] | None = None) -> dict:
-    pending = (Task.select().where(IS_UNFINISHED & (Task.job == job.id))
-               .order_by(Task.due_at).first())
-    last = (Task.select().where((Task.job == job.id) & (Task.status.in_(list(FINISHED))))
-            .order_by(Task.id.desc()).first())
+OUTCOMES = (TaskStatus.SUCCEEDED.value, TaskStatus.FAILED.value)  # what a run ends with
+
+
+def _jobs_query() -> peewee.ModelSelect:
+    """Every job with its next run and its last outcome, in one query: the next run from the
+    small partial index of unfinished tasks, the last outcome by walking the job's tasks newest
+    first (tasks_job_id) to its last succeeded or failed one; never all of history."""
+    pending = (Task.select(Task.job.alias("job_id"),
+                           peewee.fn.MAX(Task.status == TaskStatus.RUNNING.value)
+                           .alias("running"),
+                           peewee.fn.MIN(peewee.Case(None, [
+                               (Task.status == TaskStatus.CREATED.value, Task.due_at)]))
+                           .alias("next_due"))
+               .where(IS_UNFINISHED).group_by(Task.job).alias("pending"))
+    newest = Task.alias("newest")
+    last_outcome = (newest.select(newest.id)
+                    .where((newest.job == Job.id) & newest.status.in_(OUTCOMES))
+                    .order_by(newest.id.desc()).limit(1))
+    last = Task.alias("last")
+    return (Job.select(Job, pending.c.running, pending.c.next_due,
+                       last.status.alias("last_status"),
+                       last.finished_at.alias("last_finished_at"))
+            .join(pending, peewee.JOIN.LEFT_OUTER, on=(pending.c.job_id == Job.id))
+            .join_from(Job, last, peewee.JOIN.LEFT_OUTER, on=(last.id == last_outcome))
+            .order_by(Job.name).objects())
+
+
+def _text(value: datetime | str | None) -> str | None:
+    return value if value is None or isinstance(value, str) else to_text(value)
+
+
+def job_row(job: Job, now: datetime, counts: dict[str, int] | None = None) -> dict:
+    """A job from `_jobs_query()`. `last_status` is its last real outcome (succeeded or failed:
+    a cancelled slot, such as one recovery found superseded, is not one); `overdue` says that
+    the next run is due before `now` and has not started."""
+    running = bool(job.running)
+    next_run = None if running else _text(job.next_due)
     row = {
         "name": job.name,
         "kind": job.kind,
         "target": job.target,
-        "shell": job.shell,
+        "shell": job.shell and job.kind == "command",
+        "isolate": job.isolated,
         "schedule": job.schedule_text,
         "every_seconds": job.every_seconds,
         "cron": job.cron,
@@ -40,14 +74,13 @@ def job_row(job: Job, counts: dict[str, int] | None = None) -> dict:
         "enabled": job.enabled,
         "paused": job.paused,
         "source": job.source,
-        "next_run_at": None,
-        "running": False,
-        "last_status": last.status if last else None,
-        "last_finished_at": _when(last.finished_at) if last else None,
+        "env_file": job.env_file,  # the path only: its values are secrets
+        "next_run_at": next_run,
+        "overdue": next_run is not None and next_run < to_text(now),
+        "running": running,
+        "last_status": job.last_status,
+        "last_finished_at": _text(job.last_finished_at),
     }
-    if pending is not None:
-        row["running"] = pending.status == TaskStatus.RUNNING
-        row["next_run_at"] = None if row["running"] else _when(pending.due_at)
     if counts is not None:
         row["counts"] = {status.value: counts.get(status.value, 0) for status in TaskStatus}
     return row
@@ -62,16 +95,16 @@ def task_counts() -> dict[int | None, dict[str, int]]:
     return counts
 
 
-def jobs(with_counts: bool = False) -> list[dict]:
+def jobs(now: datetime, with_counts: bool = False) -> list[dict]:
     counts = task_counts() if with_counts else None
-    return [job_row(job, (counts or {}).get(job.id, {}) if with_counts else None)
-            for job in Job.select().order_by(Job.name)]
+    return [job_row(job, now, counts.get(job.id, {}) if counts is not None else None)
+            for job in _jobs_query()]
 
 
 def task_row(task: Task, job_names: dict[int, str], full: bool = False) -> dict:
     row = {
         "id": task.id,
-        "job": job_names.get(task.job_id) if task.job_id is not None else None,
+        "job": job_names.get(task.job_id) if task.job_id is not None else task.job_name,
         "job_id": task.job_id,
         "status": task.status,
         "origin": task.origin,
@@ -95,15 +128,68 @@ def job_names() -> dict[int, str]:
     return dict(Job.select(Job.id, Job.name).tuples())
 
 
-def tasks(job: Job | None = None, status: str | None = None, limit: int = 50) -> list[dict]:
+def tasks(job_name: str | None = None, status: str | None = None, limit: int = 50) -> list[dict]:
+    """Tasks, newest first. A job's are those of the job of that name and those of removed jobs
+    that had the name: its history stays when it is removed (and when one is added again)."""
     query = Task.select(*[f for f in Task._meta.sorted_fields if f.name != "output"])
-    if job is not None:
-        query = query.where(Task.job == job.id)
     if status is not None:
         query = query.where(Task.status == status)
+    if job_name is None:
+        found = list(query.order_by(Task.id.desc()).limit(limit))
+    else:
+        job = Job.get_or_none(Job.name == job_name)
+        removed = Task.job.is_null() & (Task.job_name == job_name)
+        if job is None and not Task.select().where(removed).exists():
+            raise NotFound(f'no job named "{job_name}" (see `edgeworker jobs list`)')
+        # Two walks of the tasks_job_id index (job_id, id), each newest first, merged here: an
+        # OR would sort all of a job's history to return its newest rows.
+        found = list(query.where(removed).order_by(Task.id.desc()).limit(limit))
+        if job is not None:
+            found.extend(query.where(Task.job == job.id).order_by(Task.id.desc()).limit(limit))
+        found = sorted(found, key=lambda t: t.id, reverse=True)[:limit]
     names = job_names()
-    return [task_row(t, names) for t in query.order_by(Task.id.desc()).limit(limit)]
+    return [task_row(t, names) for t in found]
 
 
 def queue_depth(huey) -> dict:
     return {"ready": huey.storage.queue_size(), "scheduled": huey.storage.schedule_size()}
+
+
+def clock(now: datetime, worker_running: bool) -> dict:
+    """The clock as the worker sees it: synchronised or not, the last step, held cron jobs."""
+    from edgeworker.clock import clock_synchronised, time_daemon
+    from edgeworker.models import ClockState
+
+    state = ClockState.get_or_none(ClockState.id == 1)
+    view = {"synchronised": clock_synchronised(), "time_daemon": time_daemon(),
+            "now": _when(now), "high_water": None, "behind_seconds": 0.0, "last_step": None,
+            "cron_held_since": None, "cron_held_seconds": None}
+    if state is None:
+        return view
+    view["high_water"] = _when(state.high_water)
+    view["behind_seconds"] = round(max(0.0, (state.high_water - now).total_seconds()), 3)
+    if state.last_step_at is not None:
+        view["last_step"] = {"at": _when(state.last_step_at),
+                             "seconds": state.last_step_seconds, "moved": state.last_step_moved}
+    if state.held_since is not None and worker_running:
+        view["cron_held_since"] = _when(state.held_since)
+        view["cron_held_seconds"] = round((now - state.held_since).total_seconds(), 3)
+    return view
+
+
+def all_busy(pid: int, workers: int, bound: float | None, now: datetime) -> str | None:
+    """Whether the live worker `pid` has had every one of its `workers` threads on one run for
+    longer than `bound` (read from its `running` rows: the worker writes nothing extra)."""
+    if bound is None or pid <= 0:
+        return None
+    ids = [task_id for (task_id,) in Task.select(Task.id).where(
+        IS_UNFINISHED & (Task.status == TaskStatus.RUNNING)
+        & Task.worker.contains(f":{pid}:")
+        & (Task.started_at < now - timedelta(seconds=bound))).order_by(Task.id).tuples()]
+    if len(ids) < workers:
+        return None
+    from edgeworker.config import format_duration
+
+    return (f"all {workers} worker thread(s) busy for more than {format_duration(bound)} "
+            f"(task{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}): "
+            "no other run can start")

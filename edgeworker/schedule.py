@@ -125,10 +125,14 @@ def _slot(k: int, every: int) -> datetime:
 _PLAIN = re.compile(r"\d+(,\d+)*")
 
 
-def is_fixed_time(expression: str) -> bool:
-    """Whether a cron expression names fixed times of day (minute and hour fields are numbers
-    or lists of numbers): such a job runs once on DST nights, not once per copy of an hour."""
-    fields = expression.split()
+def is_fixed_time(job: ScheduleSpec) -> bool:
+    """A cron job at fixed times of day: its minute and hour fields are numbers or lists of
+    numbers (cron's own distinction for clock steps and daylight saving time; a wildcard, range
+    or step follows the clock). Such a job runs once on DST nights, not once per copy of an
+    hour."""
+    if job.cron is None:
+        return False
+    fields = job.cron.split()
     return len(fields) >= 2 and all(_PLAIN.fullmatch(f) for f in fields[:2])
 
 
@@ -157,7 +161,7 @@ def _cron_slots(job: ScheduleSpec, start: datetime, backward: bool = False) -> I
     from croniter import croniter
 
     zone = _zone(job)
-    fixed = is_fixed_time(job.cron)
+    fixed = is_fixed_time(job)
     direction = -1 if backward else 1
     itr = croniter(job.cron, (start + _TICK if backward else start).astimezone(zone))
     previous, stuck = None, 0
@@ -364,3 +368,4 @@ def retry_delay(job: ScheduleSpec, task_id: int, attempt: int) -> float:
     base = job.retry_delay_seconds
     delay = min(base * 2 ** max(attempt - 1, 0), max(base, 3600.0))
     return delay * (0.5 + 0.5 * _fraction(task_id, attempt))
+

@@ -1,17 +1,33 @@
-"""Shared fixtures: a CLI runner bound to a temporary database, and a migrated database."""
+"""Shared fixtures: a CLI runner bound to a temporary database, a migrated database, and the
+check that the suite leaves no process behind."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 from pathlib import Path
 
+import leftovers
 import pytest
 from click.testing import CliRunner
 
 from edgeworker import db as dbmod
 from edgeworker import migrate, models
 from edgeworker.cli import cli
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind():
+    """Every process the suite starts inherits the session's mark; at the end, none of them (and
+    no child of pytest) may still be alive. Those found are listed, then killed."""
+    mark = uuid.uuid4().hex
+    os.environ[leftovers.MARK] = mark
+    yield
+    found = leftovers.settle(mark, os.getpid())
+    leftovers.kill(found)
+    assert not found, "the test suite left processes behind:\n" + "\n".join(
+        f"  pid {pid}: {command}" for pid, command in sorted(found.items()))
 
 
 class Cli:

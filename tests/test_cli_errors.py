@@ -66,7 +66,7 @@ def test_unknown_callable_in_config(run_cli, tmp_path):
     config.write_text('[[jobs]]\nname = "r"\ncallable = "nowhere_xyz.mod:run"\nevery = "1m"\n')
     result = run_cli("check-config", config=config)
     assert (result.exit_code, result.stderr) == (
-        1, f'Error: {config}: job "r": callable "nowhere_xyz.mod:run": cannot import '
+        1, f'Error: {config}:3: job "r": callable "nowhere_xyz.mod:run": cannot import '
            "nowhere_xyz.mod: ModuleNotFoundError: No module named 'nowhere_xyz'\n")
 
 
@@ -131,7 +131,8 @@ def test_read_only_database_directory_with_existing_database(run_cli, tmpfs):
     assert run_cli("--db", str(db), "migrate").exit_code == 0
     before = digest(db)
     mount.remount("ro")
-    result = run_cli("--db", str(db), "jobs", "list")
+    assert run_cli("--db", str(db), "jobs", "list").stdout == "no jobs\n"  # reading works
+    result = run_cli("--db", str(db), "jobs", "add", "a", "--command", "true", "--every", "1m")
     assert result.exit_code == 1
     assert result.stderr.startswith(f"Error: {db}: ")
     assert "read-only" in result.stderr or "not writable" in result.stderr
@@ -164,3 +165,42 @@ def test_full_disk_loses_nothing(run_cli, tmpfs):
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     con.close()
+
+
+@pytest.mark.parametrize("args", [
+    ["tasks", "show", "99999999999999999999"],
+    ["tasks", "retry", "99999999999999999999"],
+    ["tasks", "show", "0"],
+    ["tasks", "list", "--limit", "99999999999999999999"],
+    ["jobs", "add", "x", "--command", "true", "--every", "1m", "--max-attempts",
+     "99999999999999999999"],
+    ["jobs", "add", "x", "--command", "true", "--every", "1m", "--catch-up-limit",
+     "99999999999999999999"],
+    ["migrate", "--to", "99999999999999999999"],
+])
+def test_numbers_out_of_range_are_usage_errors(migrated, args):
+    result = migrated(*args)
+    assert result.exit_code == 2, result.stderr
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert error.startswith("Error: Invalid value for ")
+    assert "is not in the range" in error
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+
+
+def test_a_closed_output_pipe_ends_quietly(migrated):
+    """`edgeworker status | head -1`: the reader is gone; the command ends like `git log`."""
+    import signal
+    import subprocess
+    import sys
+
+    migrated.ok("jobs", "add", "a", "--command", "true", "--every", "1m")
+    for args in (["status"], ["tasks", "list", "--json"], ["jobs", "list"], ["--help"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # head has read its line and exited
+        try:
+            result = subprocess.run([sys.executable, "-m", "edgeworker", "--db",
+                                     str(migrated.db), *args], stdout=write_end,
+                                    stderr=subprocess.PIPE, text=True, timeout=60)
+        finally:
+            os.close(write_end)
+        assert (result.returncode, result.stderr) == (-signal.SIGPIPE, ""), args

@@ -35,9 +35,10 @@ def test_add_list_pause_resume_remove(migrated):
 
     assert migrated.ok("jobs", "remove", "hb") == 'removed job "hb"\n'
     assert migrated.ok("jobs", "list") == "no jobs\n"
-    # history stays, without its job
+    # history stays, with its job's name
     rows = json.loads(migrated.ok("tasks", "list", "--json"))
-    assert [(t["job"], t["status"]) for t in rows] == [(None, "cancelled"), (None, "cancelled")]
+    assert [(t["job"], t["job_id"], t["status"]) for t in rows] == [
+        ("hb", None, "cancelled"), ("hb", None, "cancelled")]
 
 
 def test_add_every_kind_of_option(migrated):
@@ -194,3 +195,17 @@ def test_add_refuses_what_the_worker_could_not_schedule(migrated, args, message)
 def test_add_accepts_a_leap_day_job(migrated):
     assert migrated.ok("jobs", "add", "leap", "--command", "x", "--cron", "0 0 29 2 *",
                        "--timezone", "UTC") == 'added job "leap" (cron 0 0 29 2 * (UTC))\n'
+
+
+def test_add_an_isolated_callable(migrated, tmp_path, monkeypatch):
+    (tmp_path / "isojobs.py").write_text("def run(ctx):\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    migrated.ok("jobs", "add", "iso", "--callable", "isojobs:run", "--every", "1m", "--isolate")
+    migrated.ok("jobs", "add", "inthread", "--callable", "isojobs:run", "--every", "1m")
+    listing = {j["name"]: j for j in jobs_json(migrated)}
+    assert (listing["iso"]["isolate"], listing["iso"]["shell"]) == (True, False)
+    assert listing["inthread"]["isolate"] is False
+    result = migrated("jobs", "add", "x", "--command", "true", "--every", "1m", "--isolate")
+    assert (result.exit_code, result.stderr) == (
+        1, "Error: --isolate: only applies to 'callable' jobs (a command runs in its own process "
+           "already)\n")

@@ -98,3 +98,51 @@ def test_prune_deletes_old_finished_tasks_only(migrated):
     assert (result.exit_code, result.stderr) == (
         1, "Error: --older-than: 'a week' is not a duration such as 500ms, 30s, 5m, 1h30m or "
            "7d\n")
+
+
+def test_a_removed_jobs_history_keeps_its_name(migrated):
+    migrated.ok("jobs", "add", "a", "--command", "true", "--every", "1h")
+    migrated.ok("jobs", "add", "b", "--command", "true", "--every", "1h")
+    migrated.ok("jobs", "run", "a")
+    fail_task(3)
+    assert migrated.ok("jobs", "remove", "a") == 'removed job "a"\n'
+
+    rows = json.loads(migrated.ok("tasks", "list", "--job", "a", "--json"))
+    assert [(r["id"], r["job"], r["job_id"], r["status"]) for r in rows] == [
+        (3, "a", None, "failed"), (1, "a", None, "cancelled")]
+    listing = migrated.ok("tasks", "list").splitlines()
+    assert [line.split()[:4] for line in listing[1:]] == [
+        ["3", "a", "(removed)", "failed"], ["2", "b", "created", "schedule"],
+        ["1", "a", "(removed)", "cancelled"]]
+    assert migrated.ok("tasks", "show", "3").splitlines()[1] == "job             a (removed)"
+    assert migrated.ok("tasks", "list", "--job", "a", "--status", "running") == "no tasks\n"
+    assert [r["id"] for r in json.loads(migrated.ok("tasks", "list", "--job", "b", "--json"))] \
+        == [2]  # the other job's rows keep no name of their own
+
+    # A new job of the same name: its runs and the old ones, newest first.
+    migrated.ok("jobs", "add", "a", "--command", "true", "--every", "1h")
+    rows = json.loads(migrated.ok("tasks", "list", "--job", "a", "--json"))
+    assert [(r["id"], r["job_id"]) for r in rows] == [(4, 3), (3, None), (1, None)]
+    assert [r["id"] for r in json.loads(migrated.ok("tasks", "list", "--job", "a", "--limit",
+                                                    "2", "--json"))] == [4, 3]
+
+
+def test_a_job_removed_from_the_config_keeps_its_name(migrated, tmp_path):
+    config = tmp_path / "ew.toml"
+    config.write_text('[[jobs]]\nname = "c"\ncommand = "true"\nevery = "1h"\n')
+    migrated.ok("jobs", "sync", config=config)
+    config.write_text("")
+    migrated.ok("jobs", "sync", config=config)
+    [row] = json.loads(migrated.ok("tasks", "list", "--job", "c", "--json"))
+    assert (row["job"], row["job_id"], row["status"], row["error"]) == (
+        "c", None, "cancelled", "job removed from the config file")
+
+
+def test_a_pruned_task_id_is_never_handed_out_again(migrated):
+    # EDGEWORKER_TASK_ID is an idempotency key: a new run must never repeat an old run's id
+    migrated.ok("jobs", "add", "a", "--command", "true", "--every", "1h")
+    migrated.ok("jobs", "run", "a")
+    fail_task(2, days_ago=10)
+    migrated.ok("tasks", "prune", "--older-than", "7d")
+    assert migrated.ok("jobs", "run", "a") == 'queued task 3 for job "a" (no worker is running: ' \
+                                              'it runs when one starts)\n'

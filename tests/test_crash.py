@@ -65,7 +65,9 @@ max_attempts = 2
         worker.cli("jobs", "sync")
         task_id = int(worker.cli("jobs", "run", "slow").stdout.split()[2])
         worker.start()
-        wait_for(lambda: (tmp_path / "seen").exists(), what="the first attempt", log=worker.log)
+        seen = tmp_path / "seen"  # created by `>>` before echo writes its line: wait for the line
+        wait_for(lambda: seen.exists() and seen.read_text() == "1 0\n", what="the first attempt",
+                 log=worker.log)
         worker.kill()
         worker.start()
         worker.wait_tasks(f"id = {task_id} AND status = 'succeeded'")

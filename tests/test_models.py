@@ -5,6 +5,7 @@ from edgeworker.models import (
     FINISHED,
     TRANSITIONS,
     UNFINISHED,
+    ClockState,
     Job,
     Task,
     TaskStatus,
@@ -41,7 +42,7 @@ def schema_columns(database, table):
             for c in database.get_columns(table)}
 
 
-@pytest.mark.parametrize("model", [Job, Task])
+@pytest.mark.parametrize("model", [Job, Task, ClockState])
 def test_models_match_the_migrated_schema(database, model):
     assert model_columns(database, model) == schema_columns(database, model._meta.table_name)
 

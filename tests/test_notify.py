@@ -78,7 +78,7 @@ shutdown_timeout = "5s"
 
 [[jobs]]
 name = "long"
-command = "sh -c 'test -e {marker} || {{ touch {marker}; sleep 300; }}'"
+command = "sh -c 'test -e {marker} || {{ touch {marker}; exec sleep 300; }}'"
 every = "1h"
 max_attempts = 2
 '''

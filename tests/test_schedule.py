@@ -220,7 +220,7 @@ def reference(expr, zone, start, end):
     from croniter import croniter
 
     tz = ZoneInfo(zone)
-    fixed = schedule.is_fixed_time(expr)
+    fixed = schedule.is_fixed_time(Spec(cron=expr))
     seen, slots, previous = set(), [], None
     moment = start + timedelta(minutes=1)
     while moment <= end:
