@@ -279,18 +279,16 @@ class EdgeHuey(Huey):
     def put_many(self, runs: list[tuple[IntervalJobArgs, datetime | None]]) -> None:
         """Queue runs (one, or the thousands of a start-up recovery), due at their eta or now.
 
-        A run with an eta waits in the schedule table even when the eta is past (then it is
-        stored as due now): due runs are taken in eta order there, so an overdue run (catch-up,
-        a requeue) lets another job's run that fell due before it go first, and the stall check
-        does not mistake it for work left waiting since its eta. Runs without one (manual runs,
-        recoveries) go to the queue, which is taken before the schedule.
+        A run with an eta waits in the schedule table even when the eta is past: due runs are
+        taken in eta order there, so a catch-up run (the ledger gives it the time it was
+        created) lets another job's run that fell due before it go first. Runs without one
+        (manual runs, recoveries) go to the queue, which is taken before the schedule.
 
         The messages are what `run_job.s(payload)` would enqueue, built straight from huey's
         Message: a huey Task object and its signals per message cost more than the INSERT."""
-        now = self.now()
         ready, scheduled = [], []
         for args, eta in runs:
-            due = None if eta is None else max(eta, now).astimezone(UTC).replace(tzinfo=None)
+            due = None if eta is None else eta.astimezone(UTC).replace(tzinfo=None)
             data = self.serializer.serialize(Message(str(uuid.uuid4()), TASK_NAME, due,
                                                      args=(args.payload(),), kwargs={}))
             if due is None:

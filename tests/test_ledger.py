@@ -269,8 +269,7 @@ def test_finishing_catch_up_runs_costs_a_few_croniter_steps_each(ledger, monkeyp
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(croniter, name, counted)
-    # half a minute into a minute a little ahead: no minute boundary while the test runs, and
-    # the queue (which stores a past eta as the real now) sees every message as due
+    # half a minute into a minute: no minute boundary while the test runs
     now = (utcnow() + timedelta(minutes=2)).replace(second=30, microsecond=0)
     spec = JobSpec(name="minutely", kind="command", target="true", cron="* * * * *",
                    timezone="UTC", catch_up="all", catch_up_limit=2000)
