@@ -275,6 +275,7 @@ catch_up_limit = 100000
             (datetime.fromisoformat(t["started_at"]) - datetime.fromisoformat(t["due_at"]))
             .total_seconds() for t in worker.tasks("job = 'fast' AND id > ?", (first,))
             if t["started_at"])
-        # the bench measures lateness (README); here only that it stays bounded
-        assert late[int(len(late) * 0.9)] < 1.0, late
+        # the bench measures lateness (README: p99 ~20 ms); here only that it stays bounded on a
+        # loaded machine (before the fix the 1 s job did not run at all: "database is locked")
+        assert late[len(late) // 2] < 1.0 and late[-1] < 5.0, late
         assert worker.stop() == 0
