@@ -42,8 +42,9 @@ from edgeworker.ledger import Ledger
 from edgeworker.metrics import TextfileMetrics
 from edgeworker.models import FINISHED, Task
 from edgeworker.notify import Notifier
+from edgeworker.processes import ProcessTable
 from edgeworker.queue import EdgeHuey
-from edgeworker.runners import KILL_GRACE, Abort, kill_all_commands, verify_callables
+from edgeworker.runners import KILL_GRACE, Abort, verify_callables
 from edgeworker.wakeup import DatabaseWatch, StopPipe
 from edgeworker.worker import IntervalJobWorker
 
@@ -187,6 +188,7 @@ class Daemon:
         self.metrics: TextfileMetrics | None = None
         self.ready = False
         self.consumer: EdgeConsumer | None = None
+        self.processes: ProcessTable | None = None
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -204,18 +206,29 @@ class Daemon:
                     logger.info("applied migration %s", m.label)
             migrate.ensure_current(database)
         verify_callables(self.config)
+        self.processes = ProcessTable.for_database(self.db_path)
+        try:
+            return self._start(database)
+        except BaseException:
+            self.processes.close()
+            raise
+
+    def _start(self, database) -> EdgeConsumer:
+        settings = self.config.worker
+        logger.info("%s", self.processes.describe())
         self.huey = EdgeHuey(database)
         if self.config.metrics.textfile is not None:
             self.metrics = TextfileMetrics(self.config.metrics, self.huey)
         self.ledger = Ledger(self.huey)
-        worker = IntervalJobWorker(self.ledger, self.abort, stopping=lambda: self.stop_pipe.is_set)
+        worker = IntervalJobWorker(self.ledger, self.abort, stopping=lambda: self.stop_pipe.is_set,
+                                   table=self.processes)
         self.huey.bind(worker.claim, worker.work)
         self.notifier.status("starting: syncing jobs and recovering tasks")
         with dbmod.translate_errors(self.db_path):
             if self.config.path is not None:
                 report = sync_jobs(self.ledger, self.config.jobs, utcnow())
                 logger.info("synced jobs from %s: %s", self.config.path, report.summary())
-            self.recovery = recovery.recover(self.ledger, utcnow())
+            self.recovery = recovery.recover(self.ledger, utcnow(), self.processes)
         logger.info("%s", self.recovery.line())
         self.consumer = EdgeConsumer(self.huey, self, self.workers, settings.shutdown_timeout)
         return self.consumer
@@ -363,13 +376,14 @@ class Daemon:
         return not any(t.is_alive() for t in consumer.threads())
 
     def _stop_now(self, why: str) -> int:
-        killed = kill_all_commands()
+        killed = self.processes.kill_all()
         logger.warning("stopping at once (%s): killed %s running command(s); their tasks run "
                        "again at the next start", why, killed)
         self.close()
         return 0
 
     def close(self) -> None:
+        self.processes.close()
         if not self.huey.database.is_closed():
             self.huey.database.close()
         if self.lock is not None:

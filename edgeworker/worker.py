@@ -18,6 +18,7 @@ from datetime import datetime
 from edgeworker.clock import to_text, utcnow
 from edgeworker.ledger import ClaimedRun, Ledger, Outcome
 from edgeworker.models import Job, Task
+from edgeworker.processes import ProcessTable
 from edgeworker.queue import IntervalJobArgs
 from edgeworker.runners import (
     Abort,
@@ -52,8 +53,9 @@ def last_line(text: str | None) -> str:
 class IntervalJobWorker:
     def __init__(self, ledger: Ledger, abort: Abort | None = None,
                  stopping: Callable[[], bool] = lambda: False,
-                 clock: Callable[[], datetime] = utcnow):
+                 clock: Callable[[], datetime] = utcnow, table: ProcessTable | None = None):
         self.ledger = ledger
+        self.table = table
         self.abort = abort or Abort()
         self.stopping = stopping
         self.clock = clock
@@ -82,6 +84,11 @@ class IntervalJobWorker:
                                             result.output))
         if finished is None:
             return
+        if finished.status == "cancelled":
+            logger.warning("task %s job %s attempt %s cancelled while it ran (%s); its outcome "
+                           "is not recorded", task.id, job.name, task.attempt, finished.error,
+                           extra={**fields, "status": "cancelled"})
+            return
         fields.update(status=finished.status, duration=round(duration, 3),
                       exit_code=result.exit_code)
         detail = "" if result.succeeded else f": {last_line(result.error)}"
@@ -97,7 +104,9 @@ class IntervalJobWorker:
         if job.kind == "command":
             return run_command(job.target, job.shell,
                                command_env(dict(os.environ), job.environment, env), job.cwd,
-                               job.timeout_seconds, self.abort)
+                               job.timeout_seconds, self.abort, table=self.table,
+                               run=(task.id, task.attempt),
+                               cancelled=lambda: self.cancelled(task))
         deadline = (None if job.timeout_seconds is None
                     else time.monotonic() + job.timeout_seconds)
         ctx = TaskContext(task_id=task.id, job=job.name, attempt=task.attempt,
@@ -109,6 +118,12 @@ class IntervalJobWorker:
         except Exception as exc:
             return Result(False, None, str(exc), "")
         return run_callable(fn, ctx, job.timeout_seconds)
+
+    def cancelled(self, task: Task) -> str | None:
+        try:
+            return self.ledger.cancelled(task.id, task.attempt)
+        except Exception:  # a busy database: ask again in a second
+            return None
 
     def finish(self, run: ClaimedRun, outcome: Outcome) -> Task | None:
         """Record the outcome; a failing disk is retried (the row stays `running` meanwhile)."""

@@ -27,7 +27,8 @@ def test_dry_run_prints_the_plan_and_changes_nothing(migrated):
     out = migrated.ok("recover", "--dry-run")
     assert out.splitlines() == [
         "would recover task 2 (job a, interrupted attempt 1)",
-        "would have recovered 1, re-enqueued 0, failed 0, cancelled 0, scheduled 0",
+        "would have recovered 1, re-enqueued 0, failed 0, cancelled 0, scheduled 0, ended 0 "
+        "leftover processes",
     ]
     assert migrated.db.read_bytes() == before
     data = json.loads(migrated.ok("recover", "--dry-run", "--json"))
@@ -44,7 +45,8 @@ def test_recover_does_it_and_records_it(migrated):
     assert migrated.ok("recover").splitlines() == [
         "fail task 2 (job a): interrupted on attempt 1 of 1 (the worker stopped while it ran): "
         "no attempt left",
-        "recovered 0, re-enqueued 0, failed 1, cancelled 0, scheduled 0",
+        "recovered 0, re-enqueued 0, failed 1, cancelled 0, scheduled 0, ended 0 leftover "
+        "processes",
     ]
     assert json.loads(migrated.ok("tasks", "show", "2", "--json"))["status"] == "failed"
     status = json.loads(migrated.ok("status", "--json"))
