@@ -209,15 +209,23 @@ class Tree:
         self.record = record
         self.path = path
         self.cgroup = Path(record.cgroup) if record.cgroup else None
+        # Without a cgroup, a process that called setsid is found by its environment (only
+        # processes younger than the run's leader are read).
+        self.marker = (f"{RUN_VAR}={table.key}:{record.task_id}:{record.attempt}\0".encode()
+                       if self.cgroup is None and table.directory is not None else None)
 
     @property
     def pgid(self) -> int:
         return self.record.pgid
 
-    def signal(self, sig: int) -> None:
-        """Send `sig` to every process of the run (SIGKILL ends a cgroup whole)."""
+    def signal(self, sig: int, members: set[int] | None = None) -> None:
+        """Send `sig` to every process of the run (SIGKILL ends a cgroup whole), and to
+        `members` found by `members()`."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pgid, sig)
+        for pid in members or ():
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
         if self.cgroup is not None:
             if sig == signal.SIGKILL:
                 _cgroup_kill(self.cgroup)
@@ -231,11 +239,19 @@ class Tree:
         found: set[int] = set()
         try:
             os.killpg(self.pgid, 0)
+            grouped = True
         except (ProcessLookupError, PermissionError):
-            pass
-        else:
-            found.update(pid for pid in _pids()
-                         if (stat := _stat(pid)) and stat[1] == self.pgid and stat[0] != "Z")
+            grouped = False
+        if grouped or self.marker is not None:
+            me = os.getpid()
+            for pid in _pids():
+                stat = _stat(pid)
+                if stat is None or stat[0] in ("Z", "X") or pid == me:
+                    continue
+                if stat[1] == self.pgid or (self.marker is not None
+                                            and stat[2] >= self.record.start
+                                            and _environ_has(pid, self.marker)):
+                    found.add(pid)
         if self.cgroup is not None and _cgroup_populated(self.cgroup):
             found.update(pid for pid in _cgroup_pids(self.cgroup) if _alive(pid))
         return found
@@ -246,12 +262,12 @@ class Tree:
         left = self.members()
         if not left:
             return 0
-        self.signal(signal.SIGTERM)
+        self.signal(signal.SIGTERM, left)
         deadline = time.monotonic() + grace
-        while self.members() and time.monotonic() < deadline:
+        while (still := self.members()) and time.monotonic() < deadline:
             time.sleep(POLL)
-        if self.members():
-            self.signal(signal.SIGKILL)
+        if still:
+            self.signal(signal.SIGKILL, still)
         return len(left)
 
     def close(self) -> None:
