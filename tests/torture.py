@@ -54,6 +54,7 @@ TREE = ("exec 9>>{dir}/tree.lock; "
         "sleep 30 & sh -c 'sleep 30 & wait' & setsid sh -c 'exec sleep 30' & ")
 STARTED = re.compile(r"task (\d+) job (\S+) attempt (\d+) started")
 SUCCEEDED = re.compile(r"task (\d+) job (\S+) attempt (\d+) succeeded")
+ENDED = re.compile(r"ended (\d+) leftover process")
 
 
 def config_text(ledger_dir: Path, database: Path, durability: str = "full") -> str:
@@ -94,6 +95,7 @@ class Figures:
     stuck: int = 0
     overlaps: int = 0
     orphans: int = 0
+    leftovers: int = 0  # processes of interrupted runs that start-up recovery ended
     recovery_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -105,6 +107,7 @@ class Figures:
                 f"{self.checked}, "
                 f"interrupted {self.interrupted}, lost states {self.lost_states}, "
                 f"stuck {self.stuck}, orphaned {self.orphans}, overlaps {self.overlaps}, "
+                f"leftover processes ended {self.leftovers}, "
                 f"recovery p50 {rec[len(rec) // 2]:.1f} ms max {rec[-1]:.1f} ms, "
                 f"{self.seconds:.0f}s")
 
@@ -220,6 +223,7 @@ class Torture:
             con.close()
         f.tasks = len(tasks)
         f.recovery_ms = recoveries
+        f.leftovers = sum(int(n) for n in ENDED.findall(self.log()))
         problems: list[str] = []
 
         # nothing stuck: no running task after a graceful stop, every created one has a message
