@@ -2,15 +2,17 @@
 and ended whole, when the run ends and, after a crash, before the run is tried again.
 
 How a command starts. `subprocess` puts it in a new process group (`process_group=0`, no
-`preexec_fn`: that is unsafe in a threaded program and forces fork instead of vfork). The argv is
-wrapped twice: `setpriv --pdeathsig KILL` (util-linux, Essential on Debian, so present on the
-hosts a one-file binary runs on) makes the command die with the worker thread that started it;
-then a `/bin/sh` gate waits on its stdin for one line from the worker before it execs the
-command. While the gate waits, the worker moves it into the run's cgroup and writes the run's
-record; only then does the command start. So nothing of a run exists outside its cgroup, and no
-process of a run exists without its record: a worker killed before it releases the gate leaves a
-gate that reads end-of-file and exits. Without `setpriv`, a command outlives a SIGKILLed worker
-until the next start ends it (logged once).
+`preexec_fn`: that is unsafe in a threaded program and forces fork instead of vfork). It starts
+as a `/bin/sh` gate that waits on its stdin, a pipe from the worker, for one line. While it
+waits, the worker moves it into the run's cgroup and writes the run's record; then it says "go".
+The gate leaves a watcher in the run's group, blocked on the same pipe, and execs the command
+(which keeps the gate's pid, so the command is the group's leader). The worker holds the pipe's
+other end until the run is over; if the worker dies, the watcher reads end-of-file and kills the
+whole group (`kill -KILL 0`): commands die with the worker, children and grandchildren too, not
+only the direct child as with PR_SET_PDEATHSIG (`setpriv --pdeathsig` was tried: it calls
+capset(2), which the shipped unit's system call filter refuses). A worker killed before "go"
+leaves a gate that reads end-of-file and exits: nothing of a run exists outside its cgroup or
+without its record. What left the group (`setsid`) is ended by the next start.
 
 What identifies a run's processes, and why here. The record is a small file per running task in
 a runtime directory on tmpfs: `$RUNTIME_DIRECTORY` (systemd's `RuntimeDirectory=`), else
@@ -41,7 +43,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -52,7 +53,10 @@ from pathlib import Path
 logger = logging.getLogger("edgeworker.processes")
 
 RUN_VAR = "EDGEWORKER_RUN"
-GATE = 'read -r _ || exit 125; exec </dev/null; exec "$@"'
+# Wait for "go"; leave a watcher (outside the command's children) that kills the group when the
+# worker's end of the pipe closes without the group having been ended; exec the command.
+GATE = ('read -r _ || exit 125; exec 3<&0 </dev/null; '
+        '( { read -r _ <&3; kill -KILL 0; } >/dev/null 2>&1 & ); exec "$@" 3<&-')
 POLL = 0.02
 
 
@@ -203,9 +207,10 @@ class Tree:
     """The processes of one running command: its group, and its cgroup if it has one."""
 
     def __init__(self, table: ProcessTable, proc: subprocess.Popen, record: Record,
-                 path: Path | None):
+                 path: Path | None, gate: int):
         self.table = table
         self.proc = proc
+        self.gate = gate  # the worker's end of the pipe the watcher waits on
         self.record = record
         self.path = path
         self.cgroup = Path(record.cgroup) if record.cgroup else None
@@ -264,8 +269,10 @@ class Tree:
             return 0
         self.signal(signal.SIGTERM, left)
         deadline = time.monotonic() + grace
+        pause = 0.001  # the watcher alone goes at once: do not make every run wait POLL
         while (still := self.members()) and time.monotonic() < deadline:
-            time.sleep(POLL)
+            time.sleep(pause)
+            pause = min(pause * 2, POLL)
         if still:
             self.signal(signal.SIGKILL, still)
         return len(left)
@@ -273,6 +280,9 @@ class Tree:
     def close(self) -> None:
         """The run is over and its processes ended: remove its cgroup and its record."""
         self.table._forget(self)
+        if self.gate is not None:
+            os.close(self.gate)
+            self.gate = None
         if self.cgroup is not None:
             _cgroup_remove(self.cgroup)
         if self.path is not None:
@@ -283,31 +293,23 @@ class Tree:
 class ProcessTable:
     """The running commands of one database's worker, and what a dead worker left behind."""
 
-    def __init__(self, key: str, directory: Path | None, cgroups: Path | None,
-                 setpriv: str | None):
+    def __init__(self, key: str, directory: Path | None, cgroups: Path | None):
         self.key = key
         self.directory = directory
         self.cgroups = cgroups  # parent of the runs' cgroups, or None: process groups only
-        self.setpriv = setpriv
         self.running: dict[int, Tree] = {}
         self.lock = threading.Lock()
 
     @classmethod
     def for_database(cls, database: Path | str, use_cgroups: bool = True) -> ProcessTable:
         key = database_key(database)
-        setpriv = shutil.which("setpriv")
-        table = cls(key, runtime_directory(database), None, setpriv)
-        if use_cgroups:
-            table.cgroups = _runs_cgroup(key)
-        return table
+        return cls(key, runtime_directory(database), _runs_cgroup(key) if use_cgroups else None)
 
     def describe(self) -> str:
         cgroups = (f"a cgroup each under {self.cgroups}" if self.cgroups else
                    "process groups only (no writable cgroup v2: a process that calls setsid "
-                   "leaves its run's group)")
-        death = ("they die with the worker (setpriv --pdeathsig)" if self.setpriv else
-                 "setpriv not found: they outlive a killed worker until its next start")
-        return f"commands run in {cgroups}; {death}; records in {self.directory}"
+                   "leaves its run's group until the next start)")
+        return f"commands run in {cgroups}; records in {self.directory}"
 
     # -- starting ---------------------------------------------------------------------------
 
@@ -315,8 +317,7 @@ class ProcessTable:
               attempt: int) -> Tree:
         """Start `argv` as the run (task_id, attempt); raises OSError like Popen."""
         env = {**env, RUN_VAR: f"{self.key}:{task_id}:{attempt}"}
-        wrapped = ([self.setpriv, "--pdeathsig", "KILL", "--"] if self.setpriv else []) + [
-            "/bin/sh", "-c", GATE, "edgeworker-run", *argv]
+        wrapped = ["/bin/sh", "-c", GATE, "edgeworker-run", *argv]
         gate_read, gate_write = os.pipe()
         try:
             proc = subprocess.Popen(wrapped, stdin=gate_read, stdout=subprocess.PIPE,
@@ -328,19 +329,18 @@ class ProcessTable:
         finally:
             os.close(gate_read)
         try:
-            tree = self._register(proc, task_id, attempt)
+            tree = self._register(proc, task_id, attempt, gate_write)
             os.write(gate_write, b"go\n")
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             proc.stdout.close()
-            raise
-        finally:
             os.close(gate_write)
+            raise
         return tree
 
-    def _register(self, proc: subprocess.Popen, task_id: int, attempt: int) -> Tree:
+    def _register(self, proc: subprocess.Popen, task_id: int, attempt: int, gate: int) -> Tree:
         cgroup = self._make_cgroup(proc.pid, task_id, attempt)
         stat = _stat(proc.pid)
         record = Record(task_id, attempt, proc.pid, stat[2] if stat else 0, boot_id(),
@@ -355,7 +355,7 @@ class ProcessTable:
                 logger.warning("cannot record task %s's processes in %s: %s", task_id,
                                self.directory, exc)
                 path = None
-        tree = Tree(self, proc, record, path)
+        tree = Tree(self, proc, record, path, gate)
         with self.lock:
             self.running[proc.pid] = tree
         return tree

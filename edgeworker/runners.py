@@ -1,13 +1,13 @@
 """Running one task: a command with its whole process tree, or a Python callable.
 
 Commands run without a shell unless asked, as one run of `processes.ProcessTable`: in a process
-group of their own (and a cgroup, where cgroup v2 is writable), dying with the worker
-(`setpriv --pdeathsig`, no `preexec_fn`), recorded while they run so that the next start ends
-whatever a killed worker left (see `edgeworker.processes` for how and why). A timeout, a shutdown
-or an operator's cancel sends SIGTERM to the whole tree, then SIGKILL after a grace period. When
-the main process exits, whatever it left in its group or cgroup is ended too, and the run does
-not wait on a pipe a leftover holds. The last 64 KiB of stdout+stderr are kept; bytes that are
-not UTF-8 are replaced, never a crash.
+group of their own (and a cgroup, where cgroup v2 is writable), whose processes die with the
+worker (a watcher in the group; no `preexec_fn`), recorded while they run so that the next
+start ends whatever a killed worker left (see `edgeworker.processes` for how and why). A
+timeout, a shutdown or an operator's cancel sends SIGTERM to the whole tree, then SIGKILL after
+a grace period. When the main process exits, whatever it left in its group or cgroup is ended
+too, and the run does not wait on a pipe a leftover holds. The last 64 KiB of stdout+stderr are
+kept; bytes that are not UTF-8 are replaced, never a crash.
 
 A callable `package.module:function` is called in the worker thread with a `TaskContext`; its
 timeout is cooperative (`ctx.deadline`, `ctx.time_left()`) and enforced by raising `TaskTimeout`
@@ -153,7 +153,7 @@ def _not_runnable(program: str, env: dict[str, str], cwd: str | None) -> Result 
     return None
 
 
-_anonymous = ProcessTable("-", None, None, shutil.which("setpriv"))
+_anonymous = ProcessTable("-", None, None)
 
 
 def run_command(target: str, shell: bool, env: dict[str, str], cwd: str | None,
