@@ -8,11 +8,12 @@ waits, the worker moves it into the run's cgroup and writes the run's record; th
 The gate leaves a watcher in the run's group, blocked on the same pipe, and execs the command
 (which keeps the gate's pid, so the command is the group's leader). The worker holds the pipe's
 other end until the run is over; if the worker dies, the watcher reads end-of-file and kills the
-whole group (`kill -KILL 0`): commands die with the worker, children and grandchildren too, not
-only the direct child as with PR_SET_PDEATHSIG (`setpriv --pdeathsig` was tried: it calls
-capset(2), which the shipped unit's system call filter refuses). A worker killed before "go"
-leaves a gate that reads end-of-file and exits: nothing of a run exists outside its cgroup or
-without its record. What left the group (`setsid`) is ended by the next start.
+run's cgroup (`cgroup.kill`) or, without one, its whole group (`kill -KILL 0`): commands die with
+the worker, children and grandchildren too, not only the direct child as with PR_SET_PDEATHSIG
+(`setpriv --pdeathsig` was tried: it calls capset(2), which the shipped unit's system call filter
+refuses). A worker killed before "go" leaves a gate that reads end-of-file and exits: nothing of
+a run exists outside its cgroup or without its record. Without a cgroup, what left the group
+(`setsid`) is ended by the next start.
 
 What identifies a run's processes, and why here. The record is a small file per running task in
 a runtime directory on tmpfs: `$RUNTIME_DIRECTORY` (systemd's `RuntimeDirectory=`), else
@@ -53,10 +54,11 @@ from pathlib import Path
 logger = logging.getLogger("edgeworker.processes")
 
 RUN_VAR = "EDGEWORKER_RUN"
-# Wait for "go"; leave a watcher (outside the command's children) that kills the group when the
-# worker's end of the pipe closes without the group having been ended; exec the command.
-GATE = ('read -r _ || exit 125; exec 3<&0 </dev/null; '
-        '( { read -r _ <&3; kill -KILL 0; } >/dev/null 2>&1 & ); exec "$@" 3<&-')
+# Wait for "go [cgroup]"; leave a watcher (not a child of the command) that ends the cgroup, or
+# else the group, when the worker's end of the pipe closes while it lives; exec the command.
+GATE = ('read -r _ cg || exit 125; exec 3<&0 </dev/null; '
+        '( { read -r _ <&3; [ -n "$cg" ] && echo 1 > "$cg/cgroup.kill"; kill -KILL 0; } '
+        '>/dev/null 2>&1 & ); exec "$@" 3<&-')
 POLL = 0.02
 
 
@@ -330,7 +332,7 @@ class ProcessTable:
             os.close(gate_read)
         try:
             tree = self._register(proc, task_id, attempt, gate_write)
-            os.write(gate_write, b"go\n")
+            os.write(gate_write, f"go {tree.cgroup or ''}\n".encode())
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)

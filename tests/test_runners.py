@@ -282,16 +282,18 @@ WORKER = """
 import os, sys
 from edgeworker.processes import ProcessTable
 from edgeworker.runners import command_env, run_command
-table = ProcessTable.for_database(sys.argv[1])
+table = ProcessTable.for_database(sys.argv[1], use_cgroups=sys.argv[3] == "cgroup")
 run_command(sys.argv[2], True, command_env(dict(os.environ), {}, {}), None, None, table=table,
             run=(5, 1))
 """
 
 
 @pytest.mark.timeout(60)
-def test_a_killed_workers_tree_dies_with_it_or_at_the_next_start(tmp_path):
+@pytest.mark.parametrize("cgroup", [False, True], ids=["group", "cgroup"])
+def test_a_killed_workers_tree_dies_with_it_or_at_the_next_start(tmp_path, cgroup):
     """The run's watcher takes the whole group with the worker (PR_SET_PDEATHSIG would take only
-    the command itself); the grandchild in a session of its own is ended by the next start."""
+    the command itself), and the whole cgroup where there is one; without, the grandchild in a
+    session of its own is ended by the next start."""
     import subprocess
     import sys
 
@@ -302,7 +304,13 @@ def test_a_killed_workers_tree_dies_with_it_or_at_the_next_start(tmp_path):
     pids = tmp_path / "pids"
     leader = tmp_path / "leader"
     script = TREE.format(pids=pids, tail=f"echo $$ > {leader}; wait")
-    worker = subprocess.Popen([sys.executable, "-c", WORKER, str(database), script])
+    if cgroup:
+        probe = table_for(tmp_path)
+        probe.close()
+        if probe.cgroups is None:
+            pytest.skip("no writable cgroup v2 here")
+    worker = subprocess.Popen([sys.executable, "-c", WORKER, str(database), script,
+                               "cgroup" if cgroup else "group"])
     try:
         tree = pids_in(pids, 4)
         assert wait_for(lambda: leader.exists() and leader.read_text().strip())
@@ -311,13 +319,16 @@ def test_a_killed_workers_tree_dies_with_it_or_at_the_next_start(tmp_path):
         worker.kill()
         worker.wait()
         for pid in [command, *tree]:
-            if pid != escaped:
+            if pid != escaped or cgroup:
                 assert wait_for(lambda p=pid: not pid_alive(p)), f"{pid} outlived its worker"
-        assert pid_alive(escaped)  # what the next start is for
         table = ProcessTable.for_database(database)
+        if cgroup:  # nothing left at all, once the watcher itself is gone
+            assert wait_for(lambda: not table.leftovers()[0])
+        else:
+            assert pid_alive(escaped)  # what the next start is for
         ended = table.end_leftovers(1.0)
         table.close()
-        assert ended == 1
+        assert ended == (0 if cgroup else 1)
         for pid in tree:
             assert wait_for(lambda p=pid: not pid_alive(p)), f"pid {pid} survived"
         assert not table.directory.exists()
