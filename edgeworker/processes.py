@@ -59,6 +59,7 @@ RUN_VAR = "EDGEWORKER_RUN"
 GATE = ('read -r _ cg || exit 125; exec 3<&0 </dev/null; '
         '( { read -r _ <&3; [ -n "$cg" ] && echo 1 > "$cg/cgroup.kill"; kill -KILL 0; } '
         '>/dev/null 2>&1 & ); exec "$@" 3<&-')
+WATCHER = f"/bin/sh\0-c\0{GATE}\0".encode()
 POLL = 0.02
 
 
@@ -88,6 +89,15 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
 def _alive(pid: int, start: int | None = None) -> bool:
     stat = _stat(pid)
     return stat is not None and stat[0] not in ("Z", "X") and (start is None or stat[2] == start)
+
+
+def _is_watcher(pid: int) -> bool:
+    """Is this the gate's watcher (a fork of the gate, so it has the gate's command line)?"""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read(len(WATCHER)) == WATCHER
+    except OSError:
+        return False
 
 
 def _pids() -> list[int]:
@@ -159,8 +169,10 @@ def _cgroup_kill(cgroup: Path) -> None:
 
 def _cgroup_remove(cgroup: Path, timeout: float = 2.0) -> None:
     deadline = time.monotonic() + timeout
+    pause = 0.001  # its last processes are usually gone within a millisecond
     while _cgroup_populated(cgroup) and time.monotonic() < deadline:
-        time.sleep(POLL)
+        time.sleep(pause)
+        pause = min(pause * 2, POLL)
     try:
         cgroup.rmdir()
     except FileNotFoundError:
@@ -243,6 +255,10 @@ class Tree:
 
     def members(self) -> set[int]:
         """Live processes of the run (the group's and the cgroup's, zombies left out)."""
+        if self.cgroup is not None:  # every process of the group is in it: no /proc scan
+            if not _cgroup_populated(self.cgroup):
+                return set()
+            return {pid for pid in _cgroup_pids(self.cgroup) if _alive(pid)}
         found: set[int] = set()
         try:
             os.killpg(self.pgid, 0)
@@ -259,20 +275,23 @@ class Tree:
                                             and stat[2] >= self.record.start
                                             and _environ_has(pid, self.marker)):
                     found.add(pid)
-        if self.cgroup is not None and _cgroup_populated(self.cgroup):
-            found.update(pid for pid in _cgroup_pids(self.cgroup) if _alive(pid))
         return found
 
     def end(self, grace: float) -> int:
         """End whatever is left of the run: SIGTERM, up to `grace` seconds, SIGKILL. Returns how
-        many processes were alive."""
+        many processes were alive, the run's watcher left out (it goes at once, unasked)."""
         left = self.members()
+        watchers = {pid for pid in left if _is_watcher(pid)}
+        for pid in watchers:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        left -= watchers
         if not left:
             return 0
         self.signal(signal.SIGTERM, left)
         deadline = time.monotonic() + grace
-        pause = 0.001  # the watcher alone goes at once: do not make every run wait POLL
-        while (still := self.members()) and time.monotonic() < deadline:
+        pause = 0.001
+        while (still := self.members() - watchers) and time.monotonic() < deadline:
             time.sleep(pause)
             pause = min(pause * 2, POLL)
         if still:
