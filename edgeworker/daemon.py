@@ -383,7 +383,8 @@ class Daemon:
         return 0
 
     def close(self) -> None:
-        self.processes.close()
+        if self.processes is not None:
+            self.processes.close()
         if not self.huey.database.is_closed():
             self.huey.database.close()
         if self.lock is not None:
