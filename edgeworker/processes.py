@@ -221,7 +221,7 @@ class Tree:
     """The processes of one running command: its group, and its cgroup if it has one."""
 
     def __init__(self, table: ProcessTable, proc: subprocess.Popen, record: Record,
-                 path: Path | None, gate: int):
+                 path: Path | None, gate: int | None):
         self.table = table
         self.proc = proc
         self.gate = gate  # the worker's end of the pipe the watcher waits on
@@ -361,8 +361,16 @@ class ProcessTable:
             raise
         return tree
 
-    def _register(self, proc: subprocess.Popen, task_id: int, attempt: int, gate: int) -> Tree:
-        cgroup = self._make_cgroup(proc.pid, task_id, attempt)
+    def adopt(self, proc, task_id: int, attempt: int) -> Tree:
+        """Supervise, as the run (task_id, attempt), a process that already leads a process
+        group of its own (a forked child that called setsid, such as a callable run in a child
+        process): recorded, ended whole with its group, stopped by `kill_all`. `proc` offers what
+        `Popen` does (pid, poll, wait, stdout, returncode). It gets no cgroup and no watcher."""
+        return self._register(proc, task_id, attempt, None, move=False)
+
+    def _register(self, proc: subprocess.Popen, task_id: int, attempt: int, gate: int | None,
+                  move: bool = True) -> Tree:
+        cgroup = self._make_cgroup(proc.pid, task_id, attempt) if move else None
         stat = _stat(proc.pid)
         record = Record(task_id, attempt, proc.pid, stat[2] if stat else 0, boot_id(),
                         str(cgroup) if cgroup else None, os.getpid())

@@ -184,9 +184,9 @@ def run_command(target: str, shell: bool, env: dict[str, str], cwd: str | None,
 
 
 def _supervise(tree: Tree, timeout: float | None, abort: Abort | None, grace: float,
-               cancelled: Callable[[], str | None] | None) -> Result:
+               cancelled: Callable[[], str | None] | None, limit: int = OUTPUT_LIMIT) -> Result:
     proc = tree.proc
-    tail = Tail()
+    tail = Tail(limit)
     deadline = None if timeout is None else time.monotonic() + timeout
     stopped: str | None = None  # why the worker stopped it: timeout, shutdown, or a cancel
     kill_at: float | None = None
@@ -250,7 +250,8 @@ def _supervise(tree: Tree, timeout: float | None, abort: Abort | None, grace: fl
             os.close(exited)
         if proc.poll() is None:  # an exception above: leave nothing behind
             tree.signal(signal.SIGKILL)
-            proc.wait()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(grace + 1)
     if stopped == "interrupted":
         raise Interrupted()
     code = proc.returncode

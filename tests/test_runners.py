@@ -354,3 +354,32 @@ def test_a_program_that_is_not_executable_is_refused(tmp_path):
     result = run(str(script))
     assert (result.succeeded, result.exit_code, result.error) == (
         False, 126, f"permission denied: {script}")
+
+
+def test_an_adopted_process_group_is_a_run_too(tmp_path):
+    """What a callable run in a forked child (its own session) needs: a record, `kill_all`,
+    and its whole group ended."""
+    import subprocess
+
+    table = table_for(tmp_path)
+    proc = subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300"], start_new_session=True,
+                            stdout=subprocess.PIPE)
+    try:
+        tree = table.adopt(proc, 4, 1)
+        assert table.find(4, 1).pgid == proc.pid
+        assert wait_for(lambda: len(tree.members()) >= 2)
+        members = tree.members()
+        assert table.kill_all() == 1
+        for pid in members:
+            assert wait_for(lambda p=pid: not pid_alive(p)), f"pid {pid} survived"
+        proc.wait()
+        tree.close()
+        assert table.find(4, 1) is None
+    finally:
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        for path, _ in table.records():
+            path.unlink()
+        table.close()
