@@ -29,7 +29,10 @@ Three nets find what is left of a dead worker's runs, all of them at every start
 - the run's cgroup, where cgroup v2 is writable (as root, or under systemd with `Delegate=yes`):
   `<worker's cgroup>/edgeworker-<database key>/task-<id>.<attempt>`, ended whole with
   `cgroup.kill` (kernel >= 5.14; else every pid in `cgroup.procs`), removed when the run ends. A
-  process that calls `setsid` leaves its group but not its cgroup;
+  process that calls `setsid` leaves its group but not its cgroup. The worker stays where it is:
+  cgroup v2's "no internal processes" rule binds only a cgroup with controllers enabled for its
+  children, and `cgroup.kill` needs none. Per-job limits (memory, CPU) will: then the worker
+  (and under systemd the one-file binary's bootloader) must first move into a leaf (`worker/`);
 - `/proc/*/environ`: every command gets `EDGEWORKER_RUN=<database key>:<task>:<attempt>`, which
   also finds a `setsid` grandchild where there is no cgroup (unless it cleared its environment).
 Ending is SIGTERM, a short grace, then SIGKILL. When a run's main process exits, whatever it left
