@@ -342,6 +342,8 @@ def recover(obj: Context, dry_run: bool, as_json: bool) -> None:
     pid = worker_pid(obj.db_path)
     if dry_run:
         todo = recovery.plan(ledger, now)
+        if pid is None:
+            todo.ended = recovery.count_leftovers(obj.db_path)
     else:
         with WorkerLock(obj.db_path):
             todo = recovery.recover(ledger, now)
@@ -350,6 +352,7 @@ def recover(obj: Context, dry_run: bool, as_json: bool) -> None:
         "dry_run": dry_run,
         "worker_running": pid is not None,
         "counts": todo.counts(),
+        "ended": todo.ended,
         "recover": [{"task_id": t.id, "job": job_names.get(t.job_id), "attempt": t.attempt}
                     for t in todo.recover],
         "requeue": [{"task_id": t.id, "job": job_names.get(t.job_id)} for t in todo.requeue],
@@ -379,10 +382,7 @@ def recover(obj: Context, dry_run: bool, as_json: bool) -> None:
         for item in d["schedule"]:
             when = f" for {show_time(item['slot'])}" if "slot" in item else ""
             click.echo(f"{verb}schedule job {item['job']}{when}")
-        c = d["counts"]
-        click.echo(f"{'would have ' if dry_run else ''}recovered {c['recovered']}, re-enqueued "
-                   f"{c['requeued']}, failed {c['failed']}, cancelled {c['cancelled']}, "
-                   f"scheduled {c['scheduled']}")
+        click.echo(f"{'would have ' if dry_run else ''}{todo.line()}")
 
     emit(data, as_json, render)
 
@@ -427,8 +427,9 @@ def status(obj: Context, as_json: bool) -> None:
         if rec:
             click.echo(f"recovery  {show_time(rec['at'])}: recovered {rec['recovered']}, "
                        f"re-enqueued {rec['requeued']}, failed {rec['failed']}, "
-                       f"cancelled {rec['cancelled']}, scheduled {rec['scheduled']} "
-                       f"({rec['duration_ms']:g} ms)")
+                       f"cancelled {rec['cancelled']}, scheduled {rec['scheduled']}, "
+                       f"ended {rec['ended']} leftover "
+                       f"process{'' if rec['ended'] == 1 else 'es'} ({rec['duration_ms']:g} ms)")
         else:
             click.echo("recovery  none yet (no worker has started)")
         click.echo(f"clock     {clock_line(d['clock'])}")
@@ -636,7 +637,7 @@ def jobs_run(obj: Context, name: str) -> None:
 
 @cli.group(cls=EdgeworkerGroup)
 def tasks() -> None:
-    """Inspect and manage runs: list, show, retry, prune."""
+    """Inspect and manage runs: list, show, retry, cancel, prune."""
 
 
 @tasks.command("list")
@@ -736,6 +737,59 @@ def tasks_retry(obj: Context, task_id: int) -> None:
     except ValueError as exc:
         raise Conflict(str(exc)) from None
     click.echo(f"queued task {new.id} to retry task {task_id}")
+
+
+@tasks.command("cancel")
+@click.argument("task_id", type=int)
+@pass_ctx
+def tasks_cancel(obj: Context, task_id: int) -> None:
+    """Cancel a waiting run, or stop a running one (its whole process tree)."""
+    from edgeworker import recovery
+    from edgeworker.db import WorkerLock
+    from edgeworker.errors import Conflict, NotFound, WorkerRunning
+    from edgeworker.models import Job, Task
+
+    ledger = obj.ledger()
+    task = Task.get_or_none(Task.id == task_id)
+    if task is None:
+        raise NotFound(f"no task with id {task_id}")
+    if task.status not in ("created", "running"):
+        raise Conflict(f"task {task_id} is {task.status}; only a waiting or running task can "
+                       "be cancelled")
+    job = Job.get_or_none(Job.id == task.job_id)
+    name = job.name if job else f"#{task.job_id}"
+    running = task.status == "running"
+    if running and job is not None and job.kind == "callable" and not job.isolated:
+        raise Conflict(f"task {task_id} is a running callable (job {name}): it runs inside the "
+                       "worker and cannot be stopped; `isolate = true` on the job runs it in a "
+                       "process that can be")
+    if not ledger.cancel(task, f"cancelled by {_who()}", obj.now()):
+        now = Task.get_by_id(task_id).status
+        raise Conflict(f"task {task_id} is {now} now; it changed while being cancelled")
+    if not running:
+        click.echo(f"cancelled task {task_id} (job {name}): it had not started")
+        return
+    try:
+        with WorkerLock(obj.db_path):  # no worker: end what the dead one left of this run
+            ended = recovery.end_leftovers_of(obj.db_path, task.id, task.attempt)
+        click.echo(f"cancelled task {task_id} (job {name}): no worker was running it; ended "
+                   f"{ended} leftover process{'' if ended == 1 else 'es'}")
+    except WorkerRunning:
+        stopped = recovery.wait_stopped(obj.db_path, task.id, task.attempt)
+        click.echo(f"cancelled task {task_id} (job {name}): "
+                   + ("the worker stopped its processes" if stopped else
+                      "the worker is stopping its processes"))
+
+
+def _who() -> str:
+    import pwd
+
+    uid = os.getuid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+    return f"{user} (uid {uid})"
 
 
 @tasks.command("prune")

@@ -43,8 +43,9 @@ from edgeworker.logs import Reminder
 from edgeworker.metrics import TextfileMetrics
 from edgeworker.models import FINISHED, Task
 from edgeworker.notify import Notifier
+from edgeworker.processes import ProcessTable
 from edgeworker.queue import EdgeHuey
-from edgeworker.runners import KILL_GRACE, Abort, kill_all_commands, verify_callables
+from edgeworker.runners import KILL_GRACE, Abort, verify_callables
 from edgeworker.wakeup import DatabaseWatch, StopPipe
 from edgeworker.worker import IntervalJobWorker
 
@@ -204,6 +205,7 @@ class Daemon:
         self.clock_watch = ClockSetWatch()
         self.held_since: float | None = None  # monotonic: since when cron jobs wait for the clock
         self.overdue: tuple[object, float] | None = None  # (due time, monotonic first seen)
+        self.processes: ProcessTable | None = None
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -220,7 +222,16 @@ class Daemon:
                 dbmod.remove_new_database(self.db_path)
             self.lock.release(remove=True)
             raise
+        self.processes = ProcessTable.for_database(self.db_path)
+        try:
+            return self._start(database)
+        except BaseException:
+            self.processes.close()
+            raise
+
+    def _start(self, database) -> EdgeConsumer:
         settings = self.config.worker
+        logger.info("%s", self.processes.describe())
         self.huey = EdgeHuey(database)
         if self.config.metrics.textfile is not None:
             self.metrics = TextfileMetrics(self.config.metrics, self.huey)
@@ -232,14 +243,15 @@ class Daemon:
         worker = IntervalJobWorker(self.ledger, self.abort, stopping=lambda: self.stop_pipe.is_set,
                                    clock=self.clock.now,
                                    observe=self.metrics and self.metrics.observe,
-                                   env_file=lambda: self.config.worker.env_file)
+                                   env_file=lambda: self.config.worker.env_file,
+                                   table=self.processes)
         self.huey.bind(worker.claim, worker.work)
         self.notifier.status("starting: syncing jobs and recovering tasks")
         with dbmod.translate_errors(self.db_path):
             if self.config.path is not None:
                 report = sync_jobs(self.ledger, self.config.jobs, self.clock.now())
                 logger.info("synced jobs from %s: %s", self.config.path, report.summary())
-            self.recovery = recovery.recover(self.ledger, self.clock.now())
+            self.recovery = recovery.recover(self.ledger, self.clock.now(), self.processes)
             logger.info("%s", self.recovery.line())
             self.check_clock(starting=True)
         self.consumer = EdgeConsumer(self.huey, self, self.workers, settings.shutdown_timeout)
@@ -546,13 +558,15 @@ class Daemon:
         return not any(t.is_alive() for t in consumer.threads())
 
     def _stop_now(self, why: str) -> int:
-        killed = kill_all_commands()
+        killed = self.processes.kill_all()
         logger.warning("stopping at once (%s): killed %s running command(s); their tasks run "
                        "again at the next start", why, killed)
         self.close()
         return 0
 
     def close(self) -> None:
+        if self.processes is not None:
+            self.processes.close()
         if not self.huey.database.is_closed():
             self.huey.database.close()
         if self.lock is not None:

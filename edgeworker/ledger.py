@@ -266,8 +266,8 @@ class Ledger:
                 status.value, finished and to_text(finished), to_text(due), outcome.exit_code,
                 outcome.error, outcome.output, task.id, task.attempt)).rowcount
             if not changed:
-                logger.warning("task %s was changed by someone else while it ran; "
-                               "its outcome is not recorded", task.id)
+                logger.info("task %s was changed by someone else while it ran; "
+                            "its outcome is not recorded", task.id)
             elif retry:
                 self.huey.put(IntervalJobArgs(job.id, task.id), due)
             elif following is not None and job is not None and job.active:
@@ -301,6 +301,29 @@ class Ledger:
         """created/running -> failed/cancelled, with the reason."""
         return bool(Task.update(status=status, finished_at=now, error=error)
                     .where(IS_UNFINISHED & (Task.id == task.id)).execute())
+
+    def cancel(self, task: Task, reason: str, now: datetime) -> bool:
+        """An operator's cancel: created/running -> cancelled, only if the task is still as it
+        was read (a run that finished meanwhile keeps its outcome; a running one's worker then
+        cannot record it). A scheduled run's job gets its next run, as when a run finishes."""
+        with self.db.atomic():
+            changed = (Task.update(status=S.CANCELLED, finished_at=now, error=reason)
+                       .where((Task.id == task.id) & (Task.status == task.status)
+                              & (Task.attempt == task.attempt)).execute())
+            if changed and task.origin == "schedule":
+                job = self._get(Job, task.job_id)
+                if job is not None and job.active and self.pending_scheduled(job.id) is None:
+                    self.schedule_next(job, task.scheduled_for, now)
+        return bool(changed)
+
+    def cancelled(self, task_id: int, attempt: int) -> str | None:
+        """Why a run was cancelled under its worker, or None (a read: the worker asks once a
+        second while a command runs)."""
+        row = self.db.execute_sql("SELECT status, attempt, error FROM tasks WHERE id = ?",
+                                  (task_id,)).fetchone()
+        if row is None or (row[0], row[1]) != (S.CANCELLED.value, attempt):
+            return None
+        return row[2] or "cancelled"
 
     def cancel_waiting(self, job_id: int, reason: str, now: datetime) -> int:
         """Cancel a job's tasks that have not started (pause, removal). Running ones finish."""

@@ -155,6 +155,7 @@ class Recovery(BaseModel):
     failed = peewee.IntegerField()
     cancelled = peewee.IntegerField()
     scheduled = peewee.IntegerField()
+    ended = peewee.IntegerField(default=0)  # processes of interrupted runs, still alive
 
     class Meta:
         table_name = "recoveries"

@@ -2,6 +2,9 @@
 takes any work, while this process holds the single-instance lock (so every task found `running`
 belongs to a worker that is gone).
 
+0. Leftover processes: whatever a dead worker's runs left alive (found by their records, process
+   groups, cgroups and environment; see `edgeworker.processes`) is ended, SIGTERM then SIGKILL,
+   before any recovery message is enqueued: a re-run never runs beside its earlier attempt.
 1. Task recovery (`recover_running_tasks`): each `running` task is checked by `is_task_valid`.
    A valid one gets a recovery message carrying its task id (`IntervalJobArgs(job_id, task_id)`);
    the worker then resets the row to `created` (`recovered_count + 1`) and claims it again. An
@@ -27,11 +30,13 @@ from edgeworker.clock import to_text
 from edgeworker.errors import ScheduleError
 from edgeworker.ledger import Ledger
 from edgeworker.models import IS_UNFINISHED, Job, Recovery, Task, TaskStatus
+from edgeworker.processes import ProcessTable
 
 logger = logging.getLogger("edgeworker.recovery")
 
 S = TaskStatus
 KEEP_RECORDS = 100
+LEFTOVER_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a dead worker's leftovers
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,7 @@ class Plan:
     requeue: list[Task] = field(default_factory=list)  # created without a message -> message
     close: list[tuple[Task, TaskStatus, str]] = field(default_factory=list)
     schedule: list[Job] = field(default_factory=list)  # active jobs without a pending run
+    ended: int = 0  # processes of interrupted runs that were still alive (and were ended)
 
     def counts(self) -> dict[str, int]:
         return {
@@ -104,7 +110,8 @@ class Plan:
     def line(self) -> str:
         c = self.counts()
         return (f"recovered {c['recovered']}, re-enqueued {c['requeued']}, failed {c['failed']}, "
-                f"cancelled {c['cancelled']}, scheduled {c['scheduled']}")
+                f"cancelled {c['cancelled']}, scheduled {c['scheduled']}, "
+                f"ended {self.ended} leftover process{'' if self.ended == 1 else 'es'}")
 
 
 def plan(ledger: Ledger, now: datetime) -> Plan:
@@ -152,15 +159,58 @@ def recover_jobs(ledger: Ledger, todo: Plan, now: datetime) -> None:
             logger.error("%s; the job is not scheduled until it is changed", exc)
 
 
-def recover(ledger: Ledger, now: datetime) -> Plan:
-    """Run the whole recovery in one transaction and record what it did."""
+def end_leftovers(table: ProcessTable) -> int:
+    """End what a dead worker's runs left alive; call only while holding the worker lock."""
+    return table.end_leftovers(LEFTOVER_GRACE)
+
+
+def count_leftovers(database) -> int:
+    """How many processes `recover` would end (`recover --dry-run`, with no worker running)."""
+    table = ProcessTable.for_database(database, use_cgroups=False)
+    try:
+        return len(table.leftovers()[0])
+    finally:
+        table.close()
+
+
+def end_leftovers_of(database, task_id: int, attempt: int) -> int:
+    """End what is left of one run of a dead worker (a cancel while no worker runs)."""
+    table = ProcessTable.for_database(database)
+    try:
+        return table.end_leftovers(LEFTOVER_GRACE, only=(task_id, attempt))
+    finally:
+        table.close()
+
+
+def wait_stopped(database, task_id: int, attempt: int, timeout: float = 10.0) -> bool:
+    """Wait until the worker has ended a run's processes (its record is gone)."""
+    table = ProcessTable.for_database(database, use_cgroups=False)
+    deadline = time.monotonic() + timeout
+    while table.find(task_id, attempt) is not None:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def recover(ledger: Ledger, now: datetime, table: ProcessTable | None = None) -> Plan:
+    """End the leftovers of interrupted runs, then run the whole recovery in one transaction and
+    record what it did."""
+    own = table is None
+    table = table or ProcessTable.for_database(ledger.db.database)
+    try:
+        ended = end_leftovers(table)
+    finally:
+        if own:
+            table.close()
     started = time.perf_counter()
     with ledger.db.atomic():
         todo = plan(ledger, now)
+        todo.ended = ended
         recover_running_tasks(ledger, todo, now)
         recover_jobs(ledger, todo, now)
         Recovery.create(started_at=now, duration_ms=(time.perf_counter() - started) * 1000,
-                        worker=ledger.worker, **todo.counts())
+                        worker=ledger.worker, ended=ended, **todo.counts())
         oldest_kept = (Recovery.select(Recovery.id).order_by(Recovery.id.desc())
                        .offset(KEEP_RECORDS - 1).limit(1).scalar())
         if oldest_kept:
@@ -175,4 +225,4 @@ def last_recovery() -> dict | None:
     return {"at": to_text(record.started_at), "duration_ms": round(record.duration_ms, 1),
             "worker": record.worker, "recovered": record.recovered, "requeued": record.requeued,
             "failed": record.failed, "cancelled": record.cancelled,
-            "scheduled": record.scheduled}
+            "scheduled": record.scheduled, "ended": record.ended}

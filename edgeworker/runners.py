@@ -1,16 +1,22 @@
-"""Running one task: a command in its own process group, or a Python callable.
+"""Running one task: a command with its whole process tree, or a Python callable.
 
-Commands run without a shell unless asked, in a new session (their own process group), and die
-with the worker (PR_SET_PDEATHSIG). A timeout sends SIGTERM to the whole group, then SIGKILL
-after a grace period. The last 64 KiB of stdout+stderr are kept; bytes that are not UTF-8 are
-replaced, never a crash. A callable `package.module:function` is called with a `TaskContext`:
+Commands run without a shell unless asked, as one run of `processes.ProcessTable`: in a process
+group of their own (and a cgroup, where cgroup v2 is writable), whose processes die with the
+worker (a watcher in the group; no `preexec_fn`), recorded while they run so that the next
+start ends whatever a killed worker left (see `edgeworker.processes` for how and why). A
+timeout, a shutdown or an operator's cancel sends SIGTERM to the whole tree, then SIGKILL after
+a grace period. When the main process exits, whatever it left in its group or cgroup is ended
+too, and the run does not wait on a pipe a leftover holds. The last 64 KiB of stdout+stderr are
+kept; bytes that are not UTF-8 are replaced, never a crash.
+
+A callable `package.module:function` is called with a `TaskContext`:
 - in the worker thread (the default: no fork per run, and the callable may share the worker's
   imports and caches); its timeout is cooperative (`ctx.deadline`, `ctx.time_left()`) and enforced
   by raising `TaskTimeout` in its thread when Python code next runs there, so a call blocked in C
-  (a `time.sleep`, a socket read) runs on;
+  (a `time.sleep`, a socket read) runs on, and a running one cannot be cancelled;
 - with `isolate = true`, in a forked child (its module is already imported, so the fork is cheap)
-  that a timeout or a shutdown stops like a command. The child only runs the callable and sends
-  its result back over a pipe.
+  that a timeout, a shutdown or a cancel stops like a command (it is adopted as the run's process
+  group). The child only runs the callable and sends its result back over a pipe.
 Whatever a callable raises, `SystemExit` and `KeyboardInterrupt` included, is the run's outcome.
 """
 
@@ -26,6 +32,7 @@ import os
 import re
 import select
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,31 +45,19 @@ from datetime import datetime
 from pathlib import Path
 
 from edgeworker import trust
+from edgeworker.clock import libc
 from edgeworker.config import Config
 from edgeworker.errors import ConfigError
+from edgeworker.processes import ProcessTable, Tree
 
 OUTPUT_LIMIT = 64 * 1024
+PR_SET_PDEATHSIG = 1  # an isolated callable's child dies with the worker
 KILL_GRACE = 5.0
-PR_SET_PDEATHSIG = 1
+EXIT_CHECK = 0.1
+CANCEL_CHECK = 1.0  # how often a running command's task is checked for a cancel
 # Variables for the worker itself: a child must not talk to systemd in the worker's name.
 PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_FDS", "LISTEN_PID",
                "LISTEN_FDNAMES")
-
-
-_groups: set[int] = set()  # process groups of running commands, for a forced stop
-_groups_lock = threading.Lock()
-
-
-def kill_all_commands() -> int:
-    """SIGKILL the process group of every running command (a forced stop of the worker)."""
-    with _groups_lock:
-        groups = list(_groups)
-    for pgid in groups:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return len(groups)
 
 
 class Interrupted(Exception):
@@ -145,23 +140,6 @@ class Tail:
         return text
 
 
-_libc = None
-
-
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    prctl = _libc.prctl
-
-    def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the worker died before prctl took effect
-            os._exit(1)
-
-    return preexec
-
-
 def command_env(base: dict[str, str], job_env: dict[str, str],
                 task_env: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in base.items() if k not in PRIVATE_ENV}
@@ -227,93 +205,125 @@ class _Status:
         return self.returncode
 
 
+def _not_runnable(program: str, env: dict[str, str], cwd: str | None) -> Result | None:
+    """Why `program` cannot start, before anything is spawned (the gate would only say exit
+    127 or 126 in the command's output)."""
+    if "/" in program:
+        path = os.path.join(cwd or os.getcwd(), program)
+        if not os.path.exists(path):
+            return Result(False, 127, f"command not found: {program}", "")
+        if os.path.isdir(path) or not os.access(path, os.X_OK):
+            return Result(False, 126, f"permission denied: {program}", "")
+        return None
+    if shutil.which(program, path=env.get("PATH", os.defpath)) is None:
+        return Result(False, 127, f"command not found: {program}", "")
+    return None
+
+
+_anonymous = ProcessTable("-", None, None)
+
+
 def run_command(target: str, shell: bool, env: dict[str, str], cwd: str | None,
                 timeout: float | None, abort: Abort | None = None,
-                grace: float = KILL_GRACE) -> Result:
+                grace: float = KILL_GRACE, table: ProcessTable | None = None,
+                run: tuple[int, int] = (0, 0),
+                cancelled: Callable[[], str | None] | None = None) -> Result:
+    """Run a command as the run `run` (task id, attempt) of `table`'s database. `cancelled` is
+    asked about once a second; a reason it returns stops the command as a timeout does."""
     argv = ["/bin/sh", "-c", target] if shell else shlex.split(target)
+    if not argv:
+        return Result(False, None, "empty command", "")
+    if cwd and not os.path.isdir(cwd):
+        return Result(False, None, f"working directory {cwd} does not exist", "")
+    refused = _not_runnable(argv[0], env, cwd)
+    if refused is not None:
+        return refused
     try:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            cwd=cwd, env=env, start_new_session=True, close_fds=True,
-            preexec_fn=_die_with_parent(os.getpid()))
-    except FileNotFoundError as exc:
-        missing = exc.filename if exc.filename and exc.filename != cwd else argv[0]
-        if cwd and not os.path.isdir(cwd):
-            return Result(False, None, f"working directory {cwd} does not exist", "")
-        return Result(False, 127, f"command not found: {missing}", "")
+        tree = (table or _anonymous).spawn(argv, env, cwd, *run)
     except PermissionError as exc:
         return Result(False, 126, f"permission denied: {exc.filename or argv[0]}", "")
     except OSError as exc:
         return Result(False, None, f"cannot start {argv[0]}: {exc}", "")
-
-    with _groups_lock:
-        _groups.add(proc.pid)
     try:
-        return _supervise(proc, timeout, abort, grace)
+        return _supervise(tree, timeout, abort, grace, cancelled)
     finally:
-        with _groups_lock:
-            _groups.discard(proc.pid)
+        tree.close()
 
 
-def _supervise(proc: subprocess.Popen | _Status, timeout: float | None, abort: Abort | None,
-               grace: float, limit: int = OUTPUT_LIMIT) -> Result:
+def _supervise(tree: Tree, timeout: float | None, abort: Abort | None, grace: float,
+               cancelled: Callable[[], str | None] | None, limit: int = OUTPUT_LIMIT) -> Result:
+    proc = tree.proc
     tail = Tail(limit)
     deadline = None if timeout is None else time.monotonic() + timeout
-    timed_out = interrupted = False
+    stopped: str | None = None  # why the worker stopped it: timeout, shutdown, or a cancel
     kill_at: float | None = None
+    next_check = time.monotonic() + CANCEL_CHECK
     fd = proc.stdout.fileno()
     os.set_blocking(fd, False)
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     if abort is not None:
         poller.register(abort.fileno(), select.POLLIN)
+    try:  # readable when the main process exits, even while a leftover holds the pipe
+        exited = os.pidfd_open(proc.pid)
+        poller.register(exited, select.POLLIN)
+    except (AttributeError, OSError):  # Linux < 5.3: notice the exit within EXIT_CHECK
+        exited = None
     eof = False
     try:
-        while True:
+        while proc.poll() is None:
             now = time.monotonic()
-            if not timed_out and deadline is not None and now >= deadline:
-                timed_out = True
-                kill_at = _signal_group(proc, signal.SIGTERM, now + grace)
-            if not interrupted and abort is not None and abort.is_set():
-                interrupted = True
-                kill_at = _signal_group(proc, signal.SIGTERM, now + grace)
-                poller.unregister(abort.fileno())
+            if stopped is None:
+                if deadline is not None and now >= deadline:
+                    stopped = f"timed out after {timeout:g}s: stopped its process group"
+                elif abort is not None and abort.is_set():
+                    stopped = "interrupted"
+                    poller.unregister(abort.fileno())
+                elif cancelled is not None and now >= next_check:
+                    next_check = now + CANCEL_CHECK
+                    stopped = cancelled()
+                if stopped is not None:
+                    tree.signal(signal.SIGTERM)
+                    kill_at = now + grace
             if kill_at is not None and now >= kill_at:
-                _signal_group(proc, signal.SIGKILL, None)
+                tree.signal(signal.SIGKILL)
                 kill_at = None
-            exited = proc.poll() is not None
-            if eof and exited:
-                break
-            waits = [1.0]
-            if deadline is not None and not timed_out:
+            waits = [1.0 if exited is not None else EXIT_CHECK]
+            if deadline is not None and stopped is None:
                 waits.append(deadline - now)
+            if cancelled is not None and stopped is None:
+                waits.append(next_check - now)
             if kill_at is not None:
                 waits.append(kill_at - now)
-            events = poller.poll(max(0.0, min(waits)) * 1000) if not eof else []
+            wait = max(0.0, min(waits))
             if eof:
                 # Output closed but the process lives on: wait for it (or its deadline).
-                try:
-                    proc.wait(max(0.01, min(waits)))
-                except subprocess.TimeoutExpired:
-                    pass
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(max(0.01, wait))
                 continue
-            for ready_fd, _ in events:
+            for ready_fd, _ in poller.poll(wait * 1000):
                 if ready_fd == fd:
                     eof = _drain(fd, tail)
-            if exited and not events:
-                # The command exited but someone it started still holds the pipe open.
-                eof = _drain(fd, tail) or True
+        # The main process is gone. Whatever it left in its group or cgroup goes with it, as
+        # systemd does for a service; what it wrote is in the pipe, and nobody waits on a pipe a
+        # leftover holds.
+        _drain(fd, tail)
+        left = 0.0 if kill_at is None else max(0.0, kill_at - time.monotonic())
+        tree.end(grace if stopped is None else left)
+        _drain(fd, tail)
     finally:
         proc.stdout.close()
-    if timed_out or interrupted:
-        # Whatever it started in its group goes with it.
-        _signal_group(proc, signal.SIGKILL, None)
-    if interrupted:
+        if exited is not None:
+            os.close(exited)
+        if proc.poll() is None:  # an exception above: leave nothing behind
+            tree.signal(signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(grace + 1)
+    if stopped == "interrupted":
         raise Interrupted()
     code = proc.returncode
-    if timed_out:
-        return Result(False, code, f"timed out after {timeout:g}s: stopped its process group",
-                      tail.text())
+    if stopped is not None:
+        return Result(False, code, stopped, tail.text())
     if code == 0:
         return Result(True, 0, None, tail.text())
     if code < 0:
@@ -333,15 +343,6 @@ def _drain(fd: int, tail: Tail) -> bool:
         if not chunk:
             return True
         tail.write(chunk)
-
-
-def _signal_group(proc: subprocess.Popen | _Status, sig: signal.Signals,
-                  then: float | None) -> float | None:
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-    return then
 
 
 # -- callables ----------------------------------------------------------------------------------
@@ -458,16 +459,16 @@ def run_callable(fn: Callable, ctx: TaskContext, timeout: float | None) -> Resul
 
 
 def run_isolated(fn: Callable, ctx: TaskContext, timeout: float | None,
-                 abort: Abort | None = None, grace: float = KILL_GRACE) -> Result:
+                 abort: Abort | None = None, grace: float = KILL_GRACE,
+                 table: ProcessTable | None = None, run: tuple[int, int] = (0, 0),
+                 cancelled: Callable[[], str | None] | None = None) -> Result:
     """Run a callable in a forked child: stopped like a command at its timeout or a shutdown.
 
     The worker has threads: the child may find any lock held. It touches none it can avoid: it
     never uses the database connection, runs the callable, writes its result to a pipe and
     leaves with `os._exit`, running no cleanup of the worker's objects. The callable's
     `ctx.logger` is safe there: CPython's logging re-creates its locks in a forked child."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork (dlopen takes locks)
+    c = libc()  # loaded before the fork (dlopen takes locks)
     parent = os.getpid()
     for stream in (sys.stdout, sys.stderr):  # or the child would write their buffers again
         with contextlib.suppress(Exception):
@@ -484,7 +485,7 @@ def run_isolated(fn: Callable, ctx: TaskContext, timeout: float | None,
         try:
             os.close(read_fd)
             os.setsid()
-            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            c.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != parent:
                 os._exit(1)
             # The worker's handlers only record a signal (into the worker's wake-up pipe): here
@@ -507,15 +508,12 @@ def run_isolated(fn: Callable, ctx: TaskContext, timeout: float | None,
         finally:
             os._exit(code)
     os.close(write_fd)
-    child = _Status(pid, read_fd)
-    with _groups_lock:
-        _groups.add(pid)
+    tree = (table or _anonymous).adopt(_Status(pid, read_fd), *run)
     try:
         # Room for a full output tail, the error text and the JSON around them.
-        raw = _supervise(child, timeout, abort, grace, limit=8 * OUTPUT_LIMIT)
+        raw = _supervise(tree, timeout, abort, grace, cancelled, limit=8 * OUTPUT_LIMIT)
     finally:
-        with _groups_lock:
-            _groups.discard(pid)
+        tree.close()
     if raw.succeeded:
         try:
             body = json.loads(raw.output)

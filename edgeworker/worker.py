@@ -24,6 +24,7 @@ from edgeworker.errors import ConfigError
 from edgeworker.ledger import ClaimedRun, Ledger, Outcome
 from edgeworker.logs import Reminder
 from edgeworker.models import Job, Task
+from edgeworker.processes import ProcessTable
 from edgeworker.queue import IntervalJobArgs
 from edgeworker.runners import (
     Abort,
@@ -63,8 +64,10 @@ class IntervalJobWorker:
                  stopping: Callable[[], bool] = lambda: False,
                  clock: Callable[[], datetime] = utcnow,
                  observe: Callable[[Task], None] | None = None,
-                 env_file: Callable[[], Path | None] = lambda: None):
+                 env_file: Callable[[], Path | None] = lambda: None,
+                 table: ProcessTable | None = None):
         self.ledger = ledger
+        self.table = table
         self.abort = abort or Abort()
         self.stopping = stopping
         self.clock = clock
@@ -97,6 +100,11 @@ class IntervalJobWorker:
                                             result.output))
         if finished is None:
             return
+        if finished.status == "cancelled":
+            logger.warning("task %s job %s attempt %s cancelled while it ran (%s); its outcome "
+                           "is not recorded", task.id, job.name, task.attempt, finished.error,
+                           extra={**fields, "status": "cancelled"})
+            return
         if self.observe is not None:
             self.observe(finished)
         fields.update(status=finished.status, duration=round(duration, 3),
@@ -127,7 +135,9 @@ class IntervalJobWorker:
             job_env = {**worker_secrets, **job.environment, **job_secrets}
             return run_command(job.target, job.shell,
                                command_env(dict(os.environ), job_env, env), job.cwd,
-                               job.timeout_seconds, self.abort)
+                               job.timeout_seconds, self.abort, table=self.table,
+                               run=(task.id, task.attempt),
+                               cancelled=lambda: self.cancelled(task))
         env = {**worker_secrets, **job_secrets, **env}
         deadline = (None if job.timeout_seconds is None
                     else time.monotonic() + job.timeout_seconds)
@@ -140,8 +150,16 @@ class IntervalJobWorker:
         except Exception as exc:
             return Result(False, None, str(exc), "")
         if job.isolated:
-            return run_isolated(fn, ctx, job.timeout_seconds, self.abort)
+            return run_isolated(fn, ctx, job.timeout_seconds, self.abort, table=self.table,
+                                run=(task.id, task.attempt),
+                                cancelled=lambda: self.cancelled(task))
         return run_callable(fn, ctx, job.timeout_seconds)
+
+    def cancelled(self, task: Task) -> str | None:
+        try:
+            return self.ledger.cancelled(task.id, task.attempt)
+        except Exception:  # a busy database: ask again in a second
+            return None
 
     def finish(self, run: ClaimedRun, outcome: Outcome) -> Task | None:
         """Record the outcome. A cause that can heal is retried with a bounded back-off (the row

@@ -146,3 +146,56 @@ def test_a_pruned_task_id_is_never_handed_out_again(migrated):
     migrated.ok("tasks", "prune", "--older-than", "7d")
     assert migrated.ok("jobs", "run", "a") == 'queued task 3 for job "a" (no worker is running: ' \
                                               'it runs when one starts)\n'
+
+
+def who() -> str:
+    import os
+    import pwd
+
+    return f"{pwd.getpwuid(os.getuid()).pw_name} (uid {os.getuid()})"
+
+
+def test_cancel_a_waiting_scheduled_run_schedules_the_next(migrated):
+    migrated.ok("jobs", "add", "a", "--command", "true", "--every", "1h")
+    assert migrated.ok("tasks", "cancel", "1") == "cancelled task 1 (job a): it had not started\n"
+    rows = json.loads(migrated.ok("tasks", "list", "--job", "a", "--json"))
+    [waiting] = [t for t in rows if t["status"] == "created"]
+    [cancelled] = [t for t in rows if t["id"] == 1]
+    assert (cancelled["status"], cancelled["error"]) == ("cancelled", f"cancelled by {who()}")
+    assert (waiting["origin"], from_text(waiting["scheduled_for"]) -
+            from_text(cancelled["scheduled_for"])) == ("schedule", __import__(
+                "datetime").timedelta(hours=1))
+
+
+def test_cancel_a_waiting_manual_run(migrated):
+    migrated.ok("jobs", "add", "a", "--command", "true", "--every", "1h")
+    migrated.ok("jobs", "run", "a")
+    assert migrated.ok("tasks", "cancel", "2") == "cancelled task 2 (job a): it had not started\n"
+    statuses = {t["id"]: t["status"] for t in json.loads(migrated.ok("tasks", "list", "--json"))}
+    assert statuses == {1: "created", 2: "cancelled"}  # the schedule is untouched
+
+
+def test_cancel_refuses_finished_unknown_and_running_callables(migrated):
+    migrated.ok("jobs", "add", "a", "--command", "true", "--every", "1h")
+    fail_task(1)
+    result = migrated("tasks", "cancel", "1")
+    assert (result.exit_code, result.stderr) == (
+        1, "Error: task 1 is failed; only a waiting or running task can be cancelled\n")
+    result = migrated("tasks", "cancel", "99")
+    assert (result.exit_code, result.stderr) == (1, "Error: no task with id 99\n")
+    migrated.ok("jobs", "add", "c", "--callable", "json:dumps", "--every", "1h")
+    Task.update(status="running", attempt=1, started_at=utcnow()).where(Task.id == 2).execute()
+    result = migrated("tasks", "cancel", "2")
+    assert (result.exit_code, result.stderr) == (
+        1, "Error: task 2 is a running callable (job c): it runs inside the worker and cannot be "
+           "stopped; `isolate = true` on the job runs it in a process that can be\n")
+    assert Task.get_by_id(2).status == "running"
+
+
+def test_cancel_a_run_a_dead_worker_left_running(migrated):
+    migrated.ok("jobs", "add", "a", "--command", "true", "--every", "1h")
+    Task.update(status="running", attempt=1, started_at=utcnow()).where(Task.id == 1).execute()
+    assert migrated.ok("tasks", "cancel", "1") == (
+        "cancelled task 1 (job a): no worker was running it; ended 0 leftover processes\n")
+    statuses = sorted(t["status"] for t in json.loads(migrated.ok("tasks", "list", "--json")))
+    assert statuses == ["cancelled", "created"]

@@ -78,3 +78,77 @@ max_attempts = 2
     assert "recovered 1, re-enqueued 0" in worker.log()
     status = worker.cli("status", "--json").stdout
     assert '"recovered": 1' in status
+
+
+# A job whose script holds a lock (fd 9, inherited by everything it starts) for as long as any
+# process of its run lives: a run that cannot take it at once saw an earlier run still alive.
+TREE_JOB = r'''
+[[jobs]]
+name = "tree"
+shell = true
+command = """
+exec 9>>lock-$EDGEWORKER_TASK_ID
+flock -n 9 || echo "$EDGEWORKER_TASK_ID $EDGEWORKER_ATTEMPT overlap" >> ledger
+echo "$EDGEWORKER_TASK_ID $EDGEWORKER_ATTEMPT start" >> ledger
+sleep 300 & echo $! >> pids
+sh -c 'sleep 300 & echo $! >> pids; wait' & echo $! >> pids
+setsid sh -c 'echo $$ >> pids; exec sleep 300' &
+if [ "$EDGEWORKER_ATTEMPT" -ge 2 ]; then  # exit, leaving the tree behind to be ended
+    until [ "$(wc -l < pids)" -ge 8 ]; do sleep 0.01; done
+    exit 0
+fi
+wait
+"""
+every = "1d"
+max_attempts = 3
+'''
+
+
+def session_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as handle:
+        return int(handle.read().rsplit(") ", 1)[1].split()[3])
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(") ", 1)[1][0] not in "ZX"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_workers_process_tree_never_runs_beside_the_rerun(tmp_path):
+    """SIGKILL the worker while the job's script has children and grandchildren (one in a session
+    of its own): the next start ends all of them before the task runs again, the re-run's own
+    leftovers end with it, and nothing is left after the stop."""
+    pids, ledger = tmp_path / "pids", tmp_path / "ledger"
+    with WorkerProcess(tmp_path, TREE_JOB) as worker:
+        worker.cli("migrate")
+        worker.cli("jobs", "sync")
+        task_id = int(worker.cli("jobs", "run", "tree").stdout.split()[2])
+        worker.start()
+        wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 4, 30,
+                 what="the first attempt's tree", log=worker.log)
+        first = [int(pid) for pid in pids.read_text().split()]
+        [escaped] = [pid for pid in first if session_of(pid) == pid]
+        cgroups = "commands run in a cgroup each" in worker.log()
+        worker.kill()
+        for pid in first:  # the run's watcher takes its group (or cgroup) with the worker
+            if pid != escaped or cgroups:
+                wait_for(lambda p=pid: not alive(p), 10, what=f"pid {pid} to die with the worker")
+        if not cgroups:
+            assert alive(escaped)  # under PID 1, in a session of its own: for the next start
+        worker.start()
+        worker.wait_tasks(f"id = {task_id} AND status = 'succeeded'", timeout=30)
+        assert worker.stop() == 0
+        everything = [int(pid) for pid in pids.read_text().split()]
+        assert len(everything) == 8
+        for pid in everything:
+            wait_for(lambda p=pid: not alive(p), 10, what=f"pid {pid} to end")
+        assert ledger.read_text().splitlines() == [f"{task_id} 1 start", f"{task_id} 2 start"]
+        ended = "ended 0 leftover processes" if cgroups else "ended 1 leftover process\n"
+        assert ended in worker.log()
+        [task] = worker.tasks(f"id = {task_id}")
+        assert (task["attempt"], task["recovered_count"]) == (2, 1)
+        assert worker.end_leftovers() == 0

@@ -86,6 +86,39 @@ max_attempts = 1
         worker.stop()
 
 
+def test_tasks_cancel_stops_a_running_commands_whole_tree(tmp_path):
+    import pwd
+
+    pids = tmp_path / "pids"
+    config = f'''
+[[jobs]]
+name = "busy"
+command = "sleep 300 & echo $! >> {pids}; setsid sh -c 'echo $$ >> {pids}; exec sleep 300' & wait"
+shell = true
+every = "1h"
+'''
+    with WorkerProcess(tmp_path, config) as worker:
+        worker.start().wait_running()
+        task_id = int(worker.cli("jobs", "run", "busy").stdout.split()[2])
+        wait_for(lambda: len(lines(pids)) == 2, 20, what="the run's tree", log=worker.log)
+        result = worker.cli("tasks", "cancel", str(task_id))
+        assert result.stdout == (f"cancelled task {task_id} (job busy): the worker stopped its "
+                                 "processes\n")
+        for pid in map(int, lines(pids)):
+            wait_for(lambda p=pid: not os.path.exists(f"/proc/{p}") or
+                     open(f"/proc/{p}/stat").read().split(") ")[1][0] == "Z",
+                     5, what=f"pid {pid} to be gone")
+        [task] = worker.tasks(f"id = {task_id}")
+        user = pwd.getpwuid(os.getuid()).pw_name
+        assert (task["status"], task["error"]) == ("cancelled",
+                                                    f"cancelled by {user} (uid {os.getuid()})")
+        wait_for(lambda: f"task {task_id} job busy attempt 1 cancelled while it ran" in
+                 worker.log(), 10, what="the worker to log the cancel", log=worker.log)
+        assert worker.tasks("status = 'created' AND origin = 'schedule'")  # the next run waits
+        assert worker.stop() == 0
+    assert worker.tasks(f"id = {task_id}")[0]["status"] == "cancelled"
+
+
 def test_output_is_captured_even_when_binary(tmp_path):
     config = '''
 [[jobs]]
@@ -325,7 +358,9 @@ def test_every_queued_run_wakes_the_worker(tmp_path):
         slow_disk = PowerCutFS(tmp_path / "backing", mount)
     else:
         mount = tmp_path
-    config = (f'[worker]\ndatabase = "{mount / "ew.db"}"\n'
+    # One thread: with two, a run taken while the previous run of the job still runs is put
+    # back for a second (one job never runs twice at once), which is not what this measures.
+    config = (f'[worker]\ndatabase = "{mount / "ew.db"}"\nworkers = 1\n'
               '[[jobs]]\nname = "idle"\ncommand = "true"\nevery = "1d"\n')
     with slow_disk, WorkerProcess(tmp_path, config) as worker:
         worker.db = mount / "ew.db"

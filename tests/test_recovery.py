@@ -1,5 +1,6 @@
 """Each recovery rule on a hand-made database state, with an injected `now`."""
 
+import os
 import time
 from datetime import timedelta
 
@@ -12,6 +13,7 @@ from edgeworker.config import JobSpec
 from edgeworker.jobs import add_job
 from edgeworker.ledger import Ledger, Outcome
 from edgeworker.models import Job, Recovery, Task
+from edgeworker.processes import ProcessTable
 from edgeworker.queue import EdgeHuey
 
 
@@ -187,3 +189,74 @@ def test_a_job_whose_schedule_gives_no_time_does_not_stop_recovery(ledger, caplo
     assert 'job "unscheduled": cannot compute a run time for cron "0 0 31 2 *" (UTC): the ' \
            "expression matches no date (it never fires); the job is not scheduled until it " \
            "is changed" in caplog.text
+
+
+class WatchedTable(ProcessTable):
+    """The real process table, noting what was queued when it ended the leftovers."""
+
+    def end_leftovers(self, grace, only=None):
+        self.queued_then = queued(self.ledger)
+        return super().end_leftovers(grace, only)
+
+
+def session_of(pid):
+    with open(f"/proc/{pid}/stat") as handle:
+        return int(handle.read().rsplit(") ", 1)[1].split()[3])
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(") ", 1)[1][0] not in "ZX"
+    except FileNotFoundError:
+        return False
+
+
+def test_leftovers_of_an_interrupted_run_are_ended_before_it_is_requeued(ledger, database,
+                                                                         tmp_path):
+    """A dead worker's run left a tree (a child, a grandchild in a session of its own): all of
+    it is ended before the recovery message exists, and the summary counts it."""
+    add(ledger, max_attempts=3, catch_up="once")
+    task = start_run(ledger)
+    pids = tmp_path / "pids"
+    # The dead worker had no cgroups (with one, its run's watcher would have ended the escaped
+    # grandchild too); the next start may have them.
+    dead = ProcessTable.for_database(database.database, use_cgroups=False)
+    tree = dead.spawn(["/bin/sh", "-c", f"sleep 300 & echo $! >> {pids}; setsid sh -c 'echo $$ "
+                       f">> {pids}; exec sleep 300' & echo $$ >> {pids}; wait"], {"PATH":
+                       "/usr/bin:/bin"}, None, task.id, task.attempt)
+    deadline = time.monotonic() + 10
+    while not (pids.exists() and len(pids.read_text().split()) == 3):
+        assert time.monotonic() < deadline, "the tree did not start"
+        time.sleep(0.01)
+    tree.proc.stdout.close()
+    members = [int(pid) for pid in pids.read_text().split()]
+    [escaped] = [pid for pid in members if session_of(pid) == pid]
+    # The worker dies: its end of the gate closes, and the run's watcher takes the group with it.
+    os.close(tree.gate)
+    while any(alive(pid) for pid in members if pid != escaped):
+        assert time.monotonic() < deadline, "the group outlived its worker"
+        time.sleep(0.01)
+    # nobody closes `dead`; the next start has a table of its own
+    table = WatchedTable.for_database(database.database)
+    table.ledger = ledger
+    try:
+        plan = recovery.recover(Ledger(ledger.huey, worker="new:2"), utcnow(), table)
+    finally:
+        tree.proc.wait()
+        table.close()
+    assert table.queued_then == []  # nothing was enqueued before the tree was ended
+    assert plan.ended == 1 and plan.counts()["recovered"] == 1
+    assert [pid for pid in members if alive(pid)] == []
+    assert plan.line().endswith("scheduled 0, ended 1 leftover process")
+    assert recovery.last_recovery()["ended"] == 1
+    assert not table.directory.exists() or list(table.directory.iterdir()) == []
+    assert table.cgroups is None or not (table.cgroups / f"task-{task.id}.1").exists()
+
+
+def test_a_start_without_leftovers_ends_nothing(ledger):
+    add(ledger, max_attempts=3, catch_up="once")
+    start_run(ledger)
+    plan = recovery.recover(ledger, utcnow())
+    assert plan.ended == 0
+    assert "ended 0 leftover processes" in plan.line()

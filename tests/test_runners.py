@@ -37,6 +37,11 @@ def pid_alive(pid: int) -> bool:
         return handle.read().split(") ")[1][0] != "Z"
 
 
+def session_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as handle:
+        return int(handle.read().rsplit(") ", 1)[1].split()[3])
+
+
 def wait_for(predicate, timeout=5.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -242,3 +247,224 @@ def test_an_isolated_callable_that_kills_its_process_fails():
     result = run_isolated(lambda c: os._exit(7), ctx(), None)
     assert (result.succeeded, result.exit_code) == (False, 7)
     assert result.error == "the callable's process ended: exit status 7"
+
+
+# -- a run's whole process tree ---------------------------------------------------------------
+
+TREE = ("sleep 300 & echo $! >> {pids}; "
+        "sh -c 'sleep 300 & echo $! >> {pids}; wait' & echo $! >> {pids}; "
+        "setsid sh -c 'echo $$ >> {pids}; exec sleep 300' & "
+        "{tail}")
+
+
+# A command that exits at once, leaving its tree behind (all four pids written first).
+EXIT_EARLY = 'until [ "$(wc -l < {pids})" -ge 4 ]; do sleep 0.01; done; echo started'
+
+
+def pids_in(path, count):
+    wait_for(lambda: path.exists() and len(path.read_text().split()) >= count)
+    found = [int(p) for p in path.read_text().split()]
+    assert len(found) == count
+    return found
+
+
+def table_for(tmp_path):
+    from edgeworker.processes import ProcessTable
+
+    database = tmp_path / "ew.db"
+    database.touch()
+    return ProcessTable.for_database(database)
+
+
+@pytest.mark.timeout(60)
+def test_background_children_are_ended_when_the_command_exits(tmp_path):
+    """sh -c 'sleep 1000 & echo started': the run neither waits on the pipe the sleep holds nor
+    leaves it running (it used to wait 1000 s, then "succeed" with the sleep still alive)."""
+    pid_file = tmp_path / "pid"
+    result = run(f"sleep 1000 & echo $! > {pid_file}; echo started", shell=True)
+    assert (result.succeeded, result.output) == (True, "started\n")
+    pid = int(pid_file.read_text())
+    assert wait_for(lambda: not pid_alive(pid)), "the background child outlived its run"
+
+
+@pytest.mark.timeout(60)
+def test_a_setsid_grandchild_is_ended_with_the_runs_cgroup(tmp_path):
+    table = table_for(tmp_path)
+    if table.cgroups is None:
+        table.close()
+        pytest.skip("no writable cgroup v2 here: a setsid grandchild escapes its group")
+    pids = tmp_path / "pids"
+    try:
+        result = run_command(TREE.format(pids=pids, tail=EXIT_EARLY.format(pids=pids)), True,
+                             command_env(dict(os.environ), {}, {}), None, None, table=table,
+                             run=(7, 1))
+        assert (result.succeeded, result.output) == (True, "started\n")
+        for pid in pids_in(pids, 4):
+            assert wait_for(lambda p=pid: not pid_alive(p)), f"pid {pid} survived"
+        assert not (table.cgroups / "task-7.1").exists()
+        assert list(table.directory.iterdir()) == []  # the record is gone with the run
+    finally:
+        table.close()
+    assert not table.cgroups.exists()
+
+
+@pytest.mark.timeout(60)
+def test_without_a_cgroup_a_setsid_grandchild_is_found_by_its_environment(tmp_path):
+    """Where cgroup v2 is not writable (a non-root worker, the shipped unit without Delegate=)."""
+    from edgeworker.processes import ProcessTable
+
+    table = ProcessTable("nocgroup", tmp_path / "records", None)
+    pids = tmp_path / "pids"
+    result = run_command(TREE.format(pids=pids, tail=EXIT_EARLY.format(pids=pids)), True,
+                         command_env(dict(os.environ), {}, {}), None, None, table=table,
+                         run=(6, 1))
+    assert (result.succeeded, result.output) == (True, "started\n")
+    for pid in pids_in(pids, 4):
+        assert wait_for(lambda p=pid: not pid_alive(p)), f"pid {pid} survived"
+
+
+@pytest.mark.timeout(60)
+def test_a_timeout_ends_a_setsid_grandchild_too(tmp_path):
+    table = table_for(tmp_path)
+    if table.cgroups is None:
+        table.close()
+        pytest.skip("no writable cgroup v2 here: a setsid grandchild escapes its group")
+    pids = tmp_path / "pids"
+    try:
+        result = run_command(TREE.format(pids=pids, tail="trap '' TERM; wait"), True,
+                             command_env(dict(os.environ), {}, {}), None, 0.5, grace=0.2,
+                             table=table, run=(8, 1))
+        assert result.error == "timed out after 0.5s: stopped its process group"
+        for pid in pids_in(pids, 4):
+            assert wait_for(lambda p=pid: not pid_alive(p)), f"pid {pid} survived"
+    finally:
+        table.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_cancel_stops_the_whole_tree(tmp_path):
+    pids = tmp_path / "pids"
+    asked = []
+
+    def cancelled():
+        asked.append(1)
+        return "cancelled by tester (uid 0)" if pids.exists() and len(
+            pids.read_text().split()) >= 4 else None
+
+    table = table_for(tmp_path)
+    try:
+        result = run_command(TREE.format(pids=pids, tail="wait"), True,
+                             command_env(dict(os.environ), {}, {}), None, None, grace=0.5,
+                             table=table, run=(9, 1), cancelled=cancelled)
+    finally:
+        table.close()
+    assert (result.succeeded, result.error) == (False, "cancelled by tester (uid 0)")
+    for pid in pids_in(pids, 4)[:3 if table.cgroups is None else 4]:
+        assert wait_for(lambda p=pid: not pid_alive(p)), f"pid {pid} survived"
+
+
+WORKER = """
+import os, sys
+from edgeworker.processes import ProcessTable
+from edgeworker.runners import command_env, run_command
+table = ProcessTable.for_database(sys.argv[1], use_cgroups=sys.argv[3] == "cgroup")
+run_command(sys.argv[2], True, command_env(dict(os.environ), {}, {}), None, None, table=table,
+            run=(5, 1))
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cgroup", [False, True], ids=["group", "cgroup"])
+def test_a_killed_workers_tree_dies_with_it_or_at_the_next_start(tmp_path, cgroup):
+    """The run's watcher takes the whole group with the worker (PR_SET_PDEATHSIG would take only
+    the command itself), and the whole cgroup where there is one; without, the grandchild in a
+    session of its own is ended by the next start."""
+    import subprocess
+    import sys
+
+    from edgeworker.processes import ProcessTable
+
+    database = tmp_path / "ew.db"
+    database.touch()
+    pids = tmp_path / "pids"
+    leader = tmp_path / "leader"
+    script = TREE.format(pids=pids, tail=f"echo $$ > {leader}; wait")
+    if cgroup:
+        probe = table_for(tmp_path)
+        probe.close()
+        if probe.cgroups is None:
+            pytest.skip("no writable cgroup v2 here")
+    worker = subprocess.Popen([sys.executable, "-c", WORKER, str(database), script,
+                               "cgroup" if cgroup else "group"])
+    try:
+        tree = pids_in(pids, 4)
+        assert wait_for(lambda: leader.exists() and leader.read_text().strip())
+        command = int(leader.read_text())
+        [escaped] = [pid for pid in tree if session_of(pid) == pid]
+        worker.kill()
+        worker.wait()
+        for pid in [command, *tree]:
+            if pid != escaped or cgroup:
+                assert wait_for(lambda p=pid: not pid_alive(p)), f"{pid} outlived its worker"
+        table = ProcessTable.for_database(database)
+        if cgroup:  # nothing left at all, once the watcher itself is gone
+            assert wait_for(lambda: not table.leftovers()[0])
+        else:
+            assert pid_alive(escaped)  # what the next start is for
+        ended = table.end_leftovers(1.0)
+        table.close()
+        assert ended == (0 if cgroup else 1)
+        for pid in tree:
+            assert wait_for(lambda p=pid: not pid_alive(p)), f"pid {pid} survived"
+        assert not table.directory.exists()
+    finally:
+        worker.kill()
+        for pid in (pids_in(pids, 4) if pids.exists() else []):
+            with __import__("contextlib").suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_every_run_is_marked_in_its_environment(tmp_path):
+    from edgeworker.processes import ProcessTable
+
+    table = ProcessTable("-", None, None)
+    result = run_command("echo $EDGEWORKER_RUN", True, command_env(dict(os.environ), {}, {}),
+                         None, None, table=table, run=(3, 2))
+    assert (result.succeeded, result.output) == (True, "-:3:2\n")
+
+
+def test_a_program_that_is_not_executable_is_refused(tmp_path):
+    script = tmp_path / "script"
+    script.write_text("#!/bin/sh\necho hi\n")
+    result = run(str(script))
+    assert (result.succeeded, result.exit_code, result.error) == (
+        False, 126, f"permission denied: {script}")
+
+
+def test_an_adopted_process_group_is_a_run_too(tmp_path):
+    """What a callable run in a forked child (its own session) needs: a record, `kill_all`,
+    and its whole group ended."""
+    import subprocess
+
+    table = table_for(tmp_path)
+    proc = subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300"], start_new_session=True,
+                            stdout=subprocess.PIPE)
+    try:
+        tree = table.adopt(proc, 4, 1)
+        assert table.find(4, 1).pgid == proc.pid
+        assert wait_for(lambda: len(tree.members()) >= 2)
+        members = tree.members()
+        assert table.kill_all() == 1
+        for pid in members:
+            assert wait_for(lambda p=pid: not pid_alive(p)), f"pid {pid} survived"
+        proc.wait()
+        tree.close()
+        assert table.find(4, 1) is None
+    finally:
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        for path, _ in table.records():
+            path.unlink()
+        table.close()

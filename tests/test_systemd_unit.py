@@ -355,3 +355,47 @@ def test_jobs_write_outside_the_state_directory_only_with_the_documented_drop_in
         sd.systemctl("restart", UNIT, check=True, timeout=30)
         sd.wait_for(lambda: sd.path("/var/lib/sensor-data/readings").read_text().count("\n") >= 2,
                     20, "two readings stored")
+
+
+ESCAPE = '''[worker]
+database = "/var/lib/edgeworker/edgeworker.db"
+
+[[jobs]]
+name = "escape"
+command = ["sh", "-c", "PREFIX setsid sh -c 'echo $$ > /var/lib/edgeworker/escapee; \
+exec sleep 300' & until [ -s /var/lib/edgeworker/escapee ]; do sleep 0.01; done"]
+every = "1h"
+'''
+
+DELEGATE = """\
+[Service]
+Delegate=yes
+ProtectControlGroups=no
+"""
+
+
+@needs_systemd
+@pytest.mark.timeout(90, func_only=True)
+@pytest.mark.parametrize("delegated", [False, True], ids=["shipped", "delegated"])
+def test_a_grandchild_that_leaves_its_group_ends_with_its_run(binary_dir, delegated):
+    """As shipped, the worker finds a setsid'd grandchild by its environment (ProtectProc= hides
+    only other users' processes); with the drop-in of docs/deploy.md each run gets a cgroup,
+    which also ends one that cleared its environment."""
+    units = {UNIT: UNIT_FILE, f"{UNIT}.d/test-timings.conf": TEST_TIMINGS}
+    if delegated:
+        units[f"{UNIT}.d/delegate.conf"] = DELEGATE
+    config = ESCAPE.replace("PREFIX", "env -i" if delegated else "")
+    with BootedSystemd(units, files={"/etc/edgeworker/edgeworker.toml": config},
+                       binds={"/usr/local/bin": binary_dir}, users=["edgeworker"]) as sd:
+        start(sd)
+        sd.run("runuser", "-u", "edgeworker", "--", "/usr/local/bin/edgeworker", "--config",
+               "/etc/edgeworker/edgeworker.toml", "jobs", "run", "escape", check=True)
+        sd.wait_for(lambda: query(sd, "SELECT 1 FROM tasks WHERE origin = 'manual' AND "
+                                      "status = 'succeeded'"), 20, "the run to succeed")
+        pid = int(sd.path("/var/lib/edgeworker/escapee").read_text())
+        sd.wait_for(lambda: sd.run("sh", "-c", f"! test -d /proc/{pid} || grep -q "
+                                   f"'^State:.Z' /proc/{pid}/status").returncode == 0,
+                    10, f"the escaped grandchild (pid {pid}) to end")
+        journal = sd.journal(UNIT)
+        assert ("commands run in a cgroup each" in journal) == delegated, journal
+        assert "records in /run/edgeworker/" in journal

@@ -12,7 +12,8 @@ settles and stops gracefully, and `check()` verifies from the database and the l
   exactly one pending scheduled run;
 - every run the ledger shows started and not finished was run again, or its task ended
   failed/cancelled with a stated reason;
-- no two runs of one job overlapped in time (so never two runs of one task);
+- no two runs of one job overlapped in time (so never two runs of one task), and no process of
+  an earlier run of the "tree" job was alive when the next one started (its lock);
 - every slot since the first start is accounted for by the job's catch-up policy;
 - (power cuts) every task state the worker logged as committed before a cut is in the database.
 
@@ -43,9 +44,17 @@ JOBS = {
     "every-slot": ("300ms", "all", 10),
     "skip": ("500ms", "skip", 10),
     "once": ("700ms", "once", 10),
+    "tree": ("400ms", "skip", 10),
 }
+# The "tree" job's script starts a child, a grandchild and one in a session of its own, all
+# holding a lock on tree.lock (an inherited fd) for as long as they live; a run that cannot take
+# the lock at once saw a process of an earlier run alive, and appends to tree.overlaps.
+TREE = ("exec 9>>{dir}/tree.lock; "
+        'flock -n 9 || echo "$EDGEWORKER_TASK_ID $EDGEWORKER_ATTEMPT" >> {dir}/tree.overlaps; '
+        "sleep 30 & sh -c 'sleep 30 & wait' & setsid sh -c 'exec sleep 30' & ")
 STARTED = re.compile(r"task (\d+) job (\S+) attempt (\d+) started")
 SUCCEEDED = re.compile(r"task (\d+) job (\S+) attempt (\d+) succeeded")
+ENDED = re.compile(r"ended (\d+) leftover process")
 
 
 def config_text(ledger_dir: Path, database: Path, durability: str = "full") -> str:
@@ -54,7 +63,8 @@ def config_text(ledger_dir: Path, database: Path, durability: str = "full") -> s
     for name, (every, catch_up, attempts) in JOBS.items():
         ledger = ledger_dir / f"{name}.ledger"
         line = "$EDGEWORKER_TASK_ID $EDGEWORKER_ATTEMPT"
-        script = (f'echo "{line} start $(date +%s%N)" >> {ledger}; '
+        script = (TREE.format(dir=ledger_dir) if name == "tree" else "") + (
+                  f'echo "{line} start $(date +%s%N)" >> {ledger}; '
                   f'sleep 0.0$(( $EDGEWORKER_TASK_ID % 10 )); '
                   f'echo "{line} end $(date +%s%N)" >> {ledger}')
         lines.append(f'[[jobs]]\nname = "{name}"\ncommand = {json.dumps(script)}\nshell = true\n'
@@ -85,6 +95,7 @@ class Figures:
     stuck: int = 0
     overlaps: int = 0
     orphans: int = 0
+    leftovers: int = 0  # processes of interrupted runs that start-up recovery ended
     recovery_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -96,6 +107,7 @@ class Figures:
                 f"{self.checked}, "
                 f"interrupted {self.interrupted}, lost states {self.lost_states}, "
                 f"stuck {self.stuck}, orphaned {self.orphans}, overlaps {self.overlaps}, "
+                f"leftover processes ended {self.leftovers}, "
                 f"recovery p50 {rec[len(rec) // 2]:.1f} ms max {rec[-1]:.1f} ms, "
                 f"{self.seconds:.0f}s")
 
@@ -211,6 +223,7 @@ class Torture:
             con.close()
         f.tasks = len(tasks)
         f.recovery_ms = recoveries
+        f.leftovers = sum(int(n) for n in ENDED.findall(self.log()))
         problems: list[str] = []
 
         # nothing stuck: no running task after a graceful stop, every created one has a message
@@ -258,6 +271,13 @@ class Torture:
                     f.overlaps += 1
                     problems.append(f"{name}: runs of tasks {first.task} and {second.task} "
                                     "overlapped")
+
+        # processes: the tree job's lock was free at every start
+        path = self.ledgers / "tree.overlaps"
+        held = path.read_text().splitlines() if path.exists() else []
+        f.overlaps += len(held)
+        problems += [f"tree: task {line} started while a process of an earlier run lived"
+                     for line in held]
 
         # slots: unique per job; for catch_up = all, none missing from first to last
         for name, (every, catch_up, _) in JOBS.items():

@@ -117,3 +117,15 @@ class WorkerProcess:
 
     def __exit__(self, *exc) -> None:
         self.kill()
+        self.end_leftovers()
+
+    def end_leftovers(self) -> int:
+        """What a killed worker's next start would do: end its runs' processes, remove their
+        cgroups and records (a test leaves nothing behind)."""
+        from edgeworker.processes import ProcessTable
+
+        table = ProcessTable.for_database(self.db)
+        try:
+            return table.end_leftovers(0.5)
+        finally:
+            table.close()

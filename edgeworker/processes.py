@@ -1,0 +1,538 @@
+"""A run's processes: started in a group (and a cgroup) of their own, recorded while they run,
+and ended whole, when the run ends and, after a crash, before the run is tried again.
+
+How a command starts. `subprocess` puts it in a new process group (`process_group=0`, no
+`preexec_fn`: that is unsafe in a threaded program and forces fork instead of vfork). It starts
+as a `/bin/sh` gate that waits on its stdin, a pipe from the worker, for one line. While it
+waits, the worker moves it into the run's cgroup and writes the run's record; then it says "go".
+The gate leaves a watcher in the run's group, blocked on the same pipe, and execs the command
+(which keeps the gate's pid, so the command is the group's leader). The worker holds the pipe's
+other end until the run is over; if the worker dies, the watcher reads end-of-file and kills the
+run's cgroup (`cgroup.kill`) or, without one, its whole group (`kill -KILL 0`): commands die with
+the worker, children and grandchildren too, not only the direct child as with PR_SET_PDEATHSIG
+(`setpriv --pdeathsig` was tried: it calls capset(2), which the shipped unit's system call filter
+refuses). A worker killed before "go" leaves a gate that reads end-of-file and exits: nothing of
+a run exists outside its cgroup or without its record. Without a cgroup, what left the group
+(`setsid`) is ended by the next start.
+
+What identifies a run's processes, and why here. The record is a small file per running task in
+a runtime directory on tmpfs: `$RUNTIME_DIRECTORY` (systemd's `RuntimeDirectory=`), else
+`/run/edgeworker` when writable, else `$XDG_RUNTIME_DIR/edgeworker`, else a directory beside the
+database; one subdirectory per database. It holds the process group id, the leader's start time
+(`/proc/PID/stat` field 22: a pid that was reused has another one), the boot id, the cgroup and
+the worker. Processes do not survive a reboot, so a tmpfs record is exactly as durable as what it
+describes, and it costs the SD card nothing; the alternative, the group in the task row, would
+need a commit after the process exists (the claim commits before), or an fsync'ed one per run.
+Three nets find what is left of a dead worker's runs, all of them at every start:
+- the recorded process group (a pid is not reused while it names a group with live members, and
+  a recorded leader alive with another start time is another process);
+- the run's cgroup, where cgroup v2 is writable (as root, or under systemd with `Delegate=yes`):
+  `<worker's cgroup>/edgeworker-<database key>/task-<id>.<attempt>`, ended whole with
+  `cgroup.kill` (kernel >= 5.14; else every pid in `cgroup.procs`), removed when the run ends. A
+  process that calls `setsid` leaves its group but not its cgroup. The worker stays where it is:
+  cgroup v2's "no internal processes" rule binds only a cgroup with controllers enabled for its
+  children, and `cgroup.kill` needs none. Per-job limits (memory, CPU) will: then the worker
+  (and under systemd the one-file binary's bootloader) must first move into a leaf (`worker/`);
+- `/proc/*/environ`: every command gets `EDGEWORKER_RUN=<database key>:<task>:<attempt>`, which
+  also finds a `setsid` grandchild where there is no cgroup (unless it cleared its environment).
+Ending is SIGTERM, a short grace, then SIGKILL. When a run's main process exits, whatever it left
+in its group and cgroup is ended the same way (as systemd does when a service's main process
+exits); the run never waits on a pipe that a leftover holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+logger = logging.getLogger("edgeworker.processes")
+
+RUN_VAR = "EDGEWORKER_RUN"
+# Wait for "go [cgroup]"; leave a watcher (not a child of the command) that ends the cgroup, or
+# else the group, when the worker's end of the pipe closes while it lives; exec the command.
+GATE = ('read -r _ cg || exit 125; exec 3<&0 </dev/null; '
+        '( { read -r _ <&3; [ -n "$cg" ] && echo 1 > "$cg/cgroup.kill"; kill -KILL 0; } '
+        '>/dev/null 2>&1 & ); exec "$@" 3<&-')
+WATCHER = f"/bin/sh\0-c\0{GATE}\0".encode()
+POLL = 0.02
+
+
+def database_key(database: Path | str) -> str:
+    return hashlib.sha256(os.path.realpath(database).encode()).hexdigest()[:16]
+
+
+def boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            return handle.read().strip()
+    except OSError:
+        return "noboot"
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, process group, start time) of a process, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2:].split()
+    return fields[0].decode(), int(fields[2]), int(fields[19])
+
+
+def _alive(pid: int, start: int | None = None) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X") and (start is None or stat[2] == start)
+
+
+def _is_watcher(pid: int) -> bool:
+    """Is this the gate's watcher (a fork of the gate, so it has the gate's command line)?"""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read(len(WATCHER)) == WATCHER
+    except OSError:
+        return False
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _environ_has(pid: int, needle: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            return needle in handle.read()
+    except OSError:
+        return False
+
+
+# -- cgroups ------------------------------------------------------------------------------------
+
+def _own_cgroup() -> Path | None:
+    """This process's cgroup v2 directory, or None without a cgroup v2 hierarchy."""
+    try:
+        with open("/proc/self/cgroup") as handle:
+            own = next((line[3:].strip() for line in handle if line.startswith("0::")), None)
+        with open("/proc/self/mountinfo") as handle:
+            mounts = [line.split() for line in handle]
+    except OSError:
+        return None
+    if own is None:
+        return None
+    for fields in mounts:
+        sep = fields.index("-")
+        if fields[sep + 1] != "cgroup2":
+            continue
+        root, point = fields[3], fields[4]
+        if own == root or own.startswith(root.rstrip("/") + "/"):
+            return Path(point) / own[len(root):].lstrip("/")
+    return None
+
+
+def _cgroup_pids(cgroup: Path) -> list[int]:
+    try:
+        return [int(line) for line in (cgroup / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _cgroup_populated(cgroup: Path) -> bool:
+    try:
+        return "populated 1" in (cgroup / "cgroup.events").read_text()
+    except OSError:
+        return False
+
+
+def _cgroup_kill(cgroup: Path) -> None:
+    try:
+        (cgroup / "cgroup.kill").write_text("1")
+        return
+    except FileNotFoundError:
+        if not cgroup.exists():
+            return
+    except OSError:
+        pass
+    for _ in range(10):  # before 5.14: kill what is there, and what it forks meanwhile
+        pids = _cgroup_pids(cgroup)
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _cgroup_remove(cgroup: Path, timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    pause = 0.001  # its last processes are usually gone within a millisecond
+    while _cgroup_populated(cgroup) and time.monotonic() < deadline:
+        time.sleep(pause)
+        pause = min(pause * 2, POLL)
+    try:
+        cgroup.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logger.warning("cannot remove cgroup %s: %s", cgroup, exc)
+
+
+# -- a run's record -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Record:
+    """What identifies one run's processes (a file in the runtime directory while it runs)."""
+
+    task_id: int
+    attempt: int
+    pgid: int
+    start: int  # the leader's start time, /proc/PID/stat field 22
+    boot: str
+    cgroup: str | None
+    worker: int  # the pid of the worker that started it
+
+
+def runtime_directory(database: Path | str) -> Path:
+    """Where the records of a database's running tasks live (see the module docstring)."""
+    key = database_key(database)
+    candidates = []
+    if os.environ.get("RUNTIME_DIRECTORY"):
+        candidates.append(Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0]))
+    candidates.append(Path("/run/edgeworker"))
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        candidates.append(Path(os.environ["XDG_RUNTIME_DIR"]) / "edgeworker")
+    for base in candidates:
+        try:
+            base.mkdir(mode=0o755, exist_ok=True)
+            (base / key).mkdir(mode=0o700, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(base / key, os.W_OK | os.X_OK):
+            return base / key
+    beside = Path(f"{os.path.realpath(database)}.runs")
+    return beside
+
+
+class Tree:
+    """The processes of one running command: its group, and its cgroup if it has one."""
+
+    def __init__(self, table: ProcessTable, proc: subprocess.Popen, record: Record,
+                 path: Path | None, gate: int | None):
+        self.table = table
+        self.proc = proc
+        self.gate = gate  # the worker's end of the pipe the watcher waits on
+        self.record = record
+        self.path = path
+        self.cgroup = Path(record.cgroup) if record.cgroup else None
+        # Without a cgroup, a process that called setsid is found by its environment (only
+        # processes younger than the run's leader are read).
+        self.marker = (f"{RUN_VAR}={table.key}:{record.task_id}:{record.attempt}\0".encode()
+                       if self.cgroup is None and table.directory is not None else None)
+
+    @property
+    def pgid(self) -> int:
+        return self.record.pgid
+
+    def signal(self, sig: int, members: set[int] | None = None) -> None:
+        """Send `sig` to every process of the run (SIGKILL ends a cgroup whole), and to
+        `members` found by `members()`."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pgid, sig)
+        for pid in members or ():
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        if self.cgroup is not None:
+            if sig == signal.SIGKILL:
+                _cgroup_kill(self.cgroup)
+            else:
+                for pid in _cgroup_pids(self.cgroup):
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, sig)
+
+    def members(self) -> set[int]:
+        """Live processes of the run (the group's and the cgroup's, zombies left out)."""
+        if self.cgroup is not None:  # every process of the group is in it: no /proc scan
+            if not _cgroup_populated(self.cgroup):
+                return set()
+            return {pid for pid in _cgroup_pids(self.cgroup) if _alive(pid)}
+        found: set[int] = set()
+        try:
+            os.killpg(self.pgid, 0)
+            grouped = True
+        except (ProcessLookupError, PermissionError):
+            grouped = False
+        if grouped or self.marker is not None:
+            me = os.getpid()
+            for pid in _pids():
+                stat = _stat(pid)
+                if stat is None or stat[0] in ("Z", "X") or pid == me:
+                    continue
+                if stat[1] == self.pgid or (self.marker is not None
+                                            and stat[2] >= self.record.start
+                                            and _environ_has(pid, self.marker)):
+                    found.add(pid)
+        return found
+
+    def end(self, grace: float) -> int:
+        """End whatever is left of the run: SIGTERM, up to `grace` seconds, SIGKILL. Returns how
+        many processes were alive, the run's watcher left out (it goes at once, unasked)."""
+        left = self.members()
+        watchers = {pid for pid in left if _is_watcher(pid)}
+        for pid in watchers:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        left -= watchers
+        if not left:
+            return 0
+        self.signal(signal.SIGTERM, left)
+        deadline = time.monotonic() + grace
+        pause = 0.001
+        while (still := self.members() - watchers) and time.monotonic() < deadline:
+            time.sleep(pause)
+            pause = min(pause * 2, POLL)
+        if still:
+            self.signal(signal.SIGKILL, still)
+        return len(left)
+
+    def close(self) -> None:
+        """The run is over and its processes ended: remove its cgroup and its record."""
+        self.table._forget(self)
+        if self.gate is not None:
+            os.close(self.gate)
+            self.gate = None
+        if self.cgroup is not None:
+            _cgroup_remove(self.cgroup)
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+
+class ProcessTable:
+    """The running commands of one database's worker, and what a dead worker left behind."""
+
+    def __init__(self, key: str, directory: Path | None, cgroups: Path | None):
+        self.key = key
+        self.directory = directory
+        self.cgroups = cgroups  # parent of the runs' cgroups, or None: process groups only
+        self.running: dict[int, Tree] = {}
+        self.lock = threading.Lock()
+
+    @classmethod
+    def for_database(cls, database: Path | str, use_cgroups: bool = True) -> ProcessTable:
+        key = database_key(database)
+        return cls(key, runtime_directory(database), _runs_cgroup(key) if use_cgroups else None)
+
+    def describe(self) -> str:
+        cgroups = (f"a cgroup each under {self.cgroups}" if self.cgroups else
+                   "process groups only (no writable cgroup v2: a process that calls setsid "
+                   "leaves its run's group until the next start)")
+        return f"commands run in {cgroups}; records in {self.directory}"
+
+    # -- starting ---------------------------------------------------------------------------
+
+    def spawn(self, argv: list[str], env: dict[str, str], cwd: str | None, task_id: int,
+              attempt: int) -> Tree:
+        """Start `argv` as the run (task_id, attempt); raises OSError like Popen."""
+        env = {**env, RUN_VAR: f"{self.key}:{task_id}:{attempt}"}
+        wrapped = ["/bin/sh", "-c", GATE, "edgeworker-run", *argv]
+        gate_read, gate_write = os.pipe()
+        try:
+            proc = subprocess.Popen(wrapped, stdin=gate_read, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                                    process_group=0, close_fds=True)
+        except BaseException:
+            os.close(gate_write)
+            raise
+        finally:
+            os.close(gate_read)
+        try:
+            tree = self._register(proc, task_id, attempt, gate_write)
+            os.write(gate_write, f"go {tree.cgroup or ''}\n".encode())
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            proc.stdout.close()
+            os.close(gate_write)
+            raise
+        return tree
+
+    def adopt(self, proc, task_id: int, attempt: int) -> Tree:
+        """Supervise, as the run (task_id, attempt), a process that already leads a process
+        group of its own (a forked child that called setsid, such as a callable run in a child
+        process): recorded, ended whole with its group, stopped by `kill_all`. `proc` offers what
+        `Popen` does (pid, poll, wait, stdout, returncode). It gets no cgroup and no watcher."""
+        return self._register(proc, task_id, attempt, None, move=False)
+
+    def _register(self, proc: subprocess.Popen, task_id: int, attempt: int, gate: int | None,
+                  move: bool = True) -> Tree:
+        cgroup = self._make_cgroup(proc.pid, task_id, attempt) if move else None
+        stat = _stat(proc.pid)
+        record = Record(task_id, attempt, proc.pid, stat[2] if stat else 0, boot_id(),
+                        str(cgroup) if cgroup else None, os.getpid())
+        path = None
+        if self.directory is not None:
+            path = self.directory / f"{task_id}.{attempt}"
+            try:
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                path.write_text(json.dumps(asdict(record)))
+            except OSError as exc:
+                logger.warning("cannot record task %s's processes in %s: %s", task_id,
+                               self.directory, exc)
+                path = None
+        tree = Tree(self, proc, record, path, gate)
+        with self.lock:
+            self.running[proc.pid] = tree
+        return tree
+
+    def _make_cgroup(self, pid: int, task_id: int, attempt: int) -> Path | None:
+        if self.cgroups is None:
+            return None
+        cgroup = self.cgroups / f"task-{task_id}.{attempt}"
+        try:
+            cgroup.mkdir(exist_ok=True)
+            (cgroup / "cgroup.procs").write_text(str(pid))
+        except OSError as exc:
+            logger.warning("cannot give task %s a cgroup (%s): commands run in process groups "
+                           "only from now on", task_id, exc)
+            with contextlib.suppress(OSError):
+                cgroup.rmdir()
+            self.cgroups = None
+            return None
+        return cgroup
+
+    def _forget(self, tree: Tree) -> None:
+        with self.lock:
+            self.running.pop(tree.pgid, None)
+
+    def close(self) -> None:
+        """Remove this database's cgroup parent and record directory if no run is left in
+        them (a clean stop)."""
+        for directory in (self.cgroups, self.directory):
+            if directory is not None:
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
+
+    def kill_all(self) -> int:
+        """SIGKILL every running command whole (a forced stop of the worker)."""
+        with self.lock:
+            trees = list(self.running.values())
+        for tree in trees:
+            tree.signal(signal.SIGKILL)
+        return len(trees)
+
+    def find(self, task_id: int, attempt: int) -> Record | None:
+        if self.directory is None:
+            return None
+        return _read_record(self.directory / f"{task_id}.{attempt}")
+
+    # -- what a dead worker left ------------------------------------------------------------
+
+    def records(self) -> list[tuple[Path, Record]]:
+        if self.directory is None or not self.directory.is_dir():
+            return []
+        found = []
+        for path in sorted(self.directory.iterdir()):
+            record = _read_record(path)
+            if record is not None:
+                found.append((path, record))
+        return found
+
+    def leftovers(self, only: tuple[int, int] | None = None) -> tuple[dict[int, int], list[Path]]:
+        """Live processes of runs that no live worker supervises: {pid: start time}, and their
+        cgroups. Call only while holding the database's worker lock, or with `only` naming one
+        run (task_id, attempt)."""
+        boot = boot_id()
+        pids: dict[int, int] = {}
+        cgroups: list[Path] = []
+        groups: set[int] = set()
+        for _, record in self.records():
+            if only is not None and (record.task_id, record.attempt) != only:
+                continue
+            if record.boot != boot:
+                continue
+            leader = _stat(record.pgid)
+            if leader is None or leader[1] != record.pgid or leader[2] == record.start:
+                groups.add(record.pgid)  # else the pid is another process's now
+            if record.cgroup:
+                cgroups.append(Path(record.cgroup))
+        if only is None and self.cgroups is not None and self.cgroups.is_dir():
+            cgroups += [path for path in self.cgroups.iterdir()
+                        if path.is_dir() and path not in cgroups]
+        for cgroup in cgroups:
+            for pid in _cgroup_pids(cgroup):
+                if (stat := _stat(pid)) and stat[0] != "Z":
+                    pids[pid] = stat[2]
+        marker = f"{RUN_VAR}={self.key}:".encode()
+        if only is not None:
+            marker += f"{only[0]}:{only[1]}\0".encode()
+        me = os.getpid()
+        for pid in _pids():
+            if pid == me or pid in pids:
+                continue
+            stat = _stat(pid)
+            if stat is None or stat[0] == "Z":
+                continue
+            if stat[1] in groups or _environ_has(pid, marker):
+                pids[pid] = stat[2]
+        return pids, cgroups
+
+    def end_leftovers(self, grace: float, only: tuple[int, int] | None = None) -> int:
+        """End every process a dead worker's runs left (SIGTERM, `grace`, SIGKILL), remove their
+        cgroups and records; returns how many processes were alive."""
+        pids, cgroups = self.leftovers(only)
+        for pid, start in pids.items():
+            if _alive(pid, start):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while (any(_alive(pid, start) for pid, start in pids.items())
+               and time.monotonic() < deadline):
+            time.sleep(POLL)
+        for pid, start in pids.items():
+            if _alive(pid, start):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        for cgroup in cgroups:
+            _cgroup_kill(cgroup)
+            _cgroup_remove(cgroup)
+        for path, record in self.records():
+            if only is None or (record.task_id, record.attempt) == only:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        return len(pids)
+
+
+def _read_record(path: Path) -> Record | None:
+    try:
+        return Record(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _runs_cgroup(key: str) -> Path | None:
+    """Create (or find) the parent of this database's runs' cgroups, or None where cgroup v2
+    is not writable here."""
+    own = _own_cgroup()
+    if own is None:
+        logger.info("no cgroup v2 hierarchy: commands run in process groups only")
+        return None
+    parent = own / f"edgeworker-{key}"
+    try:
+        parent.mkdir(exist_ok=True)
+    except OSError as exc:
+        logger.info("cgroup %s is not writable (%s): commands run in process groups only "
+                    "(a process that calls setsid leaves its run's group)", own, exc.strerror)
+        return None
+    if not os.access(own / "cgroup.procs", os.W_OK):
+        logger.info("cannot move processes out of cgroup %s: commands run in process groups "
+                    "only", own)
+        return None
+    return parent
