@@ -25,7 +25,8 @@ def spec_columns(spec: JobSpec) -> dict:
     return {
         "kind": spec.kind,
         "target": spec.target,
-        "shell": spec.isolate if spec.kind == "callable" else spec.shell,  # Job.isolated
+        "shell": spec.shell,
+        "isolate": spec.isolate,
         "every_seconds": spec.every,
         "cron": spec.cron,
         "timezone": spec.timezone,

@@ -71,8 +71,7 @@ class Job(BaseModel):
     name = peewee.TextField(unique=True)
     kind = peewee.TextField()  # "command" | "callable"
     target = peewee.TextField()
-    # A command's `shell`; a callable's `isolate` (no column of its own yet: see `isolated`).
-    shell = peewee.BooleanField(default=False)
+    shell = peewee.BooleanField(default=False)  # a command through /bin/sh -c
     every_seconds = peewee.FloatField(null=True)
     cron = peewee.TextField(null=True)
     timezone = peewee.TextField(null=True)
@@ -88,6 +87,7 @@ class Job(BaseModel):
     cwd = peewee.TextField(null=True)
     env_file = peewee.TextField(null=True)  # a path; the values are read at each run
     source = peewee.TextField(default="cli")  # "config" | "cli"
+    isolate = peewee.BooleanField(default=False)  # a callable in a child process
     created_at = UtcDateTimeField()
     updated_at = UtcDateTimeField()
 
@@ -101,8 +101,8 @@ class Job(BaseModel):
 
     @property
     def isolated(self) -> bool:
-        """A callable run in a child process. Stored in `shell`, which only a command uses."""
-        return self.kind == "callable" and self.shell
+        """A callable run in a child process."""
+        return self.kind == "callable" and self.isolate
 
     @property
     def environment(self) -> dict[str, str]:

@@ -59,7 +59,7 @@ def job_row(job: Job, now: datetime, counts: dict[str, int] | None = None) -> di
         "name": job.name,
         "kind": job.kind,
         "target": job.target,
-        "shell": job.shell and job.kind == "command",
+        "shell": job.shell,
         "isolate": job.isolated,
         "schedule": job.schedule_text,
         "every_seconds": job.every_seconds,

@@ -204,3 +204,16 @@ def test_011_makes_task_ids_never_reused_and_keeps_every_row(fresh):
     fresh.execute_sql("DELETE FROM jobs WHERE id = 1")
     assert fresh.execute_sql("SELECT count(*) FROM tasks WHERE job_id IS NOT NULL"
                              ).fetchone() == (0,)
+
+
+def test_016_gives_isolate_a_column_of_its_own(fresh):
+    all_migrations = migrate.discover()
+    before_016 = max(m.version for m in all_migrations if m.version < 16)
+    migrate.apply(fresh, migrate.plan(fresh, all_migrations, target=before_016))
+    for id_, kind, shell in ((1, "callable", 1), (2, "callable", 0), (3, "command", 1)):
+        fresh.execute_sql("INSERT INTO jobs (id, name, kind, target, shell, every_seconds, "
+                          "created_at, updated_at) VALUES (?, ?, ?, 'x:y', ?, 60, ?, ?)",
+                          (id_, f"j{id_}", kind, shell, NOW, NOW))
+    migrate.apply(fresh, migrate.plan(fresh, all_migrations, target=16))
+    assert fresh.execute_sql("SELECT id, shell, isolate FROM jobs ORDER BY id").fetchall() == [
+        (1, 0, 1), (2, 0, 0), (3, 1, 0)]
