@@ -26,9 +26,19 @@ STDLIB_ARGS := import importlib.util as u, sys; skip = set(sys.argv[1:]); \
 	print(*(("--collect-submodules=" if s.submodule_search_locations else "--hidden-import=") \
 	        + n for n, s in specs if s))
 
+# ARM builds run in a cached Debian root under qemu (packaging/build-in-root).
+ARM_ARCHES := arm64 armv7
+DEB_ARCH_arm64 := arm64
+DEB_ARCH_armv7 := armhf
+BUILD_CACHE ?= /var/cache/edgeworker-build
+export EDGEWORKER_BUILD_CACHE := $(BUILD_CACHE)
+export STDLIB_ARGS STDLIB_SKIP
+export PYI_EXCLUDE_ARGS := $(addprefix --exclude-module=,$(PYI_EXCLUDE))
+
 .DEFAULT_GOAL := help
 .PHONY: help venv install uninstall run test test-task-recovery torture lint migrate \
-	migrate-remove-current-task-id build-worker binary run-worker bench bench-smoke
+	migrate-remove-current-task-id build-worker binary run-worker bench bench-smoke \
+	build-worker-arm64 build-worker-armv7
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-32s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -56,6 +66,13 @@ $(BINARY): $(VENV)/.installed-build $(WORKER_SOURCES)
 		$(addprefix --exclude-module=,$(PYI_EXCLUDE)) --hidden-import=prometheus_client \
 		edgeworker/__main__.py
 	@ls -l $@
+
+build-worker-arm64: dist/edgeworker-linux-arm64 ## As root: build dist/edgeworker-linux-arm64 under qemu
+
+build-worker-armv7: dist/edgeworker-linux-armv7 ## As root: build dist/edgeworker-linux-armv7 under qemu
+
+dist/edgeworker-linux-%: $(WORKER_SOURCES) packaging/build-in-root
+	packaging/build-in-root $(DEB_ARCH_$*) onefile $@
 
 run-worker: $(BINARY) ## Run the built binary on the demo config (examples/edgeworker.toml)
 	$(BINARY) --config $(CONFIG) run --migrate

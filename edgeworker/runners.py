@@ -29,6 +29,7 @@ from datetime import datetime
 from pathlib import Path
 
 from edgeworker.config import Config
+from edgeworker.entry import openssl_for_jobs
 from edgeworker.errors import ConfigError
 
 OUTPUT_LIMIT = 64 * 1024
@@ -287,6 +288,7 @@ def add_python_path(paths: tuple[Path, ...]) -> None:
 
 def load_callable(target: str) -> Callable:
     module_name, _, attr_path = target.partition(":")
+    openssl_for_jobs()
     try:
         obj = importlib.import_module(module_name)
     except Exception as exc:

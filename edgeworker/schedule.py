@@ -13,8 +13,8 @@ Catch-up decides what happens to slots missed while the worker was down (or busy
 
 from __future__ import annotations
 
-import hashlib
 import os
+from _blake2 import blake2b  # hashlib's own, without the OpenSSL that `import hashlib` loads
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import cache
 from typing import Protocol
@@ -132,7 +132,7 @@ def stale_reason(job: ScheduleSpec, slot: datetime, now: datetime) -> str | None
 
 def _fraction(*parts: object) -> float:
     """A stable pseudo-random number in [0, 1) from its inputs: reproducible, yet spread."""
-    digest = hashlib.blake2b("\x00".join(map(str, parts)).encode(), digest_size=8).digest()
+    digest = blake2b("\x00".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 
 
