@@ -26,19 +26,35 @@ STDLIB_ARGS := import importlib.util as u, sys; skip = set(sys.argv[1:]); \
 	print(*(("--collect-submodules=" if s.submodule_search_locations else "--hidden-import=") \
 	        + n for n, s in specs if s))
 
-# ARM builds run in a cached Debian root under qemu (packaging/build-in-root).
-ARM_ARCHES := arm64 armv7
-DEB_ARCH_arm64 := arm64
-DEB_ARCH_armv7 := armhf
-BUILD_CACHE ?= /var/cache/edgeworker-build
-export EDGEWORKER_BUILD_CACHE := $(BUILD_CACHE)
+# The host's PyInstaller arguments; packaging/build-in-root passes the same ones in an ARM root.
+PYI_ARGS = --strip --noconfirm --clean --log-level WARN --name edgeworker \
+	--add-data '$(CURDIR)/migrations:migrations' \
+	$$($(BIN)/python -c '$(STDLIB_ARGS)' $(STDLIB_SKIP)) \
+	$(addprefix --exclude-module=,$(PYI_EXCLUDE)) --hidden-import=prometheus_client \
+	edgeworker/__main__.py
 export STDLIB_ARGS STDLIB_SKIP
 export PYI_EXCLUDE_ARGS := $(addprefix --exclude-module=,$(PYI_EXCLUDE))
+
+# Architectures are Debian's names (amd64, arm64, armhf); the one-file ARM binaries are named
+# arm64 and armv7. ARM builds run in a Debian root under qemu, cached in BUILD_CACHE.
+HOST_ARCH := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' edgeworker/__init__.py)
+BUILD_CACHE ?= /var/cache/edgeworker-build
+export EDGEWORKER_BUILD_CACHE := $(BUILD_CACHE)
+# The unpacked build (a directory: the program and its _internal/) that `make install` and the
+# packages install, so that no start unpacks anything.
+UNPACKED = dist/unpacked-$(1)/edgeworker
+LIB_DIR ?= $(PREFIX)/lib/edgeworker
+DEB_ARCHES := amd64 arm64 armhf
+DEBS := $(foreach a,$(DEB_ARCHES),dist/edgeworker_$(VERSION)_$(a).deb)
+RELEASE_BINARIES := dist/edgeworker-linux-amd64 dist/edgeworker-linux-arm64 \
+	dist/edgeworker-linux-armv7
+PACKAGING := packaging/build-in-root packaging/binfmt
 
 .DEFAULT_GOAL := help
 .PHONY: help venv install uninstall run test test-task-recovery torture lint migrate \
 	migrate-remove-current-task-id build-worker binary run-worker bench bench-smoke \
-	build-worker-arm64 build-worker-armv7
+	build-worker-arm64 build-worker-armv7 build-worker-unpacked test-arm deb dist clean clean-cache
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-32s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -59,20 +75,50 @@ build-worker: $(BINARY) ## Build dist/edgeworker, one stripped file (PyInstaller
 binary: build-worker ## Same as build-worker
 
 $(BINARY): $(VENV)/.installed-build $(WORKER_SOURCES)
-	$(BIN)/pyinstaller --onefile --strip --noconfirm --clean --log-level WARN \
-		--name edgeworker --distpath dist --workpath build/pyinstaller \
-		--specpath build/pyinstaller --add-data '$(CURDIR)/migrations:migrations' \
-		$$($(BIN)/python -c '$(STDLIB_ARGS)' $(STDLIB_SKIP)) \
-		$(addprefix --exclude-module=,$(PYI_EXCLUDE)) --hidden-import=prometheus_client \
-		edgeworker/__main__.py
+	$(BIN)/pyinstaller --onefile --distpath dist --workpath build/pyinstaller \
+		--specpath build/pyinstaller $(PYI_ARGS)
 	@ls -l $@
+
+build-worker-unpacked: $(call UNPACKED,$(HOST_ARCH))/edgeworker ## Build the unpacked build that make install installs
+
+$(call UNPACKED,$(HOST_ARCH))/edgeworker: $(VENV)/.installed-build $(WORKER_SOURCES)
+	$(BIN)/pyinstaller --onedir --distpath dist/unpacked-$(HOST_ARCH) \
+		--workpath build/pyinstaller-unpacked --specpath build/pyinstaller-unpacked $(PYI_ARGS)
+	@du -sh $(@D)
 
 build-worker-arm64: dist/edgeworker-linux-arm64 ## As root: build dist/edgeworker-linux-arm64 under qemu
 
 build-worker-armv7: dist/edgeworker-linux-armv7 ## As root: build dist/edgeworker-linux-armv7 under qemu
 
-dist/edgeworker-linux-%: $(WORKER_SOURCES) packaging/build-in-root
-	packaging/build-in-root $(DEB_ARCH_$*) onefile $@
+dist/edgeworker-linux-arm64: $(WORKER_SOURCES) $(PACKAGING)
+	packaging/build-in-root arm64 onefile $@
+
+dist/edgeworker-linux-armv7: $(WORKER_SOURCES) $(PACKAGING)
+	packaging/build-in-root armhf onefile $@
+
+dist/edgeworker-linux-$(HOST_ARCH): $(BINARY)
+	cp $< $@
+
+dist/unpacked-%/edgeworker/edgeworker: $(WORKER_SOURCES) $(PACKAGING)
+	packaging/build-in-root $* onedir $(@D)
+
+deb: $(DEBS) ## As root: build dist/edgeworker_VERSION_{amd64,arm64,armhf}.deb (dpkg-deb)
+
+dist/edgeworker_$(VERSION)_%.deb: dist/unpacked-%/edgeworker/edgeworker packaging/deb \
+		systemd/edgeworker.service systemd/edgeworker.toml docs/deploy.md
+	packaging/deb $* $(<D) $@
+
+dist: $(RELEASE_BINARIES) $(DEBS) ## As root: the three one-file binaries, the three packages, SHA256SUMS
+	cd dist && sha256sum $(notdir $^) > SHA256SUMS && cat SHA256SUMS
+
+test-arm: venv ## As root: the ARM binaries under qemu and the .deb in a booted systemd (CI runs it)
+	$(BIN)/pytest -q -p no:cacheprovider -m arm $(PYTEST_ARGS) tests/test_arm.py tests/test_deb.py
+
+clean: ## Remove build/ and dist/ (the cached Debian roots stay: make clean-cache)
+	rm -rf build dist
+
+clean-cache: ## Remove the cached Debian roots and wheels of the ARM builds (BUILD_CACHE)
+	rm -rf $(BUILD_CACHE)
 
 run-worker: $(BINARY) ## Run the built binary on the demo config (examples/edgeworker.toml)
 	$(BINARY) --config $(CONFIG) run --migrate
