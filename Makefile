@@ -41,15 +41,15 @@ HOST_ARCH := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' edgeworker/__init__.py)
 BUILD_CACHE ?= /var/cache/edgeworker-build
 export EDGEWORKER_BUILD_CACHE := $(BUILD_CACHE)
-# The unpacked build (a directory: the program and its _internal/) that `make install` and the
-# packages install, so that no start unpacks anything.
-UNPACKED = dist/unpacked-$(1)/edgeworker
+# The unpacked build (a directory: the program and its _internal/) that `make install` (the
+# host's, dist/unpacked) and the packages (dist/unpacked-ARCH, built in a Debian root) install,
+# so that no start unpacks anything.
+UNPACKED := dist/unpacked/edgeworker
 LIB_DIR ?= $(PREFIX)/lib/edgeworker
 DEB_ARCHES := amd64 arm64 armhf
 DEBS := $(foreach a,$(DEB_ARCHES),dist/edgeworker_$(VERSION)_$(a).deb)
 RELEASE_BINARIES := dist/edgeworker-linux-amd64 dist/edgeworker-linux-arm64 \
 	dist/edgeworker-linux-armv7
-PACKAGING := packaging/build-in-root packaging/binfmt
 
 .DEFAULT_GOAL := help
 .PHONY: help venv install uninstall run test test-task-recovery torture lint migrate \
@@ -79,10 +79,10 @@ $(BINARY): $(VENV)/.installed-build $(WORKER_SOURCES)
 		--specpath build/pyinstaller $(PYI_ARGS)
 	@ls -l $@
 
-build-worker-unpacked: $(call UNPACKED,$(HOST_ARCH))/edgeworker ## Build the unpacked build that make install installs
+build-worker-unpacked: $(UNPACKED)/edgeworker ## Build the unpacked build that make install installs
 
-$(call UNPACKED,$(HOST_ARCH))/edgeworker: $(VENV)/.installed-build $(WORKER_SOURCES)
-	$(BIN)/pyinstaller --onedir --distpath dist/unpacked-$(HOST_ARCH) \
+$(UNPACKED)/edgeworker: $(VENV)/.installed-build $(WORKER_SOURCES)
+	$(BIN)/pyinstaller --onedir --distpath dist/unpacked \
 		--workpath build/pyinstaller-unpacked --specpath build/pyinstaller-unpacked $(PYI_ARGS)
 	@du -sh $(@D)
 
@@ -90,25 +90,25 @@ build-worker-arm64: dist/edgeworker-linux-arm64 ## As root: build dist/edgeworke
 
 build-worker-armv7: dist/edgeworker-linux-armv7 ## As root: build dist/edgeworker-linux-armv7 under qemu
 
-dist/edgeworker-linux-arm64: $(WORKER_SOURCES) $(PACKAGING)
-	packaging/build-in-root arm64 onefile $@
+# One build per architecture in its Debian root: build/release-ARCH/edgeworker-onefile and the
+# unpacked build/release-ARCH/edgeworker/ (what the package installs).
+build/release-%/edgeworker/edgeworker: $(WORKER_SOURCES) packaging/build-in-root
+	packaging/build-in-root $* build/release-$*
 
-dist/edgeworker-linux-armv7: $(WORKER_SOURCES) $(PACKAGING)
-	packaging/build-in-root armhf onefile $@
+dist/edgeworker-linux-arm64: build/release-arm64/edgeworker/edgeworker
+dist/edgeworker-linux-armv7: build/release-armhf/edgeworker/edgeworker
+dist/edgeworker-linux-amd64: build/release-amd64/edgeworker/edgeworker
+$(RELEASE_BINARIES):
+	@mkdir -p dist
+	cp $(<D)/../edgeworker-onefile $@
 
-dist/edgeworker-linux-$(HOST_ARCH): $(BINARY)
-	cp $< $@
+deb: $(DEBS) ## As root: dist/edgeworker_VERSION_{amd64,arm64,armhf}.deb, built in Debian roots
 
-dist/unpacked-%/edgeworker/edgeworker: $(WORKER_SOURCES) $(PACKAGING)
-	packaging/build-in-root $* onedir $(@D)
-
-deb: $(DEBS) ## As root: build dist/edgeworker_VERSION_{amd64,arm64,armhf}.deb (dpkg-deb)
-
-dist/edgeworker_$(VERSION)_%.deb: dist/unpacked-%/edgeworker/edgeworker packaging/deb \
+dist/edgeworker_$(VERSION)_%.deb: build/release-%/edgeworker/edgeworker packaging/deb \
 		systemd/edgeworker.service systemd/edgeworker.toml docs/deploy.md
 	packaging/deb $* $(<D) $@
 
-dist: $(RELEASE_BINARIES) $(DEBS) ## As root: the three one-file binaries, the three packages, SHA256SUMS
+dist: $(RELEASE_BINARIES) $(DEBS) ## As root: the one-file binaries and packages of the 3 architectures, SHA256SUMS
 	cd dist && sha256sum $(notdir $^) > SHA256SUMS && cat SHA256SUMS
 
 test-arm: venv ## As root: the ARM binaries under qemu and the .deb in a booted systemd (CI runs it)
@@ -123,9 +123,14 @@ clean-cache: ## Remove the cached Debian roots and wheels of the ARM builds (BUI
 run-worker: $(BINARY) ## Run the built binary on the demo config (examples/edgeworker.toml)
 	$(BINARY) --config $(CONFIG) run --migrate
 
-install: $(BINARY) ## As root: install the binary, the systemd unit and /etc/edgeworker (kept if present)
+install: $(UNPACKED)/edgeworker ## As root: install the unpacked build, the unit and /etc/edgeworker (kept if present)
 	@test "$$(id -u)" = 0 || test -n "$(DESTDIR)" || { echo "Error: make install needs root" >&2; exit 1; }
-	install -D -m 0755 $(BINARY) $(DESTDIR)$(PREFIX)/bin/edgeworker
+	install -d -m 0755 $(DESTDIR)$(PREFIX)/bin $(dir $(DESTDIR)$(LIB_DIR))
+	rm -rf $(DESTDIR)$(LIB_DIR).new
+	cp -R $(UNPACKED) $(DESTDIR)$(LIB_DIR).new
+	chmod -R u=rwX,go=rX $(DESTDIR)$(LIB_DIR).new
+	rm -rf $(DESTDIR)$(LIB_DIR) && mv $(DESTDIR)$(LIB_DIR).new $(DESTDIR)$(LIB_DIR)
+	ln -sfn $(LIB_DIR)/edgeworker $(DESTDIR)$(PREFIX)/bin/edgeworker
 	install -d -m 0755 $(DESTDIR)$(UNIT_DIR)
 	sed 's|/usr/local/|$(PREFIX)/|g' systemd/edgeworker.service \
 		> $(DESTDIR)$(UNIT_DIR)/edgeworker.service
@@ -147,11 +152,12 @@ install: $(BINARY) ## As root: install the binary, the systemd unit and /etc/edg
 		echo "next: edit $(CONFIG_DIR)/edgeworker.toml, then systemctl enable --now edgeworker"; \
 	fi
 
-uninstall: ## As root: remove the binary and the unit (config, database and user stay)
+uninstall: ## As root: remove the program and the unit (config, database and user stay)
 	@test "$$(id -u)" = 0 || test -n "$(DESTDIR)" || { echo "Error: make uninstall needs root" >&2; exit 1; }
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
 		systemctl disable --now edgeworker.service 2>/dev/null || true; fi
 	rm -f $(DESTDIR)$(PREFIX)/bin/edgeworker $(DESTDIR)$(UNIT_DIR)/edgeworker.service
+	rm -rf $(DESTDIR)$(LIB_DIR)
 	rm -rf $(DESTDIR)$(PREFIX)/share/doc/edgeworker
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "kept $(CONFIG_DIR), /var/lib/edgeworker and the user $(SERVICE_USER)"
