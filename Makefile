@@ -48,6 +48,8 @@ UNPACKED := dist/unpacked/edgeworker
 LIB_DIR ?= $(PREFIX)/lib/edgeworker
 DEB_ARCHES := amd64 arm64 armhf
 DEBS := $(foreach a,$(DEB_ARCHES),dist/edgeworker_$(VERSION)_$(a).deb)
+DEB_MAINTAINER ?= edgeworker maintainers <edgeworker@example.org>
+export DEB_MAINTAINER
 RELEASE_BINARIES := dist/edgeworker-linux-amd64 dist/edgeworker-linux-arm64 \
 	dist/edgeworker-linux-armv7
 
@@ -176,7 +178,7 @@ torture: venv ## Power-cut torture: 100 cuts with durability "full", 100 with "n
 	$(BIN)/python tests/torture.py powercut --cuts $(or $(CUTS),100)
 	$(BIN)/python tests/torture.py powercut --cuts $(or $(CUTS),100) --durability normal
 
-bench: venv ## Benchmarks beside raw huey: one table, bench/results.json (about 4 minutes)
+bench: venv $(UNPACKED)/edgeworker $(BINARY) ## Benchmarks beside raw huey and of the installed build: one table, bench/results.json (about 6 minutes)
 	$(BIN)/python -m bench
 
 bench-smoke: venv ## The benchmarks with tiny sizes: do the scripts still run? (seconds)
