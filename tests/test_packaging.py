@@ -86,6 +86,9 @@ def test_maintainer_scripts_and_conffiles(deb, tmp_path):
         assert path.stat().st_mode & 0o777 == 0o755
         assert subprocess.run(["sh", "-n", path]).returncode == 0
     # Nothing is enabled or started by the package: only a running service is restarted.
-    scripts = "".join((tmp_path / s).read_text() for s in ("postinst", "prerm", "postrm"))
-    assert "enable" not in scripts.replace("enablement", "")
-    assert " start " not in scripts
+    commands = [line.split() for s in ("postinst", "prerm", "postrm")
+                for line in (tmp_path / s).read_text().splitlines()
+                if not line.lstrip().startswith("#")]
+    actions = {words[i + 1] for words in commands for i, word in enumerate(words[:-1])
+               if word in ("systemctl", "deb-systemd-invoke", "deb-systemd-helper")}
+    assert actions == {"--system", "try-restart", "stop", "purge"}
