@@ -90,5 +90,6 @@ def test_maintainer_scripts_and_conffiles(deb, tmp_path):
                 for line in (tmp_path / s).read_text().splitlines()
                 if not line.lstrip().startswith("#")]
     actions = {words[i + 1] for words in commands for i, word in enumerate(words[:-1])
-               if word in ("systemctl", "deb-systemd-invoke", "deb-systemd-helper")}
+               if word in ("systemctl", "deb-systemd-invoke", "deb-systemd-helper")
+               and words[i - 1:i] != ["-v"]}
     assert actions == {"--system", "try-restart", "stop", "purge"}
