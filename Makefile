@@ -45,7 +45,7 @@ export EDGEWORKER_BUILD_CACHE := $(BUILD_CACHE)
 # host's, dist/unpacked) and the packages (dist/unpacked-ARCH, built in a Debian root) install,
 # so that no start unpacks anything.
 UNPACKED := dist/unpacked/edgeworker
-LIB_DIR ?= $(PREFIX)/lib/edgeworker
+LIB_DIR = $(PREFIX)/lib/edgeworker
 DEB_ARCHES := amd64 arm64 armhf
 DEBS := $(foreach a,$(DEB_ARCHES),dist/edgeworker_$(VERSION)_$(a).deb)
 DEB_MAINTAINER ?= edgeworker maintainers <edgeworker@example.org>
@@ -132,7 +132,7 @@ install: $(UNPACKED)/edgeworker ## As root: install the unpacked build, the unit
 	cp -R $(UNPACKED) $(DESTDIR)$(LIB_DIR).new
 	chmod -R u=rwX,go=rX $(DESTDIR)$(LIB_DIR).new
 	rm -rf $(DESTDIR)$(LIB_DIR) && mv $(DESTDIR)$(LIB_DIR).new $(DESTDIR)$(LIB_DIR)
-	ln -sfn $(LIB_DIR)/edgeworker $(DESTDIR)$(PREFIX)/bin/edgeworker
+	ln -sfn ../lib/edgeworker/edgeworker $(DESTDIR)$(PREFIX)/bin/edgeworker
 	install -d -m 0755 $(DESTDIR)$(UNIT_DIR)
 	sed 's|/usr/local/|$(PREFIX)/|g' systemd/edgeworker.service \
 		> $(DESTDIR)$(UNIT_DIR)/edgeworker.service
