@@ -107,7 +107,8 @@ $(RELEASE_BINARIES):
 deb: $(DEBS) ## As root: dist/edgeworker_VERSION_{amd64,arm64,armhf}.deb, built in Debian roots
 
 dist/edgeworker_$(VERSION)_%.deb: build/release-%/edgeworker/edgeworker packaging/deb \
-		systemd/edgeworker.service systemd/edgeworker.toml docs/deploy.md
+		$(wildcard packaging/debian/*) systemd/edgeworker.service systemd/edgeworker.toml \
+		docs/deploy.md
 	packaging/deb $* $(<D) $@
 
 dist: $(RELEASE_BINARIES) $(DEBS) ## As root: the one-file binaries and packages of the 3 architectures, SHA256SUMS

@@ -56,6 +56,22 @@ def test_lintian_finds_no_error(arch):
     assert errors == [], result.stdout
 
 
+@pytest.mark.timeout(600, func_only=True)
+def test_make_dist_sums_the_six_release_files():
+    for arch in ("amd64", "arm64", "armhf"):
+        built_deb(arch)
+    made = subprocess.run(["make", "-s", "dist"], cwd=REPO, capture_output=True, text=True,
+                          timeout=BUILD_TIMEOUT)
+    assert made.returncode == 0, made.stderr[-3000:]
+    sums = (REPO / "dist/SHA256SUMS").read_text().splitlines()
+    assert sorted(line.split("  ")[1] for line in sums) == [
+        "edgeworker-linux-amd64", "edgeworker-linux-arm64", "edgeworker-linux-armv7",
+        *(f"edgeworker_{__version__}_{arch}.deb" for arch in ("amd64", "arm64", "armhf"))]
+    checked = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"],
+                             cwd=REPO / "dist", capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 @pytest.fixture
 def sd(tmp_path):
     reason = systemd_unavailable_reason()
