@@ -27,8 +27,7 @@ STDLIB_ARGS := import importlib.util as u, sys; skip = set(sys.argv[1:]); \
 	        + n for n, s in specs if s))
 
 # The host's PyInstaller arguments; packaging/build-in-root passes the same ones in an ARM root.
-PYI_ARGS = --strip --noconfirm --clean --log-level WARN --name edgeworker \
-	--add-data '$(CURDIR)/migrations:migrations' \
+PYI_ARGS = --onedir --strip --name edgeworker --add-data '$(CURDIR)/migrations:migrations' \
 	$$($(BIN)/python -c '$(STDLIB_ARGS)' $(STDLIB_SKIP)) \
 	$(addprefix --exclude-module=,$(PYI_EXCLUDE)) --hidden-import=prometheus_client \
 	edgeworker/__main__.py
@@ -76,25 +75,24 @@ build-worker: $(BINARY) ## Build dist/edgeworker, one stripped file (PyInstaller
 
 binary: build-worker ## Same as build-worker
 
-$(BINARY): $(VENV)/.installed-build $(WORKER_SOURCES)
-	$(BIN)/pyinstaller --onefile --distpath dist --workpath build/pyinstaller \
-		--specpath build/pyinstaller $(PYI_ARGS)
-	@ls -l $@
+# One analysis makes both the one-file binary and the unpacked build.
+$(BINARY) $(UNPACKED)/edgeworker &: $(VENV)/.installed-build $(WORKER_SOURCES) \
+		packaging/onefile-exe.spec
+	$(BIN)/pyi-makespec --specpath build/pyinstaller $(PYI_ARGS) >/dev/null
+	cat packaging/onefile-exe.spec >> build/pyinstaller/edgeworker.spec
+	$(BIN)/pyinstaller --noconfirm --clean --log-level WARN --distpath build/host \
+		--workpath build/pyinstaller build/pyinstaller/edgeworker.spec
+	mkdir -p dist/unpacked && rm -rf $(UNPACKED)
+	cp -a build/host/edgeworker $(UNPACKED)
+	cp -a build/host/edgeworker-onefile $(BINARY)
+	@ls -l $(BINARY) && du -sh $(UNPACKED)
 
 build-worker-unpacked: $(UNPACKED)/edgeworker ## Build the unpacked build that make install installs
 
-$(UNPACKED)/edgeworker: $(VENV)/.installed-build $(WORKER_SOURCES)
-	$(BIN)/pyinstaller --onedir --distpath dist/unpacked \
-		--workpath build/pyinstaller-unpacked --specpath build/pyinstaller-unpacked $(PYI_ARGS)
-	@du -sh $(@D)
-
-build-worker-arm64: dist/edgeworker-linux-arm64 ## As root: build dist/edgeworker-linux-arm64 under qemu
-
-build-worker-armv7: dist/edgeworker-linux-armv7 ## As root: build dist/edgeworker-linux-armv7 under qemu
-
 # One build per architecture in its Debian root: build/release-ARCH/edgeworker-onefile and the
 # unpacked build/release-ARCH/edgeworker/ (what the package installs).
-build/release-%/edgeworker/edgeworker: $(WORKER_SOURCES) packaging/build-in-root
+build/release-%/edgeworker/edgeworker: $(WORKER_SOURCES) packaging/build-in-root \
+		packaging/onefile-exe.spec
 	packaging/build-in-root $* build/release-$*
 
 dist/edgeworker-linux-arm64: build/release-arm64/edgeworker/edgeworker
