@@ -26,9 +26,36 @@ STDLIB_ARGS := import importlib.util as u, sys; skip = set(sys.argv[1:]); \
 	print(*(("--collect-submodules=" if s.submodule_search_locations else "--hidden-import=") \
 	        + n for n, s in specs if s))
 
+# The host's PyInstaller arguments; packaging/build-in-root passes the same ones in an ARM root.
+PYI_ARGS = --onedir --strip --name edgeworker --add-data '$(CURDIR)/migrations:migrations' \
+	$$($(BIN)/python -c '$(STDLIB_ARGS)' $(STDLIB_SKIP)) \
+	$(addprefix --exclude-module=,$(PYI_EXCLUDE)) --hidden-import=prometheus_client \
+	edgeworker/__main__.py
+export STDLIB_ARGS STDLIB_SKIP
+export PYI_EXCLUDE_ARGS := $(addprefix --exclude-module=,$(PYI_EXCLUDE))
+
+# Architectures are Debian's names (amd64, arm64, armhf); the one-file ARM binaries are named
+# arm64 and armv7. ARM builds run in a Debian root under qemu, cached in BUILD_CACHE.
+HOST_ARCH := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' edgeworker/__init__.py)
+BUILD_CACHE ?= /var/cache/edgeworker-build
+export EDGEWORKER_BUILD_CACHE := $(BUILD_CACHE)
+# The unpacked build (a directory: the program and its _internal/) that `make install` (the
+# host's, dist/unpacked) and the packages (dist/unpacked-ARCH, built in a Debian root) install,
+# so that no start unpacks anything.
+UNPACKED := dist/unpacked/edgeworker
+LIB_DIR = $(PREFIX)/lib/edgeworker
+DEB_ARCHES := amd64 arm64 armhf
+DEBS := $(foreach a,$(DEB_ARCHES),dist/edgeworker_$(VERSION)_$(a).deb)
+DEB_MAINTAINER ?= edgeworker maintainers <edgeworker@example.org>
+export DEB_MAINTAINER
+RELEASE_BINARIES := dist/edgeworker-linux-amd64 dist/edgeworker-linux-arm64 \
+	dist/edgeworker-linux-armv7
+
 .DEFAULT_GOAL := help
 .PHONY: help venv install uninstall run test test-task-recovery torture lint migrate \
-	migrate-remove-current-task-id build-worker binary run-worker bench bench-smoke
+	migrate-remove-current-task-id build-worker binary run-worker bench bench-smoke \
+	build-worker-arm64 build-worker-armv7 build-worker-unpacked test-arm deb dist clean clean-cache
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-32s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -48,21 +75,63 @@ build-worker: $(BINARY) ## Build dist/edgeworker, one stripped file (PyInstaller
 
 binary: build-worker ## Same as build-worker
 
-$(BINARY): $(VENV)/.installed-build $(WORKER_SOURCES)
-	$(BIN)/pyinstaller --onefile --strip --noconfirm --clean --log-level WARN \
-		--name edgeworker --distpath dist --workpath build/pyinstaller \
-		--specpath build/pyinstaller --add-data '$(CURDIR)/migrations:migrations' \
-		$$($(BIN)/python -c '$(STDLIB_ARGS)' $(STDLIB_SKIP)) \
-		$(addprefix --exclude-module=,$(PYI_EXCLUDE)) --hidden-import=prometheus_client \
-		edgeworker/__main__.py
-	@ls -l $@
+# One analysis makes both the one-file binary and the unpacked build.
+$(BINARY) $(UNPACKED)/edgeworker &: $(VENV)/.installed-build $(WORKER_SOURCES) \
+		packaging/onefile-exe.spec
+	$(BIN)/pyi-makespec --specpath build/pyinstaller $(PYI_ARGS) >/dev/null
+	cat packaging/onefile-exe.spec >> build/pyinstaller/edgeworker.spec
+	$(BIN)/pyinstaller --noconfirm --clean --log-level WARN --distpath build/host \
+		--workpath build/pyinstaller build/pyinstaller/edgeworker.spec
+	mkdir -p dist/unpacked && rm -rf $(UNPACKED)
+	cp -a build/host/edgeworker $(UNPACKED)
+	cp -a build/host/edgeworker-onefile $(BINARY)
+	@ls -l $(BINARY) && du -sh $(UNPACKED)
+
+build-worker-unpacked: $(UNPACKED)/edgeworker ## Build the unpacked build that make install installs
+
+# One build per architecture in its Debian root: build/release-ARCH/edgeworker-onefile and the
+# unpacked build/release-ARCH/edgeworker/ (what the package installs).
+build/release-%/edgeworker/edgeworker: $(WORKER_SOURCES) packaging/build-in-root \
+		packaging/onefile-exe.spec
+	packaging/build-in-root $* build/release-$*
+
+dist/edgeworker-linux-arm64: build/release-arm64/edgeworker/edgeworker
+dist/edgeworker-linux-armv7: build/release-armhf/edgeworker/edgeworker
+dist/edgeworker-linux-amd64: build/release-amd64/edgeworker/edgeworker
+$(RELEASE_BINARIES):
+	@mkdir -p dist
+	cp $(<D)/../edgeworker-onefile $@
+
+deb: $(DEBS) ## As root: dist/edgeworker_VERSION_{amd64,arm64,armhf}.deb, built in Debian roots
+
+dist/edgeworker_$(VERSION)_%.deb: build/release-%/edgeworker/edgeworker packaging/deb \
+		$(wildcard packaging/debian/*) systemd/edgeworker.service systemd/edgeworker.toml \
+		docs/deploy.md
+	packaging/deb $* $(<D) $@
+
+dist: $(RELEASE_BINARIES) $(DEBS) ## As root: the one-file binaries and packages of the 3 architectures, SHA256SUMS
+	cd dist && sha256sum $(notdir $^) > SHA256SUMS && cat SHA256SUMS
+
+test-arm: venv ## As root: the ARM binaries under qemu and the .deb in a booted systemd (CI runs it)
+	$(BIN)/pytest -q -p no:cacheprovider -m arm $(PYTEST_ARGS) tests/test_arm.py tests/test_deb.py
+
+clean: ## Remove build/ and dist/ (the cached Debian roots stay: make clean-cache)
+	rm -rf build dist
+
+clean-cache: ## Remove the cached Debian roots and wheels of the ARM builds (BUILD_CACHE)
+	rm -rf $(BUILD_CACHE)
 
 run-worker: $(BINARY) ## Run the built binary on the demo config (examples/edgeworker.toml)
 	$(BINARY) --config $(CONFIG) run --migrate
 
-install: $(BINARY) ## As root: install the binary, the systemd unit and /etc/edgeworker (kept if present)
+install: $(UNPACKED)/edgeworker ## As root: install the unpacked build, the unit and /etc/edgeworker (kept if present)
 	@test "$$(id -u)" = 0 || test -n "$(DESTDIR)" || { echo "Error: make install needs root" >&2; exit 1; }
-	install -D -m 0755 $(BINARY) $(DESTDIR)$(PREFIX)/bin/edgeworker
+	install -d -m 0755 $(DESTDIR)$(PREFIX)/bin $(dir $(DESTDIR)$(LIB_DIR))
+	rm -rf $(DESTDIR)$(LIB_DIR).new
+	cp -R $(UNPACKED) $(DESTDIR)$(LIB_DIR).new
+	chmod -R u=rwX,go=rX $(DESTDIR)$(LIB_DIR).new
+	rm -rf $(DESTDIR)$(LIB_DIR) && mv $(DESTDIR)$(LIB_DIR).new $(DESTDIR)$(LIB_DIR)
+	ln -sfn ../lib/edgeworker/edgeworker $(DESTDIR)$(PREFIX)/bin/edgeworker
 	install -d -m 0755 $(DESTDIR)$(UNIT_DIR)
 	sed 's|/usr/local/|$(PREFIX)/|g' systemd/edgeworker.service \
 		> $(DESTDIR)$(UNIT_DIR)/edgeworker.service
@@ -84,11 +153,12 @@ install: $(BINARY) ## As root: install the binary, the systemd unit and /etc/edg
 		echo "next: edit $(CONFIG_DIR)/edgeworker.toml, then systemctl enable --now edgeworker"; \
 	fi
 
-uninstall: ## As root: remove the binary and the unit (config, database and user stay)
+uninstall: ## As root: remove the program and the unit (config, database and user stay)
 	@test "$$(id -u)" = 0 || test -n "$(DESTDIR)" || { echo "Error: make uninstall needs root" >&2; exit 1; }
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
 		systemctl disable --now edgeworker.service 2>/dev/null || true; fi
 	rm -f $(DESTDIR)$(PREFIX)/bin/edgeworker $(DESTDIR)$(UNIT_DIR)/edgeworker.service
+	rm -rf $(DESTDIR)$(LIB_DIR)
 	rm -rf $(DESTDIR)$(PREFIX)/share/doc/edgeworker
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "kept $(CONFIG_DIR), /var/lib/edgeworker and the user $(SERVICE_USER)"
@@ -107,7 +177,7 @@ torture: venv ## Power-cut torture: 100 cuts with durability "full", 100 with "n
 	$(BIN)/python tests/torture.py powercut --cuts $(or $(CUTS),100)
 	$(BIN)/python tests/torture.py powercut --cuts $(or $(CUTS),100) --durability normal
 
-bench: venv ## Benchmarks beside raw huey: one table, bench/results.json (about 5 minutes)
+bench: venv $(UNPACKED)/edgeworker $(BINARY) ## Benchmarks beside raw huey and of the installed build: one table, bench/results.json (about 6 minutes)
 	$(BIN)/python -m bench
 
 bench-smoke: venv ## The benchmarks with tiny sizes: do the scripts still run? (seconds)

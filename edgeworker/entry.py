@@ -10,6 +10,17 @@ def main() -> None:
 
         print(f"edgeworker, version {__version__}")
         return
+    # peewee imports hashlib, and hashlib loads OpenSSL (3.5 MB resident, 7 ms) that edgeworker
+    # does not use: its hashes come from the standard library's own modules instead.
+    sys.modules.setdefault("_hashlib", None)
     from edgeworker.cli import main as cli_main
 
     cli_main()
+
+
+def openssl_for_jobs() -> None:
+    """Undo main()'s `_hashlib` block before a job's code imports: it gets the full hashlib."""
+    if "_hashlib" in sys.modules and sys.modules["_hashlib"] is None:
+        del sys.modules["_hashlib"]
+        for name in ("hashlib", "hmac"):
+            sys.modules.pop(name, None)

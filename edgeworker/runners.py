@@ -47,6 +47,7 @@ from pathlib import Path
 from edgeworker import trust
 from edgeworker.clock import libc
 from edgeworker.config import Config
+from edgeworker.entry import openssl_for_jobs
 from edgeworker.errors import ConfigError
 from edgeworker.processes import ProcessTable, Tree
 
@@ -356,6 +357,7 @@ def add_python_path(paths: tuple[Path, ...]) -> None:
 
 def load_callable(target: str) -> Callable:
     module_name, _, attr_path = target.partition(":")
+    openssl_for_jobs()
     try:
         obj = importlib.import_module(module_name)
     except Exception as exc:

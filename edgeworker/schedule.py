@@ -89,8 +89,6 @@ def _describe(job: ScheduleSpec) -> str:
 @contextmanager
 def _errors(job: ScheduleSpec) -> Iterator[None]:
     """Whatever croniter, zoneinfo or datetime arithmetic raise becomes a `ScheduleError`."""
-    from croniter import CroniterBadDateError
-
     try:
         yield
     except ScheduleError:
@@ -98,7 +96,7 @@ def _errors(job: ScheduleSpec) -> Iterator[None]:
     # croniter's errors are ValueErrors; KeyError: zoneinfo's ZoneInfoNotFoundError
     except (OverflowError, ValueError, KeyError) as exc:
         reason = str(exc) or type(exc).__name__
-        if isinstance(exc, CroniterBadDateError):
+        if type(exc).__name__ == "CroniterBadDateError":  # croniter is loaded only for cron jobs
             reason = "the expression matches no date (it never fires)"
         raise ScheduleError(f'job "{job.name}": cannot compute a run time for '
                             f"{_describe(job)}: {reason}") from exc

@@ -228,6 +228,7 @@ class BootedSystemd:
              OVERLAY_ROOTS (/etc, /opt: host content plus these files) or TMPFS_ROOTS.
     binds:   {path in the namespace: host path} bind mounts, read-write.
     users:   system users (and same-named groups) to add to the namespace's /etc/passwd.
+    overlays: more directories (say /usr, for dpkg) whose writes go to the staging dir.
     """
 
     _counter = 0
@@ -239,6 +240,7 @@ class BootedSystemd:
         files: Mapping[str, str | bytes | Path] | None = None,
         binds: Mapping[str, str | Path] | None = None,
         users: Iterable[str] = (),
+        overlays: Iterable[str] = (),
         journald: bool = True,
         boot_timeout: float = 20.0,
         shutdown_timeout: float = 20.0,
@@ -247,6 +249,7 @@ class BootedSystemd:
         self._files = dict(files or {})
         self._binds = {ns: Path(host) for ns, host in (binds or {}).items()}
         self._users = list(users)
+        self._overlays = OVERLAY_ROOTS + tuple(overlays)
         self._journald = journald
         self._boot_timeout = boot_timeout
         self._shutdown_timeout = shutdown_timeout
@@ -397,7 +400,7 @@ class BootedSystemd:
         (staging / "empty").mkdir()
         (staging / "dev").mkdir()
         (staging / "run").mkdir()
-        for root in OVERLAY_ROOTS:
+        for root in self._overlays:
             (staging / "overlay" / root.strip("/") / "upper").mkdir(parents=True)
             (staging / "overlay" / root.strip("/") / "work").mkdir()
         files = dict(self._files)
@@ -485,7 +488,7 @@ class BootedSystemd:
             "mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm",
             "mount -t mqueue -o nosuid,nodev,noexec mqueue /dev/mqueue",
         ]
-        for root in OVERLAY_ROOTS:
+        for root in self._overlays:
             o = f"{h}/overlay/{root.strip('/')}"
             lines.append(
                 f"mount -t overlay overlay -o lowerdir={root},upperdir={o}/upper,workdir={o}/work"
