@@ -523,6 +523,15 @@ def jobs_list(obj: Context, as_json: bool) -> None:
 @click.option("--cwd", help="Working directory for a command.")
 @click.option("--env-file", metavar="PATH",
               help="KEY=VALUE lines read at each run (mode 0600 or 0640), for secrets.")
+@click.option("--on-failure", metavar="COMMAND",
+              help="Run this after a run's final failure (split with shlex).")
+@click.option("--on-success", metavar="COMMAND", help="Run this after a run succeeds.")
+@click.option("--on-retry", metavar="COMMAND",
+              help="Run this after a failed attempt that will be retried.")
+@click.option("--ping-url", metavar="URL",
+              help="Ping URL/start, URL, URL/fail (healthchecks.io style) for each run.")
+@click.option("--alert-after", metavar="DURATION",
+              help="Run --on-failure (status overdue) when no run succeeded for this long.")
 @click.option("--disabled", is_flag=True, help="Add the job disabled.")
 @pass_ctx
 def jobs_add(obj: Context, name: str, **options: Any) -> None:
@@ -699,6 +708,7 @@ def tasks_show(obj: Context, task_id: int, as_json: bool) -> None:
     if task is None:
         raise NotFound(f"no task with id {task_id}")
     data = report.task_row(task, report.job_names(), full=True)
+    data["hooks"] = report.hooks_of(task.id)
 
     def render(t: dict) -> None:
         for key in ("id", "job", "status", "origin", "attempt", "recovered_count", "exit_code",
@@ -713,6 +723,14 @@ def tasks_show(obj: Context, task_id: int, as_json: bool) -> None:
         click.echo("output:" if t["output"] else "output:         (none)")
         if t["output"]:
             click.echo(t["output"].rstrip("\n"))
+        for hook in t["hooks"]:
+            detail = "" if hook["exit_code"] is None else f" (exit {hook['exit_code']})"
+            if hook["attempts"] is not None:
+                detail += f" ({hook['attempts']} failed tries)"
+            if hook["error"]:
+                detail += f": {_one_line(hook['error'])}"
+            click.echo(f"hook:           {hook['hook']} {hook['status']}{detail} "
+                       f"at {show_time(hook['at'])}")
 
     emit(data, as_json, render)
 

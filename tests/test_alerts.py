@@ -1,0 +1,197 @@
+"""Hooks, pings and "gone quiet" alerts, with a real worker and a local HTTP server."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.workerproc import WorkerProcess, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class PingServer:
+    """healthchecks.io's side: records each POST (path, body), in order."""
+
+    def __init__(self, port: int = 0):
+        self.received: list[tuple[str, str]] = []
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                length = int(self.headers.get("Content-Length", 0))
+                received.append((self.path, self.rfile.read(length).decode()))
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"OK")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str = "/p") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def server():
+    running = PingServer()
+    yield running
+    running.close()
+
+
+YEARLY = 'cron = "0 0 1 1 *"\n'  # never due during a test: runs come from `jobs run`
+RECORD = ('sh -c \'echo "$EDGEWORKER_HOOK $EDGEWORKER_STATUS $EDGEWORKER_EXIT_CODE '
+          '$EDGEWORKER_ATTEMPT $EDGEWORKER_TASK_ID $EDGEWORKER_JOB $EDGEWORKER_ERROR" >> {log}; '
+          'cat >> {log}\'')
+
+
+def lines(path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_pings_arrive_in_order_with_the_output_as_body(tmp_path, server):
+    config = (f'[[jobs]]\nname = "ok"\ncommand = "echo out-$EDGEWORKER_TASK_ID"\nshell = true\n'
+              f'{YEARLY}ping_url = "{server.url("/ok")}"\n'
+              f'[[jobs]]\nname = "bad"\ncommand = "sh -c \'echo broken; exit 3\'"\n{YEARLY}'
+              f'max_attempts = 1\nping_url = "{server.url("/bad/")}"\n')
+    with WorkerProcess(tmp_path, config) as worker:
+        worker.start().wait_running()
+        worker.cli("jobs", "run", "ok")
+        ok = worker.wait_tasks("job = 'ok' AND status = 'succeeded'")[0]
+        wait_for(lambda: len(server.received) >= 2, what="the ok job's pings", log=worker.log)
+        worker.cli("jobs", "run", "bad")
+        wait_for(lambda: len(server.received) >= 4, what="the bad job's pings", log=worker.log)
+        assert server.received == [("/ok/start", ""), ("/ok", f"out-{ok['id']}\n"),
+                                   ("/bad/start", ""), ("/bad/3", "broken\n")]
+        assert worker.query("SELECT count(*) FROM outbox") == [(0,)]
+        assert worker.query("SELECT count(*) FROM hook_runs") == [(0,)]  # delivered: no write
+        worker.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_undelivered_pings_are_kept_and_delivered_after_a_restart(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/hc"
+    config = (f'[[jobs]]\nname = "j"\ncommand = "echo run-$EDGEWORKER_TASK_ID"\nshell = true\n'
+              f'{YEARLY}ping_url = "{url}"\n')
+    with WorkerProcess(tmp_path, config) as worker:
+        worker.start().wait_running()
+        for count in (1, 2):
+            worker.cli("jobs", "run", "j")
+            worker.wait_tasks("status = 'succeeded'", count)
+        wait_for(lambda: worker.query("SELECT count(*) FROM outbox")[0][0] == 4,
+                 what="4 pings in the outbox", log=worker.log)
+        kept = worker.query("SELECT url, body FROM outbox ORDER BY id")
+        ids = [row["id"] for row in worker.tasks("status = 'succeeded'")]
+        assert [u for u, _ in kept] == [f"{url}/start", url, f"{url}/start", url]
+        assert [b for _, b in kept] == ["", f"run-{ids[0]}\n", "", f"run-{ids[1]}\n"]
+        shown = json.loads(worker.cli("tasks", "show", str(ids[0]), "--json").stdout)
+        assert [(h["hook"], h["status"]) for h in shown["hooks"]] == [
+            (f"ping {url}/start", "queued"), (f"ping {url}", "queued")]
+        assert worker.stop() == 0
+        server = PingServer(port)
+        try:
+            worker.start().wait_running()
+            wait_for(lambda: len(server.received) >= 4, what="the kept pings", log=worker.log)
+            wait_for(lambda: worker.query("SELECT count(*) FROM outbox") == [(0,)],
+                     log=worker.log)
+            assert server.received == [(u[len(f"http://127.0.0.1:{port}"):], b)
+                                       for u, b in kept]
+            shown = json.loads(worker.cli("tasks", "show", str(ids[1]), "--json").stdout)
+            assert [(h["hook"], h["status"]) for h in shown["hooks"]] == [
+                (f"ping {url}/start", "succeeded"), (f"ping {url}", "succeeded")]
+            text = worker.cli("tasks", "show", str(ids[1])).stdout
+            assert f"hook:           ping {url} succeeded" in text
+            worker.stop()
+        finally:
+            server.close()
+
+
+def test_on_failure_runs_once_after_the_final_attempt_and_on_retry_after_each(tmp_path):
+    failures, retries = tmp_path / "failure.log", tmp_path / "retry.log"
+    config = (f'[[jobs]]\nname = "flaky"\ncommand = "sh -c \'echo oops; exit 4\'"\n{YEARLY}'
+              'max_attempts = 2\nretry_delay = "0s"\n'
+              f'on_failure = """{RECORD.format(log=failures)}"""\n'
+              f'on_retry = """{RECORD.format(log=retries)}"""\n')
+    with WorkerProcess(tmp_path, config) as worker:
+        worker.start().wait_running()
+        worker.cli("jobs", "run", "flaky")
+        task = worker.wait_tasks("job = 'flaky' AND status = 'failed'")[0]
+        wait_for(lambda: worker.query("SELECT count(*) FROM hook_runs WHERE hook = "
+                                      "'on_failure'")[0][0] == 1, log=worker.log)
+        tid = task["id"]
+        assert lines(retries) == [f"on_retry retry 4 1 {tid} flaky exit status 4", "oops"]
+        assert lines(failures) == [f"on_failure failed 4 2 {tid} flaky exit status 4", "oops"]
+        shown = json.loads(worker.cli("tasks", "show", str(tid), "--json").stdout)
+        assert [(h["hook"], h["status"], h["exit_code"]) for h in shown["hooks"]] == [
+            ("on_retry", "succeeded", 0), ("on_failure", "succeeded", 0)]
+        worker.stop()
+        assert len(lines(failures)) == 2  # once, also after the stop
+
+
+def test_on_success_from_the_worker_defaults_and_a_failing_hook_is_recorded(tmp_path):
+    successes = tmp_path / "success.log"
+    config = (f'[worker]\ndatabase = "ew.db"\non_success = """{RECORD.format(log=successes)}"""\n'
+              'on_failure = "/nonexistent/notify"\n'
+              f'[[jobs]]\nname = "good"\ncommand = "echo fine"\n{YEARLY}'
+              f'[[jobs]]\nname = "bad"\ncommand = "false"\nmax_attempts = 1\n{YEARLY}')
+    with WorkerProcess(tmp_path, config) as worker:
+        worker.start().wait_running()
+        worker.cli("jobs", "run", "good")
+        worker.cli("jobs", "run", "bad")
+        good = worker.wait_tasks("job = 'good' AND status = 'succeeded'")[0]
+        bad = worker.wait_tasks("job = 'bad' AND status = 'failed'")[0]
+        wait_for(lambda: worker.query("SELECT count(*) FROM hook_runs")[0][0] == 2,
+                 log=worker.log)
+        assert lines(successes) == [f"on_success succeeded 0 1 {good['id']} good ", "fine"]
+        shown = json.loads(worker.cli("tasks", "show", str(bad["id"]), "--json").stdout)
+        assert [(h["hook"], h["status"], h["exit_code"], h["error"]) for h in shown["hooks"]] \
+            == [("on_failure", "failed", 127, "command not found: /nonexistent/notify")]
+        worker.stop()
+
+
+def test_alert_after_fires_once_per_quiet_spell(tmp_path):
+    quiet = tmp_path / "quiet.log"
+    config = (f'[[jobs]]\nname = "q"\ncommand = "true"\n{YEARLY}alert_after = "1s"\n'
+              'on_failure = """sh -c \'echo "$EDGEWORKER_STATUS $EDGEWORKER_JOB" >> '
+              f'{quiet}\'"""\n')
+    with WorkerProcess(tmp_path, config) as worker:
+        worker.start().wait_running()
+        wait_for(lambda: lines(quiet) == ["overdue q"], what="the overdue alert", log=worker.log)
+        worker.cli("jobs", "run", "q")  # a success ends the spell; the next one fires again
+        wait_for(lambda: len(lines(quiet)) >= 2, what="the second alert", log=worker.log)
+        # Checked four times a second: a spell that fired at every check would show here.
+        worker.cli("jobs", "run", "q")
+        wait_for(lambda: len(lines(quiet)) >= 3, what="the third alert", log=worker.log)
+        assert lines(quiet) == ["overdue q"] * 3
+        worker.stop()
+
+
+def test_a_plain_http_ping_does_not_load_ssl(server):
+    code = ("import sys\nfrom edgeworker.alerts import post\n"
+            f"post({server.url('/x')!r}, b'body')\nprint('ssl' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.stdout.strip() == "False", result.stderr
+    assert server.received == [("/x", "body")]
