@@ -49,7 +49,7 @@ from edgeworker.clock import to_text
 from edgeworker.config import WorkerSettings, format_duration
 from edgeworker.models import HookRun, Job, Outbox, Task, TaskStatus
 from edgeworker.processes import ProcessTable
-from edgeworker.runners import Abort, Result, command_env, run_command
+from edgeworker.runners import Abort, Interrupted, Result, command_env, run_command
 
 logger = logging.getLogger("edgeworker.alerts")
 
@@ -162,6 +162,7 @@ class Alerts:
         self.dropped = 0
         self.quiet: dict[int, tuple[int | None, float, bool]] = {}  # job: (success, since, fired)
         self.min_grace: float | None = None
+        self.halted = False  # a stop that could not wait: run nothing more
 
     # -- what worker threads call (cheap: a queue put) --------------------------------------
 
@@ -217,16 +218,27 @@ class Alerts:
         self.thread = threading.Thread(target=self._run, name="alerts", daemon=True)
         self.thread.start()
 
-    def stop(self, timeout: float) -> None:
-        """Finish what is queued within `timeout`; what is left is lost (a hook) or stays in
-        the outbox (a ping)."""
+    def stop(self, timeout: float, grace: float = 7.0) -> None:
+        """Finish what is queued within `timeout`; then stop a running hook (within `grace`)
+        and run nothing more: a queued hook is lost, a ping kept in the outbox stays there."""
         if self.thread is None:
             return
+        deadline = time.monotonic() + timeout
         try:
             self.events.put(_STOP, timeout=timeout)
         except queue.Full:
             pass
-        self.thread.join(timeout)
+        self.thread.join(max(0.0, deadline - time.monotonic()))
+        if self.thread.is_alive():
+            self.halted = True
+            if self.abort is not None:
+                self.abort.set()
+            with contextlib.suppress(queue.Full):
+                self.events.put_nowait(_STOP)
+            self.thread.join(grace)
+            left = self.events.qsize()
+            if left:
+                logger.warning("stopping: %s queued alert(s) not run", left)
 
     def _run(self) -> None:
         try:
@@ -238,7 +250,7 @@ class Alerts:
                     event = self.events.get(timeout=wait)
                 except queue.Empty:
                     event = None
-                if event is _STOP:
+                if event is _STOP or self.halted:
                     return
                 try:
                     if isinstance(event, _Hook):
@@ -264,8 +276,11 @@ class Alerts:
                                          prefix="hook-stdin-") as stdin:
             stdin.write(hook.stdin)
             stdin.flush()
-            result = self._command(argv, hook.env, stdin.name, settings.hook_timeout,
-                                   (hook.task_id or 0, -HOOKS.index(hook.hook) - 1))
+            try:
+                result = self._command(argv, hook.env, stdin.name, settings.hook_timeout,
+                                       (hook.task_id or 0, -HOOKS.index(hook.hook) - 1))
+            except Interrupted:
+                result = Result(False, None, "stopped: the worker stopped", "")
         status = "succeeded" if result.succeeded else "failed"
         logger.log(logging.INFO if result.succeeded else logging.WARNING,
                    "%s hook of job %s (task %s) %s in %.3fs%s", hook.hook, hook.job_name,

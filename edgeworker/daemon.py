@@ -562,10 +562,7 @@ class Daemon:
             if not self._join(consumer, time.monotonic() + KILL_GRACE + 2):
                 return self._stop_now("tasks did not stop")
         # Queued hooks and pings may finish within what is left of the shutdown timeout.
-        self.alerts.stop(max(0.5, deadline - time.monotonic()))
-        if self.alerts.thread.is_alive():
-            self.abort.set()
-            self.alerts.stop(KILL_GRACE + 2)
+        self.alerts.stop(max(0.5, deadline - time.monotonic()), KILL_GRACE + 2)
         logger.info("edgeworker stopped")
         with contextlib.suppress(peewee.DatabaseError):
             self.ledger.save_clock(self.clock.now())

@@ -195,3 +195,71 @@ def test_a_plain_http_ping_does_not_load_ssl(server):
                             timeout=60)
     assert result.stdout.strip() == "False", result.stderr
     assert server.received == [("/x", "body")]
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_a_hook_is_stopped_at_its_timeout(tmp_path):
+    pids = tmp_path / "pids"
+    config = (f'[worker]\ndatabase = "ew.db"\nhook_timeout = "1s"\n'
+              f'[[jobs]]\nname = "j"\ncommand = "false"\nmax_attempts = 1\n{YEARLY}'
+              f'on_failure = """sh -c \'sleep 60 & echo $! >> {pids}; wait\'"""\n')
+    with WorkerProcess(tmp_path, config) as worker:
+        worker.start().wait_running()
+        worker.cli("jobs", "run", "j")
+        rows = wait_for(lambda: worker.query("SELECT status, error FROM hook_runs"),
+                        log=worker.log)
+        assert rows == [("failed", "timed out after 1s: stopped its process group")]
+        (pid,) = map(int, lines(pids))
+        wait_for(lambda: not alive(pid), what="the hook's child to be gone")
+        worker.stop()
+
+
+def test_a_hook_dies_with_a_killed_worker(tmp_path):
+    pids = tmp_path / "pids"
+    config = (f'[[jobs]]\nname = "j"\ncommand = "false"\nmax_attempts = 1\n{YEARLY}'
+              f'on_failure = """sh -c \'sleep 60 & echo $! >> {pids}; wait\'"""\n')
+    with WorkerProcess(tmp_path, config) as worker:
+        worker.start().wait_running()
+        worker.cli("jobs", "run", "j")
+        wait_for(lambda: lines(pids), what="the hook to start", log=worker.log)
+        (pid,) = map(int, lines(pids))
+        assert alive(pid)
+        worker.kill()
+        wait_for(lambda: not alive(pid), what="the hook's child to die with the worker")
+
+
+def test_the_outbox_keeps_the_newest_pings_up_to_its_bound(database, monkeypatch, caplog):
+    from datetime import UTC, datetime
+
+    from edgeworker import alerts
+    from edgeworker.config import WorkerSettings
+    from edgeworker.models import Outbox
+
+    monkeypatch.setattr(alerts, "OUTBOX_LIMIT", 3)
+    box = alerts.Alerts(WorkerSettings, lambda: datetime(2026, 1, 1, tzinfo=UTC))
+    for number in range(5):
+        box.keep(alerts._Ping(f"http://127.0.0.1:9/{number}", "j", number, "b"), "down")
+    assert [row.url[-1] for row in Outbox.select().order_by(Outbox.id)] == ["2", "3", "4"]
+    assert (box.waiting, box.dropped) == (3, 2)
+    assert "dropped the 1 oldest ping(s), 2 since start" in caplog.text
+
+
+def test_jobs_add_takes_the_alert_options(migrated):
+    migrated.ok("jobs", "add", "a", "--command", "true", "--every", "1m", "--ping-url",
+                "http://hc.example/p/", "--on-failure", "notify 'it failed'", "--on-success",
+                "ok", "--on-retry", "again", "--alert-after", "2h")
+    (job,) = json.loads(migrated.ok("jobs", "list", "--json"))
+    assert (job["ping_url"], job["on_failure"], job["on_success"], job["on_retry"],
+            job["alert_after_seconds"]) == ("http://hc.example/p", "notify 'it failed'", "ok",
+                                            "again", 7200.0)
+    result = migrated("jobs", "add", "b", "--command", "true", "--every", "1m",
+                      "--ping-url", "ftp://x")
+    assert (result.exit_code, result.output.strip()) == (
+        1, "Error: --ping-url: 'ftp://x' is not an http:// or https:// URL with a host")
