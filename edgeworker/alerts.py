@@ -62,6 +62,7 @@ ERROR_LIMIT = 4 * 1024  # of a run's error in EDGEWORKER_ERROR
 FIRST_BACKOFF = 2.0
 MAX_BACKOFF = 600.0
 HOOKS = ("on_failure", "on_success", "on_retry")
+STDIN_PREFIX = "hook-stdin-"  # beside the run records, on tmpfs
 _STOP = object()
 
 
@@ -208,6 +209,10 @@ class Alerts:
     # -- the alerts thread ------------------------------------------------------------------
 
     def start(self) -> None:
+        directory = self.table.directory if self.table else None
+        if directory is not None and directory.is_dir():
+            for left in directory.glob(f"{STDIN_PREFIX}*"):  # a killed worker's hook's stdin
+                left.unlink(missing_ok=True)
         try:
             self.waiting = Outbox.select().count()
         except peewee.DatabaseError as exc:
@@ -273,7 +278,7 @@ class Alerts:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         started = time.monotonic()
         with tempfile.NamedTemporaryFile("w", encoding="utf-8", errors="replace", dir=directory,
-                                         prefix="hook-stdin-") as stdin:
+                                         prefix=STDIN_PREFIX) as stdin:
             stdin.write(hook.stdin)
             stdin.flush()
             try:
@@ -439,12 +444,13 @@ class Alerts:
         """The shortest alert_after of the jobs the last check looked at."""
         return self.min_grace
 
-    def prune(self, before: datetime) -> int:
-        """Forget hook outcomes older than `before` (with the tasks that retention prunes)."""
-        old = HookRun.finished_at < before
-        if not HookRun.select().where(old).exists():
-            return 0
-        return HookRun.delete().where(old).execute()
+
+def prune(before: datetime) -> int:
+    """Forget hook outcomes older than `before` (with the tasks that retention prunes)."""
+    old = HookRun.finished_at < before
+    if not HookRun.select().where(old).exists():  # a delete of nothing still takes the lock
+        return 0
+    return HookRun.delete().where(old).execute()
 
 
 def _exists(program: str, env: dict[str, str]) -> bool:

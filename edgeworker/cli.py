@@ -818,6 +818,7 @@ def tasks_prune(obj: Context, older_than: str) -> None:
     """Delete old finished tasks (the worker also does this, per `retention`)."""
     from datetime import timedelta
 
+    from edgeworker import alerts
     from edgeworker.clock import utcnow
     from edgeworker.config import parse_duration
 
@@ -827,6 +828,7 @@ def tasks_prune(obj: Context, older_than: str) -> None:
         raise ConfigError(f"--older-than: {exc}") from None
     before = utcnow() - timedelta(seconds=age)
     count = obj.ledger().prune(before)
+    alerts.prune(before)
     click.echo(f"pruned {count} finished task(s) older than {older_than}")
 
 

@@ -32,8 +32,8 @@ from pathlib import Path
 import peewee
 from huey.consumer import BaseProcess, Consumer, Worker
 
+from edgeworker import alerts, migrate, models, recovery, trust
 from edgeworker import db as dbmod
-from edgeworker import migrate, models, recovery, trust
 from edgeworker.alerts import Alerts
 from edgeworker.clock import ClockSetWatch, Step, WorkerClock, clock_synchronised, span, time_daemon
 from edgeworker.config import Config, format_duration, load_config
@@ -537,7 +537,7 @@ class Daemon:
             # to delete them (runs after it may be kept that much longer).
             before -= timedelta(seconds=state.forward_seconds)
         # Look before deleting: a write transaction that deletes nothing still costs a lock.
-        self.alerts.prune(before)
+        alerts.prune(before)
         old = (Task.select().where(Task.status.in_(list(FINISHED)) & (Task.finished_at < before))
                .exists())
         if not old:

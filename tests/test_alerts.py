@@ -263,3 +263,16 @@ def test_jobs_add_takes_the_alert_options(migrated):
                       "--ping-url", "ftp://x")
     assert (result.exit_code, result.output.strip()) == (
         1, "Error: --ping-url: 'ftp://x' is not an http:// or https:// URL with a host")
+
+
+def test_tasks_prune_forgets_old_hook_outcomes(database, run_cli):
+    from datetime import UTC, datetime
+
+    from edgeworker.models import HookRun
+
+    HookRun.create(task_id=1, job_name="j", hook="on_failure", status="succeeded",
+                   finished_at=datetime(2020, 1, 1, tzinfo=UTC))
+    HookRun.create(task_id=2, job_name="j", hook="on_failure", status="succeeded",
+                   finished_at=datetime.now(UTC))
+    assert run_cli.ok("tasks", "prune", "--older-than", "7d").startswith("pruned 0 finished")
+    assert [h.task_id for h in HookRun.select()] == [2]
