@@ -410,6 +410,7 @@ def status(obj: Context, as_json: bool) -> None:
                    "alert": pid and report.all_busy(pid, settings.workers, settings.busy_alert,
                                                     utcnow()) or None},
         "queue": report.queue_depth(ledger.huey),
+        "pings": report.pings(),
         "last_recovery": last_recovery(),
         "clock": report.clock(utcnow(), pid is not None),
         "jobs": report.jobs(utcnow(), with_counts=True),
@@ -423,6 +424,10 @@ def status(obj: Context, as_json: bool) -> None:
         if d["worker"]["alert"]:
             click.echo(f"alert     {d['worker']['alert']}")
         click.echo(f"queue     {d['queue']['ready']} ready, {d['queue']['scheduled']} scheduled")
+        if d["pings"]["waiting"]:
+            why = d["pings"]["last_error"]
+            click.echo(f"pings     {d['pings']['waiting']} waiting in the outbox since "
+                       f"{show_time(d['pings']['oldest'])}" + (f" ({why})" if why else ""))
         rec = d["last_recovery"]
         if rec:
             click.echo(f"recovery  {show_time(rec['at'])}: recovered {rec['recovered']}, "

@@ -144,6 +144,13 @@ def hooks_of(task_id: int) -> list[dict]:
     return rows
 
 
+def pings() -> dict:
+    """Pings waiting in the outbox: how many, since when, and why the last try failed."""
+    head = Outbox.select().order_by(Outbox.id).first()
+    return {"waiting": Outbox.select().count(), "oldest": head and _when(head.created_at),
+            "last_error": head and head.last_error}
+
+
 def job_names() -> dict[int, str]:
     return dict(Job.select(Job.id, Job.name).tuples())
 

@@ -109,6 +109,9 @@ def test_undelivered_pings_are_kept_and_delivered_after_a_restart(tmp_path):
         shown = json.loads(worker.cli("tasks", "show", str(ids[0]), "--json").stdout)
         assert [(h["hook"], h["status"]) for h in shown["hooks"]] == [
             (f"ping {url}/start", "queued"), (f"ping {url}", "queued")]
+        status = worker.cli("status").stdout
+        assert "pings     4 waiting in the outbox since " in status
+        assert "(ConnectionRefusedError: [Errno 111] Connection refused)" in status
         assert worker.stop() == 0
         server = PingServer(port)
         try:
@@ -276,3 +279,14 @@ def test_tasks_prune_forgets_old_hook_outcomes(database, run_cli):
                    finished_at=datetime.now(UTC))
     assert run_cli.ok("tasks", "prune", "--older-than", "7d").startswith("pruned 0 finished")
     assert [h.task_id for h in HookRun.select()] == [2]
+
+
+def test_an_idle_worker_with_an_https_ping_url_does_not_load_openssl(tmp_path):
+    config = (f'[[jobs]]\nname = "j"\ncommand = "true"\n{YEARLY}'
+              'ping_url = "https://hc.example/ping/abc"\non_failure = "true"\n'
+              'alert_after = "1h"\n')
+    with WorkerProcess(tmp_path, config) as worker:
+        worker.start().wait_running()
+        maps = open(f"/proc/{worker.proc.pid}/maps").read()
+        assert "libssl" not in maps and "_ssl" not in maps
+        worker.stop()
