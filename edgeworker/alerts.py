@@ -266,6 +266,10 @@ class Alerts:
                         self.flush()
                 except Exception as exc:  # noqa: BLE001 - an alert never stops the worker
                     logger.error("alerts: %s: %s", type(exc).__name__, exc)
+                    if self.retry_at is not None and self.retry_at <= time.monotonic():
+                        # the outbox could not be read (a busy or full disk): not a busy loop
+                        self.retry_at = time.monotonic() + self.backoff
+                        self.backoff = min(self.backoff * 2, MAX_BACKOFF)
         finally:
             with contextlib.suppress(Exception):
                 Outbox._meta.database.close()
@@ -378,6 +382,8 @@ class Alerts:
                         self.backoff = min(self.backoff * 2, MAX_BACKOFF)
                         return
                     status, error = "dropped", str(exc)
+                    logger.warning("ping %s of job %s refused (%s): dropped from the outbox",
+                                   row.url, row.job_name, exc)
                 with Outbox._meta.database.atomic():
                     Outbox.delete().where(Outbox.id == row.id).execute()
                     HookRun.create(task_id=row.task_id, job_name=row.job_name,
@@ -394,15 +400,8 @@ class Alerts:
     def check_quiet(self, now: datetime) -> int:
         """Fire on_failure (status overdue) for each job quiet for longer than its
         alert_after, once per spell; returns how many fired. `now` is the worker's clock."""
-        settings = self.settings()
-        default = settings.alert_after
-        last = (Task.select(Task.id).where((Task.job == Job.id)
-                                           & (Task.status == TaskStatus.SUCCEEDED.value))
-                .order_by(Task.id.desc()).limit(1))
-        where = (Job.enabled == True) & (Job.paused == False)  # noqa: E712 - SQL
-        where &= (Job.alert_after_seconds > 0) if default is None else (
-            Job.alert_after_seconds.is_null() | (Job.alert_after_seconds > 0))
-        rows = (Job.select(Job, last.alias("last_id")).where(where).objects())
+        default = self.settings().alert_after
+        rows = quiet_query(default)
         mono = time.monotonic()
         seen, fired = set(), 0
         self.min_grace = None
@@ -443,6 +442,18 @@ class Alerts:
     def shortest(self) -> float | None:
         """The shortest alert_after of the jobs the last check looked at."""
         return self.min_grace
+
+
+def quiet_query(default: float | None) -> peewee.ModelSelect:
+    """The jobs `alert_after` watches, each with its newest success (`last_id`): a walk of the
+    tasks_job_id index, newest first, per job; never all of history."""
+    last = (Task.select(Task.id).where((Task.job == Job.id)
+                                       & (Task.status == TaskStatus.SUCCEEDED.value))
+            .order_by(Task.id.desc()).limit(1))
+    where = (Job.enabled == True) & (Job.paused == False)  # noqa: E712 - SQL
+    where &= (Job.alert_after_seconds > 0) if default is None else (
+        Job.alert_after_seconds.is_null() | (Job.alert_after_seconds > 0))
+    return Job.select(Job, last.alias("last_id")).where(where).objects()
 
 
 def prune(before: datetime) -> int:

@@ -290,3 +290,14 @@ def test_an_idle_worker_with_an_https_ping_url_does_not_load_openssl(tmp_path):
         maps = open(f"/proc/{worker.proc.pid}/maps").read()
         assert "libssl" not in maps and "_ssl" not in maps
         worker.stop()
+
+
+def test_the_quiet_check_walks_the_job_index_not_history(database):
+    from edgeworker.alerts import quiet_query
+
+    for default in (None, 7200.0):
+        sql, params = quiet_query(default).sql()
+        plan = " / ".join(row[-1] for row in database.execute_sql(f"EXPLAIN QUERY PLAN {sql}",
+                                                                   params))
+        assert "SEARCH t2 USING INDEX tasks_job_id (job_id=?)" in plan, plan
+        assert "SCAN t2" not in plan, plan
