@@ -174,30 +174,35 @@ class Alerts:
 
     def finished(self, task: Task, job: Job, env: dict[str, str], result: Result) -> None:
         """After the outcome of an attempt is recorded (`task` as it is now)."""
+        status = {TaskStatus.CREATED: "retry", TaskStatus.SUCCEEDED: "succeeded",
+                  TaskStatus.FAILED: "failed"}.get(TaskStatus(task.status))
+        if status is not None:
+            self._outcome(task.id, job, env, status, task.exit_code, task.error, result.output)
+
+    def failed_in_recovery(self, task: Task, job: Job, env: dict[str, str], reason: str) -> None:
+        """Start-up recovery ended an interrupted run `failed` (its attempts used up by
+        crashes, say): that is its final outcome too."""
+        self._outcome(task.id, job, env, "failed", None, reason, "")
+
+    def _outcome(self, task_id: int, job: Job, env: dict[str, str], status: str,
+                 exit_code: int | None, error: str | None, output: str | None) -> None:
         settings = self.settings()
-        if task.status == TaskStatus.CREATED:
-            hook, status = "on_retry", "retry"
-        elif task.status == TaskStatus.SUCCEEDED:
-            hook, status = "on_success", "succeeded"
-        elif task.status == TaskStatus.FAILED:
-            hook, status = "on_failure", "failed"
-        else:
-            return
+        hook = {"retry": "on_retry", "succeeded": "on_success", "failed": "on_failure"}[status]
         url = effective(job, settings, "ping_url")
         if url and status != "retry":
             suffix = ""
             if status == "failed":
-                code = task.exit_code
-                suffix = f"/{code}" if code is not None and 0 < code < 256 else "/fail"
-            body = result.output or ("" if status == "succeeded" else task.error or "")
-            self._put(_Ping(url + suffix, job.name, task.id, _tail(body, PING_BODY_LIMIT)))
+                suffix = (f"/{exit_code}" if exit_code is not None and 0 < exit_code < 256
+                          else "/fail")
+            body = output or ("" if status == "succeeded" else error or "")
+            self._put(_Ping(url + suffix, job.name, task_id, _tail(body, PING_BODY_LIMIT)))
         command = effective(job, settings, hook)
         if command:
             env = {**env, "EDGEWORKER_STATUS": status,
-                   "EDGEWORKER_EXIT_CODE": "" if task.exit_code is None else str(task.exit_code),
-                   "EDGEWORKER_ERROR": _tail(task.error, ERROR_LIMIT)}
+                   "EDGEWORKER_EXIT_CODE": "" if exit_code is None else str(exit_code),
+                   "EDGEWORKER_ERROR": _tail(error, ERROR_LIMIT)}
             hook_env = {**job.environment, **env, "EDGEWORKER_HOOK": hook}
-            self._put(_Hook(hook, command, job.name, task.id, hook_env, result.output or ""))
+            self._put(_Hook(hook, command, job.name, task_id, hook_env, output or ""))
 
     def _put(self, event) -> None:
         try:

@@ -48,7 +48,7 @@ from edgeworker.processes import ProcessTable
 from edgeworker.queue import EdgeHuey
 from edgeworker.runners import KILL_GRACE, Abort, verify_callables
 from edgeworker.wakeup import DatabaseWatch, StopPipe
-from edgeworker.worker import IntervalJobWorker
+from edgeworker.worker import IntervalJobWorker, task_environment
 
 logger = logging.getLogger("edgeworker.daemon")
 
@@ -261,9 +261,24 @@ class Daemon:
                 logger.info("synced jobs from %s: %s", self.config.path, report.summary())
             self.recovery = recovery.recover(self.ledger, self.clock.now(), self.processes)
             logger.info("%s", self.recovery.line())
+            self.alert_recovery()
             self.check_clock(starting=True)
         self.consumer = EdgeConsumer(self.huey, self, self.workers, settings.shutdown_timeout)
         return self.consumer
+
+    def alert_recovery(self) -> None:
+        """Runs that recovery ended `failed` had their final outcome: their on_failure hooks
+        and pings run once the alerts thread starts."""
+        failed = [(task, why) for task, status, why in self.recovery.close
+                  if status == models.TaskStatus.FAILED]
+        if not failed:
+            return
+        jobs = {job.id: job for job in models.Job.select().where(
+            models.Job.id.in_(list({task.job_id for task, _ in failed})))}
+        for task, why in failed:
+            job = jobs.get(task.job_id)
+            if job is not None:
+                self.alerts.failed_in_recovery(task, job, task_environment(task, job, True), why)
 
     def open_database(self):
         settings = self.config.worker

@@ -301,3 +301,25 @@ def test_the_quiet_check_walks_the_job_index_not_history(database):
                                                                    params))
         assert "SEARCH t2 USING INDEX tasks_job_id (job_id=?)" in plan, plan
         assert "SCAN t2" not in plan, plan
+
+
+def test_a_run_that_recovery_ends_failed_fires_on_failure_and_its_ping(tmp_path, server):
+    failures = tmp_path / "failure.log"
+    config = (f'[[jobs]]\nname = "hang"\ncommand = "sleep 60"\nmax_attempts = 1\n{YEARLY}'
+              f'on_failure = """{RECORD.format(log=failures)}"""\n'
+              f'ping_url = "{server.url("/h")}"\n')
+    with WorkerProcess(tmp_path, config) as worker:
+        worker.start().wait_running()
+        worker.cli("jobs", "run", "hang")
+        task = worker.wait_tasks("job = 'hang' AND status = 'running'")[0]
+        wait_for(lambda: server.received == [("/h/start", "")], log=worker.log)
+        worker.kill()  # its only attempt is used up: recovery ends it failed
+        worker.start().wait_running()
+        wait_for(lambda: len(lines(failures)) >= 1, what="on_failure", log=worker.log)
+        assert worker.tasks(f"id = {task['id']}")[0]["status"] == "failed"
+        assert lines(failures)[0].startswith(
+            f"on_failure failed  1 {task['id']} hang interrupted on attempt 1 of 1")
+        wait_for(lambda: len(server.received) == 2, log=worker.log)
+        assert server.received[1][0] == "/h/fail"
+        assert server.received[1][1].startswith("interrupted on attempt 1 of 1")
+        worker.stop()
