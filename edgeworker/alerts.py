@@ -53,7 +53,7 @@ from edgeworker.runners import Abort, Interrupted, Result, command_env, run_comm
 
 logger = logging.getLogger("edgeworker.alerts")
 
-QUEUE_LIMIT = 1000  # events waiting for the alerts thread
+QUEUE_LIMIT = 100  # events waiting for the alerts thread (each up to ~75 KiB: a Pi's memory)
 OUTBOX_LIMIT = 1000  # pings kept while they cannot be delivered
 PING_TIMEOUT = 10.0  # connect + send + status line, per try
 PING_BODY_LIMIT = 10 * 1024  # the tail of the output a ping carries
@@ -208,8 +208,8 @@ class Alerts:
         try:
             self.events.put_nowait(event)
         except queue.Full:
-            logger.error("alerts queue full (%s waiting): dropped %s of job %s", QUEUE_LIMIT,
-                         getattr(event, "hook", "a ping"), event.job_name)
+            logger.error("alerts queue full (%s waiting): dropped %s of job %s",
+                         self.events.maxsize, getattr(event, "hook", "a ping"), event.job_name)
 
     # -- the alerts thread ------------------------------------------------------------------
 

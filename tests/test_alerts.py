@@ -323,3 +323,23 @@ def test_a_run_that_recovery_ends_failed_fires_on_failure_and_its_ping(tmp_path,
         assert server.received[1][0] == "/h/fail"
         assert server.received[1][1].startswith("interrupted on attempt 1 of 1")
         worker.stop()
+
+
+def test_a_full_alerts_queue_drops_and_logs_instead_of_waiting(monkeypatch, caplog):
+    import queue as queues
+    from datetime import UTC, datetime
+
+    from edgeworker import alerts
+    from edgeworker.config import WorkerSettings
+    from edgeworker.models import Job, Task
+    from edgeworker.runners import Result
+
+    box = alerts.Alerts(lambda: WorkerSettings(on_success="true"),
+                        lambda: datetime.now(UTC))
+    box.events = queues.Queue(2)  # no thread takes them
+    job = Job(id=1, name="j", env="{}")
+    task = Task(id=7, status="succeeded", exit_code=0)
+    for _ in range(3):
+        box.finished(task, job, {}, Result(True, 0, None, "out"))
+    assert box.events.qsize() == 2
+    assert "alerts queue full (2 waiting): dropped on_success of job j" in caplog.text
