@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import peewee
 
@@ -116,6 +116,12 @@ def _post_plain(host: str, port: int, path: str, headers: dict[str, str], body: 
     return int(line[1])
 
 
+def ping_address(url: str, suffix: str) -> str:
+    """`suffix` added to the URL's path, before any query (`…/ping/abc/start?rid=…`)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + suffix))
+
+
 def effective(job: Job, settings: WorkerSettings, key: str):
     """A job's own alert setting, else the [worker] default; "" (off) becomes None."""
     column = "alert_after_seconds" if key == "alert_after" else key
@@ -170,7 +176,7 @@ class Alerts:
     def started(self, task: Task, job: Job) -> None:
         url = effective(job, self.settings(), "ping_url")
         if url:
-            self._put(_Ping(f"{url}/start", job.name, task.id, ""))
+            self._put(_Ping(ping_address(url, "/start"), job.name, task.id, ""))
 
     def finished(self, task: Task, job: Job, env: dict[str, str], result: Result) -> None:
         """After the outcome of an attempt is recorded (`task` as it is now)."""
@@ -195,7 +201,8 @@ class Alerts:
                 suffix = (f"/{exit_code}" if exit_code is not None and 0 < exit_code < 256
                           else "/fail")
             body = output or ("" if status == "succeeded" else error or "")
-            self._put(_Ping(url + suffix, job.name, task_id, _tail(body, PING_BODY_LIMIT)))
+            self._put(_Ping(ping_address(url, suffix), job.name, task_id,
+                            _tail(body, PING_BODY_LIMIT)))
         command = effective(job, settings, hook)
         if command:
             env = {**env, "EDGEWORKER_STATUS": status,

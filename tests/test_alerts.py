@@ -343,3 +343,15 @@ def test_a_full_alerts_queue_drops_and_logs_instead_of_waiting(monkeypatch, capl
         box.finished(task, job, {}, Result(True, 0, None, "out"))
     assert box.events.qsize() == 2
     assert "alerts queue full (2 waiting): dropped on_success of job j" in caplog.text
+
+
+@pytest.mark.parametrize("url, suffix, address", [
+    ("http://hc.example/ping/abc", "/start", "http://hc.example/ping/abc/start"),
+    ("http://hc.example/ping/abc", "", "http://hc.example/ping/abc"),
+    ("https://hc.example/ping/abc?create=1", "/3", "https://hc.example/ping/abc/3?create=1"),
+    ("http://[::1]:8000", "/fail", "http://[::1]:8000/fail"),
+])
+def test_ping_addresses_keep_the_query(url, suffix, address):
+    from edgeworker.alerts import ping_address
+
+    assert ping_address(url, suffix) == address
