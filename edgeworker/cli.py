@@ -730,8 +730,10 @@ def tasks_show(obj: Context, task_id: int, as_json: bool) -> None:
             click.echo(t["output"].rstrip("\n"))
         for hook in t["hooks"]:
             detail = "" if hook["exit_code"] is None else f" (exit {hook['exit_code']})"
-            if hook["attempts"] is not None:
+            if hook["attempts"]:
                 detail += f" ({hook['attempts']} failed tries)"
+            elif hook["attempts"] == 0:
+                detail += " (behind an earlier ping)"
             if hook["error"]:
                 detail += f": {_one_line(hook['error'])}"
             click.echo(f"hook:           {hook['hook']} {hook['status']}{detail} "
