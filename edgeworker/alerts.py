@@ -60,6 +60,7 @@ PING_BODY_LIMIT = 10 * 1024  # the tail of the output a ping carries
 RECORD_LIMIT = 4 * 1024  # of a hook's output kept in hook_runs
 ERROR_LIMIT = 4 * 1024  # of a run's error in EDGEWORKER_ERROR
 FIRST_BACKOFF = 2.0
+FLUSH_BATCH = 50  # pings delivered, then settled in one transaction
 MAX_BACKOFF = 600.0
 HOOKS = ("on_failure", "on_success", "on_retry")
 STDIN_PREFIX = "hook-stdin-"  # beside the run records, on tmpfs
@@ -372,40 +373,57 @@ class Alerts:
             self.retry_at = time.monotonic()
 
     def flush(self) -> None:
-        """Deliver the outbox in order until one fails; back off after a failure."""
+        """Deliver the outbox oldest first. A server that fails holds back its later pings
+        until the next try (they arrive in order), with back-off; other servers' go on. What
+        was delivered is settled in one transaction per batch, not one per ping."""
+        after, blocked, failed = 0, set(), None
         while True:
-            rows = list(Outbox.select().order_by(Outbox.id).limit(50))
-            self.waiting = len(rows) if len(rows) < 50 else max(self.waiting, len(rows))
+            rows = list(Outbox.select().where(Outbox.id > after).order_by(Outbox.id)
+                        .limit(FLUSH_BATCH))
             if not rows:
-                self.waiting, self.retry_at, self.backoff = 0, None, FIRST_BACKOFF
-                return
+                break
+            after = rows[-1].id
+            settled = []
             for row in rows:
+                server = urlsplit(row.url).netloc
+                if server in blocked:
+                    continue
                 try:
                     post(row.url, row.body.encode("utf-8", "replace"))
-                    status, error = "succeeded", None
+                    settled.append((row, "succeeded", None))
                 except PingError as exc:
-                    if not exc.permanent:
-                        Outbox.update(attempts=Outbox.attempts + 1, last_error=str(exc)).where(
-                            Outbox.id == row.id).execute()
-                        self.retry_at = time.monotonic() + self.backoff
-                        logger.info("ping outbox: %s still fails (%s); %s ping(s) wait, next "
-                                    "try in %s", row.url, exc, self.waiting,
-                                    format_duration(self.backoff))
-                        self.backoff = min(self.backoff * 2, MAX_BACKOFF)
-                        return
-                    status, error = "dropped", str(exc)
-                    logger.warning("ping %s of job %s refused (%s): dropped from the outbox",
-                                   row.url, row.job_name, exc)
-                with Outbox._meta.database.atomic():
-                    Outbox.delete().where(Outbox.id == row.id).execute()
-                    HookRun.create(task_id=row.task_id, job_name=row.job_name,
-                                   hook=f"ping {row.url}", status=status, error=error,
-                                   exit_code=None,
-                                   output=f"delivered from the outbox after {row.attempts} "
-                                          "failed tr(ies)" if status == "succeeded" else None,
-                                   finished_at=self.clock())
-                self.waiting = max(0, self.waiting - 1)
-                self.backoff = FIRST_BACKOFF
+                    if exc.permanent:
+                        logger.warning("ping %s of job %s refused (%s): dropped from the "
+                                       "outbox", row.url, row.job_name, exc)
+                        settled.append((row, "dropped", str(exc)))
+                        continue
+                    blocked.add(server)
+                    failed = (row.url, exc)
+                    Outbox.update(attempts=Outbox.attempts + 1, last_error=str(exc)).where(
+                        Outbox.id == row.id).execute()
+            self._settle(settled)
+        self.waiting = Outbox.select().count()
+        if failed is None:
+            self.retry_at, self.backoff = None, FIRST_BACKOFF
+            return
+        self.retry_at = time.monotonic() + self.backoff
+        logger.info("ping outbox: %s still fails (%s); %s ping(s) wait, next try in %s",
+                    failed[0], failed[1], self.waiting, format_duration(self.backoff))
+        self.backoff = min(self.backoff * 2, MAX_BACKOFF)
+
+    def _settle(self, settled: list[tuple[Outbox, str, str | None]]) -> None:
+        if not settled:
+            return
+        now = self.clock()
+        with Outbox._meta.database.atomic():
+            Outbox.delete().where(Outbox.id.in_([row.id for row, _, _ in settled])).execute()
+            HookRun.insert_many([
+                {"task_id": row.task_id, "job_name": row.job_name, "hook": f"ping {row.url}",
+                 "status": status, "error": error, "exit_code": None, "finished_at": now,
+                 "output": (f"delivered from the outbox after {row.attempts} failed "
+                            f"tr{'y' if row.attempts == 1 else 'ies'}"
+                            if status == "succeeded" else None)}
+                for row, status, error in settled]).execute()
 
     # -- gone quiet -------------------------------------------------------------------------
 

@@ -355,3 +355,31 @@ def test_ping_addresses_keep_the_query(url, suffix, address):
     from edgeworker.alerts import ping_address
 
     assert ping_address(url, suffix) == address
+
+
+def test_a_server_that_is_down_holds_back_only_its_own_pings(database, server):
+    from datetime import UTC, datetime
+
+    from edgeworker import alerts
+    from edgeworker.config import WorkerSettings
+    from edgeworker.models import HookRun, Outbox
+
+    down = free_port()
+    box = alerts.Alerts(WorkerSettings, lambda: datetime.now(UTC))
+    for number in range(3):
+        for url in (f"http://127.0.0.1:{down}/a/{number}", server.url(f"/b/{number}")):
+            box.keep(alerts._Ping(url, "j", number, f"body {number}"), None)
+    box.flush()
+    assert server.received == [(f"/b/{n}", f"body {n}") for n in range(3)]
+    assert [row.url for row in Outbox.select().order_by(Outbox.id)] == [
+        f"http://127.0.0.1:{down}/a/{n}" for n in range(3)]
+    assert box.waiting == 3 and box.retry_at is not None
+    assert [r.attempts for r in Outbox.select().order_by(Outbox.id)] == [1, 0, 0]
+    back = PingServer(down)
+    try:
+        box.flush()
+        assert back.received == [(f"/a/{n}", f"body {n}") for n in range(3)]
+    finally:
+        back.close()
+    assert (box.waiting, box.retry_at, Outbox.select().count()) == (0, None, 0)
+    assert HookRun.select().where(HookRun.status == "succeeded").count() == 6
