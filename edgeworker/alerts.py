@@ -15,8 +15,8 @@ and `EDGEWORKER_HOOK`, and the run's output tail on stdin. Each hook's outcome i
 Pings follow healthchecks.io: `<url>/start` when an attempt starts, `<url>` when a run
 succeeds, `<url>/<exit code>` (or `<url>/fail` without one) when it fails for good, POSTed with
 the output tail as the body. A ping delivered at once writes nothing to the database. One that
-cannot be delivered goes to the `outbox` table, and so does every later ping while any is
-waiting (they arrive in order); the outbox is retried with back-off, across restarts, and holds
+cannot be delivered goes to the `outbox` table, and so does every later ping to that server
+while any of its pings wait (they arrive in order); the outbox is retried with back-off, across restarts, and holds
 at most OUTBOX_LIMIT pings (the oldest are dropped, counted and logged). A plain http:// URL is
 spoken to with a socket: `http.client` imports `ssl`, and an idle worker does not load OpenSSL.
 
@@ -165,6 +165,7 @@ class Alerts:
         self.events: queue.Queue = queue.Queue(QUEUE_LIMIT)
         self.thread: threading.Thread | None = None
         self.waiting = 0  # pings in the outbox
+        self.held: set[str] = set()  # servers with pings in the outbox: new ones queue behind
         self.retry_at: float | None = None  # monotonic: next try of the outbox
         self.backoff = FIRST_BACKOFF
         self.dropped = 0
@@ -227,6 +228,7 @@ class Alerts:
             for left in directory.glob(f"{STDIN_PREFIX}*"):  # a killed worker's hook's stdin
                 left.unlink(missing_ok=True)
         try:
+            self.held = {urlsplit(url).netloc for (url,) in Outbox.select(Outbox.url).tuples()}
             self.waiting = Outbox.select().count()
         except peewee.DatabaseError as exc:
             logger.error("cannot read the ping outbox: %s", exc)
@@ -333,7 +335,7 @@ class Alerts:
     # -- pings ------------------------------------------------------------------------------
 
     def ping(self, ping: _Ping) -> None:
-        if not self.waiting:
+        if urlsplit(ping.url).netloc not in self.held:
             try:
                 post(ping.url, ping.body.encode("utf-8", "replace"))
                 return
@@ -358,6 +360,7 @@ class Alerts:
                               body=ping.body, created_at=self.clock(),
                               attempts=1 if error else 0, last_error=error)
                 self.waiting += 1
+                self.held.add(urlsplit(ping.url).netloc)
                 extra = self.waiting - OUTBOX_LIMIT
                 if extra > 0:
                     oldest = Outbox.select(Outbox.id).order_by(Outbox.id).limit(extra)
@@ -403,6 +406,7 @@ class Alerts:
                         Outbox.id == row.id).execute()
             self._settle(settled)
         self.waiting = Outbox.select().count()
+        self.held = blocked if self.waiting else set()
         if failed is None:
             self.retry_at, self.backoff = None, FIRST_BACKOFF
             return

@@ -375,11 +375,16 @@ def test_a_server_that_is_down_holds_back_only_its_own_pings(database, server):
         f"http://127.0.0.1:{down}/a/{n}" for n in range(3)]
     assert box.waiting == 3 and box.retry_at is not None
     assert [r.attempts for r in Outbox.select().order_by(Outbox.id)] == [1, 0, 0]
+    box.ping(alerts._Ping(server.url("/b/new"), "j", 9, "now"))  # its server is up: sent now
+    box.ping(alerts._Ping(f"http://127.0.0.1:{down}/a/new", "j", 9, "later"))  # queued behind
+    assert server.received[-1] == ("/b/new", "now")
+    assert Outbox.select().count() == box.waiting == 4
     back = PingServer(down)
     try:
         box.flush()
-        assert back.received == [(f"/a/{n}", f"body {n}") for n in range(3)]
+        assert back.received == [(f"/a/{n}", f"body {n}") for n in range(3)] + [
+            ("/a/new", "later")]
     finally:
         back.close()
     assert (box.waiting, box.retry_at, Outbox.select().count()) == (0, None, 0)
-    assert HookRun.select().where(HookRun.status == "succeeded").count() == 6
+    assert HookRun.select().where(HookRun.status == "succeeded").count() == 7
