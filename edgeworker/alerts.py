@@ -12,13 +12,14 @@ run's `EDGEWORKER_*` variables, `EDGEWORKER_STATUS`, `EDGEWORKER_EXIT_CODE`, `ED
 and `EDGEWORKER_HOOK`, and the run's output tail on stdin. Each hook's outcome is one row of
 `hook_runs` (`tasks show`).
 
-Pings follow healthchecks.io: `<url>/start` when an attempt starts, `<url>` when a run
-succeeds, `<url>/<exit code>` (or `<url>/fail` without one) when it fails for good, POSTed with
-the output tail as the body. A ping delivered at once writes nothing to the database. One that
-cannot be delivered goes to the `outbox` table, and so does every later ping to that server
-while any of its pings wait (they arrive in order); the outbox is retried with back-off, across restarts, and holds
-at most OUTBOX_LIMIT pings (the oldest are dropped, counted and logged). A plain http:// URL is
-spoken to with a socket: `http.client` imports `ssl`, and an idle worker does not load OpenSSL.
+Pings follow healthchecks.io: `<url>/start` when an attempt starts, `<url>` when a run succeeds,
+`<url>/<exit code>` (or `<url>/fail` without one) when it fails for good, POSTed with the output
+tail as the body. A ping delivered at once writes nothing to the database. One that cannot be
+delivered goes to the `outbox` table, and so does every later ping to that server while any of
+its pings wait (they arrive in order); the outbox is retried with back-off, across restarts, and
+holds at most OUTBOX_LIMIT pings (the oldest are dropped, counted and logged). A plain http://
+URL is spoken to with a socket: `http.client` imports `ssl`, and an idle worker does not load
+OpenSSL.
 
 "Gone quiet": the housekeeper calls `Alerts.check_quiet(now)`; a job whose last success is
 older than its `alert_after` fires `on_failure` once per quiet spell with
