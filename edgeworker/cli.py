@@ -410,6 +410,7 @@ def status(obj: Context, as_json: bool) -> None:
                    "alert": pid and report.all_busy(pid, settings.workers, settings.busy_alert,
                                                     utcnow()) or None},
         "queue": report.queue_depth(ledger.huey),
+        "pings": report.pings(),
         "last_recovery": last_recovery(),
         "clock": report.clock(utcnow(), pid is not None),
         "jobs": report.jobs(utcnow(), with_counts=True),
@@ -423,6 +424,10 @@ def status(obj: Context, as_json: bool) -> None:
         if d["worker"]["alert"]:
             click.echo(f"alert     {d['worker']['alert']}")
         click.echo(f"queue     {d['queue']['ready']} ready, {d['queue']['scheduled']} scheduled")
+        if d["pings"]["waiting"]:
+            why = d["pings"]["last_error"]
+            click.echo(f"pings     {d['pings']['waiting']} waiting in the outbox since "
+                       f"{show_time(d['pings']['oldest'])}" + (f" ({why})" if why else ""))
         rec = d["last_recovery"]
         if rec:
             click.echo(f"recovery  {show_time(rec['at'])}: recovered {rec['recovered']}, "
@@ -523,6 +528,15 @@ def jobs_list(obj: Context, as_json: bool) -> None:
 @click.option("--cwd", help="Working directory for a command.")
 @click.option("--env-file", metavar="PATH",
               help="KEY=VALUE lines read at each run (mode 0600 or 0640), for secrets.")
+@click.option("--on-failure", metavar="COMMAND",
+              help="Run this after a run's final failure (split with shlex).")
+@click.option("--on-success", metavar="COMMAND", help="Run this after a run succeeds.")
+@click.option("--on-retry", metavar="COMMAND",
+              help="Run this after a failed attempt that will be retried.")
+@click.option("--ping-url", metavar="URL",
+              help="Ping URL/start, URL, URL/fail (healthchecks.io style) for each run.")
+@click.option("--alert-after", metavar="DURATION",
+              help="Run --on-failure (status overdue) when no run succeeded for this long.")
 @click.option("--disabled", is_flag=True, help="Add the job disabled.")
 @pass_ctx
 def jobs_add(obj: Context, name: str, **options: Any) -> None:
@@ -699,6 +713,7 @@ def tasks_show(obj: Context, task_id: int, as_json: bool) -> None:
     if task is None:
         raise NotFound(f"no task with id {task_id}")
     data = report.task_row(task, report.job_names(), full=True)
+    data["hooks"] = report.hooks_of(task.id)
 
     def render(t: dict) -> None:
         for key in ("id", "job", "status", "origin", "attempt", "recovered_count", "exit_code",
@@ -713,6 +728,16 @@ def tasks_show(obj: Context, task_id: int, as_json: bool) -> None:
         click.echo("output:" if t["output"] else "output:         (none)")
         if t["output"]:
             click.echo(t["output"].rstrip("\n"))
+        for hook in t["hooks"]:
+            detail = "" if hook["exit_code"] is None else f" (exit {hook['exit_code']})"
+            if hook["attempts"]:
+                detail += f" ({hook['attempts']} failed tries)"
+            elif hook["attempts"] == 0:
+                detail += " (behind an earlier ping)"
+            if hook["error"]:
+                detail += f": {_one_line(hook['error'])}"
+            click.echo(f"hook:           {hook['hook']} {hook['status']}{detail} "
+                       f"at {show_time(hook['at'])}")
 
     emit(data, as_json, render)
 
@@ -800,6 +825,7 @@ def tasks_prune(obj: Context, older_than: str) -> None:
     """Delete old finished tasks (the worker also does this, per `retention`)."""
     from datetime import timedelta
 
+    from edgeworker import alerts
     from edgeworker.clock import utcnow
     from edgeworker.config import parse_duration
 
@@ -809,6 +835,7 @@ def tasks_prune(obj: Context, older_than: str) -> None:
         raise ConfigError(f"--older-than: {exc}") from None
     before = utcnow() - timedelta(seconds=age)
     count = obj.ledger().prune(before)
+    alerts.prune(before)
     click.echo(f"pruned {count} finished task(s) older than {older_than}")
 
 

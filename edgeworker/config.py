@@ -105,6 +105,12 @@ class JobSpec:
     cwd: str | None = None
     env_file: Path | None = None  # KEY=VALUE lines read at each run (secrets stay out of here)
     isolate: bool = False  # a callable in a child process, stoppable at its timeout
+    # Alerts (edgeworker.alerts); None takes the [worker] default, "" turns it off for this job.
+    on_failure: str | None = None  # a command line (shlex), run after a run's final failure
+    on_success: str | None = None
+    on_retry: str | None = None  # after a failed attempt that will be retried
+    ping_url: str | None = None  # healthchecks.io-style: /start, the URL itself, /fail
+    alert_after: float | None = None  # no success for this long: on_failure, status overdue
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,13 @@ class WorkerSettings:
     wait_for_clock_sync: str = "auto"
     clock_sync_timeout: float = 600.0
     env_file: Path | None = None  # for every job, under each job's own
+    # Alerts: defaults for every job (a job's own value overrides), see edgeworker.alerts.
+    on_failure: str | None = None
+    on_success: str | None = None
+    on_retry: str | None = None
+    ping_url: str | None = None
+    alert_after: float | None = None
+    hook_timeout: float = 30.0  # a hook command is stopped after this long
 
 
 @dataclass(frozen=True)
@@ -150,11 +163,13 @@ class Config:
 _TOP_KEYS = {"worker", "metrics", "jobs"}
 _WORKER_KEYS = {f for f in WorkerSettings.__dataclass_fields__}
 _METRICS_KEYS = {"textfile", "interval"}
+_ALERT_KEYS = ("on_failure", "on_success", "on_retry", "ping_url", "alert_after")
 _JOB_KEYS = {
     "name", "command", "callable", "shell", "every", "cron", "timezone", "timeout",
     "max_attempts", "retry_delay", "catch_up", "catch_up_limit", "jitter", "enabled", "env", "cwd",
     "env_file",
     "isolate",
+    *_ALERT_KEYS,
 }
 
 
@@ -323,6 +338,10 @@ def _parse_worker(raw: Any, where: _Where, base: Path) -> WorkerSettings:
     if "clock_sync_timeout" in raw:
         values["clock_sync_timeout"] = _duration(raw["clock_sync_timeout"],
                                                  lambda m: fail("clock_sync_timeout", m))
+    if "hook_timeout" in raw:
+        values["hook_timeout"] = _duration(raw["hook_timeout"],
+                                           lambda m: fail("hook_timeout", m), positive=True)
+    _alerts(raw, values, fail)
     return WorkerSettings(**values)
 
 
@@ -463,7 +482,54 @@ def build_job_spec(raw: Mapping[str, Any], fail, base: Path | None = None) -> Jo
     if "env_file" in raw:
         values["env_file"] = _path(raw["env_file"], base or Path.cwd(),
                                    lambda m: fail("env_file", m))
+    _alerts(raw, values, fail)
     return JobSpec(**values)
+
+
+def _alerts(raw: Mapping[str, Any], values: dict[str, Any], fail) -> None:
+    """The alert keys a job and [worker] share: hooks, ping_url, alert_after."""
+    for key in ("on_failure", "on_success", "on_retry"):
+        if key in raw:
+            values[key] = _hook(raw[key], lambda m, key=key: fail(key, m))
+    if "ping_url" in raw:
+        values["ping_url"] = _url(raw["ping_url"], lambda m: fail("ping_url", m))
+    if raw.get("alert_after") == "off":
+        values["alert_after"] = 0.0  # a job's way out of the [worker] default
+    elif "alert_after" in raw:
+        values["alert_after"] = _duration(raw["alert_after"], lambda m: fail(
+            "alert_after", m + ', or "off"'), shortest=1.0)
+
+
+def _hook(value: Any, fail) -> str:
+    """A hook command as one shlex line ("" turns a [worker] default off)."""
+    if isinstance(value, list) and value and all(isinstance(a, str) for a in value):
+        return shlex.join(value)
+    if not isinstance(value, str):
+        raise fail("must be a command: a string or a non-empty list of strings")
+    try:
+        shlex.split(value)
+    except ValueError as exc:
+        raise fail(f"cannot split {value!r} into arguments: {exc}") from None
+    return value
+
+
+def _url(value: Any, fail) -> str:
+    from urllib.parse import urlsplit
+
+    if value == "":
+        return value
+    if not isinstance(value, str):
+        raise fail("must be an http:// or https:// URL (a string)")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise fail(f"{value!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise fail(f"{value!r} is not an http:// or https:// URL with a host")
+    if any(c.isspace() for c in value):
+        raise fail(f"{value!r} contains white space")
+    return value.rstrip("/")
 
 
 def _duration(value: Any, fail, *, positive: bool = False, shortest: float = 0.0,

@@ -32,8 +32,9 @@ from pathlib import Path
 import peewee
 from huey.consumer import BaseProcess, Consumer, Worker
 
+from edgeworker import alerts, migrate, models, recovery, trust
 from edgeworker import db as dbmod
-from edgeworker import migrate, models, recovery, trust
+from edgeworker.alerts import Alerts
 from edgeworker.clock import ClockSetWatch, Step, WorkerClock, clock_synchronised, span, time_daemon
 from edgeworker.config import Config, format_duration, load_config
 from edgeworker.errors import EdgeworkerError
@@ -47,7 +48,7 @@ from edgeworker.processes import ProcessTable
 from edgeworker.queue import EdgeHuey
 from edgeworker.runners import KILL_GRACE, Abort, verify_callables
 from edgeworker.wakeup import DatabaseWatch, StopPipe
-from edgeworker.worker import IntervalJobWorker
+from edgeworker.worker import IntervalJobWorker, task_environment
 
 logger = logging.getLogger("edgeworker.daemon")
 
@@ -55,6 +56,7 @@ MAX_IDLE = 60.0  # an idle thread re-reads the schedule at least this often (clo
 HEALTH_CHECK_INTERVAL = 10.0
 HELD_CHECK_INTERVAL = 1.0
 PRUNE_INTERVAL = 3600.0
+QUIET_CHECK = 60.0
 STALL = MAX_IDLE + 30.0  # an idle worker thread that has not looped for this long is stuck
 MAX_ERROR_DELAY = 30.0
 
@@ -153,12 +155,14 @@ class Housekeeper(BaseProcess):
                 logger.error("pruning old tasks failed: %s", exc)
         try:
             self.daemon.check_busy()
+            self.daemon.check_quiet()
             self.daemon.tick()
         except Exception as exc:
             logger.error("housekeeping failed: %s", exc)
         if self.daemon.metrics is not None:
             self.daemon.metrics.update()  # logs its own errors, once each
-        self.stop_flag.wait(max(0.0, min(self.interval, self.next_prune - time.monotonic())))
+        self.stop_flag.wait(max(0.0, min(self.interval, self.next_prune - time.monotonic(),
+                                         self.daemon.next_quiet - time.monotonic())))
 
     def shutdown(self) -> None:
         self.huey.database.close()
@@ -206,6 +210,8 @@ class Daemon:
         self.held_since: float | None = None  # monotonic: since when cron jobs wait for the clock
         self.overdue: tuple[object, float] | None = None  # (due time, monotonic first seen)
         self.processes: ProcessTable | None = None
+        self.alerts: Alerts | None = None
+        self.next_quiet = 0.0  # monotonic: the next "gone quiet" check
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -240,11 +246,13 @@ class Daemon:
             self.clock = WorkerClock(self.ledger.high_water(), clock_synchronised,
                                      on_step=self._wake)
         self.huey.now = self.clock.now
+        self.alerts = Alerts(lambda: self.config.worker, self.clock.now, self.processes,
+                             self.abort)
         worker = IntervalJobWorker(self.ledger, self.abort, stopping=lambda: self.stop_pipe.is_set,
                                    clock=self.clock.now,
                                    observe=self.metrics and self.metrics.observe,
                                    env_file=lambda: self.config.worker.env_file,
-                                   table=self.processes)
+                                   table=self.processes, alerts=self.alerts)
         self.huey.bind(worker.claim, worker.work)
         self.notifier.status("starting: syncing jobs and recovering tasks")
         with dbmod.translate_errors(self.db_path):
@@ -253,9 +261,24 @@ class Daemon:
                 logger.info("synced jobs from %s: %s", self.config.path, report.summary())
             self.recovery = recovery.recover(self.ledger, self.clock.now(), self.processes)
             logger.info("%s", self.recovery.line())
+            self.alert_recovery()
             self.check_clock(starting=True)
         self.consumer = EdgeConsumer(self.huey, self, self.workers, settings.shutdown_timeout)
         return self.consumer
+
+    def alert_recovery(self) -> None:
+        """Runs that recovery ended `failed` had their final outcome: their on_failure hooks
+        and pings run once the alerts thread starts."""
+        failed = [(task, why) for task, status, why in self.recovery.close
+                  if status == models.TaskStatus.FAILED]
+        if not failed:
+            return
+        jobs = {job.id: job for job in models.Job.select().where(
+            models.Job.id.in_(list({task.job_id for task, _ in failed})))}
+        for task, why in failed:
+            job = jobs.get(task.job_id)
+            if job is not None:
+                self.alerts.failed_in_recovery(task, job, task_environment(task, job, True), why)
 
     def open_database(self):
         settings = self.config.worker
@@ -376,6 +399,7 @@ class Daemon:
         consumer = self.start()
         release_startup_memory()
         consumer.start()
+        self.alerts.start()
         logger.info("edgeworker running: %s worker thread(s) on %s (pid %s)", self.workers,
                     self.db_path, os.getpid())
         self.notifier.ready(self.status_line())
@@ -472,6 +496,17 @@ class Daemon:
             if self.metrics is not None:
                 self.metrics.all_busy = alert is not None
 
+    def check_quiet(self) -> None:
+        """Jobs gone quiet (alert_after), looked at every quarter of the shortest grace, at
+        least once a minute (jobs come and go), at most four times a second."""
+        if time.monotonic() < self.next_quiet:
+            return
+        self.next_quiet = time.monotonic() + QUIET_CHECK
+        self.alerts.check_quiet(self.clock.now())
+        graces = [g for g in (self.config.worker.alert_after, self.alerts.shortest()) if g]
+        if graces:
+            self.next_quiet = time.monotonic() + min(QUIET_CHECK, max(0.25, min(graces) / 4))
+
     def stalled(self) -> str | None:
         """Why the worker is not making progress, or None. A thread running a long task is
         progress; an idle thread that stopped looping, or due work that nobody takes, is not."""
@@ -517,6 +552,7 @@ class Daemon:
             # to delete them (runs after it may be kept that much longer).
             before -= timedelta(seconds=state.forward_seconds)
         # Look before deleting: a write transaction that deletes nothing still costs a lock.
+        alerts.prune(before)
         old = (Task.select().where(Task.status.in_(list(FINISHED)) & (Task.finished_at < before))
                .exists())
         if not old:
@@ -540,6 +576,8 @@ class Daemon:
             self.abort.set()
             if not self._join(consumer, time.monotonic() + KILL_GRACE + 2):
                 return self._stop_now("tasks did not stop")
+        # Queued hooks and pings may finish within what is left of the shutdown timeout.
+        self.alerts.stop(max(0.5, deadline - time.monotonic()), KILL_GRACE + 2)
         logger.info("edgeworker stopped")
         with contextlib.suppress(peewee.DatabaseError):
             self.ledger.save_clock(self.clock.now())

@@ -40,6 +40,11 @@ def spec_columns(spec: JobSpec) -> dict:
         "env": json.dumps(dict(spec.env), sort_keys=True),
         "cwd": spec.cwd,
         "env_file": None if spec.env_file is None else str(spec.env_file),
+        "on_failure": spec.on_failure,
+        "on_success": spec.on_success,
+        "on_retry": spec.on_retry,
+        "ping_url": spec.ping_url,
+        "alert_after_seconds": spec.alert_after,
     }
 
 

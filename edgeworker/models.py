@@ -1,5 +1,6 @@
-"""The peewee models `Job` (table `jobs`), `Task` (table `tasks`) and `Recovery` (table
-`recoveries`, one row per start-up recovery), and the task states.
+"""The peewee models `Job` (table `jobs`), `Task` (table `tasks`), `Recovery` (table
+`recoveries`, one row per start-up recovery), `Outbox` and `HookRun` (edgeworker.alerts), and the
+task states.
 
 The tables are created by the SQL migrations; these models only describe them (a test checks that
 the two agree). Only `edgeworker.ledger` changes a task's status, following `TRANSITIONS`.
@@ -86,6 +87,12 @@ class Job(BaseModel):
     env = peewee.TextField(default="{}")  # JSON object
     cwd = peewee.TextField(null=True)
     env_file = peewee.TextField(null=True)  # a path; the values are read at each run
+    # Alerts (edgeworker.alerts); NULL takes the [worker] default, "" turns it off.
+    on_failure = peewee.TextField(null=True)  # a command line, split with shlex
+    on_success = peewee.TextField(null=True)
+    on_retry = peewee.TextField(null=True)
+    ping_url = peewee.TextField(null=True)
+    alert_after_seconds = peewee.FloatField(null=True)
     source = peewee.TextField(default="cli")  # "config" | "cli"
     isolate = peewee.BooleanField(default=False)  # a callable in a child process
     created_at = UtcDateTimeField()
@@ -175,3 +182,34 @@ class ClockState(BaseModel):
 
     class Meta:
         table_name = "clock"
+
+
+class Outbox(BaseModel):
+    """A ping that could not be delivered when it was sent: kept until it is (edgeworker.alerts)."""
+
+    task_id = peewee.IntegerField(null=True)
+    job_name = peewee.TextField()
+    url = peewee.TextField()
+    body = peewee.TextField(default="")
+    created_at = UtcDateTimeField()
+    attempts = peewee.IntegerField(default=1)
+    last_error = peewee.TextField(null=True)
+
+    class Meta:
+        table_name = "outbox"
+
+
+class HookRun(BaseModel):
+    """The outcome of a hook command, or of a ping that waited in the outbox."""
+
+    task_id = peewee.IntegerField(null=True)
+    job_name = peewee.TextField()
+    hook = peewee.TextField()  # on_failure | on_success | on_retry | ping <url>
+    status = peewee.TextField()  # succeeded | failed | dropped
+    exit_code = peewee.IntegerField(null=True)
+    error = peewee.TextField(null=True)
+    output = peewee.TextField(null=True)
+    finished_at = UtcDateTimeField()
+
+    class Meta:
+        table_name = "hook_runs"

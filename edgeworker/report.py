@@ -11,7 +11,7 @@ import peewee
 
 from edgeworker.clock import to_text
 from edgeworker.errors import NotFound
-from edgeworker.models import IS_UNFINISHED, Job, Task, TaskStatus
+from edgeworker.models import IS_UNFINISHED, HookRun, Job, Outbox, Task, TaskStatus
 
 
 def _when(moment: datetime | None) -> str | None:
@@ -75,6 +75,11 @@ def job_row(job: Job, now: datetime, counts: dict[str, int] | None = None) -> di
         "paused": job.paused,
         "source": job.source,
         "env_file": job.env_file,  # the path only: its values are secrets
+        "on_failure": job.on_failure,
+        "on_success": job.on_success,
+        "on_retry": job.on_retry,
+        "ping_url": job.ping_url,
+        "alert_after_seconds": job.alert_after_seconds,
         "next_run_at": next_run,
         "overdue": next_run is not None and next_run < to_text(now),
         "running": running,
@@ -122,6 +127,28 @@ def task_row(task: Task, job_names: dict[int, str], full: bool = False) -> dict:
     if full:
         row["output"] = task.output
     return row
+
+
+def hooks_of(task_id: int) -> list[dict]:
+    """What the task's hooks and pings did, oldest first: each hook command's outcome
+    (`succeeded` or `failed`), each ping that had to wait in the outbox (`queued` while it waits,
+    then `succeeded` or `dropped`). A ping delivered when it was sent is not recorded: it costs
+    no database write."""
+    rows = [{"hook": h.hook, "status": h.status, "exit_code": h.exit_code, "error": h.error,
+             "output": h.output, "at": _when(h.finished_at), "attempts": None}
+            for h in HookRun.select().where(HookRun.task_id == task_id).order_by(HookRun.id)]
+    rows += [{"hook": f"ping {o.url}", "status": "queued", "exit_code": None,
+              "error": o.last_error, "output": None, "at": _when(o.created_at),
+              "attempts": o.attempts}
+             for o in Outbox.select().where(Outbox.task_id == task_id).order_by(Outbox.id)]
+    return rows
+
+
+def pings() -> dict:
+    """Pings waiting in the outbox: how many, since when, and why the last try failed."""
+    head = Outbox.select().order_by(Outbox.id).first()
+    return {"waiting": Outbox.select().count(), "oldest": head and _when(head.created_at),
+            "last_error": head and head.last_error}
 
 
 def job_names() -> dict[int, str]:

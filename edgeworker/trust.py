@@ -115,6 +115,9 @@ class Checker:
         self._directories(real)
 
 
+HOOKS = ("on_failure", "on_success", "on_retry")
+
+
 def verify(config: Config, checker: Checker | None = None) -> None:
     """Check every file the config makes the worker trust; raise ConfigError at the first."""
     checker = checker or Checker()
@@ -128,6 +131,11 @@ def verify(config: Config, checker: Checker | None = None) -> None:
         checker.check(entry, f"python_path entry {entry}")
     if config.worker.env_file is not None:
         _check_env_file(config, checker, config.worker.env_file, "worker", 0)
+    for key in HOOKS:
+        try:
+            _check_hook(getattr(config.worker, key), key, {}, checker)
+        except ConfigError as exc:
+            raise config.error(f"[worker] {exc}", "worker", 0, key) from None
     for index, spec in enumerate(config.jobs):
         try:
             verify_job(spec, config.worker.python_path, checker)
@@ -137,7 +145,7 @@ def verify(config: Config, checker: Checker | None = None) -> None:
 
 
 def _key_of(spec: JobSpec, message: str) -> str:
-    for key in ("cwd", "env_file"):
+    for key in ("cwd", "env_file", *HOOKS):
         if message.startswith(f"{key}:"):
             return key
     return "callable" if spec.kind == "callable" else "command"
@@ -173,6 +181,22 @@ def verify_job(spec: JobSpec, python_path: tuple[Path, ...],
     else:
         for path in module_files(spec.target.partition(":")[0], python_path):
             checker.check(path, f"callable: {path}")
+    for key in HOOKS:
+        _check_hook(getattr(spec, key), key, dict(spec.env), checker)
+
+
+def _check_hook(command: str | None, key: str, env: dict[str, str], checker: Checker) -> None:
+    """A hook's program, found as the alerts thread finds it (a missing one is the hook's
+    recorded failure, not a config error)."""
+    if not command:
+        return
+    argv0 = shlex.split(command)[0]
+    if "/" in argv0:
+        found = argv0 if os.path.exists(argv0) else None
+    else:
+        found = shutil.which(argv0, path=env.get("PATH", os.environ.get("PATH", os.defpath)))
+    if found is not None:
+        checker.check(found, f"{key}: executable {found}")
 
 
 def _executable(spec: JobSpec) -> str | None:

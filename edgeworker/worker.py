@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from edgeworker import db as dbmod
+from edgeworker.alerts import Alerts
 from edgeworker.clock import to_text, utcnow
 from edgeworker.errors import ConfigError
 from edgeworker.ledger import ClaimedRun, Ledger, Outcome
@@ -65,8 +66,9 @@ class IntervalJobWorker:
                  clock: Callable[[], datetime] = utcnow,
                  observe: Callable[[Task], None] | None = None,
                  env_file: Callable[[], Path | None] = lambda: None,
-                 table: ProcessTable | None = None):
+                 table: ProcessTable | None = None, alerts: Alerts | None = None):
         self.ledger = ledger
+        self.alerts = alerts  # told each start and outcome; hooks and pings run elsewhere
         self.table = table
         self.abort = abort or Abort()
         self.stopping = stopping
@@ -86,6 +88,7 @@ class IntervalJobWorker:
         recovered = " (recovered)" if run.recovered else ""
         logger.info("task %s job %s attempt %s started%s", task.id, job.name, task.attempt,
                     recovered, extra=fields)
+        self.tell("started", task, job)
         started = time.monotonic()
         try:
             result = self.execute(run)
@@ -107,6 +110,7 @@ class IntervalJobWorker:
             return
         if self.observe is not None:
             self.observe(finished)
+        self.tell("finished", finished, job, task_environment(task, job, run.recovered), result)
         fields.update(status=finished.status, duration=round(duration, 3),
                       exit_code=result.exit_code)
         succeeded = finished.status == "succeeded"
@@ -116,6 +120,15 @@ class IntervalJobWorker:
         logger.log(logging.INFO if succeeded else logging.WARNING,
                    "task %s job %s attempt %s %s in %.3fs%s", task.id, job.name, task.attempt,
                    "succeeded" if succeeded else "failed", duration, detail, extra=fields)
+
+    def tell(self, what: str, *args) -> None:
+        if self.alerts is None:
+            return
+        try:
+            getattr(self.alerts, what)(*args)
+        except Exception as exc:  # noqa: BLE001 - an alert never fails a run
+            logger.error("alerts: cannot queue the %s alert of job %s: %s: %s", what,
+                         args[1].name, type(exc).__name__, exc)
 
     def secrets(self, job: Job) -> tuple[dict[str, str], dict[str, str]]:
         """The worker's env_file values and the job's, read now: a rotated secret needs no

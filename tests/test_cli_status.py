@@ -4,8 +4,9 @@ import json
 def test_status_json_has_stable_keys(migrated):
     migrated.ok("jobs", "add", "hb", "--command", "true", "--every", "30s")
     data = json.loads(migrated.ok("status", "--json"))
-    assert sorted(data) == ["clock", "database", "durability", "jobs", "last_recovery", "queue",
-                            "worker"]
+    assert sorted(data) == ["clock", "database", "durability", "jobs", "last_recovery", "pings",
+                            "queue", "worker"]
+    assert data["pings"] == {"waiting": 0, "oldest": None, "last_error": None}
     assert data["last_recovery"] is None
     assert data["worker"] == {"running": False, "pid": None, "alert": None}
     assert data["queue"] == {"ready": 0, "scheduled": 1}

@@ -111,7 +111,7 @@ def test_toml_syntax_error_names_file_and_line():
 def test_unknown_key_names_line_job_and_allowed_keys():
     message = error_of('[[jobs]]\nname = "a"\ncommand = "true"\nevery = "1s"\ncomand = "x"\n')
     assert message.startswith('/etc/edgeworker/edgeworker.toml:5: job "a": comand: unknown key;'
-                              ' allowed: callable, catch_up,')
+                              ' allowed: alert_after, callable, catch_up,')
 
 
 def test_unknown_worker_key():
@@ -288,3 +288,31 @@ def test_busy_alert():
     assert error_of('[worker]\nbusy_alert = "soon"\n') == (
         "/etc/edgeworker/edgeworker.toml:2: [worker] busy_alert: 'soon' is not a duration such "
         'as 500ms, 30s, 5m, 1h30m or 7d, or "off"')
+
+
+def test_alert_keys_are_checked_with_file_and_line():
+    head = '[[jobs]]\nname = "a"\ncommand = "true"\nevery = "1s"\n'
+    assert error_of(head + 'ping_url = "ftp://x/y"\n') == (
+        "/etc/edgeworker/edgeworker.toml:5: job \"a\": ping_url: 'ftp://x/y' is not an http:// "
+        "or https:// URL with a host")
+    assert error_of(head + "on_failure = 3\n") == (
+        '/etc/edgeworker/edgeworker.toml:5: job "a": on_failure: must be a command: a string or '
+        "a non-empty list of strings")
+    assert error_of('[worker]\nalert_after = "0.5s"\n') == (
+        "/etc/edgeworker/edgeworker.toml:2: [worker] alert_after: must be at least 1s, or \"off\"")
+    assert error_of('[worker]\nhook_timeout = "0s"\n') == (
+        "/etc/edgeworker/edgeworker.toml:2: [worker] hook_timeout: must be more than 0")
+
+
+def test_alert_keys_parse_per_job_and_as_worker_defaults():
+    config = parse_config('[worker]\non_failure = ["notify", "--job"]\nalert_after = "2h"\n'
+                          'ping_url = "https://hc.example/ping/abc/"\n'
+                          '[[jobs]]\nname = "a"\ncommand = "true"\nevery = "1s"\n'
+                          'on_success = "log ok"\nalert_after = "off"\nping_url = ""\n')
+    assert config.worker.on_failure == "notify --job"
+    assert config.worker.alert_after == 7200.0
+    assert config.worker.ping_url == "https://hc.example/ping/abc"
+    assert config.worker.hook_timeout == 30.0
+    job = config.jobs[0]
+    assert (job.on_success, job.on_failure, job.alert_after, job.ping_url) == (
+        "log ok", None, 0.0, "")

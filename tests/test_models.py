@@ -6,7 +6,9 @@ from edgeworker.models import (
     TRANSITIONS,
     UNFINISHED,
     ClockState,
+    HookRun,
     Job,
+    Outbox,
     Task,
     TaskStatus,
     can_transition,
@@ -42,7 +44,7 @@ def schema_columns(database, table):
             for c in database.get_columns(table)}
 
 
-@pytest.mark.parametrize("model", [Job, Task, ClockState])
+@pytest.mark.parametrize("model", [Job, Task, ClockState, Outbox, HookRun])
 def test_models_match_the_migrated_schema(database, model):
     assert model_columns(database, model) == schema_columns(database, model._meta.table_name)
 

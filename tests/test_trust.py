@@ -138,6 +138,31 @@ def test_a_command_executable_owned_by_another_user_is_refused(run_cli, tmp_path
            f"running the worker) (owner nobody, mode 0755); fix: chown root {tool}\n")
 
 
+@pytest.mark.skipif(not is_root(), reason="chown to another user needs root")
+def test_a_hook_executable_owned_by_another_user_is_refused(run_cli, tmp_path, monkeypatch):
+    tool = tmp_path / "bin" / "notify"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\necho hi\n")
+    tool.chmod(0o755)
+    os.chown(tool, NOBODY, -1)
+    config = write_config(tmp_path, f'[[jobs]]\nname = "a"\ncommand = "true"\nevery = "1m"\n'
+                                    f'on_failure = ["{tool}", "-x"]\n')
+    assert error(run_cli, config) == (
+        f'Error: {config}:5: job "a": on_failure: executable {tool} is owned by nobody, not '
+        f"root or root (the user running the worker) (owner nobody, mode 0755); fix: chown "
+        f"root {tool}\n")
+    config.write_text('[worker]\nworkers = 1\non_success = "notify"\n'
+                      '[[jobs]]\nname = "a"\ncommand = "true"\nevery = "1m"\n')
+    monkeypatch.setenv("PATH", f"{tool.parent}:{os.environ['PATH']}")
+    assert error(run_cli, config).startswith(
+        f"Error: {config}:3: [worker] on_success: executable {tool} is owned by nobody")
+    run_cli.ok("migrate")
+    result = run_cli("jobs", "add", "b", "--command", "true", "--every", "1m", "--on-retry",
+                     str(tool))
+    assert (result.exit_code, result.stderr.split(" is owned")[0]) == (
+        1, f"Error: --on-retry: executable {tool}")
+
+
 def test_missing_cwd_and_python_path_are_refused_with_their_line(run_cli, tmp_path):
     config = write_config(tmp_path, '[worker]\nworkers = 1\npython_path = ["nowhere"]\n')
     assert error(run_cli, config) == (
