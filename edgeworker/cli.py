@@ -361,7 +361,6 @@ def status(obj: Context, as_json: bool) -> None:
     from edgeworker import report
     from edgeworker.clock import utcnow
     from edgeworker.db import worker_pid
-    from edgeworker.recovery import last_recovery
 
     ledger = obj.ledger()
     pid = worker_pid(obj.db_path)
@@ -370,7 +369,7 @@ def status(obj: Context, as_json: bool) -> None:
         "durability": obj.config.worker.durability,
         "worker": {"running": pid is not None, "pid": pid if pid and pid > 0 else None},
         "queue": report.queue_depth(ledger.huey),
-        "last_recovery": last_recovery(),
+        "last_recovery": report.last_recovery(),
         "clock": report.clock(utcnow(), pid is not None),
         "jobs": report.jobs(utcnow(), with_counts=True),
     }
@@ -642,14 +641,9 @@ def _one_line(text: str | None, width: int = 60) -> str:
 def tasks_show(obj: Context, task_id: int, as_json: bool) -> None:
     """Show one task, with its output."""
     from edgeworker import report
-    from edgeworker.errors import NotFound
-    from edgeworker.models import Task
 
     obj.open()
-    task = Task.get_or_none(Task.id == task_id)
-    if task is None:
-        raise NotFound(f"no task with id {task_id}")
-    data = report.task_row(task, report.job_names(), full=True)
+    data = report.task(task_id)
 
     def render(t: dict) -> None:
         for key in ("id", "job", "status", "origin", "attempt", "recovered_count", "exit_code",
@@ -709,6 +703,43 @@ def tasks_prune(obj: Context, older_than: str) -> None:
     before = utcnow() - timedelta(seconds=age)
     count = obj.ledger().prune(before)
     click.echo(f"pruned {count} finished task(s) older than {older_than}")
+
+
+# -- serve --------------------------------------------------------------------------------------
+
+def _listen(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from edgeworker.web import parse_listen
+
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+@cli.command()
+@click.option("--listen", default="127.0.0.1:8077", show_default=True, metavar="HOST:PORT",
+              callback=_listen, help="Address to serve on; beyond loopback only with --auth-file.")
+@click.option("--auth-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Require HTTP basic auth: `user:hash` lines (see --hash-password).")
+@click.option("--hash-password", "hash_user", metavar="USER",
+              help="Print an auth-file line for USER (password from a prompt or stdin); no "
+                   "server.")
+@pass_ctx
+def serve(obj: Context, listen: str, auth_file: Path | None, hash_user: str | None) -> None:
+    """Serve a read-only status page (overview, jobs, runs, failures; ?format=json)."""
+    from edgeworker import logs, web
+
+    if hash_user is not None:
+        if not hash_user or ":" in hash_user or hash_user != hash_user.strip():
+            raise ConfigError("--hash-password: a user name cannot be empty, contain ':' or "
+                              "start or end with a space")
+        password = click.prompt("Password", hide_input=True,
+                                confirmation_prompt=sys.stdin.isatty(), err=True)
+        click.echo(f"{hash_user}:{web.hash_password(password)}")
+        return
+    logs.setup(obj.config.worker.log_format, "debug" if obj.debug else "info")
+    web.serve(web.make_server(obj.db_path, listen, auth_file))
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ Every connection runs in WAL mode with `synchronous=FULL` (a power cut loses no 
 is an opt-in that may lose the last ones), a busy timeout, foreign keys on, and BEGIN IMMEDIATE
 for write transactions (deferred ones fail with "database is locked" under concurrent writers).
 A file that is not SQLite is refused before SQLite touches it, and a new file is created 0600.
+The status page opens the file read-only (`open_readonly`) and never takes the worker's lock.
 """
 
 from __future__ import annotations
@@ -57,6 +58,18 @@ def open_database(path: Path, *, durability: str = "full", busy_timeout: float =
         # Reading the schema makes SQLite parse the file: corruption shows here, not later.
         db.execute_sql("SELECT count(*) FROM sqlite_master").fetchone()
     return db
+
+
+def open_readonly(path: Path, busy_timeout: float = 1.0) -> peewee.SqliteDatabase:
+    """The database for a reader that must never change or block the worker (`edgeworker
+    serve`): SQLite's `mode=ro` and `query_only`. Not connected yet; a connection needs the
+    `-wal` and `-shm` files beside the database, or a writable directory to create them in (a
+    WAL reader records its snapshot in the shared-memory index: that is no change to the data)."""
+    path = Path(path).absolute()
+    return peewee.SqliteDatabase(
+        f"{path.as_uri()}?mode=ro", uri=True,
+        pragmas=[("query_only", 1), ("cache_size", -512)],
+        timeout=busy_timeout, lock_type="DEFERRED", autoconnect=False)
 
 
 def check_sqlite_file(path: Path) -> None:
@@ -188,13 +201,18 @@ class WorkerLock:
 
 
 def worker_pid(database: Path) -> int | None:
-    """The pid of the worker holding the lock on `database`, or None when none runs."""
+    """The pid of the worker holding the lock on `database` (-1 if unreadable), or None when
+    none runs."""
     path = Path(f"{database}.lock")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
+        held = _flock_held(os.fstat(fd).st_ino)
+        if held is not None:
+            return (_read_pid(fd) or -1) if held else None
+        # No /proc/locks: probe with a shared lock (a worker starting at that instant fails).
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return _read_pid(fd) or -1
@@ -203,6 +221,24 @@ def worker_pid(database: Path) -> int | None:
         return None
     finally:
         os.close(fd)
+
+
+def _flock_held(inode: int) -> bool | None:
+    """Does anyone hold a write flock on the file with this inode? Read from /proc/locks, so
+    that asking takes no lock: a probe with flock() itself, however brief, would make a worker
+    starting at that moment find the lock taken and exit. None where /proc/locks is missing."""
+    try:
+        with open("/proc/locks") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:1461712 0 EOF"; "->" marks a blocked waiter
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[3] == "WRITE" \
+                and fields[5].rsplit(":", 1)[-1] == str(inode):
+            return True
+    return False
 
 
 def _read_pid(fd: int) -> int | None:

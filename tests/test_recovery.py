@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from waltools import reset_wal, wal_commits
 
-from edgeworker import recovery
+from edgeworker import recovery, report
 from edgeworker.clock import utcnow
 from edgeworker.config import JobSpec
 from edgeworker.jobs import add_job
@@ -150,7 +150,7 @@ def test_recovery_is_one_transaction_and_is_recorded(ledger, database):
     reset_wal(database)
     recovery.recover(ledger, utcnow())
     assert wal_commits(database.database) == 1
-    assert recovery.last_recovery()["recovered"] == 1
+    assert report.last_recovery()["recovered"] == 1
     assert Recovery.select().count() == 1
 
 
