@@ -264,8 +264,8 @@ def job(name: str, now: datetime, limit: int = 50, before: int | None = None) ->
     found = _jobs_query().where(Job.name == name).first()
     runs = tasks(name, limit=limit + 1, before=before)
     return {"name": name, "job": None if found is None else job_row(found, now),
-            "tasks": runs[:limit], "next_before": runs[limit - 1]["id"] if len(runs) > limit
-            else None}
+            "tasks": runs[:limit], "limit": limit,
+            "next_before": runs[limit - 1]["id"] if len(runs) > limit else None}
 
 
 def failures(limit: int = 50, before: int | None = None) -> dict:
@@ -278,4 +278,5 @@ def failures(limit: int = 50, before: int | None = None) -> dict:
     found = list(query.order_by(Task.id.desc()).limit(limit + 1))
     names = job_names()
     rows = [task_row(t, names) for t in found[:limit]]
-    return {"tasks": rows, "next_before": rows[-1]["id"] if len(found) > limit else None}
+    return {"tasks": rows, "limit": limit,
+            "next_before": rows[-1]["id"] if len(found) > limit else None}

@@ -40,6 +40,7 @@ logger = logging.getLogger("edgeworker.web")
 
 DEFAULT_LISTEN = "127.0.0.1:8077"
 PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
 HASH_NAME = "pbkdf2_sha256"
 HASH_ITERATIONS = 200_000  # about 0.2 s on a Raspberry Pi 4, once per user: see Auth
 
@@ -386,10 +387,12 @@ TASK_HEADERS = ["Run", "Status", "Scheduled for", "Finished", "Took", "Attempt",
                 "Exit", "Error"]
 
 
-def older(path: str, next_before: int | None) -> str:
-    if next_before is None:
+def older(path: str, d: dict) -> str:
+    if d["next_before"] is None:
         return ""
-    return f'<nav class="pages"><a href="{e(path)}?before={next_before}">Older runs →</a></nav>'
+    limit = f"&limit={d['limit']}" if d["limit"] != PAGE_SIZE else ""
+    href = f"{path}?before={d['next_before']}{limit}"
+    return f'<nav class="pages"><a href="{e(href)}">Older runs →</a></nav>'
 
 
 def render_job(d: dict) -> str:
@@ -409,7 +412,7 @@ def render_job(d: dict) -> str:
     runs = table(TASK_HEADERS, task_rows(d["tasks"], with_job=False), "No runs.")
     path = f"/jobs/{quote(d['name'], safe='')}"
     return page(f"Job {d['name']}", f"{about}<h2>Runs, newest first</h2>{runs}"
-                f"{older(path, d['next_before'])}")
+                f"{older(path, d)}")
 
 
 def render_run(t: dict) -> str:
@@ -442,7 +445,7 @@ def hooks(t: dict) -> str:
 def render_failures(d: dict) -> str:
     body = table(["Run", "Job", *TASK_HEADERS[1:]], task_rows(d["tasks"], with_job=True),
                  "No failed runs.")
-    return page("Failures", body + older("/failures", d["next_before"]))
+    return page("Failures", body + older("/failures", d))
 
 
 def render_error(status: HTTPStatus, message: str) -> str:
@@ -470,23 +473,25 @@ class Site:
         from edgeworker.clock import utcnow
 
         params = {key: values[-1] for key, values in query.items()}
-        allowed = {"format"} | ({"before"} if path == "/failures" or path.startswith("/jobs/")
-                                else set())
-        unknown = sorted(set(params) - allowed)
+        paged = path == "/failures" or path.startswith("/jobs/")
+        unknown = sorted(set(params) - {"format"} - ({"before", "limit"} if paged else set()))
         if unknown:
             raise BadRequest(f"unknown parameter: {unknown[0]}")
         before = _positive(params, "before")
+        limit = _positive(params, "limit") or PAGE_SIZE
+        if limit > MAX_PAGE_SIZE:
+            raise BadRequest(f"limit must be at most {MAX_PAGE_SIZE}")
         if path == "/":
             return self.with_database(lambda: self.overview(utcnow())), render_overview
         if path == "/jobs":
             return self.with_database(lambda: report.jobs_with_outcomes(utcnow())), render_jobs
         if path == "/failures":
-            return (self.with_database(lambda: report.failures(PAGE_SIZE, before)),
+            return (self.with_database(lambda: report.failures(limit, before)),
                     render_failures)
         match = re.fullmatch(r"/jobs/([^/]+)", path)
         if match:
             name = unquote(match.group(1), errors="strict")
-            return (self.with_database(lambda: report.job(name, utcnow(), PAGE_SIZE, before)),
+            return (self.with_database(lambda: report.job(name, utcnow(), limit, before)),
                     render_job)
         match = re.fullmatch(r"/runs/(\d{1,18})", path)
         if match:
