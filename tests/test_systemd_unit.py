@@ -30,6 +30,7 @@ except ImportError:  # tests/ imported as a package
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT_FILE = REPO / "systemd" / "edgeworker.service"
+WEB_UNIT_FILE = REPO / "systemd" / "edgeworker-web.service"
 EXAMPLE_CONFIG = REPO / "systemd" / "edgeworker.toml"
 UNIT = "edgeworker.service"
 DB = "/var/lib/edgeworker/edgeworker.db"
@@ -94,6 +95,29 @@ def test_the_unit_says_what_the_worker_needs():
     assert stop >= installed.worker.shutdown_timeout + KILL_GRACE + 5
 
 
+@pytest.mark.timeout(30)
+def test_the_status_page_unit_is_sandboxed_as_the_worker_and_reads_only():
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze not found (apt-get install systemd)")
+    result = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager",
+                             str(WEB_UNIT_FILE)], capture_output=True, text=True, timeout=20)
+    match = re.search(r"Overall exposure level for edgeworker-web\.service: (\d+\.\d+)",
+                      result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= 2.0, result.stdout
+    web, worker = unit_settings(WEB_UNIT_FILE), unit_settings()
+    sandbox = {key for key in worker if key.startswith("Service.") and (
+        key.split(".")[1].startswith(("Protect", "Private", "Restrict", "SystemCall"))
+        or key.split(".")[1] in ("CapabilityBoundingSet", "NoNewPrivileges", "LockPersonality",
+                                 "MemoryDenyWriteExecute", "DevicePolicy", "UMask", "User"))}
+    for key in sandbox:  # every restriction of the worker's unit, at least as strict
+        assert web[key] == worker[key], key
+    [exec_start] = web["Service.ExecStart"]
+    assert exec_start.endswith("edgeworker --config /etc/edgeworker/edgeworker.toml serve")
+    assert web["Service.ReadOnlyPaths"] == [f"-{DB} -{DB}.lock"]
+    assert web["Service.StateDirectory"] == ["edgeworker"]  # SQLite's -shm, see the unit
+
+
 @pytest.fixture(scope="module")
 def binary_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("usr-local-bin")
@@ -131,6 +155,9 @@ def test_make_install_and_uninstall(tmp_path):
     assert binary.stat().st_mode & 0o777 == 0o755
     assert (root / "usr/local/lib/systemd/system/edgeworker.service").read_text() == \
         UNIT_FILE.read_text()
+    assert (root / "usr/local/lib/systemd/system/edgeworker-web.service").read_text() == \
+        WEB_UNIT_FILE.read_text()
+    assert (root / "usr/local/share/doc/edgeworker/operate.md").exists()
     assert config.read_text() == EXAMPLE_CONFIG.read_text()
     assert config.stat().st_mode & 0o777 == 0o640
     config.write_text("# edited by the operator\n")
@@ -142,6 +169,7 @@ def test_make_install_and_uninstall(tmp_path):
     assert make("uninstall").returncode == 0
     assert not binary.exists()
     assert not (root / "usr/local/lib/systemd/system/edgeworker.service").exists()
+    assert not (root / "usr/local/lib/systemd/system/edgeworker-web.service").exists()
     assert config.exists()
 
 
