@@ -156,14 +156,17 @@ def e(value: object) -> str:
     return html.escape("-" if value is None else str(value), quote=True)
 
 
+def local_time(text: str | None) -> str:
+    return datetime.fromisoformat(text).astimezone().strftime("%Y-%m-%d %H:%M:%S") if text \
+        else "-"
+
+
 def when(text: str | None) -> str:
     """A stored UTC time, shown in the box's zone, with UTC on hover."""
     if not text:
         return "-"
-    moment = datetime.fromisoformat(text)
-    local = moment.astimezone()
-    return (f'<time datetime="{e(text)}" title="{e(moment.strftime("%Y-%m-%d %H:%M:%S UTC"))}">'
-            f'{e(local.strftime("%Y-%m-%d %H:%M:%S"))}</time>')
+    utc = datetime.fromisoformat(text).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f'<time datetime="{e(text)}" title="{e(utc)}">{e(local_time(text))}</time>'
 
 
 def duration(seconds: float | None) -> str:
@@ -330,7 +333,7 @@ def render_overview(d: dict) -> str:
 def strip(outcomes: list[dict]) -> str:
     bars = "".join(
         f'<a class="{e(o["status"])}" href="/runs/{o["id"]}" '
-        f'title="{e(o["status"])} {e(o["finished_at"])} UTC"></a>'
+        f'title="{e(o["status"])} {e(local_time(o["finished_at"]))}"></a>'
         for o in reversed(outcomes))
     return f'<span class="strip" aria-label="last {len(outcomes)} outcomes">{bars}</span>' \
         if outcomes else '<span class="muted">no runs yet</span>'
@@ -350,11 +353,11 @@ def next_run(job: dict) -> str:
 
 def render_jobs(rows: list[dict]) -> str:
     body = table(
-        ["Job", "Schedule", "Next run", "Last outcome", "Took", "Last 50", "State"],
-        [[job_link(j["name"]), e(schedule_words(j)), next_run(j),
+        ["Job", "Last 50", "Last outcome", "Took", "Next run", "Schedule", "State"],
+        [[job_link(j["name"]), strip(j["recent_outcomes"]),
           f"{status_badge(j['last_status'])} {when(j['last_finished_at'])}"
           if j["last_status"] else "-",
-          e(duration(j["last_duration_seconds"])), strip(j["recent_outcomes"]),
+          e(duration(j["last_duration_seconds"])), next_run(j), e(schedule_words(j)),
           "paused" if j["paused"] else ("enabled" if j["enabled"] else "disabled")]
          for j in rows], "No jobs.")
     return page("Jobs", body)

@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -51,13 +52,14 @@ cron = "0 2 * * *"
 class ServeProcess:
     """A real `edgeworker serve` on a free port."""
 
-    def __init__(self, *args: str, db: Path, log_dir: Path | None = None):
+    def __init__(self, *args: str, db: Path, log_dir: Path | None = None,
+                 env: dict | None = None):
         self.log_path = (log_dir or db.parent) / f"serve-{time.monotonic_ns()}.log"
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edgeworker", "--db", str(db), "serve", "--listen",
              "127.0.0.1:0", *args], stdout=log, stderr=subprocess.STDOUT, cwd=db.parent,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         log.close()
         found = wait_for(lambda: re.search(r"http://127\.0\.0\.1:(\d+)/", self.log())
                          or self.proc.poll() is not None, 20, what="the server to listen",
@@ -143,6 +145,19 @@ def test_the_overview_says_the_worker_is_up_since_its_start(served, worker_db):
     assert set(data["clock"]) == set(cli_json(worker_db, "status")["clock"])
     _, body, _ = served.get("/")
     assert f"(pid {worker_db.proc.pid}) since <time" in body
+
+
+def test_times_are_in_the_boxs_zone_with_utc_on_hover(worker_db):
+    server = ServeProcess(db=worker_db.db, env={"TZ": "Asia/Kolkata"})  # UTC+05:30, no DST
+    try:
+        run = worker_db.tasks("finished_at IS NOT NULL")[0]
+        _, body, _ = server.get(f"/runs/{run['id']}")
+    finally:
+        assert server.stop() == 0
+    utc = datetime.fromisoformat(run["finished_at"])
+    local = (utc + timedelta(hours=5, minutes=30)).strftime("%Y-%m-%d %H:%M:%S")
+    assert (f'<time datetime="{run["finished_at"]}" title="{utc:%Y-%m-%d %H:%M:%S} UTC">'
+            f"{local}</time>") in body
 
 
 def test_json_has_the_shapes_of_the_clis(served, worker_db):
