@@ -246,7 +246,7 @@ body{font:15px/1.45 system-ui,sans-serif;margin:0;color:#1d2327;background:#f6f7
 header{background:#1d2327;color:#fff;padding:.6em 1em;display:flex;flex-wrap:wrap;gap:.4em 1.2em;
 align-items:baseline}
 header b{font-size:1.1em}header a{color:#c3e4ff;text-decoration:none}
-main{padding:.5em 1em 2em;max-width:70em}
+main{padding:.5em 1em 2em;max-width:84em}
 h1{font-size:1.3em;margin:.6em 0}h2{font-size:1.1em;margin:1.2em 0 .4em}
 .scroll{overflow-x:auto}
 table{border-collapse:collapse;background:#fff;min-width:100%}
@@ -262,7 +262,7 @@ white-space:pre-wrap;overflow-wrap:anywhere}
 .succeeded,.up{background:#c6f0d0}.failed,.down{background:#f8c9c9}.running{background:#cde4fb}
 .cancelled{background:#eee}.created{background:#fdf1c7}
 .strip{display:inline-flex;gap:1px;align-items:flex-end;height:1.2em}
-.strip a{display:block;width:5px;height:100%;background:#5cb85c}
+.strip a{display:block;width:4px;height:100%;background:#5cb85c}
 .strip a.failed{background:#d9534f}
 .muted{color:#646970}.warn{color:#a00}
 nav.pages{margin:.8em 0}
@@ -574,7 +574,7 @@ class Handler(BaseHTTPRequestHandler):
             as_json = fmt == "json"
             if url.path == "/style.css":
                 self.send(HTTPStatus.OK, "text/css; charset=utf-8", STYLE.encode(), head,
-                          {"Cache-Control": "max-age=3600"})
+                          {"Cache-Control": "max-age=600"})
                 return
             data, render = self.site.view(url.path, query)
             status, body = HTTPStatus.OK, (None if as_json else render(data))
