@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.common import REPO, render_table, scratch_dir
 
-SCRIPTS = ("throughput", "latency", "recovery", "idle", "startup")
+SCRIPTS = ("throughput", "latency", "recovery", "idle", "startup", "web")
 
 
 def machine() -> dict:

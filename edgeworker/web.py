@@ -66,6 +66,10 @@ def parse_listen(text: str) -> tuple[str, int]:
 def is_loopback(host: str) -> bool:
     """Does every address the host name stands for belong to this box alone?"""
     try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except OSError:
         return False
@@ -461,7 +465,7 @@ class Site:
     """The pages over one database path: routing, data (edgeworker.report) and rendering."""
 
     def __init__(self, database: Path, busy_timeout: float = 1.0):
-        from edgeworker import db, migrate, models
+        from edgeworker import db, migrate, models, report  # noqa: F401 (imported before serving)
 
         self.path = Path(database)
         self.migrations = migrate.discover()
@@ -626,11 +630,28 @@ class Handler(BaseHTTPRequestHandler):
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
+    block_on_close = False  # a request under way only reads: stopping need not wait for it
     request_queue_size = 16
 
     def __init__(self, address: tuple[str, int], handler: type[Handler]):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, handler)
+        self._active = 0
+        self._active_lock = threading.Lock()
+
+    def process_request_thread(self, request, client_address) -> None:
+        with self._active_lock:
+            self._active += 1
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._active_lock:
+                self._active -= 1
+                last = self._active == 0
+            if last:
+                # A page's rows, strings and SQLite cache are freed by now, but glibc keeps the
+                # pages: give them back, or the process grows with every large page it served.
+                trim_heap()
 
 
 def make_server(database: Path, listen: str, auth_file: Path | None) -> Server:
@@ -647,8 +668,10 @@ def make_server(database: Path, listen: str, auth_file: Path | None) -> Server:
                           f"{exc.strerror or exc}") from None
 
 
-class Stop(Exception):
-    """SIGTERM or SIGINT: raised in the main thread, out of its wait for connections."""
+class Stop(BaseException):
+    """SIGTERM or SIGINT, raised in the main thread wherever it is. A BaseException, as
+    KeyboardInterrupt is: socketserver handles an Exception raised while it starts a request's
+    thread as that request's error, and would serve on."""
 
 
 def serve(server: Server) -> None:
@@ -658,12 +681,12 @@ def serve(server: Server) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    host, port = server.server_address[:2]
-    shown = f"[{host}]" if ":" in host else host
-    logger.info("edgeworker serve: http://%s:%s/ (database %s)", shown, port,
-                server.RequestHandlerClass.site.path)
-    release_startup_memory()
     try:
+        release_startup_memory()
+        host, port = server.server_address[:2]
+        shown = f"[{host}]" if ":" in host else host
+        logger.info("edgeworker serve: http://%s:%s/ (database %s)", shown, port,
+                    server.RequestHandlerClass.site.path)
         server.serve_forever(poll_interval=None)  # no wake-ups while nobody asks
     except Stop:
         logger.info("edgeworker serve: stopped")
@@ -674,14 +697,31 @@ def serve(server: Server) -> None:
 def release_startup_memory() -> None:
     """As the worker does before idling: collect what imports left, return free heap pages to
     the system, and let the request threads share one malloc arena."""
-    import ctypes
     import gc
 
     gc.collect()
     gc.freeze()
-    try:
-        libc = ctypes.CDLL(None)
-        libc.malloc_trim(0)
-        libc.mallopt(-8, 1)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
+    if _libc() is not None:
+        _libc().mallopt(-8, 1)  # M_ARENA_MAX: one arena, so that one trim returns it all
+    trim_heap()
+
+
+_LIBC: list = []
+
+
+def _libc():
+    if not _LIBC:
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None)
+            libc.malloc_trim  # noqa: B018 (glibc only)
+        except (OSError, AttributeError):
+            libc = None
+        _LIBC.append(libc)
+    return _LIBC[0]
+
+
+def trim_heap() -> None:
+    if _libc() is not None:
+        _libc().malloc_trim(0)

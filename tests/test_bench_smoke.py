@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPTS = {"throughput", "latency", "recovery", "idle", "startup"}
+SCRIPTS = {"throughput", "latency", "recovery", "idle", "startup", "web"}
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -25,7 +25,7 @@ def test_the_benchmarks_run_and_print_one_table(tmp_path):
     results = json.loads(output.read_text())
     assert set(results["scripts"]) == SCRIPTS
     figures = [f for script in results["scripts"].values() for f in script["figures"]]
-    assert {f["number"] for f in figures} == {"1", "2", "3", "4", "5", "6"}
+    assert {f["number"] for f in figures} == {"1", "2", "3", "4", "5", "6", "7"}
     for figure in figures:
         value = figure["value"]
         assert value["low"] <= value["median"] <= value["high"], figure
