@@ -497,7 +497,10 @@ class Site:
                     render_failures)
         match = re.fullmatch(r"/jobs/([^/]+)", path)
         if match:
-            name = unquote(match.group(1), errors="strict")
+            try:
+                name = unquote(match.group(1), errors="strict")
+            except UnicodeDecodeError:
+                raise BadRequest("malformed job name in the path (not UTF-8)") from None
             return (self.with_database(lambda: report.job(name, utcnow(), limit, before)),
                     render_job)
         match = re.fullmatch(r"/runs/(\d{1,18})", path)
@@ -540,6 +543,13 @@ class Site:
             database.close()
 
 
+def parse_query(text: str) -> dict[str, list[str]]:
+    try:
+        return parse_qs(text, keep_blank_values=True, strict_parsing=bool(text), errors="strict")
+    except ValueError:  # UnicodeDecodeError included
+        raise BadRequest("malformed query string") from None
+
+
 def _positive(params: dict[str, str], key: str) -> int | None:
     value = params.get(key)
     if value is None:
@@ -570,8 +580,7 @@ class Handler(BaseHTTPRequestHandler):
         as_json = False
         try:
             url = urlsplit(self.path)
-            query = parse_qs(url.query, keep_blank_values=True, strict_parsing=bool(url.query),
-                             errors="strict")
+            query = parse_query(url.query)
             fmt = query.get("format", ["html"])[-1]
             if fmt not in ("html", "json"):
                 raise BadRequest(f"format must be html or json, not {fmt!r}")
@@ -581,31 +590,23 @@ class Handler(BaseHTTPRequestHandler):
                           {"Cache-Control": "max-age=600"})
                 return
             data, render = self.site.view(url.path, query)
-            status, body = HTTPStatus.OK, (None if as_json else render(data))
-        except NotFound as exc:
-            status, data, body = HTTPStatus.NOT_FOUND, None, str(exc)
-        except (BadRequest, ValueError, UnicodeDecodeError) as exc:
-            message = str(exc) if isinstance(exc, BadRequest) else "malformed query string"
-            status, data, body = HTTPStatus.BAD_REQUEST, None, message
-        except EdgeworkerError as exc:  # the database: missing, locked, corrupt, not migrated
-            status, data, body = HTTPStatus.SERVICE_UNAVAILABLE, None, str(exc)
-        except Exception:
-            logger.error("internal error on %s\n%s", self.path, traceback.format_exc())
-            status, data, body = (HTTPStatus.INTERNAL_SERVER_ERROR, None,
-                                  "internal error (details in the server's log)")
-        if status is not HTTPStatus.OK:
-            if as_json:
-                payload = json.dumps({"error": body, "status": status.value}) + "\n"
-                self.send(status, "application/json", payload.encode(), head)
+            status = HTTPStatus.OK
+            text = json.dumps(data, indent=2, sort_keys=True) + "\n" if as_json else render(data)
+        except Exception as exc:
+            if isinstance(exc, NotFound):
+                status = HTTPStatus.NOT_FOUND
+            elif isinstance(exc, BadRequest):
+                status = HTTPStatus.BAD_REQUEST
+            elif isinstance(exc, EdgeworkerError):  # the database: missing, locked, not migrated
+                status = HTTPStatus.SERVICE_UNAVAILABLE
             else:
-                self.send(status, "text/html; charset=utf-8",
-                          render_error(status, body).encode(), head)
-            return
-        if as_json:
-            self.send(status, "application/json",
-                      (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), head)
-        else:
-            self.send(status, "text/html; charset=utf-8", body.encode(), head)
+                logger.error("internal error on %s\n%s", self.path, traceback.format_exc())
+                status = HTTPStatus.INTERNAL_SERVER_ERROR
+                exc = "internal error (details in the server's log)"
+            text = (json.dumps({"error": str(exc), "status": status.value}) + "\n" if as_json
+                    else render_error(status, str(exc)))
+        self.send(status, "application/json" if as_json else "text/html; charset=utf-8",
+                  text.encode(), head)
 
     def send(self, status: HTTPStatus, content_type: str, payload: bytes, head: bool,
              headers: dict[str, str] | None = None) -> None:

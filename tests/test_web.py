@@ -381,6 +381,28 @@ def test_a_read_only_directory_is_enough_while_the_wal_files_exist(tmp_path, tmp
         assert server.stop() == 0
 
 
+def test_a_row_the_page_cannot_read_gives_a_500_page_and_a_logged_traceback(tmp_path):
+    db = tmp_path / "odd.db"
+    subprocess.run([sys.executable, "-m", "edgeworker", "--db", str(db), "migrate"], check=True,
+                   capture_output=True)
+    con = sqlite3.connect(db)
+    con.execute("INSERT INTO tasks (status, scheduled_for, created_at) "
+                "VALUES ('failed', 'yesterday', 'not a time')")
+    con.commit()
+    con.close()
+    server = ServeProcess(db=db, log_dir=tmp_path)
+    try:
+        status, body, _ = server.get("/runs/1")
+        assert status == 500
+        assert "internal error (details in the server&#x27;s log)" in body
+        assert "Traceback" not in body and "not a time" not in body
+        status, body, _ = server.get("/runs/1?format=json")
+        assert (status, json.loads(body)["status"]) == (500, 500)
+    finally:
+        assert server.stop() == 0
+    assert "internal error on /runs/1" in server.log() and "Traceback" in server.log()
+
+
 # -- auth and listening ---------------------------------------------------------------------------
 
 def edgeworker(*args: str, cwd: Path, stdin: str = "") -> subprocess.CompletedProcess:
