@@ -383,3 +383,62 @@ def test_jobs_write_outside_the_state_directory_only_with_the_documented_drop_in
         sd.systemctl("restart", UNIT, check=True, timeout=30)
         sd.wait_for(lambda: sd.path("/var/lib/sensor-data/readings").read_text().count("\n") >= 2,
                     20, "two readings stored")
+
+
+@needs_systemd
+@pytest.mark.timeout(120, func_only=True)
+def test_the_status_page_unit_serves_the_workers_database_and_cannot_write_it(binary_dir):
+    """edgeworker-web.service as shipped (a drop-in moves it to a free port: the namespaces share
+    the host's network), beside the worker: it serves, it is sandboxed, the database and the lock
+    are read-only in its mounts, and it still serves once the worker stopped (removing -wal)."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    [exec_start] = unit_settings(WEB_UNIT_FILE)["Service.ExecStart"]
+    listen = f"[Service]\nExecStart=\nExecStart={exec_start} --listen 127.0.0.1:{port}\n"
+    web = "edgeworker-web.service"
+    with BootedSystemd({UNIT: UNIT_FILE, web: WEB_UNIT_FILE, f"{web}.d/test-port.conf": listen},
+                       files={"/etc/edgeworker/edgeworker.toml": CONFIG},
+                       binds={"/usr/local/bin": binary_dir}, users=["edgeworker"]) as sd:
+        worker_main = start(sd)
+        sd.wait_for(lambda: succeeded(sd, "tick") >= 2, 30, "2 runs of tick")
+        assert sd.systemctl("start", web).returncode == 0, sd.journal(web)
+        sd.wait_for_state(web, "active")
+
+        def get(path: str) -> tuple[int, str]:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                    return r.status, r.read().decode()
+            except OSError:
+                return 0, ""
+
+        status, body = sd.wait_for(lambda: (got := get("/?format=json"))[0] and got, 30,
+                                   "the page to answer")
+        overview = json.loads(body)
+        assert status == 200 and overview["worker"]["running"] is True, body
+        assert get("/jobs")[0] == 200 and "tick" in get("/jobs")[1]
+
+        host = sd.host_pid(sd.main_pid(web))
+        [server] = Path(f"/proc/{host}/task/{host}/children").read_text().split() or [host]
+        status_file = dict(line.split(":", 1) for line in
+                           Path(f"/proc/{server}/status").read_text().splitlines())
+        uid = int(sd.run("id", "-u", "edgeworker").stdout)
+        assert int(status_file["Uid"].split()[0]) == uid
+        assert status_file["CapEff"].strip() == "0000000000000000"
+        assert (status_file["NoNewPrivs"].strip(), status_file["Seccomp"].strip()) == ("1", "2")
+        mounts = Path(f"/proc/{server}/mountinfo").read_text().splitlines()
+        for path in (DB, f"{DB}.lock"):
+            [mount] = [m for m in mounts if m.split()[4] == path]
+            assert "ro" in mount.split()[5].split(","), mount
+        tick_runs = succeeded(sd, "tick")
+        sd.wait_for(lambda: succeeded(sd, "tick") > tick_runs + 2, 20, "the worker going on")
+        assert (sd.main_pid(UNIT), sd.prop(UNIT, "NRestarts")) == (worker_main, "0")
+
+        sd.systemctl("stop", UNIT, check=True, timeout=30)
+        status, body = get("/?format=json")
+        assert status == 200, sd.journal(web)
+        assert json.loads(body)["worker"]["running"] is False
+        assert "Traceback" not in sd.journal(web)
