@@ -68,7 +68,7 @@ def open_readonly(path: Path, busy_timeout: float = 1.0) -> peewee.SqliteDatabas
     path = Path(path).absolute()
     return peewee.SqliteDatabase(
         f"{path.as_uri()}?mode=ro", uri=True,
-        pragmas=[("query_only", 1), ("cache_size", -512)],
+        pragmas=[("query_only", 1), ("cache_size", -128)],
         timeout=busy_timeout, lock_type="DEFERRED", autoconnect=False)
 
 
