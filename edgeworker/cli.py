@@ -61,19 +61,34 @@ class Context:
     def db_path(self) -> Path:
         return self.db_option or self.config.worker.database or DEFAULT_DB
 
-    def open(self, create: bool = False, check_schema: bool = True):
-        """Open the database and bind the models to it."""
+    def open(self, create: bool = False, check_schema: bool = True, readonly: bool = False,
+             foreign: bool = False):
+        """Open the database and bind the models to it; `readonly` for commands that only look
+        (they write nothing, not even SQLite's -wal and -shm files)."""
         if self._db is None:
             from edgeworker import db, migrate, models
 
-            self._db = db.open_database(self.db_path, durability=self.config.worker.durability,
-                                        busy_timeout=self.config.worker.busy_timeout,
-                                        create=create)
+            settings = self.config.worker
+            if check_schema and not readonly:
+                # Look before opening to write: opening sets WAL mode, a change to the file.
+                migrate.ensure_current_file(self.db_path, settings.busy_timeout)
+                foreign = True  # checked just now
+            self._db = db.open_database(self.db_path, durability=settings.durability,
+                                        busy_timeout=settings.busy_timeout,
+                                        create=create, readonly=readonly, foreign=foreign)
             models.database.initialize(self._db)
             if check_schema:
                 with db.translate_errors(self.db_path):
                     migrate.ensure_current(self._db)
         return self._db
+
+    def now(self):
+        """The time a command records: the wall clock, but never earlier than the newest time
+        the database holds (a box whose clock is behind; see docs/time.md)."""
+        from edgeworker.clock import utcnow
+
+        now, mark = utcnow(), self.ledger().high_water()
+        return max(now, mark) if mark else now
 
     def ledger(self):
         if "ledger" not in self._cache:
@@ -218,8 +233,10 @@ def next_run(job: dict) -> str:
 @click.option("--dry-run", is_flag=True, help="List the migrations that would run.")
 @click.option("--to", "target", type=click.IntRange(0, INT64_MAX), metavar="VERSION",
               help="Apply migrations up to and including VERSION only.")
+@click.option("--force", is_flag=True,
+              help="Add edgeworker's tables to a database that holds another program's.")
 @pass_ctx
-def migrate(obj: Context, check: bool, dry_run: bool, target: int | None) -> None:
+def migrate(obj: Context, check: bool, dry_run: bool, target: int | None, force: bool) -> None:
     """Create or upgrade the database schema."""
     from edgeworker import db
     from edgeworker import migrate as migrations
@@ -228,22 +245,38 @@ def migrate(obj: Context, check: bool, dry_run: bool, target: int | None) -> Non
     if creating and (check or dry_run):
         todo = migrations.discover()
         todo = [m for m in todo if target is None or m.version <= target]
-    else:
-        database = obj.open(create=not (check or dry_run), check_schema=False)
+    elif check or dry_run:
+        database = obj.open(check_schema=False, readonly=True, foreign=force)
         with db.translate_errors(obj.db_path):
             todo = migrations.plan(database, migrations.discover(), target)
+    else:
+        try:
+            database = obj.open(create=True, check_schema=False, foreign=force)
+            with db.translate_errors(obj.db_path):
+                todo = migrations.plan(database, migrations.discover(), target)
+            _migrate(obj, database, todo)
+        except BaseException:
+            if creating:  # a migrate that fails leaves no empty or half-made database
+                obj.close()
+                db.remove_new_database(obj.db_path)
+            raise
+        return
     if check:
         if todo:
             click.echo(f"{len(todo)} pending: " + ", ".join(m.label for m in todo))
             raise click.exceptions.Exit(3)
         click.echo("up to date")
         return
-    if dry_run:
-        for m in todo:
-            click.echo(f"would apply {m.label}")
-        if not todo:
-            click.echo("up to date")
-        return
+    for m in todo:
+        click.echo(f"would apply {m.label}")
+    if not todo:
+        click.echo("up to date")
+
+
+def _migrate(obj: Context, database, todo: list) -> None:
+    from edgeworker import db
+    from edgeworker import migrate as migrations
+
     if todo:
         pid = db.worker_pid(obj.db_path)
         if pid:
@@ -260,12 +293,14 @@ def migrate(obj: Context, check: bool, dry_run: bool, target: int | None) -> Non
 @pass_ctx
 def check_config(obj: Context) -> None:
     """Validate the config file, including that every callable imports."""
+    from edgeworker import trust
     from edgeworker.runners import verify_callables
 
     config = obj.config
     if config.path is None:
         raise ConfigError(f"no config file: give --config or $EDGEWORKER_CONFIG, or create "
                           f"./{DEFAULT_CONFIG}")
+    trust.verify(config)
     verify_callables(config)
     click.echo(f"{config.path}: ok ({len(config.jobs)} jobs)")
 
@@ -298,11 +333,12 @@ def run(obj: Context, apply_migrations: bool, workers: int | None, log_format: s
 def recover(obj: Context, dry_run: bool, as_json: bool) -> None:
     """Recover tasks a dead worker left behind (the worker does this at every start)."""
     from edgeworker import recovery, report, schedule
-    from edgeworker.clock import to_text, utcnow
+    from edgeworker.clock import to_text
     from edgeworker.db import WorkerLock, worker_pid
 
+    obj.open(readonly=dry_run)
     ledger = obj.ledger()
-    now = utcnow()
+    now = obj.now()
     pid = worker_pid(obj.db_path)
     if dry_run:
         todo = recovery.plan(ledger, now)
@@ -362,12 +398,16 @@ def status(obj: Context, as_json: bool) -> None:
     from edgeworker.clock import utcnow
     from edgeworker.db import worker_pid
 
+    obj.open(readonly=True)
     ledger = obj.ledger()
     pid = worker_pid(obj.db_path)
+    settings = obj.config.worker
     data = {
         "database": str(obj.db_path),
-        "durability": obj.config.worker.durability,
-        "worker": {"running": pid is not None, "pid": pid if pid and pid > 0 else None},
+        "durability": settings.durability,
+        "worker": {"running": pid is not None, "pid": pid if pid and pid > 0 else None,
+                   "alert": pid and report.all_busy(pid, settings.workers, settings.busy_alert,
+                                                    utcnow()) or None},
         "queue": report.queue_depth(ledger.huey),
         "last_recovery": report.last_recovery(),
         "clock": report.clock(utcnow(), pid is not None),
@@ -379,6 +419,8 @@ def status(obj: Context, as_json: bool) -> None:
                   else "not running")
         click.echo(f"database  {d['database']} (durability {d['durability']})")
         click.echo(f"worker    {worker}")
+        if d["worker"]["alert"]:
+            click.echo(f"alert     {d['worker']['alert']}")
         click.echo(f"queue     {d['queue']['ready']} ready, {d['queue']['scheduled']} scheduled")
         rec = d["last_recovery"]
         if rec:
@@ -440,7 +482,7 @@ def jobs_list(obj: Context, as_json: bool) -> None:
     from edgeworker import report
     from edgeworker.clock import utcnow
 
-    obj.open()
+    obj.open(readonly=True)
     data = report.jobs(utcnow())
 
     def render(rows: list[dict]) -> None:
@@ -461,6 +503,8 @@ def jobs_list(obj: Context, as_json: bool) -> None:
 @click.option("--callable", "callable_", metavar="MODULE:FUNCTION",
               help="Python callable to call with a TaskContext.")
 @click.option("--shell", is_flag=True, default=None, help="Run --command through /bin/sh.")
+@click.option("--isolate", is_flag=True, default=None,
+              help="Run --callable in a child process that a timeout can stop.")
 @click.option("--every", help="Interval, e.g. 30s, 5m, 1h30m.")
 @click.option("--cron", help='5-field cron expression, e.g. "*/5 * * * *".')
 @click.option("--timezone", help="Time zone of the cron expression [default: local].")
@@ -475,12 +519,14 @@ def jobs_list(obj: Context, as_json: bool) -> None:
 @click.option("--jitter", help="Spread start times by up to this long.")
 @click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment (repeat).")
 @click.option("--cwd", help="Working directory for a command.")
+@click.option("--env-file", metavar="PATH",
+              help="KEY=VALUE lines read at each run (mode 0600 or 0640), for secrets.")
 @click.option("--disabled", is_flag=True, help="Add the job disabled.")
 @pass_ctx
 def jobs_add(obj: Context, name: str, **options: Any) -> None:
     """Add a job from the command line."""
     from edgeworker import jobs as catalog
-    from edgeworker.clock import utcnow
+    from edgeworker import trust
     from edgeworker.config import build_job_spec
     from edgeworker.runners import verify_callable
 
@@ -507,9 +553,14 @@ def jobs_add(obj: Context, name: str, **options: Any) -> None:
         return ConfigError(f"{option}{message}" if key != "name" else f"NAME: {message}")
 
     spec = build_job_spec(raw, fail)
+    try:
+        trust.verify_job(spec, obj.config.worker.python_path)
+    except ConfigError as exc:
+        key, sep, rest = str(exc).partition(": ")
+        raise ConfigError(f"--{key.replace('_', '-')}: {rest}" if sep else str(exc)) from None
     if spec.kind == "callable":
         verify_callable(spec.target, obj.config.worker.python_path)
-    job = catalog.add_job(obj.ledger(), spec, utcnow())
+    job = catalog.add_job(obj.ledger(), spec, obj.now())
     click.echo(f'added job "{job.name}" ({job.schedule_text})')
 
 
@@ -519,9 +570,8 @@ def jobs_add(obj: Context, name: str, **options: Any) -> None:
 def jobs_remove(obj: Context, name: str) -> None:
     """Remove a job; its history stays, waiting runs are cancelled."""
     from edgeworker import jobs as catalog
-    from edgeworker.clock import utcnow
 
-    job = catalog.remove_job(obj.ledger(), name, utcnow())
+    job = catalog.remove_job(obj.ledger(), name, obj.now())
     note = " (it is in the config file: the next sync adds it again)" \
         if job.source == "config" else ""
     click.echo(f'removed job "{name}"{note}')
@@ -533,9 +583,8 @@ def jobs_remove(obj: Context, name: str) -> None:
 def jobs_pause(obj: Context, name: str) -> None:
     """Stop scheduling a job (survives config syncs)."""
     from edgeworker import jobs as catalog
-    from edgeworker.clock import utcnow
 
-    _, changed = catalog.set_paused(obj.ledger(), name, True, utcnow())
+    _, changed = catalog.set_paused(obj.ledger(), name, True, obj.now())
     click.echo(f'paused job "{name}"' if changed else f'job "{name}" was already paused')
 
 
@@ -545,9 +594,8 @@ def jobs_pause(obj: Context, name: str) -> None:
 def jobs_resume(obj: Context, name: str) -> None:
     """Schedule a paused job again, from its next slot."""
     from edgeworker import jobs as catalog
-    from edgeworker.clock import utcnow
 
-    _, changed = catalog.set_paused(obj.ledger(), name, False, utcnow())
+    _, changed = catalog.set_paused(obj.ledger(), name, False, obj.now())
     click.echo(f'resumed job "{name}"' if changed else f'job "{name}" was not paused')
 
 
@@ -556,15 +604,16 @@ def jobs_resume(obj: Context, name: str) -> None:
 def jobs_sync(obj: Context) -> None:
     """Make the database's config jobs match the config file."""
     from edgeworker import jobs as catalog
-    from edgeworker.clock import utcnow
+    from edgeworker import trust
     from edgeworker.runners import verify_callables
 
     config = obj.config
     if config.path is None:
         raise ConfigError(f"no config file to sync from: give --config or $EDGEWORKER_CONFIG, "
                           f"or create ./{DEFAULT_CONFIG}")
+    trust.verify(config)
     verify_callables(config)
-    report = catalog.sync_jobs(obj.ledger(), config.jobs, utcnow())
+    report = catalog.sync_jobs(obj.ledger(), config.jobs, obj.now())
     click.echo(f"synced {config.path}: {report.summary()}")
 
 
@@ -574,11 +623,10 @@ def jobs_sync(obj: Context) -> None:
 def jobs_run(obj: Context, name: str) -> None:
     """Run a job once, now, outside its schedule (the worker picks it up)."""
     from edgeworker import jobs as catalog
-    from edgeworker.clock import utcnow
     from edgeworker.db import worker_pid
 
     ledger = obj.ledger()
-    task = ledger.run_now(catalog.get_job(name), utcnow())
+    task = ledger.run_now(catalog.get_job(name), obj.now())
     note = "" if worker_pid(obj.db_path) else " (no worker is running: it runs when one starts)"
     click.echo(f'queued task {task.id} for job "{name}"{note}')
 
@@ -603,7 +651,7 @@ def tasks_list(obj: Context, job_name: str | None, status: str | None, limit: in
     """List tasks, newest first."""
     from edgeworker import report
 
-    obj.open()
+    obj.open(readonly=True)
     data = report.tasks(job_name, status, limit)
 
     def render(rows: list[dict]) -> None:
@@ -642,7 +690,7 @@ def tasks_show(obj: Context, task_id: int, as_json: bool) -> None:
     """Show one task, with its output."""
     from edgeworker import report
 
-    obj.open()
+    obj.open(readonly=True)
     data = report.task(task_id)
 
     def render(t: dict) -> None:
@@ -667,7 +715,6 @@ def tasks_show(obj: Context, task_id: int, as_json: bool) -> None:
 @pass_ctx
 def tasks_retry(obj: Context, task_id: int) -> None:
     """Run a failed or cancelled task's job again, for the same slot."""
-    from edgeworker.clock import utcnow
     from edgeworker.errors import Conflict, NotFound
     from edgeworker.models import Task
 
@@ -679,7 +726,7 @@ def tasks_retry(obj: Context, task_id: int) -> None:
         raise Conflict(f"task {task_id} is {task.status}; only failed or cancelled tasks can be "
                        "retried")
     try:
-        new = ledger.retry(task, utcnow())
+        new = ledger.retry(task, obj.now())
     except ValueError as exc:
         raise Conflict(str(exc)) from None
     click.echo(f"queued task {new.id} to retry task {task_id}")

@@ -92,6 +92,8 @@ class JobSpec:
     enabled: bool = True
     env: tuple[tuple[str, str], ...] = ()
     cwd: str | None = None
+    env_file: Path | None = None  # KEY=VALUE lines read at each run (secrets stay out of here)
+    isolate: bool = False  # a callable in a child process, stoppable at its timeout
 
 
 @dataclass(frozen=True)
@@ -102,12 +104,14 @@ class WorkerSettings:
     busy_timeout: float = 5.0
     shutdown_timeout: float = 30.0
     retention: float | None = 7 * 86400.0
+    busy_alert: float | None = 3600.0  # every worker thread busy this long: say so
     python_path: tuple[Path, ...] = ()
     log_format: str = "text"
     log_level: str = "info"
     # Cron jobs wait for a synchronised clock ("auto": when a time daemon runs), at most this long.
     wait_for_clock_sync: str = "auto"
     clock_sync_timeout: float = 600.0
+    env_file: Path | None = None  # for every job, under each job's own
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,14 @@ class Config:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     jobs: tuple[JobSpec, ...] = ()
+    where: _Where | None = field(default=None, compare=False, repr=False)
+
+    def error(self, message: str, header: str | None = None, index: int = 0,
+              key: str | None = None) -> ConfigError:
+        """An error about this file's contents, found after parsing: `file:line: message`."""
+        if self.where is None:
+            return ConfigError(f"{self.path or 'config'}: {message}")
+        return self.where.error(message, header, index, key)
 
 
 _TOP_KEYS = {"worker", "metrics", "jobs"}
@@ -130,6 +142,8 @@ _METRICS_KEYS = {"textfile", "interval"}
 _JOB_KEYS = {
     "name", "command", "callable", "shell", "every", "cron", "timezone", "timeout",
     "max_attempts", "retry_delay", "catch_up", "catch_up_limit", "jitter", "enabled", "env", "cwd",
+    "env_file",
+    "isolate",
 }
 
 
@@ -159,10 +173,25 @@ class _Where:
                 return number
         return None
 
+    def top_line(self, key: str) -> int | None:
+        """Line number of a top-level `key = ` or of a `[key]`/`[[key]]`/`[key.sub]` header."""
+        header_re = re.compile(r"\s*\[\[?\s*" + re.escape(key) + r"\s*[\].]")
+        in_table = False
+        for number, line in enumerate(self.lines, start=1):
+            if header_re.match(line):
+                return number
+            if line.lstrip().startswith("["):
+                in_table = True
+            elif not in_table and re.match(r"\s*" + re.escape(key) + r"\s*=", line):
+                return number
+        return None
+
     def error(self, message: str, header: str | None = None, index: int = 0,
               key: str | None = None) -> ConfigError:
         where = str(self.path) if self.path else "config"
         line = self._line_of(header, index, key) if header else None
+        if header is None and key is not None:
+            line = self.top_line(key)
         if line is None and header and key:
             line = self._line_of(header, index, None)
         if line is not None:
@@ -198,7 +227,7 @@ def parse_config(text: str, path: Path | None = None) -> Config:
     for key in data:
         if key not in _TOP_KEYS:
             raise where.error(f"unknown table or key {key!r}; "
-                              "allowed: [worker], [metrics], [[jobs]]")
+                              "allowed: [worker], [metrics], [[jobs]]", key=key)
     base = path.parent if path else Path.cwd()
     worker = _parse_worker(data.get("worker", {}), where, base)
     metrics = _parse_metrics(data.get("metrics", {}), where, base)
@@ -208,13 +237,13 @@ def parse_config(text: str, path: Path | None = None) -> Config:
     jobs = []
     seen: dict[str, int] = {}
     for index, raw in enumerate(raw_jobs):
-        spec = _parse_job_table(raw, where, index)
+        spec = _parse_job_table(raw, where, index, base)
         if spec.name in seen:
             raise where.error(f'job "{spec.name}" is defined twice (jobs #{seen[spec.name] + 1} '
                               f"and #{index + 1}); job names must be unique", "jobs", index, "name")
         seen[spec.name] = index
         jobs.append(spec)
-    return Config(path=path, worker=worker, metrics=metrics, jobs=tuple(jobs))
+    return Config(path=path, worker=worker, metrics=metrics, jobs=tuple(jobs), where=where)
 
 
 def _table(raw: Any, name: str, where: _Where) -> Mapping[str, Any]:
@@ -249,6 +278,14 @@ def _parse_worker(raw: Any, where: _Where, base: Path) -> WorkerSettings:
         else:
             values["retention"] = _duration(raw["retention"], lambda m: fail(
                 "retention", m + ', or "forever" to keep every task'))
+    if "busy_alert" in raw:
+        if raw["busy_alert"] == "off":
+            values["busy_alert"] = None
+        else:
+            values["busy_alert"] = _duration(raw["busy_alert"], lambda m: fail(
+                "busy_alert", m + ', or "off"'))
+            if values["busy_alert"] <= 0:
+                raise fail("busy_alert", 'must be more than 0, or "off"')
     if "python_path" in raw:
         entries = raw["python_path"]
         if isinstance(entries, str):
@@ -257,6 +294,8 @@ def _parse_worker(raw: Any, where: _Where, base: Path) -> WorkerSettings:
             raise fail("python_path", "must be a directory or a list of directories")
         values["python_path"] = tuple(
             _path(e, base, lambda m: fail("python_path", m)) for e in entries)
+    if "env_file" in raw:
+        values["env_file"] = _path(raw["env_file"], base, lambda m: fail("env_file", m))
     if "log_format" in raw:
         values["log_format"] = _choice(raw["log_format"], LOG_FORMATS,
                                        lambda m: fail("log_format", m))
@@ -295,7 +334,7 @@ def _parse_metrics(raw: Any, where: _Where, base: Path) -> MetricsSettings:
     return MetricsSettings(**values)
 
 
-def _parse_job_table(raw: Any, where: _Where, index: int) -> JobSpec:
+def _parse_job_table(raw: Any, where: _Where, index: int, base: Path) -> JobSpec:
     if not isinstance(raw, dict):
         raise where.error(f"jobs #{index + 1} must be a table ([[jobs]])", "jobs", index)
     name = raw.get("name")
@@ -305,11 +344,12 @@ def _parse_job_table(raw: Any, where: _Where, index: int) -> JobSpec:
         prefix = f"{label}: {key}: " if key else f"{label}: "
         return where.error(prefix + message, "jobs", index, key)
 
-    return build_job_spec(raw, fail)
+    return build_job_spec(raw, fail, base)
 
 
-def build_job_spec(raw: Mapping[str, Any], fail) -> JobSpec:
-    """Validate one job's settings. `fail(key, message)` builds the error to raise."""
+def build_job_spec(raw: Mapping[str, Any], fail, base: Path | None = None) -> JobSpec:
+    """Validate one job's settings. `fail(key, message)` builds the error to raise; relative
+    paths are taken from `base` (the config file's directory; default the current one)."""
     for key in raw:
         if key not in _JOB_KEYS:
             raise fail(key, f"unknown key; allowed: {', '.join(sorted(_JOB_KEYS))}")
@@ -356,6 +396,13 @@ def build_job_spec(raw: Mapping[str, Any], fail) -> JobSpec:
             raise fail("callable", f"{target!r} is not of the form package.module:function")
         values["kind"] = "callable"
         values["target"] = target
+    isolate = raw.get("isolate", False)
+    if not isinstance(isolate, bool):
+        raise fail("isolate", "must be true or false")
+    if isolate and has_command:
+        raise fail("isolate", "only applies to 'callable' jobs (a command runs in its own "
+                              "process already)")
+    values["isolate"] = isolate
 
     has_every, has_cron = "every" in raw, "cron" in raw
     if has_every == has_cron:
@@ -403,6 +450,9 @@ def build_job_spec(raw: Mapping[str, Any], fail) -> JobSpec:
         if not isinstance(raw["cwd"], str) or not raw["cwd"]:
             raise fail("cwd", "must be a directory path")
         values["cwd"] = raw["cwd"]
+    if "env_file" in raw:
+        values["env_file"] = _path(raw["env_file"], base or Path.cwd(),
+                                   lambda m: fail("env_file", m))
     return JobSpec(**values)
 
 

@@ -33,12 +33,13 @@ import peewee
 from huey.consumer import BaseProcess, Consumer, Worker
 
 from edgeworker import db as dbmod
-from edgeworker import migrate, models, recovery
+from edgeworker import migrate, models, recovery, trust
 from edgeworker.clock import ClockSetWatch, Step, WorkerClock, clock_synchronised, span, time_daemon
-from edgeworker.config import Config, load_config
+from edgeworker.config import Config, format_duration, load_config
 from edgeworker.errors import EdgeworkerError
 from edgeworker.jobs import sync_jobs
 from edgeworker.ledger import Ledger
+from edgeworker.logs import Reminder
 from edgeworker.metrics import TextfileMetrics
 from edgeworker.models import FINISHED, Task
 from edgeworker.notify import Notifier
@@ -54,6 +55,7 @@ HEALTH_CHECK_INTERVAL = 10.0
 HELD_CHECK_INTERVAL = 1.0
 PRUNE_INTERVAL = 3600.0
 STALL = MAX_IDLE + 30.0  # an idle worker thread that has not looped for this long is stuck
+MAX_ERROR_DELAY = 30.0
 
 
 def release_startup_memory() -> None:
@@ -79,7 +81,7 @@ class WorkerThread(Worker):
         self.daemon = daemon
         self.watch: DatabaseWatch | None = None
         self.error_delay = 0.5
-        self.busy = False  # running a task (which may take long: not a stall)
+        self.busy_since: float | None = None  # running a task since (long is not a stall)
         self.last_loop = time.monotonic()
         # Woken by a write to the WAL: that commit becomes visible only after its fsync, so the
         # next look at the queue must wait for the writer (under the write lock).
@@ -93,17 +95,22 @@ class WorkerThread(Worker):
         try:
             task = self.huey.dequeue(locked=self.woken)
         except Exception as exc:
-            logger.error("cannot read the queue (%s); retrying in %.1fs", exc, self.error_delay)
-            self.watch.wait(self.error_delay)
-            self.error_delay = min(self.error_delay * 2, 30.0)
+            self.daemon.queue_trouble.failing(
+                "cannot read the queue: %s; retrying, at most every %.0fs",
+                dbmod.describe(self.daemon.db_path, exc), MAX_ERROR_DELAY)
+            # Not the WAL watch: the failing writes themselves would wake it at once.
+            self.stop_flag.wait(self.error_delay)
+            self.error_delay = min(self.error_delay * 2, MAX_ERROR_DELAY)
+            self.woken = True
             return
         self.error_delay = 0.5
+        self.daemon.queue_trouble.resolved("reading the queue again")
         if task is not None:
-            self.busy = True
+            self.busy_since = time.monotonic()
             try:
                 self.huey.execute(task)
             finally:
-                self.busy = False
+                self.busy_since = None
         elif not self.stop_flag.is_set():
             self.woken = self.watch.wait(self.idle_timeout())
 
@@ -131,7 +138,9 @@ class Housekeeper(BaseProcess):
         super().__init__(huey, stop_flag)
         self.daemon = daemon
         self.next_prune = time.monotonic()  # first look now: its connection opens at start-up
-        intervals = (daemon.notifier.watchdog_interval, daemon.metrics and daemon.metrics.interval)
+        bound = daemon.config.worker.busy_alert
+        intervals = (daemon.notifier.watchdog_interval, daemon.metrics and daemon.metrics.interval,
+                     bound and min(60.0, max(0.5, bound / 2)))
         self.interval = min(filter(None, intervals), default=PRUNE_INTERVAL)
 
     def loop(self, now=None) -> None:
@@ -142,6 +151,7 @@ class Housekeeper(BaseProcess):
             except Exception as exc:
                 logger.error("pruning old tasks failed: %s", exc)
         try:
+            self.daemon.check_busy()
             self.daemon.tick()
         except Exception as exc:
             logger.error("housekeeping failed: %s", exc)
@@ -188,6 +198,8 @@ class Daemon:
         self.metrics: TextfileMetrics | None = None
         self.ready = False
         self.consumer: EdgeConsumer | None = None
+        self.busy_alert: str | None = None
+        self.queue_trouble = Reminder(logger)  # one for all worker threads: logged once
         self.clock: WorkerClock | None = None
         self.clock_watch = ClockSetWatch()
         self.held_since: float | None = None  # monotonic: since when cron jobs wait for the clock
@@ -196,19 +208,19 @@ class Daemon:
     # -- start-up ---------------------------------------------------------------------------
 
     def start(self) -> EdgeConsumer:
+        trust.verify(self.config)  # before anything is created or imported
         self.install_signal_handlers()
         self.lock = dbmod.WorkerLock(self.db_path).acquire()
+        creating = not self.db_path.exists()
+        try:
+            database = self.open_database()
+        except BaseException:
+            # A refused start leaves nothing behind: no lock file, no half-made database.
+            if creating and self.apply_migrations:
+                dbmod.remove_new_database(self.db_path)
+            self.lock.release(remove=True)
+            raise
         settings = self.config.worker
-        database = dbmod.open_database(self.db_path, durability=settings.durability,
-                                       busy_timeout=settings.busy_timeout,
-                                       create=self.apply_migrations)
-        models.database.initialize(database)
-        with dbmod.translate_errors(self.db_path):
-            if self.apply_migrations:
-                for m in migrate.apply(database, migrate.plan(database, migrate.discover())):
-                    logger.info("applied migration %s", m.label)
-            migrate.ensure_current(database)
-        verify_callables(self.config)
         self.huey = EdgeHuey(database)
         if self.config.metrics.textfile is not None:
             self.metrics = TextfileMetrics(self.config.metrics, self.huey)
@@ -219,7 +231,8 @@ class Daemon:
         self.huey.now = self.clock.now
         worker = IntervalJobWorker(self.ledger, self.abort, stopping=lambda: self.stop_pipe.is_set,
                                    clock=self.clock.now,
-                                   observe=self.metrics and self.metrics.observe)
+                                   observe=self.metrics and self.metrics.observe,
+                                   env_file=lambda: self.config.worker.env_file)
         self.huey.bind(worker.claim, worker.work)
         self.notifier.status("starting: syncing jobs and recovering tasks")
         with dbmod.translate_errors(self.db_path):
@@ -231,6 +244,26 @@ class Daemon:
             self.check_clock(starting=True)
         self.consumer = EdgeConsumer(self.huey, self, self.workers, settings.shutdown_timeout)
         return self.consumer
+
+    def open_database(self):
+        settings = self.config.worker
+        if not self.apply_migrations:
+            migrate.ensure_current_file(self.db_path, settings.busy_timeout)  # changes nothing
+        database = dbmod.open_database(self.db_path, durability=settings.durability,
+                                       busy_timeout=settings.busy_timeout,
+                                       create=self.apply_migrations)
+        try:
+            models.database.initialize(database)
+            with dbmod.translate_errors(self.db_path):
+                if self.apply_migrations:
+                    for m in migrate.apply(database, migrate.plan(database, migrate.discover())):
+                        logger.info("applied migration %s", m.label)
+                migrate.ensure_current(database)
+            verify_callables(self.config)
+        except BaseException:
+            database.close()
+            raise
+        return database
 
     def install_signal_handlers(self) -> None:
         if getattr(sys, "frozen", False):
@@ -377,27 +410,61 @@ class Daemon:
         return stop
 
     def reload(self) -> None:
+        """Re-read the config and sync its jobs in one transaction; any failure (a schedule
+        that cannot be planned, a module that raises at import) keeps the running config."""
         try:
             config = load_config(self.config.path)
+            trust.verify(config)
             verify_callables(config)
             report = sync_jobs(self.ledger, config.jobs, self.clock.now())
         except (EdgeworkerError, peewee.DatabaseError) as exc:
             logger.error("reload failed, keeping the jobs as they were: %s", exc)
             return
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a reload never stops the worker
+            logger.error("reload failed, keeping the jobs as they were: %s: %s",
+                         type(exc).__name__, exc)
+            return
         self.config = config
         logger.info("reloaded %s: %s", config.path, report.summary())
 
     def status_line(self) -> str:
-        busy = sum(1 for w, _ in self.consumer.worker_threads if w.busy)
+        busy = sum(1 for w, _ in self.consumer.worker_threads if w.busy_since is not None)
         due = self.huey.storage.next_due()
         nxt = f"next run {due.astimezone():%H:%M:%S}" if due else "nothing scheduled"
-        return (f"{busy}/{self.workers} threads busy, {nxt}; at start: {self.recovery.line()}")
+        alert = f"{self.busy_alert}; " if self.busy_alert else ""
+        return (f"{alert}{busy}/{self.workers} threads busy, {nxt}; "
+                f"at start: {self.recovery.line()}")
+
+    def all_busy(self) -> str | None:
+        """Every worker thread running one task for longer than `busy_alert`: nothing else can
+        start. Not a stall (the loop is alive), but worth an operator's look."""
+        bound = self.config.worker.busy_alert
+        if bound is None or not self.consumer.worker_threads:
+            return None
+        now = time.monotonic()
+        since = [w.busy_since for w, _ in self.consumer.worker_threads]
+        if any(s is None or now - s < bound for s in since):
+            return None
+        return (f"all {len(since)} worker thread(s) busy for more than "
+                f"{format_duration(bound)}: no other run can start")
+
+    def check_busy(self) -> None:
+        alert = self.all_busy()
+        if alert != self.busy_alert:
+            if alert:
+                logger.warning("%s (see `edgeworker status`; a job `timeout` ends such runs)",
+                               alert)
+            else:
+                logger.info("a worker thread is free again")
+            self.busy_alert = alert
+            if self.metrics is not None:
+                self.metrics.all_busy = alert is not None
 
     def stalled(self) -> str | None:
         """Why the worker is not making progress, or None. A thread running a long task is
         progress; an idle thread that stopped looping, or due work that nobody takes, is not."""
         now = time.monotonic()
-        idle = [w for w, _ in self.consumer.worker_threads if not w.busy]
+        idle = [w for w, _ in self.consumer.worker_threads if w.busy_since is None]
         for worker in idle:
             if now - worker.last_loop > STALL:
                 return f"a worker thread has not looped for {now - worker.last_loop:.0f}s"

@@ -4,7 +4,7 @@ Every connection runs in WAL mode with `synchronous=FULL` (a power cut loses no 
 is an opt-in that may lose the last ones), a busy timeout, foreign keys on, and BEGIN IMMEDIATE
 for write transactions (deferred ones fail with "database is locked" under concurrent writers).
 A file that is not SQLite is refused before SQLite touches it, and a new file is created 0600.
-The status page opens the file read-only (`open_readonly`) and never takes the worker's lock.
+Asking whether a worker runs (`worker_pid`) never takes the worker's lock.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import fcntl
 import os
 import shutil
 import sqlite3
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,17 +29,29 @@ PAGE_SIZE = 1024
 
 
 def open_database(path: Path, *, durability: str = "full", busy_timeout: float = 5.0,
-                  create: bool = False) -> peewee.SqliteDatabase:
-    """Open (or, with `create`, create) the database and check that SQLite can read it."""
+                  create: bool = False, readonly: bool = False,
+                  foreign: bool = False) -> peewee.SqliteDatabase:
+    """Open (or, with `create`, create) the database and check that SQLite can read it.
+
+    `readonly` opens it so that nothing is written (see ReadOnlyDatabase). A database that holds
+    tables but not edgeworker's is refused before anything touches it, unless `foreign`."""
     path = Path(path)
     if path.is_dir():
         raise DatabaseError(f"{path}: is a directory, not a database file")
     if path.exists():
         check_sqlite_file(path)
-    elif create:
+        if not foreign:
+            check_ours(path, busy_timeout)
+    elif create and not readonly:
         create_file(path)
     else:
         raise DatabaseError(f"{path}: no database here; create it with `edgeworker migrate`")
+    if readonly:
+        db = ReadOnlyDatabase(path, timeout=busy_timeout)
+        with translate_errors(path):
+            db.connect()
+            db.execute_sql("SELECT count(*) FROM sqlite_master").fetchone()
+        return db
     db = peewee.SqliteDatabase(
         str(path),
         pragmas=[
@@ -60,18 +73,6 @@ def open_database(path: Path, *, durability: str = "full", busy_timeout: float =
     return db
 
 
-def open_readonly(path: Path, busy_timeout: float = 1.0) -> peewee.SqliteDatabase:
-    """The database for a reader that must never change or block the worker (`edgeworker
-    serve`): SQLite's `mode=ro` and `query_only`. Not connected yet; a connection needs the
-    `-wal` and `-shm` files beside the database, or a writable directory to create them in (a
-    WAL reader records its snapshot in the shared-memory index: that is no change to the data)."""
-    path = Path(path).absolute()
-    return peewee.SqliteDatabase(
-        f"{path.as_uri()}?mode=ro", uri=True,
-        pragmas=[("query_only", 1), ("cache_size", -128)],
-        timeout=busy_timeout, lock_type="DEFERRED", autoconnect=False)
-
-
 def check_sqlite_file(path: Path) -> None:
     try:
         with open(path, "rb") as handle:
@@ -81,6 +82,102 @@ def check_sqlite_file(path: Path) -> None:
     if header and header != SQLITE_HEADER:
         raise DatabaseError(f"{path}: not an SQLite database (left untouched); "
                             "check --db / $EDGEWORKER_DB")
+
+
+def check_ours(path: Path, busy_timeout: float = 5.0) -> None:
+    """Refuse a database that holds tables but no edgeworker schema (another program's file)."""
+    if os.stat(path).st_size == 0:
+        return
+    db = ReadOnlyDatabase(path, timeout=busy_timeout)
+    try:
+        with translate_errors(path):
+            tables = [name for (name,) in db.execute_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite!_%' ESCAPE '!' ORDER BY name")]
+    finally:
+        db.close()
+    if tables and "schema_migrations" not in tables:
+        shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+        raise DatabaseError(
+            f"{path}: not an edgeworker database (it holds tables {shown} and no "
+            "schema_migrations); left untouched: check --db / $EDGEWORKER_DB, or add edgeworker's "
+            "tables to it with `edgeworker migrate --force`")
+
+
+# SQLite's lock bytes in the main file (os_unix.c): readers hold a read lock on this range.
+_SHARED_FIRST = 0x40000000 + 2
+_SHARED_SIZE = 510
+
+
+class ReadOnlyDatabase(peewee.SqliteDatabase):
+    """A connection that writes nothing: not the database, and no -wal or -shm beside it.
+
+    SQLite reads a WAL database through its shared-memory index, `<db>-shm`. When a writer is
+    connected (or left a -wal), the -wal and -shm are there: this reads through them, read-only
+    (`mode=ro`). When neither is there, every committed page is in the main file, but `mode=ro`
+    would create both files (and leave them: a reader cannot remove them), or fail in a directory
+    it cannot write. Then the file is opened `immutable`, holding a read lock on SQLite's shared
+    byte range: a writer that comes and goes meanwhile cannot take the exclusive lock that its
+    closing checkpoint needs, so the main file does not change under the reader.
+    """
+
+    def __init__(self, path: Path, timeout: float = 5.0, cache_kib: int | None = None):
+        self.path = Path(path)
+        self._guard: int | None = None
+        cache = [] if cache_kib is None else [("cache_size", -cache_kib)]
+        super().__init__(str(path), timeout=timeout, uri=True,
+                         pragmas=[("query_only", 1), *cache])
+
+    def _connect(self):
+        uri = "file:" + urllib.parse.quote(str(self.path.absolute()))
+        if not self._companions():
+            guard = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                fcntl.lockf(guard, fcntl.LOCK_SH | fcntl.LOCK_NB, _SHARED_SIZE, _SHARED_FIRST)
+            except OSError:
+                os.close(guard)  # a writer holds it: read through the -shm it made
+            else:
+                if self._companions():
+                    os.close(guard)
+                else:
+                    self._guard = guard
+        uri += "?immutable=1" if self._guard is not None else "?mode=ro"
+        try:
+            conn = sqlite3.connect(uri, timeout=self._timeout, isolation_level=None,
+                                   **self.connect_params)
+            try:
+                self._add_conn_hooks(conn)
+            except Exception:
+                conn.close()
+                raise
+        except Exception:
+            self._release()
+            raise
+        return conn
+
+    def _companions(self) -> bool:
+        # (-journal: a rollback-mode writer is at work, or crashed and left a journal that only
+        # a writer may roll back: `immutable` would read half a transaction)
+        return any(os.path.exists(f"{self.path}{suffix}")
+                   for suffix in ("-wal", "-shm", "-journal"))
+
+    def _close(self, conn) -> None:
+        try:
+            super()._close(conn)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._guard is not None:
+            os.close(self._guard)
+            self._guard = None
+
+
+def remove_new_database(path: Path) -> None:
+    """Remove a database this command created and could not set up (a refusal leaves nothing)."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(OSError):  # not there (or nothing could be made)
+            os.unlink(f"{path}{suffix}")
 
 
 def create_file(path: Path) -> None:
@@ -140,6 +237,44 @@ def _sqlite_reason(path: Path, exc: Exception) -> str:
     return message
 
 
+# SQLite's primary result codes for what heals by itself: another writer's lock, a full disk,
+# a failing or briefly missing file (sqlite3 sets `sqlite_errorcode` on its exceptions).
+HEALING_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL,
+                 sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL}
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """An error and what it hides: a failed COMMIT leaves SQLite without a transaction, so the
+    error the caller sees is the ROLLBACK's ("no transaction is active"), not the disk's."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        exc = todo.pop(0)
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        yield exc
+        orig = getattr(exc, "orig", None)
+        todo += [orig if isinstance(orig, BaseException) else None, exc.__cause__,
+                 exc.__context__]
+
+
+def heals(exc: BaseException) -> bool:
+    """Whether retrying the write later may succeed (a lock, a full disk, an I/O error)."""
+    return isinstance(exc, OSError) or any(
+        (getattr(e, "sqlite_errorcode", -1) & 0xFF) in HEALING_CODES for e in _chain(exc))
+
+
+def describe(path: Path, exc: BaseException) -> str:
+    """One line for the log: the first cause SQLite reported, in words an operator can act on."""
+    errors = [e for e in _chain(exc) if isinstance(e, (peewee.DatabaseError, sqlite3.Error))]
+    healing = [e for e in errors if (getattr(e, "sqlite_errorcode", -1) & 0xFF) in HEALING_CODES]
+    cause = (healing or errors or [exc])[-1]
+    if isinstance(cause, (peewee.DatabaseError, sqlite3.Error)):
+        return _sqlite_reason(Path(path), cause)
+    return f"{type(cause).__name__}: {cause}"
+
+
 def _disk_full(directory: Path) -> bool:
     try:
         return shutil.disk_usage(directory).free < 64 * 1024
@@ -168,36 +303,60 @@ class WorkerLock:
     def __init__(self, database: Path):
         self.path = Path(f"{database}.lock")
         self.fd: int | None = None
+        self.created = False  # this lock made the file: a refused start removes it again
 
     def acquire(self) -> WorkerLock:
+        while True:
+            fd, created = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = _read_pid(fd)
+                os.close(fd)
+                holder = f" (pid {pid})" if pid else ""
+                raise WorkerRunning(f"another worker{holder} is running on "
+                                    f"{self.path.with_suffix('')}; stop it first") from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # a refused start removed the file we locked: lock the new one
+        with contextlib.suppress(OSError):  # only informative (a full disk must not stop here)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd, self.created = fd, created
+        return self
+
+    def _open(self) -> tuple[int, bool]:
+        flags = os.O_RDWR | os.O_CLOEXEC
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            while True:
+                try:
+                    return os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o600), True
+                except FileExistsError:
+                    pass
+                with contextlib.suppress(FileNotFoundError):  # removed meanwhile: create it
+                    return os.open(self.path, flags), False
         except OSError as exc:
             raise DatabaseError(f"{self.path}: cannot create lock file: "
                                 f"{_os_reason(exc, self.path.parent)}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = _read_pid(fd)
-            os.close(fd)
-            holder = f" (pid {pid})" if pid else ""
-            raise WorkerRunning(f"another worker{holder} is running on "
-                                f"{self.path.with_suffix('')}; stop it first") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
-        return self
 
-    def release(self) -> None:
+    def release(self, remove: bool = False) -> None:
+        """Unlock; with `remove`, also delete the file if this lock created it."""
         if self.fd is not None:
+            if remove and self.created:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)  # while still locked: see the inode check above
             os.close(self.fd)
             self.fd = None
 
     def __enter__(self) -> WorkerLock:
         return self.acquire()
 
-    def __exit__(self, *exc) -> None:
-        self.release()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.release(remove=exc_type is not None)
 
 
 def worker_pid(database: Path) -> int | None:

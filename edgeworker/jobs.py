@@ -25,7 +25,7 @@ def spec_columns(spec: JobSpec) -> dict:
     return {
         "kind": spec.kind,
         "target": spec.target,
-        "shell": spec.shell,
+        "shell": spec.isolate if spec.kind == "callable" else spec.shell,  # Job.isolated
         "every_seconds": spec.every,
         "cron": spec.cron,
         "timezone": spec.timezone,
@@ -38,6 +38,7 @@ def spec_columns(spec: JobSpec) -> dict:
         "enabled": spec.enabled,
         "env": json.dumps(dict(spec.env), sort_keys=True),
         "cwd": spec.cwd,
+        "env_file": None if spec.env_file is None else str(spec.env_file),
     }
 
 

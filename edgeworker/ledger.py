@@ -29,12 +29,11 @@ from edgeworker.models import (
     Task,
     TaskStatus,
 )
-from edgeworker.queue import EdgeHuey, IntervalJobArgs
+from edgeworker.queue import Deferred, EdgeHuey, IntervalJobArgs
 
 logger = logging.getLogger("edgeworker.ledger")
 
 S = TaskStatus
-OVERLAP_RETRY = timedelta(seconds=1)
 CRON_STEP_RULE = 3 * 3600.0  # cron's rule: a smaller step neither repeats nor skips a fixed job
 
 
@@ -163,7 +162,8 @@ class Ledger:
         """Claim the task a message names; runs inside the dequeue transaction.
 
         Returns None when the message must be dropped (already claimed, finished, or its job is
-        gone or paused: then the task is cancelled) or deferred (its job is running another task).
+        gone or paused: then the task is cancelled); raises `Deferred` when its job is running
+        another task here (the message then waits, unchanged, until that run finishes).
         """
         job = self._get(Job, args.job_id)
         if args.task_id is None:
@@ -185,8 +185,7 @@ class Ledger:
                 logger.info("cancelled task %s: %s", task.id, why)
                 return None
         if self._job_busy(job.id, task.id):
-            self.huey.put(args, now + OVERLAP_RETRY)
-            return None
+            raise Deferred(job.id)
         recovered = False
         if args.recovering_attempt is not None:
             if not self._reset_for_recovery(task.id, args.recovering_attempt):
@@ -244,6 +243,7 @@ class Ledger:
                 self.huey.put(IntervalJobArgs(job.id, task.id), due)
             elif task.origin == "schedule" and job is not None and job.active:
                 self.schedule_next(job, task.scheduled_for, now)
+        self.huey.running_jobs.discard(task.job_id)  # its waiting messages may go now
         if not changed:
             return self._get(Task, task.id)
         # the row as the UPDATE left it, without reading it back

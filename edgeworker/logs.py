@@ -1,7 +1,10 @@
 """Log lines for journald or a terminal: one line per event, on stderr.
 
 Text lines carry no timestamp under systemd (journald adds its own, and sets $JOURNAL_STREAM);
-`--log-format json` prints one JSON object per line with the task fields as keys.
+`--log-format json` prints one JSON object per line with the task fields as keys. A traceback
+(from `logger.exception`, a thread that dies) becomes one line naming the exception; `--debug`
+(log level debug) prints it whole. A condition that lasts (a full disk) is logged once, then
+reminded at a bounded rate (`Reminder`).
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import json
 import logging
 import os
 import sys
+import threading
+import time
 
 FIELDS = ("task_id", "job", "attempt", "status", "duration", "recovered", "exit_code")
 
@@ -30,8 +35,61 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, separators=(",", ":"))
 
 
+REMIND_EVERY = 300.0
+
+
+class OneLine(logging.Filter):
+    """Folds a record's traceback into its line: `message (ValueError: why)`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+            record.args = None
+            record.exc_info = record.exc_text = None
+        if record.stack_info:
+            record.stack_info = None
+        message = record.getMessage()
+        if "\n" in message:
+            record.msg, record.args = " | ".join(message.strip().splitlines()), None
+        return True
+
+
+def _log_thread_death(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "a thread"
+    logging.getLogger("edgeworker").error(
+        "thread %s died", name, exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+
+class Reminder:
+    """Logs a lasting problem once, then at most every `every` seconds, and its end once."""
+
+    def __init__(self, logger: logging.Logger, every: float = REMIND_EVERY):
+        self.logger = logger
+        self.every = every
+        self.problem: str | None = None
+        self.next_at = 0.0
+
+    def failing(self, message: str, *args) -> None:
+        text = message % args if args else message
+        now = time.monotonic()
+        if text != self.problem or now >= self.next_at:
+            reminder = " (still)" if text == self.problem else ""
+            self.logger.error("%s%s", text, reminder)
+            self.problem, self.next_at = text, now + self.every
+
+    def resolved(self, message: str) -> None:
+        if self.problem is not None:
+            self.logger.info("%s", message)
+            self.problem = None
+
+
 def setup(log_format: str = "text", level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
+    if level.lower() != "debug":
+        handler.addFilter(OneLine())
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     elif os.environ.get("JOURNAL_STREAM"):
@@ -44,3 +102,4 @@ def setup(log_format: str = "text", level: str = "info") -> None:
     root.setLevel(level.upper())
     # huey's consumer announces itself at length at INFO; edgeworker says what matters.
     logging.getLogger("huey").setLevel(logging.WARNING)
+    threading.excepthook = _log_thread_death

@@ -69,6 +69,7 @@ class TextfileMetrics:
         self._seen: tuple | None = None  # the database's version at the last render
         self._written: bytes | None = None
         self._error: str | None = None  # the last error logged (each is logged once)
+        self.all_busy = False  # set by the daemon: every worker thread busy past busy_alert
         self._lock = threading.Lock()  # worker threads observe, the housekeeper renders
         self._runs: dict[tuple[int, str], int] = {}  # (job id, outcome) -> runs, since start
         self._succeeded: dict[int, float] = {}  # job id -> its last success observed
@@ -128,7 +129,8 @@ class TextfileMetrics:
         # data_version moves when another connection commits; total_changes counts our own.
         connection = self.database.connection()
         data_version = connection.execute("PRAGMA data_version").fetchone()[0]
-        return id(connection), data_version, connection.total_changes, self._observed
+        return (id(connection), data_version, connection.total_changes, self._observed,
+                self.all_busy)
 
     def _report(self, message: str) -> None:
         # Once per distinct error: a log line every interval would wear the SD card instead.
@@ -178,7 +180,10 @@ class TextfileMetrics:
         record = Recovery.select().order_by(Recovery.id.desc()).first()
         recoveries = counter("edgeworker_recoveries", "Start-up recoveries run on this database",
                              value=record.id if record else 0)
-        families = [tasks, runs, success, queue, recoveries]
+        busy = gauge("edgeworker_worker_all_threads_busy", "1 when every worker thread has run "
+                     "one task for longer than [worker] busy_alert: no other run can start",
+                     value=int(self.all_busy))
+        families = [tasks, runs, success, queue, recoveries, busy]
         if record is not None:
             families.append(gauge("edgeworker_last_recovery_timestamp_seconds",
                                   "When the last start-up recovery ran",

@@ -150,6 +150,19 @@ def apply(db: peewee.SqliteDatabase, todo: list[Migration]) -> list[Migration]:
     return done
 
 
+def ensure_current_file(path: Path, busy_timeout: float = 5.0) -> None:
+    """`ensure_current`, through a read-only connection: a database that is refused (behind,
+    ahead, or another program's) is left exactly as it was, journal mode included."""
+    from edgeworker.db import open_database, translate_errors
+
+    db = open_database(path, busy_timeout=busy_timeout, readonly=True)
+    try:
+        with translate_errors(path):
+            ensure_current(db)
+    finally:
+        db.close()
+
+
 def ensure_current(db: peewee.SqliteDatabase) -> None:
     """Refuse to work on a database that is behind (or ahead of) this program's schema."""
     try:

@@ -71,6 +71,7 @@ class Job(BaseModel):
     name = peewee.TextField(unique=True)
     kind = peewee.TextField()  # "command" | "callable"
     target = peewee.TextField()
+    # A command's `shell`; a callable's `isolate` (no column of its own yet: see `isolated`).
     shell = peewee.BooleanField(default=False)
     every_seconds = peewee.FloatField(null=True)
     cron = peewee.TextField(null=True)
@@ -85,6 +86,7 @@ class Job(BaseModel):
     paused = peewee.BooleanField(default=False)
     env = peewee.TextField(default="{}")  # JSON object
     cwd = peewee.TextField(null=True)
+    env_file = peewee.TextField(null=True)  # a path; the values are read at each run
     source = peewee.TextField(default="cli")  # "config" | "cli"
     created_at = UtcDateTimeField()
     updated_at = UtcDateTimeField()
@@ -96,6 +98,11 @@ class Job(BaseModel):
     def active(self) -> bool:
         """Enabled in its definition and not paused by an operator."""
         return self.enabled and not self.paused
+
+    @property
+    def isolated(self) -> bool:
+        """A callable run in a child process. Stored in `shell`, which only a command uses."""
+        return self.kind == "callable" and self.shell
 
     @property
     def environment(self) -> dict[str, str]:

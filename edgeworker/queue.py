@@ -9,7 +9,10 @@ edgeworker departs from huey's defaults where durability or an SD card asks for 
   costs one commit to start instead of three (schedule -> queue, dequeue, claim);
 - the worker takes due messages straight from huey's schedule table rather than waiting for
   huey's scheduler to move them once a second, so an interval run starts on time;
-- results, revocation and huey's own retries are off: the ledger keeps that state in `tasks`.
+- results, revocation and huey's own retries are off: the ledger keeps that state in `tasks`;
+- a message for a job that has a run running in this process waits where it is, unread and
+  unwritten, until that run finishes (`running_jobs`): no two runs of a job at once, and no
+  commit a second while one waits.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import peewee
 from huey.api import Huey
@@ -33,6 +36,23 @@ logger = logging.getLogger("edgeworker.queue")
 
 QUEUE_NAME = "edgeworker"
 TASK_NAME = "edgeworker.run_job"
+CLAIM_RETRY = timedelta(seconds=60)  # a claim that failed outside the database is tried again
+
+
+# A message's job id, NULL-safe for a message that is not JSON (dequeue drops and logs those).
+FREE = ("coalesce(CASE WHEN json_valid(CAST(data AS TEXT)) THEN json_extract(CAST(data AS TEXT), "
+        "'$.args[0].job_id') END, -1) NOT IN (SELECT value FROM json_each(?))")
+
+
+def job_of(data: bytes) -> int | None:
+    try:
+        return json.loads(data)["args"][0]["job_id"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+class Deferred(Exception):
+    """Raised by a claim: the job is running another run here; the message waits, unchanged."""
 
 
 @dataclass(frozen=True)
@@ -102,12 +122,26 @@ class EdgeStorage(SqlStorage):
             "ready": f"SELECT id, data FROM {queue} WHERE queue = ? ORDER BY id LIMIT 1",
             "due": f"SELECT id, data FROM {schedule} WHERE queue = ? AND timestamp <= ? "
                    "ORDER BY timestamp, id LIMIT 1",
+            # The same, skipping messages whose job is in a JSON list (`running_jobs`).
+            "free_ready": f"SELECT id, data FROM {queue} WHERE queue = ? AND {FREE} "
+                          "ORDER BY id LIMIT 1",
+            "free_due": f"SELECT id, data FROM {schedule} WHERE queue = ? AND timestamp <= ? "
+                        f"AND {FREE} ORDER BY timestamp, id LIMIT 1",
+            "free_next": f"SELECT MIN(timestamp) FROM {schedule} WHERE queue = ? AND {FREE}",
+            "all_ready": f"SELECT id, data FROM {queue} WHERE queue = ? ORDER BY id",
+            "all_due": f"SELECT id, data FROM {schedule} WHERE queue = ? AND timestamp <= ? "
+                       "ORDER BY timestamp, id",
+            "all_scheduled": f"SELECT data, timestamp FROM {schedule} WHERE queue = ? "
+                             "ORDER BY timestamp, id",
             "pop_ready": f"DELETE FROM {queue} WHERE id = ?",
             "pop_due": f"DELETE FROM {schedule} WHERE id = ?",
             "put_ready": f"INSERT INTO {queue} (queue, data, priority) VALUES (?, ?, 0)",
             "put_due": f"INSERT INTO {schedule} (queue, data, timestamp) VALUES (?, ?, ?)",
         }
         self._stamp = self.Schedule.timestamp.db_value
+        # Jobs with a run running in this process: their other messages wait (see EdgeHuey).
+        self.running_jobs: set[int] = set()
+        self.json_functions: bool | None = None  # SQLite's JSON functions (built in since 3.38)
 
     def create_models(self):
         models = super().create_models()
@@ -119,11 +153,39 @@ class EdgeStorage(SqlStorage):
 
     def _ready(self, now: datetime) -> tuple[str, tuple | None]:
         """The next message to run: the queue first, then the earliest due scheduled one."""
+        if self.running_jobs:
+            return self._ready_free(now)
         row = self.database.execute_sql(self._sql["ready"], (self.name,)).fetchone()
         if row is not None:
             return "pop_ready", row
         row = self.database.execute_sql(self._sql["due"], (self.name, self._stamp(now)))
         return "pop_due", row.fetchone()
+
+    def _ready_free(self, now: datetime) -> tuple[str, tuple | None]:
+        running = json.dumps(sorted(self.running_jobs))
+        if self._json():
+            row = self.database.execute_sql(self._sql["free_ready"], (self.name, running))
+            row = row.fetchone()
+            if row is not None:
+                return "pop_ready", row
+            row = self.database.execute_sql(self._sql["free_due"],
+                                            (self.name, self._stamp(now), running))
+            return "pop_due", row.fetchone()
+        for delete, sql, params in (("pop_ready", "all_ready", (self.name,)),
+                                    ("pop_due", "all_due", (self.name, self._stamp(now)))):
+            for row in self.database.execute_sql(self._sql[sql], params):
+                if job_of(bytes(row[1])) not in self.running_jobs:
+                    return delete, row
+        return "pop_due", None
+
+    def _json(self) -> bool:
+        if self.json_functions is None:
+            try:
+                self.database.execute_sql("SELECT json_extract('[1]', '$[0]')").fetchone()
+                self.json_functions = True
+            except peewee.OperationalError:  # an SQLite built without them: scan in Python
+                self.json_functions = False
+        return self.json_functions
 
     def has_ready(self, now: datetime) -> bool:
         return self._ready(now)[1] is not None
@@ -137,9 +199,24 @@ class EdgeStorage(SqlStorage):
         return bytes(row[1])
 
     def next_due(self) -> datetime | None:
-        """When the earliest scheduled message falls due (aware UTC), or None."""
-        value = self.schedule(peewee.fn.MIN(self.Schedule.timestamp)).scalar()
-        return None if value is None else value.replace(tzinfo=UTC)  # naive UTC from the field
+        """When the earliest scheduled message that does not wait falls due (aware UTC), or
+        None."""
+        if not self.running_jobs:
+            value = self.schedule(peewee.fn.MIN(self.Schedule.timestamp)).scalar()
+            return None if value is None else value.replace(tzinfo=UTC)  # naive UTC
+        stamp = None
+        if self._json():
+            stamp = self.database.execute_sql(self._sql["free_next"], (
+                self.name, json.dumps(sorted(self.running_jobs)))).fetchone()[0]
+        else:
+            for data, value in self.database.execute_sql(self._sql["all_scheduled"],
+                                                         (self.name,)):
+                if job_of(bytes(data)) not in self.running_jobs:
+                    stamp = value
+                    break
+        if stamp is None:
+            return None
+        return self.Schedule.timestamp.python_value(stamp).replace(tzinfo=UTC)
 
     def add_many(self, ready: list[bytes], scheduled: list[tuple[bytes, datetime]]) -> None:
         """Insert messages: `ready` to run now, `scheduled` with their naive UTC etas."""
@@ -180,6 +257,9 @@ class EdgeHuey(Huey):
         # Set by the worker process (`bind`); a CLI process only enqueues.
         self.claim: Claim | None = None
         self.handler: Callable[[IntervalJobArgs, object], None] | None = None
+        # Jobs with a run running in this process: their other messages wait. Changed under the
+        # write lock (at a claim, or by the ledger once a finish is committed).
+        self.running_jobs: set[int] = self.storage.running_jobs
 
         @self.task(name=TASK_NAME, context=True)
         def run_job(payload: dict, task=None):
@@ -244,31 +324,49 @@ class EdgeHuey(Huey):
         """Take the next ready message and claim its task, in one transaction (one commit).
 
         `locked` looks under the write lock at once: a lock-free read can miss a commit whose
-        WAL frames are written but not yet visible (the waiter was woken by those writes)."""
+        WAL frames are written but not yet visible (the waiter was woken by those writes).
+        A deferred claim rolls back: the message waits, and nothing is written."""
         while True:
             now = now or self.now()
             if not locked and not self.storage.has_ready(now):
                 return None  # a read, without taking the write lock
-            with self.database.atomic("IMMEDIATE"):
-                data = self.storage.pop_ready(now)
-                if data is None:
-                    return None
-                try:
-                    task = self.deserialize_task(data)
-                    args = IntervalJobArgs.from_payload(task.args[0])
-                except Exception:
-                    logger.error("dropped an unreadable queue message: %r", data[:80])
-                    continue
-                try:
-                    with self.database.atomic():  # a savepoint: a failed claim changes nothing
-                        task.claimed = self.claim(args, now) if self.claim else None
-                except peewee.DatabaseError:
-                    raise  # the transaction is broken: roll back, keep the message
-                except Exception:
-                    logger.exception("dropped a message whose claim failed: %s", args)
-                    continue
-                if task.claimed is not None:
-                    return task
+            claimed_job = None
+            try:
+                with self.database.atomic("IMMEDIATE"):
+                    data = self.storage.pop_ready(now)
+                    if data is None:
+                        return None
+                    try:
+                        task = self.deserialize_task(data)
+                        args = IntervalJobArgs.from_payload(task.args[0])
+                    except Exception:
+                        logger.error("dropped an unreadable queue message: %r", data[:80])
+                        continue
+                    try:
+                        with self.database.atomic():  # a savepoint: a failed claim changes nothing
+                            task.claimed = self.claim(args, now) if self.claim else None
+                    except Deferred:
+                        # Under the write lock, so that the finish that ends the running run
+                        # (and empties this entry) commits after it.
+                        self.running_jobs.add(args.job_id)
+                        raise
+                    except peewee.DatabaseError:
+                        raise  # the transaction is broken: roll back, keep the message
+                    except Exception as exc:
+                        logger.error("cannot claim a run of job %s (%s: %s); trying again in %s",
+                                     args.job_id, type(exc).__name__, exc, CLAIM_RETRY)
+                        self.put(args, now + CLAIM_RETRY)  # the row keeps its message
+                        continue
+                    if task.claimed is not None:
+                        claimed_job = args.job_id
+                        self.running_jobs.add(claimed_job)
+                        return task
+            except Deferred:
+                return None
+            except BaseException:
+                if claimed_job is not None:
+                    self.running_jobs.discard(claimed_job)  # the claim was not committed
+                raise
             # the claim was refused: the message is dropped (committed above); try the next one
 
     def execute(self, task, timestamp=None):

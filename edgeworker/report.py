@@ -62,7 +62,8 @@ def job_row(job: Job, now: datetime, counts: dict[str, int] | None = None) -> di
         "name": job.name,
         "kind": job.kind,
         "target": job.target,
-        "shell": job.shell,
+        "shell": job.shell and job.kind == "command",
+        "isolate": job.isolated,
         "schedule": job.schedule_text,
         "every_seconds": job.every_seconds,
         "cron": job.cron,
@@ -76,6 +77,7 @@ def job_row(job: Job, now: datetime, counts: dict[str, int] | None = None) -> di
         "enabled": job.enabled,
         "paused": job.paused,
         "source": job.source,
+        "env_file": job.env_file,  # the path only: its values are secrets
         "next_run_at": next_run,
         "overdue": next_run is not None and next_run < to_text(now),
         "running": running,
@@ -280,3 +282,21 @@ def failures(limit: int = 50, before: int | None = None) -> dict:
     rows = [task_row(t, names) for t in found[:limit]]
     return {"tasks": rows, "limit": limit,
             "next_before": rows[-1]["id"] if len(found) > limit else None}
+
+
+def all_busy(pid: int, workers: int, bound: float | None, now: datetime) -> str | None:
+    """Whether the live worker `pid` has had every one of its `workers` threads on one run for
+    longer than `bound` (read from its `running` rows: the worker writes nothing extra)."""
+    if bound is None or pid <= 0:
+        return None
+    ids = [task_id for (task_id,) in Task.select(Task.id).where(
+        IS_UNFINISHED & (Task.status == TaskStatus.RUNNING)
+        & Task.worker.contains(f":{pid}:")
+        & (Task.started_at < now - timedelta(seconds=bound))).order_by(Task.id).tuples()]
+    if len(ids) < workers:
+        return None
+    from edgeworker.config import format_duration
+
+    return (f"all {workers} worker thread(s) busy for more than {format_duration(bound)} "
+            f"(task{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}): "
+            "no other run can start")

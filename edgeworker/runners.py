@@ -3,18 +3,27 @@
 Commands run without a shell unless asked, in a new session (their own process group), and die
 with the worker (PR_SET_PDEATHSIG). A timeout sends SIGTERM to the whole group, then SIGKILL
 after a grace period. The last 64 KiB of stdout+stderr are kept; bytes that are not UTF-8 are
-replaced, never a crash. A callable `package.module:function` is called in the worker thread with
-a `TaskContext`; its timeout is cooperative (`ctx.deadline`, `ctx.time_left()`) and enforced by
-raising `TaskTimeout` in its thread when Python code next runs there.
+replaced, never a crash. A callable `package.module:function` is called with a `TaskContext`:
+- in the worker thread (the default: no fork per run, and the callable may share the worker's
+  imports and caches); its timeout is cooperative (`ctx.deadline`, `ctx.time_left()`) and enforced
+  by raising `TaskTimeout` in its thread when Python code next runs there, so a call blocked in C
+  (a `time.sleep`, a socket read) runs on;
+- with `isolate = true`, in a forked child (its module is already imported, so the fork is cheap)
+  that a timeout or a shutdown stops like a command. The child only runs the callable and sends
+  its result back over a pipe.
+Whatever a callable raises, `SystemExit` and `KeyboardInterrupt` included, is the run's outcome.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib
 import io
+import json
 import logging
 import os
+import re
 import select
 import shlex
 import signal
@@ -28,6 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from edgeworker import trust
 from edgeworker.config import Config
 from edgeworker.errors import ConfigError
 
@@ -160,6 +170,63 @@ def command_env(base: dict[str, str], job_env: dict[str, str],
     return env
 
 
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines, as systemd's EnvironmentFile= reads them: `#` and `;` lines are
+    comments, a value may be quoted ('...' or "..." with backslash escapes). The file is checked
+    (owner, mode at most 0640) each time it is read. Errors name the file and line, never what
+    is in it: it holds secrets."""
+    trust.check_env_file(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"env_file: {path}: cannot read it: {reason}") from None
+    values: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line[0] in "#;":
+            continue
+        key, sep, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not _ENV_KEY.fullmatch(key):
+            raise ConfigError(f"env_file: {path}:{number}: not a KEY=VALUE line (its content "
+                              "is not shown: it may be a secret)")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            quote, value = value[0], value[1:-1]
+            if quote == '"':
+                value = re.sub(r'\\(["\\$`])', r"\1", value)
+        values[key] = value
+    return values
+
+
+class _Status:
+    """What `Popen` offers `_supervise`, for a forked child: its pid, exit status and pipe."""
+
+    def __init__(self, pid: int, read_fd: int):
+        self.pid = pid
+        self.stdout = os.fdopen(read_fd, "rb", buffering=0)
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float) -> int | None:
+        deadline, pause = time.monotonic() + timeout, 0.0005
+        while self.poll() is None and time.monotonic() < deadline:
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.05)  # an exit right after EOF is seen at once
+        if self.returncode is None:
+            raise subprocess.TimeoutExpired(str(self.pid), timeout)
+        return self.returncode
+
+
 def run_command(target: str, shell: bool, env: dict[str, str], cwd: str | None,
                 timeout: float | None, abort: Abort | None = None,
                 grace: float = KILL_GRACE) -> Result:
@@ -188,9 +255,9 @@ def run_command(target: str, shell: bool, env: dict[str, str], cwd: str | None,
             _groups.discard(proc.pid)
 
 
-def _supervise(proc: subprocess.Popen, timeout: float | None, abort: Abort | None,
-               grace: float) -> Result:
-    tail = Tail()
+def _supervise(proc: subprocess.Popen | _Status, timeout: float | None, abort: Abort | None,
+               grace: float, limit: int = OUTPUT_LIMIT) -> Result:
+    tail = Tail(limit)
     deadline = None if timeout is None else time.monotonic() + timeout
     timed_out = interrupted = False
     kill_at: float | None = None
@@ -268,7 +335,8 @@ def _drain(fd: int, tail: Tail) -> bool:
         tail.write(chunk)
 
 
-def _signal_group(proc: subprocess.Popen, sig: signal.Signals, then: float | None) -> float | None:
+def _signal_group(proc: subprocess.Popen | _Status, sig: signal.Signals,
+                  then: float | None) -> float | None:
     try:
         os.killpg(proc.pid, sig)
     except ProcessLookupError:
@@ -311,13 +379,13 @@ def verify_callable(target: str, python_path: tuple[Path, ...]) -> Callable:
 def verify_callables(config: Config) -> None:
     """Import every callable job now, so a typo fails at start, not at 3 a.m."""
     add_python_path(config.worker.python_path)
-    for spec in config.jobs:
+    for index, spec in enumerate(config.jobs):
         if spec.kind == "callable":
             try:
                 load_callable(spec.target)
             except ConfigError as exc:
-                where = config.path or "config"
-                raise ConfigError(f'{where}: job "{spec.name}": {exc}') from None
+                raise config.error(f'job "{spec.name}": {exc}', "jobs", index,
+                                   "callable") from None
 
 
 class _TailHandler(logging.Handler):
@@ -333,6 +401,22 @@ class _TailHandler(logging.Handler):
 def _raise_in_thread(thread_id: int, exc: type[BaseException] | None) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id),
                                                ctypes.py_object(exc) if exc else None)
+
+
+def _start_timer(timeout: float, expire: Callable[[], None]) -> threading.Timer:
+    # threading.Timer dies with OverflowError beyond TIMEOUT_MAX (about 292 years).
+    timer = threading.Timer(min(timeout, threading.TIMEOUT_MAX), expire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _failure(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"the callable called sys.exit({exc.code!r}) instead of returning"
+    trace = io.StringIO()
+    traceback.print_exception(exc, file=trace)
+    return trace.getvalue().rstrip()
 
 
 def run_callable(fn: Callable, ctx: TaskContext, timeout: float | None) -> Result:
@@ -351,11 +435,7 @@ def run_callable(fn: Callable, ctx: TaskContext, timeout: float | None) -> Resul
                 state["fired"] = True
                 _raise_in_thread(thread_id, TaskTimeout)
 
-    timer = None
-    if timeout is not None:
-        timer = threading.Timer(timeout, expire)
-        timer.daemon = True
-        timer.start()
+    timer = None if timeout is None else _start_timer(timeout, expire)
     try:
         try:
             returned = fn(ctx)
@@ -368,12 +448,80 @@ def run_callable(fn: Callable, ctx: TaskContext, timeout: float | None) -> Resul
                 timer.cancel()
     except TaskTimeout:
         return Result(False, None, f"timed out after {timeout:g}s", tail.text())
-    except Exception as exc:
-        trace = io.StringIO()
-        traceback.print_exception(exc, file=trace)
-        return Result(False, None, trace.getvalue().rstrip(), tail.text())
+    except BaseException as exc:  # noqa: BLE001 - whatever a job raises is its run's outcome
+        return Result(False, None, _failure(exc), tail.text())
     finally:
         ctx.logger.removeHandler(handler)
     if returned is not None:
         tail.write(f"returned: {returned!r}\n".encode("utf-8", errors="replace"))
     return Result(True, None, None, tail.text())
+
+
+def run_isolated(fn: Callable, ctx: TaskContext, timeout: float | None,
+                 abort: Abort | None = None, grace: float = KILL_GRACE) -> Result:
+    """Run a callable in a forked child: stopped like a command at its timeout or a shutdown.
+
+    The worker has threads: the child may find any lock held. It touches none it can avoid: it
+    never uses the database connection, runs the callable, writes its result to a pipe and
+    leaves with `os._exit`, running no cleanup of the worker's objects. The callable's
+    `ctx.logger` is safe there: CPython's logging re-creates its locks in a forked child."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork (dlopen takes locks)
+    parent = os.getpid()
+    for stream in (sys.stdout, sys.stderr):  # or the child would write their buffers again
+        with contextlib.suppress(Exception):
+            stream.flush()
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        os.close(read_fd)
+        os.close(write_fd)
+        return Result(False, None, f"cannot fork to run the callable: {exc}", "")
+    if pid == 0:  # the child
+        code = 1
+        try:
+            os.close(read_fd)
+            os.setsid()
+            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:
+                os._exit(1)
+            # The worker's handlers only record a signal (into the worker's wake-up pipe): here
+            # SIGTERM must end the process. The forking thread is this process's main thread.
+            signal.set_wakeup_fd(-1)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_DFL)
+            ctx.logger.handlers = []  # the worker's log belongs to the worker
+            ctx.logger.propagate = False
+            result = run_callable(fn, ctx, None)
+            for stream in (sys.stdout, sys.stderr):  # what it printed, before os._exit
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            body = json.dumps({"succeeded": result.succeeded, "error": result.error,
+                               "output": result.output}).encode("utf-8", "backslashreplace")
+            view = memoryview(body)
+            while view:
+                view = view[os.write(write_fd, view):]
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    child = _Status(pid, read_fd)
+    with _groups_lock:
+        _groups.add(pid)
+    try:
+        # Room for a full output tail, the error text and the JSON around them.
+        raw = _supervise(child, timeout, abort, grace, limit=8 * OUTPUT_LIMIT)
+    finally:
+        with _groups_lock:
+            _groups.discard(pid)
+    if raw.succeeded:
+        try:
+            body = json.loads(raw.output)
+            return Result(bool(body["succeeded"]), None, body["error"], body["output"])
+        except (ValueError, KeyError, TypeError):
+            return Result(False, None, "the callable's process sent no readable result", "")
+    if raw.error and raw.error.startswith("timed out"):
+        return Result(False, None, f"timed out after {timeout:g}s: stopped its process", "")
+    return Result(False, raw.exit_code, f"the callable's process ended: {raw.error}", "")

@@ -4,7 +4,7 @@ Pages: `/` (overview), `/jobs`, `/jobs/NAME` (its runs, `?before=ID` pages back)
 `/failures`; each also as JSON with `?format=json`, in the shapes of the CLI's `--json`. The data
 comes from edgeworker.report's views; this module only routes, renders and guards.
 
-Each request opens the database read-only (edgeworker.db.open_readonly), reads in one short
+Each request opens the database read-only (edgeworker.db.ReadOnlyDatabase), reads in one short
 transaction and closes it: the page can neither change nor block the worker. A database that is
 missing, locked, corrupt or not migrated gives a 503 page that says so; everything shown is
 escaped with html.escape. Optional HTTP basic auth checks `user:pbkdf2_sha256$...` lines from a
@@ -470,8 +470,9 @@ class Site:
         self.path = Path(database)
         self.migrations = migrate.discover()
         # One database object: peewee keeps a connection per thread, and each request (a thread
-        # of its own) opens one and closes it when done.
-        self.database = db.open_readonly(self.path, busy_timeout)
+        # of its own) opens one and closes it when done. A small page cache: a page reads a few
+        # hundred rows at most, or walks newer rows once, where a cache does not help.
+        self.database = db.ReadOnlyDatabase(self.path, busy_timeout, cache_kib=128)
         models.database.initialize(self.database)
 
     def view(self, path: str, query: dict[str, list[str]]) -> tuple[object, Callable]:
@@ -536,6 +537,7 @@ class Site:
                 database.connect()
                 with database.atomic():
                     if migrate.plan(database, self.migrations):
+                        db.check_ours(self.path)
                         raise DatabaseError(f"{self.path}: the database is being migrated or "
                                             "needs `edgeworker migrate`; try again shortly")
                     return read()

@@ -3,8 +3,10 @@
 `claim()` runs inside the dequeue transaction: a message with a task id reuses that row (a
 recovery message first resets it to `created` with `recovered_count + 1`), a message without one
 creates a new row; then the row is claimed. `work()` executes the claimed task and records its
-outcome, which also schedules the job's next run. A run stopped by shutdown records nothing: it
-stays `running` and start-up recovery runs it again.
+outcome, which also schedules the job's next run. Whatever the job raises is its outcome; a run
+stopped by shutdown records nothing: it stays `running` and start-up recovery runs it again.
+An outcome that cannot be written is retried while the cause can heal (a lock, a full disk, an
+I/O error); any other failure to write it becomes the run's recorded error.
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ import os
 import time
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 
+from edgeworker import db as dbmod
 from edgeworker.clock import to_text, utcnow
+from edgeworker.errors import ConfigError
 from edgeworker.ledger import ClaimedRun, Ledger, Outcome
+from edgeworker.logs import Reminder
 from edgeworker.models import Job, Task
 from edgeworker.queue import IntervalJobArgs
 from edgeworker.runners import (
@@ -26,11 +32,14 @@ from edgeworker.runners import (
     TaskContext,
     command_env,
     load_callable,
+    read_env_file,
     run_callable,
     run_command,
+    run_isolated,
 )
 
 logger = logging.getLogger("edgeworker.worker")
+MAX_RETRY_DELAY = 30.0
 
 
 def task_environment(task: Task, job: Job, recovered: bool) -> dict[str, str]:
@@ -53,12 +62,14 @@ class IntervalJobWorker:
     def __init__(self, ledger: Ledger, abort: Abort | None = None,
                  stopping: Callable[[], bool] = lambda: False,
                  clock: Callable[[], datetime] = utcnow,
-                 observe: Callable[[Task], None] | None = None):
+                 observe: Callable[[Task], None] | None = None,
+                 env_file: Callable[[], Path | None] = lambda: None):
         self.ledger = ledger
         self.abort = abort or Abort()
         self.stopping = stopping
         self.clock = clock
         self.observe = observe  # told each recorded outcome (the metrics count them)
+        self.env_file = env_file  # `[worker] env_file` of the config loaded now (reloads)
 
     def claim(self, args: IntervalJobArgs, now: datetime) -> ClaimedRun | None:
         return self.ledger.claim(args, now)
@@ -79,6 +90,8 @@ class IntervalJobWorker:
             logger.warning("task %s job %s attempt %s interrupted by shutdown: it runs again at "
                            "the next start", task.id, job.name, task.attempt, extra=fields)
             return
+        except BaseException as exc:  # noqa: BLE001 - a run ends with an outcome, whatever it is
+            result = Result(False, None, f"{type(exc).__name__}: {exc}", "")
         duration = time.monotonic() - started
         finished = self.finish(run, Outcome(result.succeeded, result.exit_code, result.error,
                                             result.output))
@@ -88,20 +101,34 @@ class IntervalJobWorker:
             self.observe(finished)
         fields.update(status=finished.status, duration=round(duration, 3),
                       exit_code=result.exit_code)
-        detail = "" if result.succeeded else f": {last_line(result.error)}"
+        succeeded = finished.status == "succeeded"
+        detail = "" if succeeded else f": {last_line(finished.error)}"
         if finished.status == "created":
             detail += f"; retry at {finished.due_at.astimezone():%H:%M:%S}"
-        logger.log(logging.INFO if result.succeeded else logging.WARNING,
+        logger.log(logging.INFO if succeeded else logging.WARNING,
                    "task %s job %s attempt %s %s in %.3fs%s", task.id, job.name, task.attempt,
-                   "succeeded" if result.succeeded else "failed", duration, detail, extra=fields)
+                   "succeeded" if succeeded else "failed", duration, detail, extra=fields)
+
+    def secrets(self, job: Job) -> tuple[dict[str, str], dict[str, str]]:
+        """The worker's env_file values and the job's, read now: a rotated secret needs no
+        reload."""
+        worker_file = self.env_file()
+        return (read_env_file(worker_file) if worker_file else {},
+                read_env_file(Path(job.env_file)) if job.env_file else {})
 
     def execute(self, run: ClaimedRun) -> Result:
         task, job = run.task, run.job
         env = task_environment(task, job, run.recovered)
+        try:
+            worker_secrets, job_secrets = self.secrets(job)
+        except ConfigError as exc:
+            return Result(False, None, str(exc), "")
         if job.kind == "command":
+            job_env = {**worker_secrets, **job.environment, **job_secrets}
             return run_command(job.target, job.shell,
-                               command_env(dict(os.environ), job.environment, env), job.cwd,
+                               command_env(dict(os.environ), job_env, env), job.cwd,
                                job.timeout_seconds, self.abort)
+        env = {**worker_secrets, **job_secrets, **env}
         deadline = (None if job.timeout_seconds is None
                     else time.monotonic() + job.timeout_seconds)
         ctx = TaskContext(task_id=task.id, job=job.name, attempt=task.attempt,
@@ -112,22 +139,47 @@ class IntervalJobWorker:
             fn = load_callable(job.target)
         except Exception as exc:
             return Result(False, None, str(exc), "")
+        if job.isolated:
+            return run_isolated(fn, ctx, job.timeout_seconds, self.abort)
         return run_callable(fn, ctx, job.timeout_seconds)
 
     def finish(self, run: ClaimedRun, outcome: Outcome) -> Task | None:
-        """Record the outcome; a failing disk is retried (the row stays `running` meanwhile)."""
+        """Record the outcome. A cause that can heal is retried with a bounded back-off (the row
+        stays `running` meanwhile); any other failure is recorded as the run's error. None when
+        nothing could be recorded: the row stays `running` for the next start's recovery."""
+        reminder = Reminder(logger)
         delay = 0.5
+        path = self.ledger.db.database
         while True:
             try:
                 # never before it started, whatever the clock did meanwhile
                 now = max(self.clock(), run.task.started_at)
-                return self.ledger.finish(run, outcome, now)
+                task = self.ledger.finish(run, outcome, now)
             except Exception as exc:
+                if not dbmod.heals(exc):
+                    return self._record_failure(run, outcome, exc)
+                why = dbmod.describe(path, exc)
                 if self.stopping():
                     logger.error("task %s: cannot record its outcome (%s); it runs again at the "
-                                 "next start", run.task.id, exc)
+                                 "next start", run.task.id, why)
                     return None
-                logger.error("task %s: cannot record its outcome (%s); retrying in %.0fs",
-                             run.task.id, exc, delay)
+                reminder.failing("task %s: cannot record its outcome (%s); retrying, at most "
+                                 "every %.0fs", run.task.id, why, MAX_RETRY_DELAY)
                 time.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, MAX_RETRY_DELAY)
+                continue
+            reminder.resolved(f"task {run.task.id}: outcome recorded")
+            return task
+
+    def _record_failure(self, run: ClaimedRun, outcome: Outcome, exc: Exception) -> Task | None:
+        error = (f"cannot record this run's outcome ({type(exc).__name__}: {exc}); "
+                 f"it {'succeeded' if outcome.succeeded else 'failed'}: {last_line(outcome.error)}")
+        # Text SQLite cannot store (a surrogate from a file name) must not fail the record too.
+        error = error.encode("utf-8", "backslashreplace").decode("utf-8")
+        try:
+            return self.ledger.finish(run, Outcome(False, outcome.exit_code, error, None),
+                                      max(self.clock(), run.task.started_at))
+        except Exception as again:
+            logger.error("task %s: cannot record its outcome (%s: %s); it stays running until "
+                         "the next start's recovery", run.task.id, type(again).__name__, again)
+            return None

@@ -203,7 +203,7 @@ def test_bad_input_is_one_error_line(box):
     unknown = box.run("--config", str(box.config), "run", "--migrate")
     assert unknown.returncode == 1
     assert unknown.stderr.splitlines()[-1] == (
-        f'Error: {box.config}: job "x": callable "numpy_sensors:read": cannot import '
+        f'Error: {box.config}:6: job "x": callable "numpy_sensors:read": cannot import '
         "numpy_sensors: ModuleNotFoundError: No module named 'numpy_sensors'")
 
 

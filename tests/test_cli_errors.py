@@ -66,7 +66,7 @@ def test_unknown_callable_in_config(run_cli, tmp_path):
     config.write_text('[[jobs]]\nname = "r"\ncallable = "nowhere_xyz.mod:run"\nevery = "1m"\n')
     result = run_cli("check-config", config=config)
     assert (result.exit_code, result.stderr) == (
-        1, f'Error: {config}: job "r": callable "nowhere_xyz.mod:run": cannot import '
+        1, f'Error: {config}:3: job "r": callable "nowhere_xyz.mod:run": cannot import '
            "nowhere_xyz.mod: ModuleNotFoundError: No module named 'nowhere_xyz'\n")
 
 
@@ -131,7 +131,8 @@ def test_read_only_database_directory_with_existing_database(run_cli, tmpfs):
     assert run_cli("--db", str(db), "migrate").exit_code == 0
     before = digest(db)
     mount.remount("ro")
-    result = run_cli("--db", str(db), "jobs", "list")
+    assert run_cli("--db", str(db), "jobs", "list").stdout == "no jobs\n"  # reading works
+    result = run_cli("--db", str(db), "jobs", "add", "a", "--command", "true", "--every", "1m")
     assert result.exit_code == 1
     assert result.stderr.startswith(f"Error: {db}: ")
     assert "read-only" in result.stderr or "not writable" in result.stderr

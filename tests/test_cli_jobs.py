@@ -168,3 +168,17 @@ def test_run_queues_a_manual_task(migrated):
     tasks = json.loads(migrated.ok("tasks", "list", "--json"))
     assert [(t["id"], t["origin"], t["status"]) for t in tasks] == [
         (2, "manual", "created"), (1, "schedule", "created")]
+
+
+def test_add_an_isolated_callable(migrated, tmp_path, monkeypatch):
+    (tmp_path / "isojobs.py").write_text("def run(ctx):\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    migrated.ok("jobs", "add", "iso", "--callable", "isojobs:run", "--every", "1m", "--isolate")
+    migrated.ok("jobs", "add", "inthread", "--callable", "isojobs:run", "--every", "1m")
+    listing = {j["name"]: j for j in jobs_json(migrated)}
+    assert (listing["iso"]["isolate"], listing["iso"]["shell"]) == (True, False)
+    assert listing["inthread"]["isolate"] is False
+    result = migrated("jobs", "add", "x", "--command", "true", "--every", "1m", "--isolate")
+    assert (result.exit_code, result.stderr) == (
+        1, "Error: --isolate: only applies to 'callable' jobs (a command runs in its own process "
+           "already)\n")

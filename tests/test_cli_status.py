@@ -7,7 +7,7 @@ def test_status_json_has_stable_keys(migrated):
     assert sorted(data) == ["clock", "database", "durability", "jobs", "last_recovery", "queue",
                             "worker"]
     assert data["last_recovery"] is None
-    assert data["worker"] == {"running": False, "pid": None}
+    assert data["worker"] == {"running": False, "pid": None, "alert": None}
     assert data["queue"] == {"ready": 0, "scheduled": 1}
     assert data["durability"] == "full"
     [job] = data["jobs"]
@@ -58,7 +58,11 @@ def test_after_a_restart_status_shows_the_last_real_outcome_and_overdue_runs(mig
 
     # The worker is down: the next run's time passes.
     overdue_since = now - timedelta(minutes=5)
-    Task.update(due_at=overdue_since, scheduled_for=overdue_since).where(Task.id == 3).execute()
+    import sqlite3
+
+    with sqlite3.connect(migrated.db) as con:  # status left the models on a read-only handle
+        con.execute("UPDATE tasks SET due_at = ?, scheduled_for = ? WHERE id = 3",
+                    (to_text(overdue_since), to_text(overdue_since)))
     [job] = json.loads(migrated.ok("status", "--json"))["jobs"]
     assert (job["next_run_at"], job["overdue"]) == (to_text(overdue_since), True)
     row = migrated.ok("status").splitlines()[7]

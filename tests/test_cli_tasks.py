@@ -136,3 +136,13 @@ def test_a_job_removed_from_the_config_keeps_its_name(migrated, tmp_path):
     [row] = json.loads(migrated.ok("tasks", "list", "--job", "c", "--json"))
     assert (row["job"], row["job_id"], row["status"], row["error"]) == (
         "c", None, "cancelled", "job removed from the config file")
+
+
+def test_a_pruned_task_id_is_never_handed_out_again(migrated):
+    # EDGEWORKER_TASK_ID is an idempotency key: a new run must never repeat an old run's id
+    migrated.ok("jobs", "add", "a", "--command", "true", "--every", "1h")
+    migrated.ok("jobs", "run", "a")
+    fail_task(2, days_ago=10)
+    migrated.ok("tasks", "prune", "--older-than", "7d")
+    assert migrated.ok("jobs", "run", "a") == 'queued task 3 for job "a" (no worker is running: ' \
+                                              'it runs when one starts)\n'

@@ -119,10 +119,14 @@ def test_unknown_worker_key():
         "/etc/edgeworker/edgeworker.toml:3: [worker] workrs: unknown key; allowed:")
 
 
-def test_unknown_table():
+def test_unknown_table_or_top_level_key_names_its_line():
     assert error_of("[job]\nname = 1\n") == (
-        "/etc/edgeworker/edgeworker.toml: unknown table or key 'job'; allowed: [worker], "
+        "/etc/edgeworker/edgeworker.toml:1: unknown table or key 'job'; allowed: [worker], "
         "[metrics], [[jobs]]")
+    assert error_of("# a comment\n\ndatabase = 'x.db'\n[worker]\n").startswith(
+        "/etc/edgeworker/edgeworker.toml:3: unknown table or key 'database';")
+    assert error_of("[worker]\nworkers = 1\n\n[metric.textfile]\npath = 'x'\n").startswith(
+        "/etc/edgeworker/edgeworker.toml:4: unknown table or key 'metric';")
 
 
 @pytest.mark.parametrize("body, expected", [
@@ -183,3 +187,22 @@ def test_shell_needs_a_string_and_a_command():
 def test_missing_file():
     with pytest.raises(ConfigError, match=r"^/nonexistent/x.toml: config file not found$"):
         load_config(Path("/nonexistent/x.toml"))
+
+
+def test_isolate_is_for_callables():
+    config = parse_config('[[jobs]]\nname = "a"\ncallable = "m:f"\nevery = "1m"\nisolate = true\n')
+    assert config.jobs[0].isolate is True
+    assert error_of('[[jobs]]\nname = "a"\ncommand = "true"\nevery = "1m"\nisolate = true\n') == (
+        '/etc/edgeworker/edgeworker.toml:5: job "a": isolate: only applies to \'callable\' jobs '
+        "(a command runs in its own process already)")
+    assert error_of('[[jobs]]\nname = "a"\ncallable = "m:f"\nevery = "1m"\nisolate = 1\n') == (
+        '/etc/edgeworker/edgeworker.toml:5: job "a": isolate: must be true or false')
+
+
+def test_busy_alert():
+    assert load_config(None).worker.busy_alert == 3600.0
+    assert parse_config('[worker]\nbusy_alert = "off"\n').worker.busy_alert is None
+    assert parse_config('[worker]\nbusy_alert = "90m"\n').worker.busy_alert == 5400.0
+    assert error_of('[worker]\nbusy_alert = "soon"\n') == (
+        "/etc/edgeworker/edgeworker.toml:2: [worker] busy_alert: 'soon' is not a duration such "
+        'as 500ms, 30s, 5m, 1h30m or 7d, or "off"')

@@ -152,7 +152,7 @@ def test_an_unknown_callable_stops_the_start(tmp_path):
                             timeout=60)
     assert result.returncode == 1
     assert result.stderr.endswith(
-        f'Error: {worker.config}: job "x": callable "nowhere_abc:run": cannot import '
+        f'Error: {worker.config}:5: job "x": callable "nowhere_abc:run": cannot import '
         "nowhere_abc: ModuleNotFoundError: No module named 'nowhere_abc'\n")
 
 
@@ -219,7 +219,7 @@ def test_a_second_worker_on_the_same_database_is_refused(tmp_path):
         assert second.stderr == (f"Error: another worker (pid {worker.proc.pid}) is running on "
                                  f"{worker.db}; stop it first\n")
         status = json.loads(worker.cli("status", "--json").stdout)
-        assert status["worker"] == {"running": True, "pid": worker.proc.pid}
+        assert status["worker"] == {"running": True, "pid": worker.proc.pid, "alert": None}
         worker.stop()
 
 

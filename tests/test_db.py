@@ -35,7 +35,7 @@ def test_writes_take_the_write_lock_at_begin(tmp_path):
     database.execute_sql("CREATE TABLE t (x)")
     with database.atomic():
         # BEGIN IMMEDIATE: another connection cannot start writing now
-        other = open_database(tmp_path / "ew.db", busy_timeout=0)
+        other = open_database(tmp_path / "ew.db", busy_timeout=0, foreign=True)
         with pytest.raises(peewee.OperationalError, match="locked"):
             other.execute_sql("BEGIN IMMEDIATE")
 
@@ -119,16 +119,24 @@ def test_asking_whether_a_worker_runs_never_stops_one_from_starting(tmp_path):
     assert answers <= {None, os.getpid(), -1}  # -1: held, its pid not written yet
 
 
-def test_open_readonly_reads_and_cannot_write(tmp_path):
-    from edgeworker.db import open_readonly
 
-    writer = open_database(tmp_path / "ew.db", create=True)
-    writer.execute_sql("CREATE TABLE t (x)")
-    reader = open_readonly(tmp_path / "ew.db")
-    reader.connect()
-    writer.execute_sql("INSERT INTO t VALUES (1)")
-    assert reader.execute_sql("SELECT count(*) FROM t").fetchone()[0] == 1
-    with pytest.raises(peewee.OperationalError, match="readonly"):
-        reader.execute_sql("INSERT INTO t VALUES (2)")
-    reader.close()
-    writer.close()
+def test_a_lock_file_removed_by_a_refused_start_is_never_held_twice(tmp_path, monkeypatch):
+    db_path = tmp_path / "ew.db"
+    refused = WorkerLock(db_path).acquire()
+    assert refused.created
+    stale = os.open(refused.path, os.O_RDWR)  # a second worker opened the file just before...
+    refused.release(remove=True)  # ...the refused start removed it and let go
+    assert not refused.path.exists()
+    second = WorkerLock(db_path)
+    opens = iter([(stale, False)])
+    real_open = second._open
+    monkeypatch.setattr(second, "_open", lambda: next(opens, None) or real_open())
+    second.acquire()  # locks the removed file first: it must notice and lock the real one
+    try:
+        with pytest.raises(WorkerRunning):
+            WorkerLock(db_path).acquire()  # flock: another open file description conflicts
+    finally:
+        second.release()
+    kept = WorkerLock(db_path).acquire()  # not created by this one: a refusal keeps it
+    kept.release(remove=True)
+    assert kept.path.exists()

@@ -1,5 +1,6 @@
 """The ledger's transitions on a real database, with an injected `now`."""
 
+import os
 from datetime import timedelta
 
 import pytest
@@ -48,9 +49,12 @@ def test_claim_is_compare_and_set(ledger):
     ledger.huey.put(IntervalJobArgs(1, 1))  # a duplicate message for the same task
     first = take(ledger)
     assert first.claimed.task.status == "running" and first.claimed.task.attempt == 1
-    assert take(ledger) is None  # the duplicate is dropped, not run
+    assert take(ledger) is None  # the duplicate waits while its job runs here, not run
     assert Task.get_by_id(1).attempt == 1
-    assert messages(ledger) == []
+    ledger.finish(first.claimed, Outcome(True, 0, None, ""), utcnow())
+    assert take(ledger, Task.get_by_id(1).due_at) is None  # then dropped: the task is finished
+    assert Task.get_by_id(1).attempt == 1
+    assert messages(ledger) == [(2, None)]  # only the next scheduled run
 
 
 def test_dequeue_and_claim_commit_once(ledger, database):
@@ -97,6 +101,7 @@ def test_last_failure_fails_and_moves_on(ledger):
 def test_recovery_message_resets_then_claims_and_a_duplicate_does_nothing(ledger):
     add(ledger, max_attempts=3)
     run = take(ledger).claimed  # the worker dies here: the task stays running, attempt 1
+    ledger.huey.running_jobs.clear()  # the next worker runs nothing yet
     ledger.enqueue_recoveries([run.task])
     ledger.enqueue_recoveries([run.task])  # e.g. a second start before the first ran it
     again = take(ledger).claimed
@@ -155,3 +160,87 @@ def test_prune_deletes_only_old_finished_tasks(ledger):
     assert ledger.prune(utcnow() - timedelta(days=7)) == 1
     assert [t.status for t in Task.select()] == ["created"]
     assert ledger.prune(utcnow()) == 0
+
+
+@pytest.mark.parametrize("json_functions", [True, False], ids=["sql", "python"])
+def test_a_deferred_run_writes_nothing_while_it_waits(ledger, database, json_functions):
+    ledger.huey.storage.json_functions = json_functions
+    job = add(ledger)
+    first = take(ledger).claimed
+    waiting = ledger.run_now(job, utcnow())  # `jobs run` while the scheduled run runs
+    reset_wal(database)
+    for _ in range(5):  # a worker thread looking again and again
+        assert take(ledger, utcnow()) is None
+    assert wal_commits(database.database) == 0
+    assert (waiting.id, None) in messages(ledger)
+    assert ledger.huey.storage.next_due() is None or \
+        ledger.huey.storage.next_due() > utcnow()  # nothing due that a thread could take
+    ledger.finish(first, Outcome(True, 0, None, ""), utcnow())
+    assert take(ledger, utcnow()).claimed.task.id == waiting.id
+
+
+def test_a_claim_that_fails_keeps_its_message(ledger, database):
+    add(ledger)
+    database.execute_sql("UPDATE tasks SET scheduled_for = 'not a time' WHERE id = 1")
+    now = utcnow() + timedelta(hours=2)
+    assert take(ledger, now) is None
+    assert messages(ledger) == [(1, None)]  # tried again later, not dropped
+    assert Task.select().where(Task.status == "created").count() == 1
+    assert not ledger.huey.storage.has_ready(now)  # not at once: no busy loop
+
+
+@pytest.mark.timeout(20)
+def test_an_outcome_sqlite_cannot_store_is_recorded_as_the_runs_error(ledger):
+    from edgeworker.worker import IntervalJobWorker
+
+    add(ledger, max_attempts=1)
+    run = take(ledger).claimed
+    # a traceback naming a file whose name is not UTF-8 (os.fsdecode keeps it as surrogates)
+    error = "FileNotFoundError: " + os.fsdecode(b"/data/caf\xe9.csv")
+    task = IntervalJobWorker(ledger).finish(run, Outcome(False, None, error, ""))
+    assert task.status == "failed"
+    assert task.error.startswith("cannot record this run's outcome (UnicodeEncodeError: ")
+    assert task.error.endswith("it failed: FileNotFoundError: /data/caf\\udce9.csv")
+    assert Task.get_by_id(run.task.id).status == "failed"
+
+
+@pytest.mark.parametrize("json_functions", [True, False], ids=["sql", "python"])
+def test_a_waiting_run_does_not_hold_up_other_jobs(ledger, json_functions):
+    ledger.huey.storage.json_functions = json_functions
+    busy, other = add(ledger, "busy"), add(ledger, "other")
+    now = utcnow()
+    ledger.run_now(busy, now)
+    assert take(ledger, now).claimed.job.id == busy.id  # running here from now on
+    waiting = ledger.run_now(busy, now)
+    later = ledger.run_now(other, now)  # queued after the waiting one
+    assert take(ledger, now).claimed.task.id == later.id
+    assert (waiting.id, None) in messages(ledger)
+
+
+@pytest.mark.timeout(30)
+def test_an_outcome_is_recorded_once_a_lock_that_held_it_up_is_gone(tmp_path, caplog):
+    import sqlite3
+    import threading
+
+    from edgeworker import db as dbmod
+    from edgeworker import migrate, models
+    from edgeworker.worker import IntervalJobWorker
+
+    database = dbmod.open_database(tmp_path / "locked.db", create=True, busy_timeout=0.05)
+    migrate.apply(database, migrate.plan(database, migrate.discover()))
+    models.database.initialize(database)
+    ledger = Ledger(EdgeHuey(database), worker="test:1")
+    add(ledger)
+    run = take(ledger).claimed
+    other = sqlite3.connect(tmp_path / "locked.db", isolation_level=None,
+                            check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the lock past the busy timeout
+    threading.Timer(1.5, other.rollback).start()
+    task = IntervalJobWorker(ledger).finish(run, Outcome(True, 0, None, "done"))
+    other.close()
+    database.close()
+    assert (task.status, task.output) == ("succeeded", "done")
+    retries = [r.getMessage() for r in caplog.records if "cannot record" in r.getMessage()]
+    assert retries == [f"task {run.task.id}: cannot record its outcome (database is locked by "
+                       "another process (busy timeout expired); try again); retrying, at most "
+                       "every 30s"]

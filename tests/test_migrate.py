@@ -155,3 +155,52 @@ def test_003_sql_avoids_drop_column():
     assert [s.split("(")[0].strip() for s in statements] == [
         "CREATE TABLE jobs_new", "INSERT INTO jobs_new", "DROP TABLE jobs;",
         "ALTER TABLE jobs_new RENAME TO jobs;"]
+
+
+def test_011_makes_task_ids_never_reused_and_keeps_every_row(fresh):
+    all_migrations = migrate.discover()
+    before_011 = max(m.version for m in all_migrations if m.version < 11)
+    migrate.apply(fresh, migrate.plan(fresh, all_migrations, target=before_011))
+    fresh.execute_sql("INSERT INTO jobs (id, name, kind, target, every_seconds, created_at, "
+                      "updated_at) VALUES (1, 'a', 'command', 'true', 60, ?, ?)", (NOW, NOW))
+    states = ["created", "running", "succeeded", "failed", "cancelled"]
+    for i in range(1, 41):
+        fresh.execute_sql(
+            "INSERT INTO tasks (id, job_id, status, origin, scheduled_for, due_at, attempt, "
+            "recovered_count, created_at, started_at, finished_at, exit_code, error, output, "
+            "worker) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (i * 3, None if i % 7 == 0 else 1, states[i % 5], ("schedule", "manual")[i % 2],
+             NOW, NOW, i % 4, i % 3, NOW, NOW if i % 5 else None, NOW if i % 5 > 1 else None,
+             i % 5 - 2 if i % 5 > 1 else None, f"error {i}" if i % 5 == 3 else None,
+             f"out {i}\n" * i, f"boot:{i}:1"))
+    tasks_before = fresh.execute_sql("SELECT * FROM tasks ORDER BY id").fetchall()
+    columns_before = [(c.name, c.data_type, c.null) for c in fresh.get_columns("tasks")]
+    indexes_before = {i.name: (i.sql, i.columns) for i in fresh.get_indexes("tasks")}
+    assert "AUTOINCREMENT" not in table_sql(fresh, "tasks")
+
+    migrate.apply(fresh, migrate.plan(fresh, all_migrations, target=11))
+
+    assert "AUTOINCREMENT" in table_sql(fresh, "tasks")
+    assert fresh.execute_sql("SELECT * FROM tasks ORDER BY id").fetchall() == tasks_before
+    assert [(c.name, c.data_type, c.null) for c in fresh.get_columns("tasks")] == columns_before
+    assert {i.name: (i.sql, i.columns) for i in fresh.get_indexes("tasks")} == indexes_before
+    assert fresh.execute_sql("SELECT seq FROM sqlite_sequence WHERE name = 'tasks'"
+                             ).fetchall() == [(120,)]
+    assert fresh.execute_sql("SELECT name FROM sqlite_master WHERE name LIKE 'tasks_new%'"
+                             ).fetchall() == []
+    assert fresh.execute_sql("PRAGMA foreign_key_check").fetchall() == []
+    assert fresh.execute_sql("PRAGMA integrity_check").fetchone() == ("ok",)
+    with pytest.raises(peewee.IntegrityError, match="CHECK"):
+        fresh.execute_sql("INSERT INTO tasks (job_id, status, scheduled_for, created_at) "
+                          "VALUES (1, 'lost', ?, ?)", (NOW, NOW))
+    with pytest.raises(peewee.IntegrityError, match="FOREIGN KEY"):
+        fresh.execute_sql("INSERT INTO tasks (job_id, scheduled_for, created_at) "
+                          "VALUES (999, ?, ?)", (NOW, NOW))
+    # the highest id pruned: the next task still gets a new one
+    fresh.execute_sql("DELETE FROM tasks WHERE id >= 100")
+    cursor = fresh.execute_sql("INSERT INTO tasks (job_id, scheduled_for, created_at) "
+                               "VALUES (1, ?, ?)", (NOW, NOW))
+    assert cursor.lastrowid == 121
+    fresh.execute_sql("DELETE FROM jobs WHERE id = 1")
+    assert fresh.execute_sql("SELECT count(*) FROM tasks WHERE job_id IS NOT NULL"
+                             ).fetchone() == (0,)

@@ -134,3 +134,17 @@ def test_high_water_mark(ledger):
     assert ledger.high_water() == T - timedelta(days=1)
     add(ledger, "later", every=60.0, now=T - timedelta(hours=20))
     assert ledger.high_water() == T - timedelta(hours=20)
+
+
+def test_commands_date_nothing_before_the_high_water_mark(migrated):
+    from edgeworker.clock import utcnow
+
+    migrated.ok("jobs", "add", "tick", "--command", "true", "--every", "1m")
+    from edgeworker import models
+
+    ledger = Ledger(EdgeHuey(models.database.obj), worker="test:1")
+    ahead = utcnow() + timedelta(hours=5)  # the worker ran while the clock was 5 h ahead
+    ledger.save_clock(ahead)
+    migrated.ok("jobs", "run", "tick")
+    task = Task.select().order_by(Task.id.desc()).get()
+    assert task.created_at >= ahead and task.due_at >= ahead

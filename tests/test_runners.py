@@ -3,6 +3,7 @@
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from edgeworker.runners import (
     command_env,
     run_callable,
     run_command,
+    run_isolated,
 )
 
 
@@ -157,3 +159,86 @@ def test_callable_timeout_is_enforced_even_through_except_exception():
     assert time.monotonic() - started < 2
     assert (result.succeeded, result.error) == (False, "timed out after 0.3s")
     time.sleep(0.4)  # the timer must not fire later into this thread
+
+
+class Escape(BaseException):
+    pass
+
+
+def _exit(c):
+    sys.exit(0)
+
+
+def _interrupt(c):
+    raise KeyboardInterrupt
+
+
+def _generator_exit(c):
+    raise GeneratorExit("closed")
+
+
+def _escape(c):
+    raise Escape("past except Exception")
+
+
+@pytest.mark.parametrize("isolate", [False, True], ids=["thread", "isolated"])
+@pytest.mark.parametrize("job, error", [
+    (_exit, "the callable called sys.exit(0) instead of returning"),
+    (_interrupt, "KeyboardInterrupt"),
+    (_generator_exit, "GeneratorExit: closed"),
+    (_escape, "test_runners.Escape: past except Exception"),
+])
+def test_whatever_a_callable_raises_is_its_outcome(job, error, isolate):
+    result = run_isolated(job, ctx(), None) if isolate else run_callable(job, ctx(), None)
+    assert (result.succeeded, result.error.splitlines()[-1]) == (False, error)
+
+
+def test_a_huge_callable_timeout_is_no_timer_overflow():
+    result = run_callable(lambda c: "ok", ctx(), 1e20)
+    assert result.succeeded
+
+
+def test_an_isolated_callable_reports_its_result_and_log_lines():
+    parent = os.getpid()
+
+    def job(c):
+        c.logger.info("in %s", "child" if os.getpid() != parent else "worker")
+        return c.task_id
+
+    result = run_isolated(job, ctx(), None)
+    assert (result.succeeded, result.output) == (True, "INFO in child\nreturned: 1\n")
+
+
+def test_an_isolated_callable_blocked_in_c_is_stopped_at_its_timeout(tmp_path):
+    pid_file = tmp_path / "pid"
+
+    def job(c):
+        pid_file.write_text(str(os.getpid()))
+        time.sleep(300)  # one C call: a thread's timeout would wait for it to return
+
+    result = run_isolated(job, ctx(0.5), 0.5, grace=0.5)
+    assert (result.succeeded, result.error) == (False,
+                                                "timed out after 0.5s: stopped its process")
+    assert wait_for(lambda: not pid_alive(int(pid_file.read_text())))
+
+
+def test_an_isolated_callable_ignoring_sigterm_is_killed_after_the_grace(tmp_path):
+    def job(c):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(300)
+
+    result = run_isolated(job, ctx(0.3), 0.3, grace=0.3)
+    assert result.error == "timed out after 0.3s: stopped its process"
+
+
+def test_abort_stops_an_isolated_callable_and_records_nothing():
+    abort = Abort()
+    threading.Timer(0.3, abort.set).start()
+    with pytest.raises(Interrupted):
+        run_isolated(lambda c: time.sleep(30), ctx(), None, abort=abort, grace=0.5)
+
+
+def test_an_isolated_callable_that_kills_its_process_fails():
+    result = run_isolated(lambda c: os._exit(7), ctx(), None)
+    assert (result.succeeded, result.exit_code) == (False, 7)
+    assert result.error == "the callable's process ended: exit status 7"
