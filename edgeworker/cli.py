@@ -784,7 +784,9 @@ def serve(obj: Context, listen: str, auth_file: Path | None, hash_user: str | No
         click.echo(f"{hash_user}:{web.hash_password(password)}")
         return
     logs.setup(obj.config.worker.log_format, "debug" if obj.debug else "info")
-    web.serve(web.make_server(obj.db_path, listen, auth_file))
+    settings = obj.config.worker
+    site = web.Site(obj.db_path, workers=settings.workers, busy_alert=settings.busy_alert)
+    web.serve(web.make_server(site, listen, auth_file))
 
 
 def main() -> None:

@@ -311,6 +311,8 @@ def render_overview(d: dict) -> str:
     else:
         seen = f", last seen {when(w['last_seen'])}" if w["last_seen"] else ""
         worker = f'<span class="s down">down</span>{seen}'
+    if w["alert"]:
+        worker += f'<br><span class="warn">{e(w["alert"])}</span>'
     rec = d["last_recovery"]
     recovery = (f"{when(rec['at'])}: recovered {rec['recovered']}, re-enqueued {rec['requeued']}"
                 f", failed {rec['failed']}, cancelled {rec['cancelled']}, scheduled "
@@ -464,10 +466,12 @@ def render_error(status: HTTPStatus, message: str) -> str:
 class Site:
     """The pages over one database path: routing, data (edgeworker.report) and rendering."""
 
-    def __init__(self, database: Path, busy_timeout: float = 1.0):
+    def __init__(self, database: Path, busy_timeout: float = 1.0, workers: int = 2,
+                 busy_alert: float | None = None):
         from edgeworker import db, migrate, models, report  # noqa: F401 (imported before serving)
 
         self.path = Path(database)
+        self.workers, self.busy_alert = workers, busy_alert  # the worker's, for its busy alert
         self.migrations = migrate.discover()
         # One database object: peewee keeps a connection per thread, and each request (a thread
         # of its own) opens one and closes it when done. A small page cache: a page reads a few
@@ -517,9 +521,11 @@ class Site:
         size_bytes = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal"))
                          if p.exists())
         disk = shutil.disk_usage(self.path.parent)
+        worker = report.worker(pid)
+        worker["alert"] = pid and report.all_busy(pid, self.workers, self.busy_alert, now) or None
         return {"database": str(self.path), "database_bytes": size_bytes,
                 "disk": {"free_bytes": disk.free, "total_bytes": disk.total},
-                "worker": report.worker(pid), "last_recovery": report.last_recovery(),
+                "worker": worker, "last_recovery": report.last_recovery(),
                 "clock": report.clock(now, pid is not None), "last_24h": report.last_day(now)}
 
     def with_database(self, read: Callable[[], object]) -> object:
@@ -657,13 +663,13 @@ class Server(ThreadingHTTPServer):
                 trim_heap()
 
 
-def make_server(database: Path, listen: str, auth_file: Path | None) -> Server:
+def make_server(site: Site, listen: str, auth_file: Path | None) -> Server:
     host, port = parse_listen(listen)
     auth = Auth(auth_file) if auth_file is not None else None
     if auth is None and not is_loopback(host):
         raise ConfigError(f"--listen {listen}: not a loopback address; give --auth-file to "
                           "serve the page beyond this box")
-    handler = type("BoundHandler", (Handler,), {"site": Site(database), "auth": auth})
+    handler = type("BoundHandler", (Handler,), {"site": site, "auth": auth})
     try:
         return Server((host, port), handler)
     except OSError as exc:

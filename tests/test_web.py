@@ -54,11 +54,12 @@ class ServeProcess:
     """A real `edgeworker serve` on a free port."""
 
     def __init__(self, *args: str, db: Path, log_dir: Path | None = None,
-                 env: dict | None = None):
+                 env: dict | None = None, config: Path | None = None):
         self.log_path = (log_dir or db.parent) / f"serve-{time.monotonic_ns()}.log"
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgeworker", "--db", str(db), "serve", "--listen",
+            [sys.executable, "-m", "edgeworker", *(["--config", str(config)] if config else []),
+             "--db", str(db), "serve", "--listen",
              "127.0.0.1:0", *args], stdout=log, stderr=subprocess.STDOUT, cwd=db.parent,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         log.close()
@@ -143,7 +144,9 @@ def test_the_overview_says_the_worker_is_up_since_its_start(served, worker_db):
     assert data["last_recovery"]["at"] == started
     assert data["last_24h"]["failed"] >= 2 and data["last_24h"]["succeeded"] >= 3
     assert data["database_bytes"] > 0 and data["disk"]["free_bytes"] > 0
-    assert set(data["clock"]) == set(cli_json(worker_db, "status")["clock"])
+    status = cli_json(worker_db, "status")
+    assert set(data["clock"]) == set(status["clock"])
+    assert set(status["worker"]) <= set(data["worker"]) and data["worker"]["alert"] is None
     _, body, _ = served.get("/")
     assert f"(pid {worker_db.proc.pid}) since <time" in body
 
@@ -159,6 +162,24 @@ def test_times_are_in_the_boxs_zone_with_utc_on_hover(worker_db):
     local = (utc + timedelta(hours=5, minutes=30)).strftime("%Y-%m-%d %H:%M:%S")
     assert (f'<time datetime="{run["finished_at"]}" title="{utc:%Y-%m-%d %H:%M:%S} UTC">'
             f"{local}</time>") in body
+
+
+def test_the_overview_says_when_every_worker_thread_is_stuck(tmp_path):
+    config = ('[worker]\ndatabase = "ew.db"\nworkers = 1\nbusy_alert = "200ms"\n\n'
+              '[[jobs]]\nname = "hang"\ncommand = ["sleep", "30"]\nevery = "1h"\n')
+    with WorkerProcess(tmp_path, config) as worker:
+        worker.start().wait_running()
+        worker.cli("jobs", "run", "hang")
+        worker.wait_tasks("status = 'running'")
+        server = ServeProcess(db=worker.db, config=worker.config)
+        try:
+            alert = wait_for(lambda: server.json("/")["worker"]["alert"], 10,
+                             what="the busy alert")
+            assert alert.startswith("all 1 worker thread(s) busy for more than 200ms")
+            assert alert == cli_json(worker, "status")["worker"]["alert"]
+            assert "all 1 worker thread(s) busy" in server.get("/")[1]
+        finally:
+            assert server.stop() == 0
 
 
 def test_json_has_the_shapes_of_the_clis(served, worker_db):
@@ -307,7 +328,7 @@ def test_a_missing_database_gives_a_503_page_then_the_page_once_it_exists(tmp_pa
                         "migrate"], check=True, capture_output=True)
         assert server.get("/")[0] == 200
         assert server.json("/")["worker"] == {"running": False, "pid": None, "since": None,
-                                              "last_seen": None}
+                                              "last_seen": None, "alert": None}
     finally:
         assert server.stop() == 0
 
