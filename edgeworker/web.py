@@ -633,6 +633,13 @@ class Handler(BaseHTTPRequestHandler):
         if not head:
             self.wfile.write(payload)
 
+    def log_request(self, code="-", size="-") -> None:
+        # A page viewed is not news (and each log line is a write on an SD card): the requests
+        # that failed are, at info; every request with --debug.
+        code = code.value if isinstance(code, HTTPStatus) else code
+        level = logging.INFO if isinstance(code, int) and code >= 400 else logging.DEBUG
+        logger.log(level, '%s "%s" %s', self.address_string(), self.requestline, code)
+
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (http.server's signature)
         logger.info("%s %s", self.address_string(), format % args)
 
