@@ -87,7 +87,8 @@ def status_page_views(now):
     """What each page of the status page reads, for a job "j000"."""
     return {
         "overview": lambda: (report.last_day(now), report.worker(None), report.worker(4242),
-                             report.last_recovery(), report.clock(now, False)),
+                             report.last_recovery(), report.clock(now, False),
+                             report.all_busy(4242, 2, 3600, now)),
         "jobs": lambda: report.jobs_with_outcomes(now),
         "job": lambda: report.job("j000", now),
         "run": lambda: report.task(Task.select(peewee.fn.MIN(Task.id)).scalar()),
