@@ -258,8 +258,8 @@ def test_bad_requests_get_a_status_and_a_message(served, path, status, message):
 
 
 def test_the_server_never_changes_the_database(served, worker_db):
-    """Reads run on a read-only connection: the worker's commits go on, and the data the server
-    sees is always the worker's (data_version moves only with the worker's commits)."""
+    """Pages served without pause while the worker runs: its commits go on, and it never finds
+    the database locked."""
     before = worker_db.query("SELECT count(*) FROM tasks WHERE status = 'succeeded'")[0][0]
     deadline = time.monotonic() + 3
     pages = 0
@@ -271,6 +271,24 @@ def test_the_server_never_changes_the_database(served, worker_db):
     assert after > before, "the worker stopped committing while pages were served"
     assert "database is locked" not in worker_db.log()
     assert worker_db.proc.poll() is None
+
+
+def test_pages_leave_a_database_byte_for_byte_as_it_was(tmp_path):
+    import hashlib
+
+    box = tmp_path / "box"
+    box.mkdir()
+    db = box / "still.db"
+    subprocess.run([sys.executable, "-m", "edgeworker", "--db", str(db), "migrate"], check=True,
+                   capture_output=True)
+    before = hashlib.sha256(db.read_bytes()).hexdigest(), sorted(os.listdir(box))
+    server = ServeProcess(db=db, log_dir=tmp_path)
+    try:
+        for path in ("/", "/jobs", "/failures", "/runs/1", "/jobs/x") * 5:
+            assert server.get(path)[0] in (200, 404)
+    finally:
+        assert server.stop() == 0
+    assert (hashlib.sha256(db.read_bytes()).hexdigest(), sorted(os.listdir(box))) == before
 
 
 def test_sigterm_stops_the_server_while_it_serves(worker_db):
