@@ -94,7 +94,9 @@ def _check_hash(stored: str, password: str) -> bool:
 class Auth:
     """Users from an auth file: one `user:pbkdf2_sha256$iterations$salt$hash` a line, `#`
     comments. A key derivation is slow by design, so a checked password is remembered (keyed by
-    an HMAC under a per-process secret) instead of derived again for every page."""
+    an HMAC under a per-process secret) instead of derived again for every page; derivations run
+    one at a time, so that guessing at passwords takes one core at most from the box's jobs, and
+    an unknown user costs one as well (the time taken does not tell which users exist)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -120,6 +122,9 @@ class Auth:
         self._secret = secrets.token_bytes(32)
         self._known: set[bytes] = set()
         self._lock = threading.Lock()
+        self._deriving = threading.Lock()
+        self._decoy = hash_password(secrets.token_hex(8), int(next(iter(self.users.values()))
+                                                             .split("$")[1]))
 
     def check(self, header: str | None) -> bool:
         if not header or not header.startswith("Basic "):
@@ -129,14 +134,16 @@ class Auth:
                 .partition(":")
         except (ValueError, UnicodeDecodeError):
             return False
-        stored = self.users.get(user)
-        if not sep or stored is None:
+        if not sep:
             return False
+        stored = self.users.get(user)
         key = hmac.new(self._secret, f"{user}\0{password}\0{stored}".encode(), "sha256").digest()
         with self._lock:
-            if key in self._known:
+            if stored is not None and key in self._known:
                 return True
-        if not _check_hash(stored, password):
+        with self._deriving:
+            matches = _check_hash(stored or self._decoy, password)
+        if stored is None or not matches:
             return False
         with self._lock:
             if len(self._known) > 100:

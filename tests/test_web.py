@@ -518,3 +518,39 @@ def test_auth_checks_the_password_in_process(tmp_path):
     assert auth.check(good) and auth.check(good)
     assert not auth.check("Basic " + base64.b64encode(b"ops:pW").decode())
     assert not auth.check("Basic !!!") and not auth.check(None) and not auth.check("Bearer x")
+
+
+def test_auth_derives_for_unknown_users_too_and_one_at_a_time(tmp_path, monkeypatch):
+    import threading
+
+    import edgeworker.web as web
+
+    auth_file = tmp_path / "users"
+    auth_file.write_text(f"ops:{hash_password('pw', iterations=20_000)}\n")
+    auth = Auth(auth_file)
+    running, most, calls = [0], [0], []
+    lock = threading.Lock()
+    real = web._check_hash
+
+    def counted(stored: str, password: str) -> bool:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            calls.append(stored)
+        try:
+            return real(stored, password)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(web, "_check_hash", counted)
+    header = "Basic " + base64.b64encode(b"nobody:pw").decode()
+    assert not auth.check(header)
+    assert len(calls) == 1  # a derivation as long as a real user's: no telling who exists
+    threads = [threading.Thread(target=auth.check, args=(
+        "Basic " + base64.b64encode(f"ops:guess{n}".encode()).decode(),)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 7 and most[0] == 1
