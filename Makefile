@@ -124,7 +124,7 @@ clean-cache: ## Remove the cached Debian roots and wheels of the ARM builds (BUI
 run-worker: $(BINARY) ## Run the built binary on the demo config (examples/edgeworker.toml)
 	$(BINARY) --config $(CONFIG) run --migrate
 
-install: $(UNPACKED)/edgeworker ## As root: install the unpacked build, the unit and /etc/edgeworker (kept if present)
+install: $(UNPACKED)/edgeworker ## As root: install the unpacked build, the systemd units and /etc/edgeworker (kept if present)
 	@test "$$(id -u)" = 0 || test -n "$(DESTDIR)" || { echo "Error: make install needs root" >&2; exit 1; }
 	install -d -m 0755 $(DESTDIR)$(PREFIX)/bin $(dir $(DESTDIR)$(LIB_DIR))
 	rm -rf $(DESTDIR)$(LIB_DIR).new
@@ -133,10 +133,12 @@ install: $(UNPACKED)/edgeworker ## As root: install the unpacked build, the unit
 	rm -rf $(DESTDIR)$(LIB_DIR) && mv $(DESTDIR)$(LIB_DIR).new $(DESTDIR)$(LIB_DIR)
 	ln -sfn ../lib/edgeworker/edgeworker $(DESTDIR)$(PREFIX)/bin/edgeworker
 	install -d -m 0755 $(DESTDIR)$(UNIT_DIR)
-	sed 's|/usr/local/|$(PREFIX)/|g' systemd/edgeworker.service \
-		> $(DESTDIR)$(UNIT_DIR)/edgeworker.service
-	chmod 0644 $(DESTDIR)$(UNIT_DIR)/edgeworker.service
+	for unit in edgeworker.service edgeworker-web.service; do \
+		sed 's|/usr/local/|$(PREFIX)/|g' systemd/$$unit > $(DESTDIR)$(UNIT_DIR)/$$unit && \
+		chmod 0644 $(DESTDIR)$(UNIT_DIR)/$$unit || exit 1; \
+	done
 	install -D -m 0644 docs/deploy.md $(DESTDIR)$(PREFIX)/share/doc/edgeworker/deploy.md
+	install -D -m 0644 docs/operate.md $(DESTDIR)$(PREFIX)/share/doc/edgeworker/operate.md
 	install -d -m 0755 $(DESTDIR)$(CONFIG_DIR)
 	@if [ -e $(DESTDIR)$(CONFIG_DIR)/edgeworker.toml ]; then \
 		echo "kept $(DESTDIR)$(CONFIG_DIR)/edgeworker.toml"; \
@@ -153,11 +155,12 @@ install: $(UNPACKED)/edgeworker ## As root: install the unpacked build, the unit
 		echo "next: edit $(CONFIG_DIR)/edgeworker.toml, then systemctl enable --now edgeworker"; \
 	fi
 
-uninstall: ## As root: remove the program and the unit (config, database and user stay)
+uninstall: ## As root: remove the program and the units (config, database and user stay)
 	@test "$$(id -u)" = 0 || test -n "$(DESTDIR)" || { echo "Error: make uninstall needs root" >&2; exit 1; }
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
-		systemctl disable --now edgeworker.service 2>/dev/null || true; fi
-	rm -f $(DESTDIR)$(PREFIX)/bin/edgeworker $(DESTDIR)$(UNIT_DIR)/edgeworker.service
+		systemctl disable --now edgeworker.service edgeworker-web.service 2>/dev/null || true; fi
+	rm -f $(DESTDIR)$(PREFIX)/bin/edgeworker $(DESTDIR)$(UNIT_DIR)/edgeworker.service \
+		$(DESTDIR)$(UNIT_DIR)/edgeworker-web.service
 	rm -rf $(DESTDIR)$(LIB_DIR)
 	rm -rf $(DESTDIR)$(PREFIX)/share/doc/edgeworker
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from bench.common import REPO, render_table, scratch_dir
 
-SCRIPTS = ("throughput", "latency", "recovery", "idle", "startup", "catchup", "installed")
+SCRIPTS = ("throughput", "latency", "recovery", "idle", "startup", "catchup", "web",
+           "installed")
 
 
 def machine() -> dict:

@@ -4,6 +4,7 @@ Every connection runs in WAL mode with `synchronous=FULL` (a power cut loses no 
 is an opt-in that may lose the last ones), a busy timeout, foreign keys on, and BEGIN IMMEDIATE
 for write transactions (deferred ones fail with "database is locked" under concurrent writers).
 A file that is not SQLite is refused before SQLite touches it, and a new file is created 0600.
+Asking whether a worker runs (`worker_pid`) never takes the worker's lock.
 """
 
 from __future__ import annotations
@@ -120,10 +121,12 @@ class ReadOnlyDatabase(peewee.SqliteDatabase):
     closing checkpoint needs, so the main file does not change under the reader.
     """
 
-    def __init__(self, path: Path, timeout: float = 5.0):
+    def __init__(self, path: Path, timeout: float = 5.0, cache_kib: int | None = None):
         self.path = Path(path)
         self._guard: int | None = None
-        super().__init__(str(path), timeout=timeout, uri=True, pragmas=[("query_only", 1)])
+        cache = [] if cache_kib is None else [("cache_size", -cache_kib)]
+        super().__init__(str(path), timeout=timeout, uri=True,
+                         pragmas=[("query_only", 1), *cache])
 
     def _connect(self):
         uri = "file:" + urllib.parse.quote(str(self.path.absolute()))
@@ -357,13 +360,18 @@ class WorkerLock:
 
 
 def worker_pid(database: Path) -> int | None:
-    """The pid of the worker holding the lock on `database`, or None when none runs."""
+    """The pid of the worker holding the lock on `database` (-1 if unreadable), or None when
+    none runs."""
     path = Path(f"{database}.lock")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
+        held = _flock_held(os.fstat(fd).st_ino)
+        if held is not None:
+            return (_read_pid(fd) or -1) if held else None
+        # No /proc/locks: probe with a shared lock (a worker starting at that instant fails).
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return _read_pid(fd) or -1
@@ -372,6 +380,24 @@ def worker_pid(database: Path) -> int | None:
         return None
     finally:
         os.close(fd)
+
+
+def _flock_held(inode: int) -> bool | None:
+    """Does anyone hold a write flock on the file with this inode? Read from /proc/locks, so
+    that asking takes no lock: a probe with flock() itself, however brief, would make a worker
+    starting at that moment find the lock taken and exit. None where /proc/locks is missing."""
+    try:
+        with open("/proc/locks") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:1461712 0 EOF"; "->" marks a blocked waiter
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[3] == "WRITE" \
+                and fields[5].rsplit(":", 1)[-1] == str(inode):
+            return True
+    return False
 
 
 def _read_pid(fd: int) -> int | None:

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from edgeworker import schedule
-from edgeworker.clock import to_text
 from edgeworker.errors import ScheduleError
 from edgeworker.ledger import Ledger
 from edgeworker.models import IS_UNFINISHED, Job, Recovery, Task, TaskStatus
@@ -216,13 +215,3 @@ def recover(ledger: Ledger, now: datetime, table: ProcessTable | None = None) ->
         if oldest_kept:
             Recovery.delete().where(Recovery.id < oldest_kept).execute()
     return todo
-
-
-def last_recovery() -> dict | None:
-    record = Recovery.select().order_by(Recovery.id.desc()).first()
-    if record is None:
-        return None
-    return {"at": to_text(record.started_at), "duration_ms": round(record.duration_ms, 1),
-            "worker": record.worker, "recovered": record.recovered, "requeued": record.requeued,
-            "failed": record.failed, "cancelled": record.cancelled,
-            "scheduled": record.scheduled, "ended": record.ended}

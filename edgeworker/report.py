@@ -1,6 +1,9 @@
-"""Read-only views for people and scripts: job summaries, task listings, queue depth.
+"""Read-only views for people and scripts: job summaries, task listings, queue depth, and the
+status page's overview, outcome strips and failures.
 
-Each view returns plain dicts with stable keys (what `--json` prints); the CLI formats them.
+Each view returns plain dicts with stable keys (what `--json` prints); the CLI and the status page
+(edgeworker.web) format them. No view walks all of history: each reads a partial index, a job's
+newest tasks through tasks_job_id, or the newest rows by id (tests/test_report.py checks).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import peewee
 
 from edgeworker.clock import to_text
 from edgeworker.errors import NotFound
-from edgeworker.models import IS_UNFINISHED, HookRun, Job, Outbox, Task, TaskStatus
+from edgeworker.models import IS_UNFINISHED, HookRun, Job, Outbox, Recovery, Task, TaskStatus
 
 
 def _when(moment: datetime | None) -> str | None:
@@ -155,12 +158,16 @@ def job_names() -> dict[int, str]:
     return dict(Job.select(Job.id, Job.name).tuples())
 
 
-def tasks(job_name: str | None = None, status: str | None = None, limit: int = 50) -> list[dict]:
-    """Tasks, newest first. A job's are those of the job of that name and those of removed jobs
-    that had the name: its history stays when it is removed (and when one is added again)."""
+def tasks(job_name: str | None = None, status: str | None = None, limit: int = 50,
+          before: int | None = None) -> list[dict]:
+    """Tasks, newest first (with `before`, those with a smaller id: the next page). A job's are
+    those of the job of that name and those of removed jobs that had the name: its history stays
+    when it is removed (and when one is added again)."""
     query = Task.select(*[f for f in Task._meta.sorted_fields if f.name != "output"])
     if status is not None:
         query = query.where(Task.status == status)
+    if before is not None:
+        query = query.where(Task.id < before)
     if job_name is None:
         found = list(query.order_by(Task.id.desc()).limit(limit))
     else:
@@ -204,15 +211,117 @@ def clock(now: datetime, worker_running: bool) -> dict:
     return view
 
 
+def task(task_id: int) -> dict:
+    """One task with its output: what `tasks show --json` prints."""
+    found = Task.get_or_none(Task.id == task_id)
+    if found is None:
+        raise NotFound(f"no task with id {task_id}")
+    return {**task_row(found, job_names(), full=True), "hooks": hooks_of(task_id)}
+
+
+def last_recovery() -> dict | None:
+    record = Recovery.select().order_by(Recovery.id.desc()).first()
+    if record is None:
+        return None
+    return {"at": to_text(record.started_at), "duration_ms": round(record.duration_ms, 1),
+            "worker": record.worker, "recovered": record.recovered, "requeued": record.requeued,
+            "failed": record.failed, "cancelled": record.cancelled,
+            "scheduled": record.scheduled, "ended": record.ended}
+
+
+def worker(pid: int | None) -> dict:
+    """Whether a worker runs (`pid` from edgeworker.db.worker_pid) and since when: a worker
+    records its start-up recovery under `<boot id>:<pid>:<start>`. A stopped one is shown with
+    the last time it left a trace (a recovery, a run started or finished)."""
+    view = {"running": pid is not None, "pid": pid if pid and pid > 0 else None, "since": None,
+            "last_seen": None}
+    recent = list(Recovery.select(Recovery.started_at, Recovery.worker)
+                  .order_by(Recovery.id.desc()).limit(10))
+    if pid is not None:
+        started = next((r.started_at for r in recent if r.worker.split(":")[1:2] == [str(pid)]),
+                       None)
+        view["since"] = _when(started)
+        return view
+    newest = (Task.select(peewee.fn.MAX(peewee.fn.COALESCE(Task.finished_at, Task.started_at)))
+              .where(Task.id.in_(Task.select(Task.id).order_by(Task.id.desc()).limit(100))))
+    seen = [t for t in (newest.scalar(), recent[0].started_at if recent else None) if t]
+    view["last_seen"] = max(_text(t) for t in seen) if seen else None
+    return view
+
+
+def last_day(now: datetime) -> dict:
+    """Tasks created in the 24 hours before `now`, counted by their state now. Ids grow with
+    creation time, so the newest ids are read back to the first older task, not all history."""
+    since = to_text(now - timedelta(hours=24))
+    older = (Task.select(Task.id).where(Task.created_at < since)
+             .order_by(Task.id.desc()).limit(1))
+    counts = dict(Task.select(Task.status, peewee.fn.COUNT(Task.id))
+                  .where(Task.id > peewee.fn.COALESCE(older, 0))
+                  .group_by(Task.status).tuples())
+    return {"since": since, **{s.value: counts.get(s.value, 0) for s in TaskStatus}}
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    return None if start is None or end is None else round((end - start).total_seconds(), 3)
+
+
+def recent_outcomes(job_id: int, count: int = 50) -> list[dict]:
+    """A job's last `count` outcomes (succeeded or failed), newest first, from tasks_job_id."""
+    query = (Task.select(Task.id, Task.status, Task.started_at, Task.finished_at)
+             .where((Task.job == job_id) & Task.status.in_(OUTCOMES))
+             .order_by(Task.id.desc()).limit(count))
+    return [{"id": t.id, "status": t.status, "finished_at": _when(t.finished_at),
+             "duration_seconds": _seconds(t.started_at, t.finished_at)} for t in query]
+
+
+def jobs_with_outcomes(now: datetime, count: int = 50) -> list[dict]:
+    """`jobs(now)` (what `jobs list --json` prints), each row with its last `count` outcomes
+    and the duration of the last one."""
+    rows = []
+    for job in _jobs_query():
+        row = job_row(job, now)
+        row["recent_outcomes"] = recent_outcomes(job.id, count)
+        row["last_duration_seconds"] = (row["recent_outcomes"][0]["duration_seconds"]
+                                        if row["recent_outcomes"] else None)
+        rows.append(row)
+    return rows
+
+
+def job(name: str, now: datetime, limit: int = 50, before: int | None = None) -> dict:
+    """A job (None once removed: its runs stay under its name) and a page of its runs, newest
+    first; `next_before` asks for the page after this one."""
+    found = _jobs_query().where(Job.name == name).first()
+    runs = tasks(name, limit=limit + 1, before=before)
+    return {"name": name, "job": None if found is None else job_row(found, now),
+            "tasks": runs[:limit], "limit": limit,
+            "next_before": runs[limit - 1]["id"] if len(runs) > limit else None}
+
+
+def failures(limit: int = 50, before: int | None = None) -> dict:
+    """Failed tasks across jobs, newest first. No index holds finished tasks by status, so this
+    walks ids newest first until it has `limit` (all of history when failures are rare)."""
+    query = Task.select(*[f for f in Task._meta.sorted_fields if f.name != "output"]) \
+        .where(Task.status == TaskStatus.FAILED.value)
+    if before is not None:
+        query = query.where(Task.id < before)
+    found = list(query.order_by(Task.id.desc()).limit(limit + 1))
+    names = job_names()
+    rows = [task_row(t, names) for t in found[:limit]]
+    return {"tasks": rows, "limit": limit,
+            "next_before": rows[-1]["id"] if len(found) > limit else None}
+
+
 def all_busy(pid: int, workers: int, bound: float | None, now: datetime) -> str | None:
     """Whether the live worker `pid` has had every one of its `workers` threads on one run for
     longer than `bound` (read from its `running` rows: the worker writes nothing extra)."""
     if bound is None or pid <= 0:
         return None
-    ids = [task_id for (task_id,) in Task.select(Task.id).where(
+    # No ORDER BY: with one, SQLite walks every task ever in id order instead of the small
+    # partial index of unfinished ones (tests/test_report.py counts the work).
+    ids = sorted(task_id for (task_id,) in Task.select(Task.id).where(
         IS_UNFINISHED & (Task.status == TaskStatus.RUNNING)
         & Task.worker.contains(f":{pid}:")
-        & (Task.started_at < now - timedelta(seconds=bound))).order_by(Task.id).tuples()]
+        & (Task.started_at < now - timedelta(seconds=bound))).tuples())
     if len(ids) < workers:
         return None
     from edgeworker.config import format_duration

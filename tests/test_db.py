@@ -89,6 +89,37 @@ def test_worker_lock_is_exclusive_across_processes(tmp_path):
         assert worker_pid(db_path) == os.getpid()
 
 
+def test_asking_whether_a_worker_runs_never_stops_one_from_starting(tmp_path):
+    """`status` and the status page ask often; a worker starting at that moment must still get
+    its lock. (Probing with a shared flock made such a start fail with "another worker".)"""
+    import threading
+
+    db_path = tmp_path / "ew.db"
+    WorkerLock(db_path).acquire().release()  # the lock file exists, nobody holds it
+    stop = threading.Event()
+    answers: set = set()
+
+    def ask() -> None:
+        while not stop.is_set():
+            answers.add(worker_pid(db_path))
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    refused = 0
+    try:
+        for _ in range(3000):
+            try:
+                WorkerLock(db_path).acquire().release()
+            except WorkerRunning:
+                refused += 1
+    finally:
+        stop.set()
+        asker.join()
+    assert refused == 0
+    assert answers <= {None, os.getpid(), -1}  # -1: held, its pid not written yet
+
+
+
 def test_a_lock_file_removed_by_a_refused_start_is_never_held_twice(tmp_path, monkeypatch):
     db_path = tmp_path / "ew.db"
     refused = WorkerLock(db_path).acquire()

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from waltools import reset_wal, wal_commits
 
-from edgeworker import recovery
+from edgeworker import recovery, report
 from edgeworker.clock import utcnow
 from edgeworker.config import JobSpec
 from edgeworker.jobs import add_job
@@ -154,7 +154,7 @@ def test_recovery_is_one_transaction_and_is_recorded(ledger, database):
     reset_wal(database)
     recovery.recover(ledger, utcnow())
     assert wal_commits(database.database) == 1
-    assert recovery.last_recovery()["recovered"] == 1
+    assert report.last_recovery()["recovered"] == 1
     assert Recovery.select().count() == 1
 
 
@@ -249,7 +249,7 @@ def test_leftovers_of_an_interrupted_run_are_ended_before_it_is_requeued(ledger,
     assert plan.ended == 1 and plan.counts()["recovered"] == 1
     assert [pid for pid in members if alive(pid)] == []
     assert plan.line().endswith("scheduled 0, ended 1 leftover process")
-    assert recovery.last_recovery()["ended"] == 1
+    assert report.last_recovery()["ended"] == 1
     assert not table.directory.exists() or list(table.directory.iterdir()) == []
     assert table.cgroups is None or not (table.cgroups / f"task-{task.id}.1").exists()
 

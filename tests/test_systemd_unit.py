@@ -32,6 +32,7 @@ except ImportError:  # tests/ imported as a package
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT_FILE = REPO / "systemd" / "edgeworker.service"
+WEB_UNIT_FILE = REPO / "systemd" / "edgeworker-web.service"
 EXAMPLE_CONFIG = REPO / "systemd" / "edgeworker.toml"
 UNIT = "edgeworker.service"
 DB = "/var/lib/edgeworker/edgeworker.db"
@@ -96,6 +97,29 @@ def test_the_unit_says_what_the_worker_needs():
     assert stop >= installed.worker.shutdown_timeout + KILL_GRACE + 5
 
 
+@pytest.mark.timeout(30)
+def test_the_status_page_unit_is_sandboxed_as_the_worker_and_reads_only():
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze not found (apt-get install systemd)")
+    result = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager",
+                             str(WEB_UNIT_FILE)], capture_output=True, text=True, timeout=20)
+    match = re.search(r"Overall exposure level for edgeworker-web\.service: (\d+\.\d+)",
+                      result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= 2.0, result.stdout
+    web, worker = unit_settings(WEB_UNIT_FILE), unit_settings()
+    sandbox = {key for key in worker if key.startswith("Service.") and (
+        key.split(".")[1].startswith(("Protect", "Private", "Restrict", "SystemCall"))
+        or key.split(".")[1] in ("CapabilityBoundingSet", "NoNewPrivileges", "LockPersonality",
+                                 "MemoryDenyWriteExecute", "DevicePolicy", "UMask", "User"))}
+    for key in sandbox:  # every restriction of the worker's unit, at least as strict
+        assert web[key] == worker[key], key
+    [exec_start] = web["Service.ExecStart"]
+    assert exec_start.endswith("edgeworker --config /etc/edgeworker/edgeworker.toml serve")
+    assert web["Service.ReadOnlyPaths"] == [f"-{DB} -{DB}.lock"]
+    assert web["Service.StateDirectory"] == ["edgeworker"]  # SQLite's -shm, see the unit
+
+
 @pytest.fixture(scope="module")
 def binary_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("usr-local-bin")
@@ -146,6 +170,9 @@ def test_make_install_and_uninstall(tmp_path):
     assert version.stdout == f"edgeworker, version {__version__}\n"
     assert (root / "usr/local/lib/systemd/system/edgeworker.service").read_text() == \
         UNIT_FILE.read_text()
+    assert (root / "usr/local/lib/systemd/system/edgeworker-web.service").read_text() == \
+        WEB_UNIT_FILE.read_text()
+    assert (root / "usr/local/share/doc/edgeworker/operate.md").exists()
     assert config.read_text() == EXAMPLE_CONFIG.read_text()
     assert config.stat().st_mode & 0o777 == 0o640
     config.write_text("# edited by the operator\n")
@@ -158,6 +185,7 @@ def test_make_install_and_uninstall(tmp_path):
     assert not os.path.lexists(binary)
     assert not (root / "usr/local/lib/edgeworker").exists()
     assert not (root / "usr/local/lib/systemd/system/edgeworker.service").exists()
+    assert not (root / "usr/local/lib/systemd/system/edgeworker-web.service").exists()
     assert config.exists()
 
 
@@ -415,3 +443,62 @@ def test_a_grandchild_that_leaves_its_group_ends_with_its_run(binary_dir, delega
         journal = sd.journal(UNIT)
         assert ("commands run in a cgroup each" in journal) == delegated, journal
         assert "records in /run/edgeworker/" in journal
+
+
+@needs_systemd
+@pytest.mark.timeout(120, func_only=True)
+def test_the_status_page_unit_serves_the_workers_database_and_cannot_write_it(binary_dir):
+    """edgeworker-web.service as shipped (a drop-in moves it to a free port: the namespaces share
+    the host's network), beside the worker: it serves, it is sandboxed, the database and the lock
+    are read-only in its mounts, and it still serves once the worker stopped (removing -wal)."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    [exec_start] = unit_settings(WEB_UNIT_FILE)["Service.ExecStart"]
+    listen = f"[Service]\nExecStart=\nExecStart={exec_start} --listen 127.0.0.1:{port}\n"
+    web = "edgeworker-web.service"
+    with BootedSystemd({UNIT: UNIT_FILE, web: WEB_UNIT_FILE, f"{web}.d/test-port.conf": listen},
+                       files={"/etc/edgeworker/edgeworker.toml": CONFIG},
+                       binds={"/usr/local/bin": binary_dir}, users=["edgeworker"]) as sd:
+        worker_main = start(sd)
+        sd.wait_for(lambda: succeeded(sd, "tick") >= 2, 30, "2 runs of tick")
+        assert sd.systemctl("start", web).returncode == 0, sd.journal(web)
+        sd.wait_for_state(web, "active")
+
+        def get(path: str) -> tuple[int, str]:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                    return r.status, r.read().decode()
+            except OSError:
+                return 0, ""
+
+        status, body = sd.wait_for(lambda: (got := get("/?format=json"))[0] and got, 30,
+                                   "the page to answer")
+        overview = json.loads(body)
+        assert status == 200 and overview["worker"]["running"] is True, body
+        assert get("/jobs")[0] == 200 and "tick" in get("/jobs")[1]
+
+        host = sd.host_pid(sd.main_pid(web))
+        [server] = Path(f"/proc/{host}/task/{host}/children").read_text().split() or [host]
+        status_file = dict(line.split(":", 1) for line in
+                           Path(f"/proc/{server}/status").read_text().splitlines())
+        uid = int(sd.run("id", "-u", "edgeworker").stdout)
+        assert int(status_file["Uid"].split()[0]) == uid
+        assert status_file["CapEff"].strip() == "0000000000000000"
+        assert (status_file["NoNewPrivs"].strip(), status_file["Seccomp"].strip()) == ("1", "2")
+        mounts = Path(f"/proc/{server}/mountinfo").read_text().splitlines()
+        for path in (DB, f"{DB}.lock"):
+            [mount] = [m for m in mounts if m.split()[4] == path]
+            assert "ro" in mount.split()[5].split(","), mount
+        tick_runs = succeeded(sd, "tick")
+        sd.wait_for(lambda: succeeded(sd, "tick") > tick_runs + 2, 20, "the worker going on")
+        assert (sd.main_pid(UNIT), sd.prop(UNIT, "NRestarts")) == (worker_main, "0")
+
+        sd.systemctl("stop", UNIT, check=True, timeout=30)
+        status, body = get("/?format=json")
+        assert status == 200, sd.journal(web)
+        assert json.loads(body)["worker"]["running"] is False
+        assert "Traceback" not in sd.journal(web)
