@@ -563,8 +563,8 @@ def test_a_runs_page_shows_its_hooks_and_waiting_pings_escaped(migrated):
 
     migrated.ok("jobs", "add", "a", "--command", "true", "--every", "1h")
     with sqlite3.connect(migrated.db) as con:
-        row = {"task_id": 1, "job_name": "a", "hook": "on_failure", "status": "failed", "exit_code": 3,
-               "error": "<script>alert(1)</script>", "output": "", "finished_at":
+        row = {"task_id": 1, "job_name": "a", "hook": "on_failure", "status": "failed",
+               "exit_code": 3, "error": "<script>alert(1)</script>", "output": "", "finished_at":
                "2026-12-02T10:00:00.000000Z"}
         con.execute(f"INSERT INTO hook_runs ({', '.join(row)}) VALUES "
                     f"({', '.join('?' for _ in row)})", tuple(row.values()))
