@@ -826,6 +826,8 @@ def tasks_prune(obj: Context, older_than: str) -> None:
         age = parse_duration(older_than)
     except ValueError as exc:
         raise ConfigError(f"--older-than: {exc}") from None
+    if age > 100 * 365 * 86400:
+        raise ConfigError(f"--older-than: {older_than!r} is more than 100 years")
     before = utcnow() - timedelta(seconds=age)
     count = obj.ledger().prune(before)
     alerts.prune(before)

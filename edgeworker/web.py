@@ -25,6 +25,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sys
 import threading
 import traceback
 from collections.abc import Callable
@@ -662,6 +663,16 @@ class Server(ThreadingHTTPServer):
         super().__init__(address, handler)
         self._active = 0
         self._active_lock = threading.Lock()
+
+    def handle_error(self, request, client_address) -> None:
+        """One log line, never socketserver's traceback on stderr: a client that went away
+        mid-answer is routine (debug); anything else is an error."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError, TimeoutError)):
+            logger.debug("%s went away: %s", client_address[0], exc)
+        else:
+            logger.error("request from %s failed: %s: %s", client_address[0],
+                         type(exc).__name__, exc)
 
     def process_request_thread(self, request, client_address) -> None:
         with self._active_lock:

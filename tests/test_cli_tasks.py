@@ -199,3 +199,9 @@ def test_cancel_a_run_a_dead_worker_left_running(migrated):
         "cancelled task 1 (job a): no worker was running it; ended 0 leftover processes\n")
     statuses = sorted(t["status"] for t in json.loads(migrated.ok("tasks", "list", "--json")))
     assert statuses == ["cancelled", "created"]
+
+
+def test_prune_with_an_age_past_any_date_is_a_one_line_error(migrated):
+    result = migrated("tasks", "prune", "--older-than", "99999999d")
+    assert (result.exit_code, result.stderr) == (
+        1, "Error: --older-than: '99999999d' is more than 100 years\n")
