@@ -95,6 +95,9 @@ build/release-%/edgeworker/edgeworker: $(WORKER_SOURCES) packaging/build-in-root
 		packaging/onefile-exe.spec
 	packaging/build-in-root $* build/release-$*
 
+build-worker-arm64: dist/edgeworker-linux-arm64 ## As root: dist/edgeworker-linux-arm64, one file, built under qemu
+build-worker-armv7: dist/edgeworker-linux-armv7 ## As root: dist/edgeworker-linux-armv7, one file, built under qemu
+
 dist/edgeworker-linux-arm64: build/release-arm64/edgeworker/edgeworker
 dist/edgeworker-linux-armv7: build/release-armhf/edgeworker/edgeworker
 dist/edgeworker-linux-amd64: build/release-amd64/edgeworker/edgeworker

@@ -41,7 +41,9 @@ def built(arch: str) -> Path:
     if result.returncode != 0:
         pytest.fail(f"make build-worker-{arch} failed:\n{result.stdout[-3000:]}"
                     f"{result.stderr[-3000:]}")
-    return REPO / "dist" / f"edgeworker-linux-{arch}"
+    binary = REPO / "dist" / f"edgeworker-linux-{arch}"
+    assert binary.is_file(), f"make build-worker-{arch} made no {binary}"
+    return binary
 
 
 @functools.cache
