@@ -735,18 +735,25 @@ def tasks_show(obj: Context, task_id: int, as_json: bool) -> None:
     emit(data, as_json, render)
 
 
+def _task(task_id: int):
+    from edgeworker.errors import NotFound
+    from edgeworker.models import Task
+
+    task = Task.get_or_none(Task.id == task_id)
+    if task is None:
+        raise NotFound(f"no task with id {task_id}")
+    return task
+
+
 @tasks.command("retry")
 @click.argument("task_id", type=TASK_ID)
 @pass_ctx
 def tasks_retry(obj: Context, task_id: int) -> None:
     """Run a failed or cancelled task's job again, for the same slot."""
-    from edgeworker.errors import Conflict, NotFound
-    from edgeworker.models import Task
+    from edgeworker.errors import Conflict
 
     ledger = obj.ledger()
-    task = Task.get_or_none(Task.id == task_id)
-    if task is None:
-        raise NotFound(f"no task with id {task_id}")
+    task = _task(task_id)
     if task.status not in ("failed", "cancelled"):
         raise Conflict(f"task {task_id} is {task.status}; only failed or cancelled tasks can be "
                        "retried")
@@ -758,19 +765,17 @@ def tasks_retry(obj: Context, task_id: int) -> None:
 
 
 @tasks.command("cancel")
-@click.argument("task_id", type=int)
+@click.argument("task_id", type=TASK_ID)
 @pass_ctx
 def tasks_cancel(obj: Context, task_id: int) -> None:
     """Cancel a waiting run, or stop a running one (its whole process tree)."""
     from edgeworker import recovery
     from edgeworker.db import WorkerLock
-    from edgeworker.errors import Conflict, NotFound, WorkerRunning
+    from edgeworker.errors import Conflict, WorkerRunning
     from edgeworker.models import Job, Task
 
     ledger = obj.ledger()
-    task = Task.get_or_none(Task.id == task_id)
-    if task is None:
-        raise NotFound(f"no task with id {task_id}")
+    task = _task(task_id)
     if task.status not in ("created", "running"):
         raise Conflict(f"task {task_id} is {task.status}; only a waiting or running task can "
                        "be cancelled")

@@ -181,6 +181,8 @@ def time_daemon() -> str | None:
 def _kernel_synchronised() -> bool:
     import ctypes
 
+    from edgeworker.libc import libc
+
     class Timex(ctypes.Structure):  # struct timex: `modes` first, 208 bytes on 64-bit Linux
         _fields_ = [("modes", ctypes.c_uint), ("rest", ctypes.c_byte * 252)]
 
@@ -190,24 +192,13 @@ def _kernel_synchronised() -> bool:
         return False
 
 
-_libc = None
-
-
-def libc():
-    """The C library (ctypes), loaded once for the whole process."""
-    global _libc
-    if _libc is None:
-        import ctypes
-
-        _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc
-
-
 class ClockSetWatch:
     """A file descriptor that becomes readable when the wall clock is set (a timerfd armed with
     TFD_TIMER_CANCEL_ON_SET), so a step is seen at once rather than at the next look."""
 
     def __init__(self) -> None:
+        from edgeworker.libc import libc
+
         self.fd = -1
         try:
             lib = libc()
@@ -220,6 +211,8 @@ class ClockSetWatch:
 
     def _arm(self) -> None:
         import ctypes
+
+        from edgeworker.libc import libc
 
         # itimerspec {interval {0, 0}, value {far future}}; flags ABSTIME | CANCEL_ON_SET
         spec = (ctypes.c_long * 4)(0, 0, 2**40, 0)

@@ -17,8 +17,6 @@ restarting a dead one) and adapted where an edge box needs something else:
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
 import logging
 import os
 import select
@@ -40,6 +38,7 @@ from edgeworker.config import Config, format_duration, load_config
 from edgeworker.errors import EdgeworkerError
 from edgeworker.jobs import sync_jobs
 from edgeworker.ledger import Ledger
+from edgeworker.libc import release_startup_memory
 from edgeworker.logs import Reminder
 from edgeworker.metrics import TextfileMetrics
 from edgeworker.models import FINISHED, Task
@@ -59,21 +58,6 @@ PRUNE_INTERVAL = 3600.0
 QUIET_CHECK = 60.0
 STALL = MAX_IDLE + 30.0  # an idle worker thread that has not looped for this long is stuck
 MAX_ERROR_DELAY = 30.0
-
-
-def release_startup_memory() -> None:
-    """Give back what imports, the config sync and recovery left free, before the long idle life
-    of the worker: collect cycles, and ask glibc to return free heap pages to the system."""
-    gc.collect()
-    gc.freeze()  # what is left lives as long as the process: keep it out of future collections
-    try:
-        libc = ctypes.CDLL(None)
-        libc.malloc_trim(0)
-        # One malloc arena per thread would keep each thread's freed memory apart; the worker's
-        # threads mostly wait, so they share one (M_ARENA_MAX is -8).
-        libc.mallopt(-8, 1)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 class WorkerThread(Worker):

@@ -45,10 +45,10 @@ from datetime import datetime
 from pathlib import Path
 
 from edgeworker import trust
-from edgeworker.clock import libc
 from edgeworker.config import Config
 from edgeworker.entry import openssl_for_jobs
 from edgeworker.errors import ConfigError
+from edgeworker.libc import libc
 from edgeworker.processes import ProcessTable, Tree
 
 OUTPUT_LIMIT = 64 * 1024

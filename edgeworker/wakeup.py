@@ -16,6 +16,8 @@ import select
 import struct
 from pathlib import Path
 
+from edgeworker.libc import libc
+
 logger = logging.getLogger("edgeworker.wakeup")
 
 IN_MODIFY = 0x00000002
@@ -28,14 +30,6 @@ IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
-_libc = None
-
-
-def _inotify():
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc
 
 
 class StopPipe:
@@ -62,8 +56,8 @@ class DatabaseWatch:
         self.stop = stop
         self.fd = -1
         self.watching = False
-        libc = _inotify()
-        fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        c = libc()
+        fd = c.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             logger.warning("inotify unavailable (%s): idle workers poll every second instead",
                            os.strerror(ctypes.get_errno()))
@@ -75,7 +69,7 @@ class DatabaseWatch:
         if self.fd < 0:
             return
         mask = IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_DELETE_SELF | IN_MOVE_SELF
-        wd = _inotify().inotify_add_watch(self.fd, os.fsencode(self.wal), mask)
+        wd = libc().inotify_add_watch(self.fd, os.fsencode(self.wal), mask)
         self.watching = wd >= 0
         if not self.watching and ctypes.get_errno() != errno.ENOENT:
             logger.warning("cannot watch %s: %s", self.wal, os.strerror(ctypes.get_errno()))

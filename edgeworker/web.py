@@ -36,6 +36,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from edgeworker.errors import ConfigError, EdgeworkerError, NotFound
+from edgeworker.libc import release_startup_memory, trim_heap
 
 logger = logging.getLogger("edgeworker.web")
 
@@ -729,34 +730,3 @@ def serve(server: Server) -> None:
         server.server_close()
 
 
-def release_startup_memory() -> None:
-    """As the worker does before idling: collect what imports left, return free heap pages to
-    the system, and let the request threads share one malloc arena."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    if _libc() is not None:
-        _libc().mallopt(-8, 1)  # M_ARENA_MAX: one arena, so that one trim returns it all
-    trim_heap()
-
-
-_LIBC: list = []
-
-
-def _libc():
-    if not _LIBC:
-        import ctypes
-
-        try:
-            libc = ctypes.CDLL(None)
-            libc.malloc_trim  # noqa: B018 (glibc only)
-        except (OSError, AttributeError):
-            libc = None
-        _LIBC.append(libc)
-    return _LIBC[0]
-
-
-def trim_heap() -> None:
-    if _libc() is not None:
-        _libc().malloc_trim(0)

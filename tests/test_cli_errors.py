@@ -170,6 +170,7 @@ def test_full_disk_loses_nothing(run_cli, tmpfs):
 @pytest.mark.parametrize("args", [
     ["tasks", "show", "99999999999999999999"],
     ["tasks", "retry", "99999999999999999999"],
+    ["tasks", "cancel", "99999999999999999999"],
     ["tasks", "show", "0"],
     ["tasks", "list", "--limit", "99999999999999999999"],
     ["jobs", "add", "x", "--command", "true", "--every", "1m", "--max-attempts",
