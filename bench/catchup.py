@@ -59,7 +59,7 @@ def prepare(worker: WorkerProcess, owed: int) -> None:
     migrate.apply(database, migrate.plan(database, migrate.discover()))
     models.database.initialize(database)
     now = utcnow()
-    ledger = Ledger(EdgeHuey(database))
+    ledger = Ledger(database)
     sync_jobs(ledger, load_config(worker.config).jobs, now)
     backlog = Job.get(Job.name == "backlog")
     minute = datetime.fromtimestamp(now.timestamp() // 60 * 60, UTC)

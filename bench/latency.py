@@ -85,7 +85,7 @@ def pickup(repeats: int, samples: int, stall: float) -> list[dict]:
 
         database = dbmod.open_database(worker.db)
         models.database.initialize(database)
-        ledger = Ledger(EdgeHuey(database))
+        ledger = Ledger(database)
         job, nudge = Job.get(Job.name == "manual"), Job.get(Job.name == "nudge")
 
         def finished(task_id: int):
@@ -136,7 +136,7 @@ def add_history(worker: WorkerProcess, job_name: str, count: int, every: float) 
     now = utcnow()
     job = Job.get_or_none(Job.name == job_name)
     if job is None:
-        sync_jobs(Ledger(EdgeHuey(database)), load_config(worker.config).jobs, now)
+        sync_jobs(Ledger(database), load_config(worker.config).jobs, now)
         job = Job.get(Job.name == job_name)
     first = now.timestamp() // every * every - count * every
     with database.atomic():

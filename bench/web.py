@@ -48,7 +48,7 @@ def add_history(worker: WorkerProcess, count: int) -> int:
     migrate.apply(database, migrate.plan(database, migrate.discover()))
     models.database.initialize(database)
     now = datetime.now(UTC)
-    sync_jobs(Ledger(EdgeHuey(database)), load_config(worker.config).jobs, now)
+    sync_jobs(Ledger(database), load_config(worker.config).jobs, now)
     job_ids = [job.id for job in Job.select().order_by(Job.name)]
     start, step = now - timedelta(days=7), timedelta(days=7) / count
     with database.atomic():

@@ -93,9 +93,8 @@ class Context:
     def ledger(self):
         if "ledger" not in self._cache:
             from edgeworker.ledger import Ledger
-            from edgeworker.queue import EdgeHuey
 
-            self._cache["ledger"] = Ledger(EdgeHuey(self.open()))
+            self._cache["ledger"] = Ledger(self.open())
         return self._cache["ledger"]
 
     def close(self) -> None:
@@ -355,7 +354,6 @@ def recover(obj: Context, dry_run: bool, as_json: bool) -> None:
         "ended": todo.ended,
         "recover": [{"task_id": t.id, "job": job_names.get(t.job_id), "attempt": t.attempt}
                     for t in todo.recover],
-        "requeue": [{"task_id": t.id, "job": job_names.get(t.job_id)} for t in todo.requeue],
         "close": [{"task_id": t.id, "job": job_names.get(t.job_id), "status": status.value,
                    "reason": reason} for t, status, reason in todo.close],
         "schedule": [{"job": job.name,
@@ -372,9 +370,6 @@ def recover(obj: Context, dry_run: bool, as_json: bool) -> None:
         for item in d["recover"]:
             click.echo(f"{verb}recover task {item['task_id']} (job {item['job']}, interrupted "
                        f"attempt {item['attempt']})")
-        for item in d["requeue"]:
-            click.echo(f"{verb}re-enqueue task {item['task_id']} (job {item['job']}): its "
-                       "message was lost")
         for item in d["close"]:
             action = "fail" if item["status"] == "failed" else "cancel"
             click.echo(f"{verb}{action} task {item['task_id']} (job {item['job'] or '-'}): "
@@ -408,7 +403,7 @@ def status(obj: Context, as_json: bool) -> None:
         "worker": {"running": pid is not None, "pid": pid if pid and pid > 0 else None,
                    "alert": pid and report.all_busy(pid, settings.workers, settings.busy_alert,
                                                     utcnow()) or None},
-        "queue": report.queue_depth(ledger.huey),
+        "queue": report.queue_depth(ledger.db, utcnow()),
         "pings": report.pings(),
         "last_recovery": report.last_recovery(),
         "clock": report.clock(utcnow(), pid is not None),
@@ -429,11 +424,8 @@ def status(obj: Context, as_json: bool) -> None:
                        f"{show_time(d['pings']['oldest'])}" + (f" ({why})" if why else ""))
         rec = d["last_recovery"]
         if rec:
-            click.echo(f"recovery  {show_time(rec['at'])}: recovered {rec['recovered']}, "
-                       f"re-enqueued {rec['requeued']}, failed {rec['failed']}, "
-                       f"cancelled {rec['cancelled']}, scheduled {rec['scheduled']}, "
-                       f"ended {rec['ended']} leftover "
-                       f"process{'' if rec['ended'] == 1 else 'es'} ({rec['duration_ms']:g} ms)")
+            click.echo(f"recovery  {show_time(rec['at'])}: {report.recovery_line(rec)} "
+                       f"({rec['duration_ms']:g} ms)")
         else:
             click.echo("recovery  none yet (no worker has started)")
         click.echo(f"clock     {clock_line(d['clock'])}")

@@ -4,14 +4,13 @@ Start-up, in this order: take the single-instance lock -> open the database and 
 with --migrate) its migrations -> import every callable -> sync the config's jobs -> recovery, once,
 before any work is taken -> huey's consumer on the main thread, with `workers` threads.
 
-huey's consumer is kept for what it does well (threads, joining them with a shutdown timeout,
-restarting a dead one) and adapted where an edge box needs something else:
+This module is the composition root (it builds the ledger, huey, the worker, the clock, alerts
+and metrics) and the main thread's loop; huey's consumer runs the threads (`edgeworker.consumer`)
+and huey's storage is the tasks table (`edgeworker.queue`). The main thread owns signals:
 - SIGTERM (what systemd sends) and SIGINT are both graceful: stop taking work, let running tasks
   finish for up to `shutdown_timeout`, then stop them; a second signal stops at once. SIGHUP
   re-reads the config file and syncs its jobs.
-- idle threads sleep until the next scheduled run is due or the database changes (inotify on the
-  WAL), instead of polling with huey's back-off (up to 10 s late, and wake-ups while idle);
-- huey's scheduler thread becomes the housekeeper: retention pruning, metrics, watchdog pings.
+- it re-plans waiting runs after a clock step, and holds cron jobs until the clock is trusted.
 """
 
 from __future__ import annotations
@@ -22,15 +21,13 @@ import os
 import select
 import signal
 import sys
-import threading
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import peewee
-from huey.consumer import BaseProcess, Consumer, Worker
 
-from edgeworker import alerts, migrate, models, recovery, trust
+from edgeworker import alerts, consumer, migrate, models, recovery, trust
 from edgeworker import db as dbmod
 from edgeworker.alerts import Alerts
 from edgeworker.clock import ClockSetWatch, Step, WorkerClock, clock_synchronised, span, time_daemon
@@ -39,136 +36,28 @@ from edgeworker.errors import EdgeworkerError
 from edgeworker.jobs import sync_jobs
 from edgeworker.ledger import Ledger
 from edgeworker.libc import release_startup_memory
-from edgeworker.logs import Reminder
 from edgeworker.metrics import TextfileMetrics
 from edgeworker.models import FINISHED, Task
 from edgeworker.notify import Notifier
 from edgeworker.processes import ProcessTable
-from edgeworker.queue import EdgeHuey
+from edgeworker.queue import MAX_IDLE, EdgeHuey
 from edgeworker.runners import KILL_GRACE, Abort, verify_callables
-from edgeworker.wakeup import DatabaseWatch, StopPipe
+from edgeworker.wakeup import StopPipe
 from edgeworker.worker import IntervalJobWorker, task_environment
 
 logger = logging.getLogger("edgeworker.daemon")
 
-MAX_IDLE = 60.0  # an idle thread re-reads the schedule at least this often (clock jumps)
-HEALTH_CHECK_INTERVAL = 10.0
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _noted(signum: int, frame) -> None:
+    """Signals are read from the wake-up fd (Daemon._wait_for_signal)."""
+
+HEALTH_CHECK_INTERVAL = consumer.HEALTH_CHECK_INTERVAL
 HELD_CHECK_INTERVAL = 1.0
 PRUNE_INTERVAL = 3600.0
 QUIET_CHECK = 60.0
 STALL = MAX_IDLE + 30.0  # an idle worker thread that has not looped for this long is stuck
-MAX_ERROR_DELAY = 30.0
-
-
-class WorkerThread(Worker):
-    """huey's worker loop, waiting for due work instead of polling with back-off."""
-
-    def __init__(self, huey: EdgeHuey, stop_flag, daemon: Daemon):
-        super().__init__(huey, stop_flag, default_delay=0.1, max_delay=MAX_IDLE, backoff=2)
-        self.daemon = daemon
-        self.watch: DatabaseWatch | None = None
-        self.error_delay = 0.5
-        self.busy_since: float | None = None  # running a task since (long is not a stall)
-        self.last_loop = time.monotonic()
-        # Woken by a write to the WAL: that commit becomes visible only after its fsync, so the
-        # next look at the queue must wait for the writer (under the write lock).
-        self.woken = False
-
-    def initialize(self) -> None:
-        self.watch = DatabaseWatch(self.daemon.db_path, self.daemon.stop_pipe)
-
-    def loop(self, now=None) -> None:
-        self.last_loop = time.monotonic()
-        try:
-            task = self.huey.dequeue(locked=self.woken)
-        except Exception as exc:
-            self.daemon.queue_trouble.failing(
-                "cannot read the queue: %s; retrying, at most every %.0fs",
-                dbmod.describe(self.daemon.db_path, exc), MAX_ERROR_DELAY)
-            # Not the WAL watch: the failing writes themselves would wake it at once.
-            self.stop_flag.wait(self.error_delay)
-            self.error_delay = min(self.error_delay * 2, MAX_ERROR_DELAY)
-            self.woken = True
-            return
-        self.error_delay = 0.5
-        self.daemon.queue_trouble.resolved("reading the queue again")
-        if task is not None:
-            self.busy_since = time.monotonic()
-            try:
-                self.huey.execute(task)
-            finally:
-                self.busy_since = None
-        elif not self.stop_flag.is_set():
-            self.woken = self.watch.wait(self.idle_timeout())
-
-    def idle_timeout(self) -> float:
-        try:
-            due = self.huey.storage.next_due()
-        except peewee.DatabaseError:
-            return 1.0
-        if due is None:
-            return MAX_IDLE
-        return min(MAX_IDLE, max(0.0, (due - self.daemon.clock.now()).total_seconds()))
-
-    def shutdown(self) -> None:
-        if self.watch is not None:
-            self.watch.close()
-        self.huey.database.close()
-
-
-class Housekeeper(BaseProcess):
-    """Takes the place of huey's scheduler thread: work that is not a job run."""
-
-    process_name = "Housekeeper"
-
-    def __init__(self, huey: EdgeHuey, stop_flag, daemon: Daemon):
-        super().__init__(huey, stop_flag)
-        self.daemon = daemon
-        self.next_prune = time.monotonic()  # first look now: its connection opens at start-up
-        bound = daemon.config.worker.busy_alert
-        intervals = (daemon.notifier.watchdog_interval, daemon.metrics and daemon.metrics.interval,
-                     bound and min(60.0, max(0.5, bound / 2)))
-        self.interval = min(filter(None, intervals), default=PRUNE_INTERVAL)
-
-    def loop(self, now=None) -> None:
-        if time.monotonic() >= self.next_prune:
-            self.next_prune = time.monotonic() + PRUNE_INTERVAL
-            try:
-                self.daemon.prune()
-            except Exception as exc:
-                logger.error("pruning old tasks failed: %s", exc)
-        try:
-            self.daemon.check_busy()
-            self.daemon.check_quiet()
-            self.daemon.tick()
-        except Exception as exc:
-            logger.error("housekeeping failed: %s", exc)
-        if self.daemon.metrics is not None:
-            self.daemon.metrics.update()  # logs its own errors, once each
-        self.stop_flag.wait(max(0.0, min(self.interval, self.next_prune - time.monotonic(),
-                                         self.daemon.next_quiet - time.monotonic())))
-
-    def shutdown(self) -> None:
-        self.huey.database.close()
-
-
-class EdgeConsumer(Consumer):
-    def __init__(self, huey: EdgeHuey, daemon: Daemon, workers: int, shutdown_timeout: float):
-        self.daemon = daemon
-        super().__init__(huey, workers=workers, periodic=False, shutdown_timeout=shutdown_timeout,
-                         check_worker_health=True, health_check_interval=HEALTH_CHECK_INTERVAL)
-
-    def _create_worker(self) -> WorkerThread:
-        return WorkerThread(self.huey, self.stop_flag, self.daemon)
-
-    def _create_scheduler(self) -> Housekeeper:
-        return Housekeeper(self.huey, self.stop_flag, self.daemon)
-
-    def _set_signal_handlers(self) -> None:
-        pass  # the daemon owns signals (installed before recovery, so none is missed)
-
-    def threads(self) -> list[threading.Thread]:
-        return [t for _, t in self.worker_threads] + [self.scheduler]
 
 
 class Daemon:
@@ -181,14 +70,15 @@ class Daemon:
         self.stop_pipe = StopPipe()
         self.abort = Abort()
         self.lock: dbmod.WorkerLock | None = None
-        self.signals: list[int] = []
+        self.signals: list[int] = []  # read from the wake-up fd: each byte is a signal number
         self._signal_read, self._signal_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.threads = consumer.Threads()
+        self.next_prune = time.monotonic()  # first look at once: the connection opens at start
         self.notifier = Notifier()
         self.metrics: TextfileMetrics | None = None
         self.ready = False
-        self.consumer: EdgeConsumer | None = None
+        self.consumer = None
         self.busy_alert: str | None = None
-        self.queue_trouble = Reminder(logger)  # one for all worker threads: logged once
         self.clock: WorkerClock | None = None
         self.clock_watch = ClockSetWatch()
         self.held_since: float | None = None  # monotonic: since when cron jobs wait for the clock
@@ -199,7 +89,7 @@ class Daemon:
 
     # -- start-up ---------------------------------------------------------------------------
 
-    def start(self) -> EdgeConsumer:
+    def start(self):
         trust.verify(self.config)  # before anything is created or imported
         self.install_signal_handlers()
         self.lock = dbmod.WorkerLock(self.db_path).acquire()
@@ -219,17 +109,15 @@ class Daemon:
             self.processes.close()
             raise
 
-    def _start(self, database) -> EdgeConsumer:
-        settings = self.config.worker
+    def _start(self, database):
         logger.info("%s", self.processes.describe())
-        self.huey = EdgeHuey(database)
+        self.ledger = Ledger(database)
+        self.huey = EdgeHuey(self.ledger)
         if self.config.metrics.textfile is not None:
-            self.metrics = TextfileMetrics(self.config.metrics, self.huey)
-        self.ledger = Ledger(self.huey)
+            self.metrics = TextfileMetrics(self.config.metrics, self.ledger)
         with dbmod.translate_errors(self.db_path):
             self.clock = WorkerClock(self.ledger.high_water(), clock_synchronised,
                                      on_step=self._wake)
-        self.huey.now = self.clock.now
         self.alerts = Alerts(lambda: self.config.worker, self.clock.now, self.processes,
                              self.abort)
         worker = IntervalJobWorker(self.ledger, self.abort, stopping=lambda: self.stop_pipe.is_set,
@@ -237,7 +125,19 @@ class Daemon:
                                    observe=self.metrics and self.metrics.observe,
                                    env_file=lambda: self.config.worker.env_file,
                                    table=self.processes, alerts=self.alerts)
-        self.huey.bind(worker.claim, worker.work)
+
+        def handle(args, run) -> None:
+            thread = self.threads.current()
+            if thread is not None:
+                thread.busy_since = time.monotonic()
+            try:
+                worker.work(args, run)
+            finally:
+                if thread is not None:
+                    thread.busy_since = None
+
+        self.huey.bind(handle, now=self.clock.now, hold=lambda: self.held_since is not None,
+                       stop=self.stop_pipe, path=self.db_path)
         self.notifier.status("starting: syncing jobs and recovering tasks")
         with dbmod.translate_errors(self.db_path):
             if self.config.path is not None:
@@ -247,7 +147,8 @@ class Daemon:
             logger.info("%s", self.recovery.line())
             self.alert_recovery()
             self.check_clock(starting=True)
-        self.consumer = EdgeConsumer(self.huey, self, self.workers, settings.shutdown_timeout)
+        self.consumer = consumer.build(self.huey, self.workers, self.threads, self.chores,
+                                       close=database.close)
         return self.consumer
 
     def alert_recovery(self) -> None:
@@ -291,13 +192,12 @@ class Daemon:
             # it hears each signal once, from the bootloader.
             with contextlib.suppress(OSError):
                 os.setpgid(0, 0)
-        # The handlers only record the signal; the wake-up fd makes the main loop see it at once.
+        # Python writes each signal's number to the wake-up fd, whichever Python handler runs:
+        # the main loop reads them there, so a signal that arrives while huey's consumer has its
+        # own handlers installed (inside Consumer.start) is not lost either.
         signal.set_wakeup_fd(self._signal_write, warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, self._on_signal)
-
-    def _on_signal(self, signum: int, frame) -> None:
-        self.signals.append(signum)
+        for signum in SIGNALS:
+            signal.signal(signum, _noted)
 
     def _wake(self) -> None:
         """Wake the main loop (a clock step was seen by another thread)."""
@@ -325,7 +225,7 @@ class Daemon:
         if starting:
             if self.wait_for_clock_sync() and not synchronised:
                 self.held_since = time.monotonic()
-                held = self.ledger.hold_calendar()
+                held = self.ledger.held_calendar()
                 logger.warning("the clock is not synchronised: cron jobs (%s waiting) wait for it "
                                "for up to %s; interval jobs run", held,
                                span(self.config.worker.clock_sync_timeout).lstrip("+"))
@@ -347,8 +247,6 @@ class Daemon:
                                span(waited).lstrip("+"), released)
             self.held_since = None
             self.ledger.save_clock(now, held_since=None)
-        else:
-            self.ledger.hold_calendar()  # cron runs created meanwhile (jobs add, sync)
 
     def on_step(self, step: Step, starting: bool = False) -> None:
         now = self.clock.now()
@@ -383,6 +281,8 @@ class Daemon:
         consumer = self.start()
         release_startup_memory()
         consumer.start()
+        for signum in SIGNALS:  # huey's consumer installed its own
+            signal.signal(signum, _noted)
         self.alerts.start()
         logger.info("edgeworker running: %s worker thread(s) on %s (pid %s)", self.workers,
                     self.db_path, os.getpid())
@@ -411,8 +311,8 @@ class Daemon:
         watched = [self._signal_read] + ([self.clock_watch] if self.clock_watch.fd >= 0 else [])
         select.select(watched, [], [], max(0.0, timeout))
         try:
-            while os.read(self._signal_read, 64):
-                pass
+            while data := os.read(self._signal_read, 64):
+                self.signals.extend(n for n in data if n in SIGNALS)
         except BlockingIOError:
             pass
 
@@ -447,9 +347,36 @@ class Daemon:
         self.config = config
         logger.info("reloaded %s: %s", config.path, report.summary())
 
+    def next_due(self):
+        return self.ledger.next_due(hold=self.held_since is not None)
+
+    def chores(self) -> float:
+        """The housekeeper's round: retention, busy and quiet checks, the watchdog, metrics.
+        Returns how long to wait for the next."""
+        if time.monotonic() >= self.next_prune:
+            self.next_prune = time.monotonic() + PRUNE_INTERVAL
+            try:
+                self.prune()
+            except Exception as exc:
+                logger.error("pruning old tasks failed: %s", exc)
+        try:
+            self.check_busy()
+            self.check_quiet()
+            self.tick()
+        except Exception as exc:
+            logger.error("housekeeping failed: %s", exc)
+        if self.metrics is not None:
+            self.metrics.update()  # logs its own errors, once each
+        bound = self.config.worker.busy_alert
+        intervals = (self.notifier.watchdog_interval, self.metrics and self.metrics.interval,
+                     bound and min(60.0, max(0.5, bound / 2)))
+        interval = min(filter(None, intervals), default=PRUNE_INTERVAL)
+        return min(interval, self.next_prune - time.monotonic(),
+                   self.next_quiet - time.monotonic())
+
     def status_line(self) -> str:
-        busy = sum(1 for w, _ in self.consumer.worker_threads if w.busy_since is not None)
-        due = self.huey.storage.next_due()
+        busy = sum(1 for w in self.threads.workers.values() if w.busy_since is not None)
+        due = self.next_due()
         nxt = f"next run {due.astimezone():%H:%M:%S}" if due else "nothing scheduled"
         alert = f"{self.busy_alert}; " if self.busy_alert else ""
         return (f"{alert}{busy}/{self.workers} threads busy, {nxt}; "
@@ -459,10 +386,10 @@ class Daemon:
         """Every worker thread running one task for longer than `busy_alert`: nothing else can
         start. Not a stall (the loop is alive), but worth an operator's look."""
         bound = self.config.worker.busy_alert
-        if bound is None or not self.consumer.worker_threads:
+        if bound is None or not self.threads.workers:
             return None
         now = time.monotonic()
-        since = [w.busy_since for w, _ in self.consumer.worker_threads]
+        since = [w.busy_since for w in self.threads.workers.values()]
         if any(s is None or now - s < bound for s in since):
             return None
         return (f"all {len(since)} worker thread(s) busy for more than "
@@ -495,13 +422,13 @@ class Daemon:
         """Why the worker is not making progress, or None. A thread running a long task is
         progress; an idle thread that stopped looping, or due work that nobody takes, is not."""
         now = time.monotonic()
-        idle = [w for w, _ in self.consumer.worker_threads if w.busy_since is None]
+        idle = [w for w in self.threads.workers.values() if w.busy_since is None]
         for worker in idle:
             if now - worker.last_loop > STALL:
                 return f"a worker thread has not looped for {now - worker.last_loop:.0f}s"
         # Due work that nobody takes, timed on the monotonic clock from when it was first seen
         # due: a clock step makes work look overdue at once, yet nothing is stuck.
-        due = self.huey.storage.next_due()
+        due = self.next_due()
         if not idle or due is None or due > self.clock.now():
             self.overdue = None
             return None
@@ -547,7 +474,7 @@ class Daemon:
 
     # -- stopping ---------------------------------------------------------------------------
 
-    def shutdown(self, consumer: EdgeConsumer) -> int:
+    def shutdown(self, consumer) -> int:
         self.notifier.stopping()
         consumer.stop_flag.set()
         self.stop_pipe.set()
@@ -568,16 +495,15 @@ class Daemon:
         self.close()
         return 0
 
-    def _join(self, consumer: EdgeConsumer, deadline: float) -> bool:
+    def _join(self, consumer, deadline: float) -> bool:
         """Wait for the threads until `deadline`, or until another signal arrives."""
         while time.monotonic() < deadline:
-            alive = [t for t in consumer.threads() if t.is_alive()]
-            if not alive:
+            if not self.threads.alive():
                 return True
             self._wait_for_signal(min(0.1, deadline - time.monotonic()))
             if any(s != signal.SIGHUP for s in self.signals):
                 return False
-        return not any(t.is_alive() for t in consumer.threads())
+        return not self.threads.alive()
 
     def _stop_now(self, why: str) -> int:
         killed = self.processes.kill_all()
@@ -589,7 +515,8 @@ class Daemon:
     def close(self) -> None:
         if self.processes is not None:
             self.processes.close()
-        if not self.huey.database.is_closed():
-            self.huey.database.close()
+        self.huey.storage.close()
+        if not self.ledger.db.is_closed():
+            self.ledger.db.close()
         if self.lock is not None:
             self.lock.release()

@@ -1,11 +1,11 @@
-"""The only writer of task state.
+"""The only writer of task state, and the queue's store: a run waits as a `created` row.
 
-Every transition of a task (see `models.TRANSITIONS`) is one transaction here, together with the
-queue message it implies: a row never lacks its message because of a half-done commit, and a
-message never names a row that was not committed. A claim is one conditional UPDATE
-(`status = 'created'` -> `running`, `attempt + 1`), so two messages naming one task can never
-start it twice; attempts are counted at the claim, so a task that kills the worker every time
-still ends `failed` after `max_attempts`.
+Every transition of a task (see `models.TRANSITIONS`) is one transaction here. There is no second
+copy of a waiting run anywhere: `edgeworker.queue.TaskStorage` (huey's storage) claims the next due
+row with one conditional UPDATE (`claim`), so two workers can never start one run twice, and a row
+is never without its "message". Attempts are counted at the claim, so a task that kills the worker
+every time still ends `failed` after `max_attempts`. The statements of the run path are named in
+`edgeworker.sql`.
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ from edgeworker.errors import ScheduleError
 from edgeworker.models import (
     FINISHED,
     IS_UNFINISHED,
-    UNFINISHED,
     ClockState,
     Job,
     Task,
     TaskStatus,
 )
-from edgeworker.queue import Deferred, EdgeHuey, IntervalJobArgs
+from edgeworker.sql import STATEMENTS as SQL
 
 logger = logging.getLogger("edgeworker.ledger")
 
@@ -38,32 +37,10 @@ S = TaskStatus
 CRON_STEP_RULE = 3 * 3600.0  # cron's rule: a smaller step neither repeats nor skips a fixed job
 
 
-def _columns(model) -> str:
-    return ", ".join(field.column_name for field in model._meta.sorted_fields)
-
-
 def _model(model, row: tuple):
-    """A model instance from a row of `SELECT _columns(model)`, converted field by field."""
+    """A model instance from a row of `SELECT sql.columns(model)`, converted field by field."""
     return model(**{field.name: None if value is None else field.python_value(value)
                     for field, value in zip(model._meta.sorted_fields, row, strict=True)})
-
-
-# The statements of every run, written out once: peewee builds a query's SQL text anew each
-# time, and for these that cost more CPU than SQLite took to run them (bench/throughput.py).
-SQL = {
-    "job": f"SELECT {_columns(Job)} FROM jobs WHERE id = ?",
-    "task": f"SELECT {_columns(Task)} FROM tasks WHERE id = ?",
-    "create": "INSERT INTO tasks (job_id, status, origin, scheduled_for, due_at, attempt, "
-              "recovered_count, created_at) VALUES (?, 'created', ?, ?, ?, 0, 0, ?)",
-    # A live run of the same job, through the small partial index (its WHERE term repeated).
-    "busy": "SELECT 1 FROM tasks WHERE status IN ('created', 'running') AND status = 'running' "
-            "AND job_id = ? AND id != ? AND worker = ? LIMIT 1",
-    "claim": "UPDATE tasks SET status = 'running', attempt = attempt + 1, started_at = ?, "
-             "finished_at = NULL, worker = ? WHERE id = ? AND status = 'created'",
-    # running -> succeeded | failed | created (retry), only if still this claim's (CAS).
-    "finish": "UPDATE tasks SET status = ?, finished_at = ?, due_at = ?, exit_code = ?, "
-              "error = ?, output = ? WHERE id = ? AND status = 'running' AND attempt = ?",
-}
 
 
 def worker_identity() -> str:
@@ -84,12 +61,42 @@ def _plan_inputs(job: Job) -> tuple:
 
 
 @dataclass(frozen=True)
+class IntervalJobArgs:
+    """What a queued run's huey message carries (the seed's IntervalJobArgs): the job, the task
+    row, and on a recovery the attempt a dead worker was running."""
+
+    job_id: int
+    task_id: int | None = None
+    recovering_attempt: int | None = None
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> IntervalJobArgs:
+        return cls(**payload)
+
+    def payload(self) -> dict:
+        body = {"job_id": self.job_id}
+        if self.task_id is not None:
+            body["task_id"] = self.task_id
+        if self.recovering_attempt is not None:
+            body["recovering_attempt"] = self.recovering_attempt
+        return body
+
+
+@dataclass(frozen=True)
 class ClaimedRun:
     """A task this worker has claimed: the row (status running) and its job, as of the claim."""
 
     task: Task
     job: Job
-    recovered: bool
+
+    @property
+    def recovered(self) -> bool:
+        return self.task.recovering
+
+    @property
+    def args(self) -> IntervalJobArgs:
+        recovering = self.task.recovering_attempt if self.recovered else None
+        return IntervalJobArgs(self.job.id, self.task.id, recovering)
 
 
 @dataclass(frozen=True)
@@ -101,27 +108,22 @@ class Outcome:
 
 
 class Ledger:
-    def __init__(self, huey: EdgeHuey, worker: str | None = None):
-        self.huey = huey
-        self.db = huey.database
+    def __init__(self, database: peewee.SqliteDatabase, worker: str | None = None):
+        self.db = database
         self.worker = worker or worker_identity()
 
     # -- creating runs ------------------------------------------------------------------------
 
     def _create(self, job: Job, slot: datetime, due: datetime, origin: str,
                 now: datetime) -> Task:
+        # An overdue scheduled run (catch-up) is due when it is created: it waits behind work
+        # that fell due before it, so a flood of catch-up runs cannot hold back another job's.
+        if origin == "schedule":
+            due = max(due, now)
         cursor = self.db.execute_sql(SQL["create"], (job.id, origin, to_text(slot), to_text(due),
                                                      to_text(now)))
-        task = Task(id=cursor.lastrowid, job=job.id, status=S.CREATED, origin=origin,
+        return Task(id=cursor.lastrowid, job=job.id, status=S.CREATED, origin=origin,
                     scheduled_for=slot, due_at=due, attempt=0, recovered_count=0, created_at=now)
-        # An overdue scheduled run (catch-up) queues behind work that fell due before `now`:
-        # a flood of catch-up runs cannot hold back another job's runs. Manual runs go first.
-        if origin == "schedule":
-            eta = max(due, now)
-        else:
-            eta = due if due > now else None
-        self.huey.put(IntervalJobArgs(job.id, task.id), eta)
-        return task
 
     def _get(self, model, key: int):
         row = self.db.execute_sql(SQL[model._meta.name], (key,)).fetchone()
@@ -135,15 +137,14 @@ class Ledger:
         return slot, schedule.due_at(job, slot)
 
     def schedule_next(self, job: Job, last_slot: datetime | None, now: datetime) -> Task:
-        """Create the job's next scheduled run (catch-up applied) and its message."""
+        """Create the job's next scheduled run (catch-up applied)."""
         slot, due = self._plan(job, last_slot, now)
         with self.db.atomic():
             return self._create(job, slot, due, "schedule", now)
 
     def pending_scheduled(self, job_id: int) -> Task | None:
-        return (Task.select().where(IS_UNFINISHED & (Task.job == job_id)
-                                    & (Task.origin == "schedule"))
-                .order_by(Task.id.desc()).first())
+        row = self.db.execute_sql(SQL["pending"], (job_id,)).fetchone()
+        return None if row is None else _model(Task, row)
 
     def last_slot(self, job_id: int) -> datetime | None:
         return (Task.select(peewee.fn.MAX(Task.scheduled_for))
@@ -179,68 +180,61 @@ class Ledger:
             raise ValueError(f"task {task.id}'s job no longer exists")
         return self.run_now(job, now, slot=task.scheduled_for)
 
-    # -- the worker's side: claim and finish ---------------------------------------------------
+    # -- huey's queue: enqueue, claim and finish -----------------------------------------------
 
-    def claim(self, args: IntervalJobArgs, now: datetime) -> ClaimedRun | None:
-        """Claim the task a message names; runs inside the dequeue transaction.
+    def enqueue(self, args: IntervalJobArgs, due: datetime, now: datetime) -> Task | None:
+        """A run huey enqueued or scheduled: a message without a task creates a manual run (the
+        seed's path), one with a task makes that waiting row due at `due`, and a recovery message
+        resets the row a dead worker left running. Returns the row, or None if it was dropped."""
+        with self.db.atomic():
+            if args.task_id is None:
+                job = self._get(Job, args.job_id)
+                if job is None or not job.active:
+                    logger.info("dropped a run of job %s: the job is gone or paused", args.job_id)
+                    return None
+                return self._create(job, now, due, "manual", now)
+            if args.recovering_attempt is not None:
+                self.db.execute_sql(SQL["recover"], (to_text(due), args.task_id,
+                                                     args.recovering_attempt))
+            self.db.execute_sql(SQL["requeue"], (to_text(due), args.task_id))
+            return self._get(Task, args.task_id)
 
-        Returns None when the message must be dropped (already claimed, finished, or its job is
-        gone or paused: then the task is cancelled); raises `Deferred` when its job is running
-        another task here (the message then waits, unchanged, until that run finishes).
-        """
-        job = self._get(Job, args.job_id)
-        if args.task_id is None:
-            if job is None or not job.active:
-                logger.info("dropped a run of job %s: the job is gone or paused", args.job_id)
-                return None
-            task = self._create_claimable(job, now)
-        else:
-            task = self._get(Task, args.task_id)
-            if task is None:
-                logger.warning("dropped a message for task %s: no such task", args.task_id)
-                return None
-            if task.state not in UNFINISHED:
-                logger.info("dropped a message for task %s: it is %s", task.id, task.status)
-                return None
-            if job is None or not job.active:
-                why = "job removed" if job is None else "job paused or disabled"
-                self._close(task, S.CANCELLED, now, error=why)
-                logger.info("cancelled task %s: %s", task.id, why)
-                return None
-        if self._job_busy(job.id, task.id):
-            raise Deferred(job.id)
-        recovered = False
-        if args.recovering_attempt is not None:
-            if not self._reset_for_recovery(task.id, args.recovering_attempt):
-                logger.info("dropped a recovery message for task %s: already recovered", task.id)
-                return None
-            recovered = True
-            task.recovered_count += 1
-        claimed = self.db.execute_sql(SQL["claim"], (to_text(now), self.worker, task.id))
-        if not claimed.rowcount:
-            logger.info("dropped a message for task %s: claimed by another run", task.id)
-            return None
-        # the row as the UPDATE left it, without reading it back
-        task.status, task.attempt, task.started_at = S.RUNNING.value, task.attempt + 1, now
-        task.finished_at, task.worker = None, self.worker
-        return ClaimedRun(task, job, recovered)
+    def due(self, now: datetime, hold: bool = False) -> bool:
+        """Is a claimable run due? A read: it takes no write lock."""
+        return self.db.execute_sql(SQL["due"], {"now": to_text(now), "hold": hold}) \
+            .fetchone() is not None
 
-    def _create_claimable(self, job: Job, now: datetime) -> Task:
-        # The seed's path for a message without a task id: the row is created at the claim.
-        return Task.create(job=job.id, status=S.CREATED, origin="manual", scheduled_for=now,
-                           due_at=now, created_at=now)
+    def claim(self, now: datetime, hold: bool = False) -> ClaimedRun | None:
+        """Claim the next due run whose job is active and not running (one UPDATE ... RETURNING,
+        one commit); with `hold`, cron jobs' scheduled runs wait (the clock is not trusted)."""
+        with self.db.atomic("IMMEDIATE"):
+            row = self.db.execute_sql(SQL["claim"], {"now": to_text(now), "hold": hold,
+                                                      "worker": self.worker}).fetchone()
+            if row is None:
+                return None
+            try:
+                task = _model(Task, row)
+                job = self._get(Job, task.job_id)
+            except (ValueError, TypeError) as exc:  # a row written by hand, or damaged
+                error = f"cannot read this run's row: {type(exc).__name__}: {exc}"
+                self.db.execute_sql(SQL["unreadable"], (to_text(now), error, row[0]))
+                logger.error("task %s: %s; it failed", row[0], error)
+                return None
+        return ClaimedRun(task, job)
 
-    def _job_busy(self, job_id: int, task_id: int) -> bool:
-        """No two runs of one job at a time, whatever mix of schedule, manual and recovery runs.
-        Only live runs count: rows a dead worker left `running` wait for their recovery."""
-        return self.db.execute_sql(SQL["busy"], (job_id, task_id, self.worker)).fetchone() \
-            is not None
+    def next_due(self, hold: bool = False) -> datetime | None:
+        """When the next claimable run falls due (it may be past), or None."""
+        value = self.db.execute_sql(SQL["next_due"], {"hold": hold}).fetchone()[0]
+        return None if value is None else from_text(value)
 
-    def _reset_for_recovery(self, task_id: int, attempt: int) -> bool:
-        """running -> created for the attempt a dead worker was running (the seed's reset)."""
-        return bool(Task.update(status=S.CREATED, recovered_count=Task.recovered_count + 1)
-                    .where((Task.id == task_id) & (Task.status == S.RUNNING)
-                           & (Task.attempt == attempt)).execute())
+    def queue_depth(self, now: datetime) -> tuple[int, int]:
+        """Waiting runs: (due now, due later)."""
+        moment = to_text(now)
+        return tuple(self.db.execute_sql(SQL["depth"], (moment, moment)).fetchone())
+
+    def waiting(self, limit: int = -1) -> list[Task]:
+        """Waiting runs in the order they are due."""
+        return [_model(Task, row) for row in self.db.execute_sql(SQL["waiting"], (limit,))]
 
     def finish(self, run: ClaimedRun, outcome: Outcome, now: datetime) -> Task:
         """Record a run's outcome: succeeded, failed, or back to created for a retry; and, when a
@@ -268,11 +262,8 @@ class Ledger:
             if not changed:
                 logger.info("task %s was changed by someone else while it ran; "
                             "its outcome is not recorded", task.id)
-            elif retry:
-                self.huey.put(IntervalJobArgs(job.id, task.id), due)
-            elif following is not None and job is not None and job.active:
+            elif not retry and following is not None and job is not None and job.active:
                 self._create(job, *following, "schedule", now)
-        self.huey.running_jobs.discard(task.job_id)  # its waiting messages may go now
         if not changed:
             return self._get(Task, task.id)
         # the row as the UPDATE left it, without reading it back
@@ -319,17 +310,14 @@ class Ledger:
     def cancelled(self, task_id: int, attempt: int) -> str | None:
         """Why a run was cancelled under its worker, or None (a read: the worker asks once a
         second while a command runs)."""
-        row = self.db.execute_sql("SELECT status, attempt, error FROM tasks WHERE id = ?",
-                                  (task_id,)).fetchone()
+        row = self.db.execute_sql(SQL["cancelled"], (task_id,)).fetchone()
         if row is None or (row[0], row[1]) != (S.CANCELLED.value, attempt):
             return None
         return row[2] or "cancelled"
 
     def cancel_waiting(self, job_id: int, reason: str, now: datetime) -> int:
         """Cancel a job's tasks that have not started (pause, removal). Running ones finish."""
-        return (Task.update(status=S.CANCELLED, finished_at=now, error=reason)
-                .where(IS_UNFINISHED & (Task.job == job_id) & (Task.status == S.CREATED))
-                .execute())
+        return self.db.execute_sql(SQL["cancel_waiting"], (to_text(now), reason, job_id)).rowcount
 
     def forget_job(self, job: Job, reason: str, now: datetime) -> int:
         """Before a job is deleted: cancel its waiting runs (a running one finishes) and keep its
@@ -338,15 +326,13 @@ class Ledger:
         Task.update(job_name=job.name).where(Task.job == job.id).execute()
         return cancelled
 
-    def enqueue_recoveries(self, tasks: list[Task]) -> None:
-        """Queue the recovery of tasks a dead worker left running. Each row stays `running` until
-        a worker resets and claims it (so a crash in between loses nothing)."""
-        self.huey.put_many([(IntervalJobArgs(t.job_id, t.id, recovering_attempt=t.attempt), None)
-                            for t in tasks])
-
-    def requeue(self, tasks: list[Task]) -> None:
-        """Give `created` tasks whose message was lost (taken just before a crash) a new one."""
-        self.huey.put_many([(IntervalJobArgs(t.job_id, t.id), t.due_at) for t in tasks])
+    def enqueue_recoveries(self, tasks: list[Task], now: datetime) -> None:
+        """Queue the recovery of tasks a dead worker left running: each row goes back to
+        `created` with the attempt that was interrupted (`recovering_attempt`), which the next
+        claim's huey message carries (a recovery message with the task id). Only rows still as
+        they were read change: a second recovery of the same attempt does nothing."""
+        moment = to_text(now)
+        self.db.cursor().executemany(SQL["recover"], [(moment, t.id, t.attempt) for t in tasks])
 
     def close_many(self, closures: list[tuple[Task, TaskStatus, str]], now: datetime) -> int:
         """created/running -> failed/cancelled for many tasks, grouped into a few UPDATEs."""
@@ -363,10 +349,13 @@ class Ledger:
     def prune(self, before: datetime, batch: int = 5000) -> int:
         """Delete finished tasks that finished before `before`; returns how many."""
         total = 0
+        # The highest id is never deleted: SQLite then never hands out an id again.
+        newest = Task.select(peewee.fn.MAX(Task.id))
         while True:
             with self.db.atomic():
                 ids = (Task.select(Task.id)
-                       .where(Task.status.in_(list(FINISHED)) & (Task.finished_at < before))
+                       .where(Task.status.in_(list(FINISHED)) & (Task.finished_at < before)
+                              & (Task.id < newest))
                        .limit(batch))
                 deleted = Task.delete().where(Task.id.in_(ids)).execute()
             total += deleted
@@ -440,33 +429,30 @@ class Ledger:
         return self._move(changes)
 
     def _move(self, changes: list[tuple[Task, datetime, datetime]]) -> int:
-        """Give waiting tasks a new slot and due time, and a queue message for it, in one
-        transaction. A task that changed meanwhile (a worker claimed it) is left alone."""
-        moved = []
+        """Give waiting tasks a new slot and due time, in one transaction. A task that changed
+        meanwhile (a worker claimed it) is left alone."""
+        moved = 0
         with self.db.atomic():
             for task, slot, due in changes:
-                if Task.update(scheduled_for=slot, due_at=due).where(
-                        (Task.id == task.id) & (Task.status == S.CREATED)
-                        & (Task.attempt == task.attempt)
-                        & (Task.scheduled_for == task.scheduled_for)).execute():
-                    moved.append((task, due))
-            self.huey.unqueue({task.id for task, _ in moved})
-            self.huey.put_many([(IntervalJobArgs(task.job_id, task.id), due)
-                                for task, due in moved])
-        return len(moved)
+                moved += Task.update(scheduled_for=slot, due_at=due).where(
+                    (Task.id == task.id) & (Task.status == S.CREATED)
+                    & (Task.attempt == task.attempt)
+                    & (Task.scheduled_for == task.scheduled_for)).execute()
+        return moved
 
     def _calendar_runs(self) -> list[tuple[Task, Job]]:
         return [(task, job) for task, job in self._pending()
                 if job.cron is not None and task.origin == "schedule" and task.attempt == 0]
 
-    def hold_calendar(self) -> int:
-        """Take the queue messages of cron jobs' waiting runs away until the clock can be
-        trusted: the rows stay `created` (a restart queues them again, and holds them again)."""
-        return len(self.huey.unqueue({task.id for task, _ in self._calendar_runs()}))
+    def held_calendar(self) -> int:
+        """How many cron runs wait while the clock is not trusted: the claim passes them over
+        (`hold`), writing nothing; a restart holds them again."""
+        return len(self._calendar_runs())
 
     def release_calendar(self, now: datetime) -> int:
-        """Queue held cron runs again, with each job's catch-up policy for slots missed while
-        held (a held slot that is still ahead stays). Returns how many were queued."""
+        """Re-plan held cron runs once the clock is trusted, with each job's catch-up policy for
+        slots missed while held (a held slot that is still ahead stays). Returns how many
+        moved."""
         changes = []
         for task, job in self._calendar_runs():
             slot = schedule.next_run(job, task.scheduled_for - timedelta(microseconds=1), now)

@@ -29,14 +29,14 @@ from pathlib import Path
 import peewee
 
 from edgeworker import report
-from edgeworker.clock import from_text
+from edgeworker.clock import from_text, utcnow
 from edgeworker.config import MetricsSettings
 from edgeworker.errors import ConfigError
 from edgeworker.models import IS_UNFINISHED, UNFINISHED, Job, Recovery, Task, TaskStatus
 
 logger = logging.getLogger("edgeworker.metrics")
 
-RECOVERY_ACTIONS = ("recovered", "requeued", "failed", "cancelled", "scheduled")
+RECOVERY_ACTIONS = ("recovered", "failed", "cancelled", "scheduled")
 # How a run ended, by the status its finish recorded: `created` again means a retry is queued.
 OUTCOMES = {TaskStatus.SUCCEEDED: "succeeded", TaskStatus.FAILED: "failed",
             TaskStatus.CREATED: "retried"}
@@ -49,7 +49,7 @@ def _seconds(moment: datetime | str | None) -> float | None:
 
 
 class TextfileMetrics:
-    def __init__(self, settings: MetricsSettings, huey):
+    def __init__(self, settings: MetricsSettings, ledger):
         try:
             from prometheus_client import CollectorRegistry, generate_latest
             from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -64,8 +64,7 @@ class TextfileMetrics:
         self._registry.register(self)
         self.path = Path(settings.textfile)
         self.interval = settings.interval
-        self.huey = huey
-        self.database = huey.database
+        self.database = ledger.db
         self._seen: tuple | None = None  # the database's version at the last render
         self._written: bytes | None = None
         self._error: str | None = None  # the last error logged (each is logged once)
@@ -148,7 +147,7 @@ class TextfileMetrics:
         jobs = sorted(names.items(), key=lambda item: item[1])
         unfinished: dict[tuple[int, str], int] = {}
         query = (Task.select(Task.job, Task.status, peewee.fn.COUNT(Task.id))
-                 .where(IS_UNFINISHED).group_by(Task.job, Task.status).tuples())
+                 .where(IS_UNFINISHED).group_by(peewee.SQL("+job_id"), Task.status).tuples())
         for job_id, status, count in query:
             unfinished[(job_id, status)] = count
         tasks = gauge("edgeworker_tasks", "Unfinished tasks by job and status: created (waiting "
@@ -171,7 +170,7 @@ class TextfileMetrics:
             if job_id in successes:
                 success.add_metric([name], successes[job_id])
 
-        depth = report.queue_depth(self.huey)
+        depth = report.queue_depth(self.database, utcnow())
         queue = gauge("edgeworker_queue_messages", "Queued runs: ready to start now, or "
                       "scheduled for later", labels=["state"])
         for state in ("ready", "scheduled"):
@@ -189,7 +188,7 @@ class TextfileMetrics:
                                   "When the last start-up recovery ran",
                                   value=_seconds(record.started_at)))
             done = gauge("edgeworker_last_recovery_tasks", "What the last start-up recovery did: "
-                         "tasks recovered, re-enqueued, failed or cancelled; jobs scheduled",
+                         "tasks recovered, failed or cancelled; jobs scheduled",
                          labels=["action"])
             for action in RECOVERY_ACTIONS:
                 done.add_metric([action], getattr(record, action))

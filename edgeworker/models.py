@@ -38,10 +38,10 @@ TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
 }
 UNFINISHED = (S.CREATED, S.RUNNING)
 FINISHED = (S.SUCCEEDED, S.FAILED, S.CANCELLED)
-# The partial index tasks_unfinished serves a query only when the query repeats the index's WHERE
-# term literally: with bound parameters, which peewee's in_() uses, SQLite scans every task ever
-# (tests/test_models.py checks the query plans).
-IS_UNFINISHED = peewee.SQL("status IN ('created', 'running')")
+# Unfinished (created or running) rows are those without `finished_at`: the partial index
+# tasks_queue holds them, and serves a query that repeats its WHERE term (tests/test_sql.py and
+# tests/test_models.py check the query plans). A claim changes no column of that index.
+IS_UNFINISHED = peewee.SQL("finished_at IS NULL")
 
 
 def can_transition(old: TaskStatus, new: TaskStatus) -> bool:
@@ -131,9 +131,11 @@ class Task(BaseModel):
     status = peewee.TextField(default=TaskStatus.CREATED.value)
     origin = peewee.TextField(default="schedule")  # "schedule" | "manual"
     scheduled_for = UtcDateTimeField()
-    due_at = UtcDateTimeField(null=True)
+    due_at = UtcDateTimeField()  # when a waiting run may be claimed: huey's eta
     attempt = peewee.IntegerField(default=0)
     recovered_count = peewee.IntegerField(default=0)
+    # The attempt a dead worker was running, set by recovery: the claim after it is a recovery.
+    recovering_attempt = peewee.IntegerField(null=True)
     created_at = UtcDateTimeField()
     started_at = UtcDateTimeField(null=True)
     finished_at = UtcDateTimeField(null=True)
@@ -150,6 +152,11 @@ class Task(BaseModel):
     def state(self) -> TaskStatus:
         return TaskStatus(self.status)
 
+    @property
+    def recovering(self) -> bool:
+        """Claimed again after recovery reset it (this attempt follows the interrupted one)."""
+        return self.recovering_attempt is not None and self.recovering_attempt == self.attempt - 1
+
 
 class Recovery(BaseModel):
     """One start-up recovery: what it found and did."""
@@ -158,7 +165,6 @@ class Recovery(BaseModel):
     duration_ms = peewee.FloatField()
     worker = peewee.TextField()
     recovered = peewee.IntegerField()
-    requeued = peewee.IntegerField()
     failed = peewee.IntegerField()
     cancelled = peewee.IntegerField()
     scheduled = peewee.IntegerField()

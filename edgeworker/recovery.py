@@ -6,10 +6,11 @@ belongs to a worker that is gone).
    groups, cgroups and environment; see `edgeworker.processes`) is ended, SIGTERM then SIGKILL,
    before any recovery message is enqueued: a re-run never runs beside its earlier attempt.
 1. Task recovery (`recover_running_tasks`): each `running` task is checked by `is_task_valid`.
-   A valid one gets a recovery message carrying its task id (`IntervalJobArgs(job_id, task_id)`);
-   the worker then resets the row to `created` (`recovered_count + 1`) and claims it again. An
-   invalid one ends `failed` or `cancelled`, with the reason in `tasks.error`. `created` tasks whose
-   message was lost (taken from the queue just before the crash) are queued again.
+   A valid one is enqueued for recovery: its row goes back to `created` (`recovered_count + 1`)
+   with the interrupted attempt noted, and the claim hands huey its recovery message,
+   `IntervalJobArgs(job_id, task_id, recovering_attempt)`; `IntervalJobWorker.work` runs it again
+   with EDGEWORKER_RECOVERED=1. An invalid one ends `failed` or `cancelled`, with the reason in
+   `tasks.error`. A `created` task needs nothing: the row is its place in the queue.
 2. Job recovery: every active job gets its one pending scheduled run, with its catch-up policy
    applied to the slots missed while the box was down.
 
@@ -30,6 +31,7 @@ from edgeworker.errors import ScheduleError
 from edgeworker.ledger import Ledger
 from edgeworker.models import IS_UNFINISHED, Job, Recovery, Task, TaskStatus
 from edgeworker.processes import ProcessTable
+from edgeworker.report import recovery_line
 
 logger = logging.getLogger("edgeworker.recovery")
 
@@ -92,7 +94,6 @@ class JobFacts:
 @dataclass
 class Plan:
     recover: list[Task] = field(default_factory=list)  # running -> recovery message
-    requeue: list[Task] = field(default_factory=list)  # created without a message -> message
     close: list[tuple[Task, TaskStatus, str]] = field(default_factory=list)
     schedule: list[Job] = field(default_factory=list)  # active jobs without a pending run
     ended: int = 0  # processes of interrupted runs that were still alive (and were ended)
@@ -100,17 +101,13 @@ class Plan:
     def counts(self) -> dict[str, int]:
         return {
             "recovered": len(self.recover),
-            "requeued": len(self.requeue),
             "failed": sum(1 for _, status, _ in self.close if status == S.FAILED),
             "cancelled": sum(1 for _, status, _ in self.close if status == S.CANCELLED),
             "scheduled": len(self.schedule),
         }
 
     def line(self) -> str:
-        c = self.counts()
-        return (f"recovered {c['recovered']}, re-enqueued {c['requeued']}, failed {c['failed']}, "
-                f"cancelled {c['cancelled']}, scheduled {c['scheduled']}, "
-                f"ended {self.ended} leftover process{'' if self.ended == 1 else 'es'}")
+        return recovery_line({**self.counts(), "ended": self.ended})
 
 
 def plan(ledger: Ledger, now: datetime) -> Plan:
@@ -119,10 +116,6 @@ def plan(ledger: Ledger, now: datetime) -> Plan:
     # Only the columns validity needs, as plain rows: a Job model instance costs ~20 us to build,
     # most of recovering 10,000 tasks of 10,000 jobs. Jobs to schedule are read in full below.
     jobs = {job.id: job for job in Job.select(*VALIDITY_COLUMNS).objects(JobFacts)}
-    queued = ledger.huey.payloads()
-    named = {args.task_id for args in queued if args.task_id is not None}
-    recovering = {(args.task_id, args.recovering_attempt) for args in queued
-                  if args.recovering_attempt is not None}
     will_run: set[int] = set()  # jobs with a scheduled run that stays pending
     # No ORDER BY: with one, SQLite walks the whole table in id order instead of the small index.
     unfinished = (Task.select(Task.id, Task.job, Task.status, Task.origin, Task.attempt,
@@ -135,18 +128,14 @@ def plan(ledger: Ledger, now: datetime) -> Plan:
         if task.origin == "schedule":
             will_run.add(task.job_id)
         if task.status == S.RUNNING:
-            if (task.id, task.attempt) not in recovering:  # queued by an earlier start already
-                result.recover.append(task)
-        elif task.id not in named:
-            result.requeue.append(task)
+            result.recover.append(task)
     todo = [job.id for job in jobs.values() if job.active and job.id not in will_run]
     result.schedule = list(Job.select().where(Job.id.in_(todo)).order_by(Job.id)) if todo else []
     return result
 
 
 def recover_running_tasks(ledger: Ledger, todo: Plan, now: datetime) -> None:
-    ledger.enqueue_recoveries(todo.recover)
-    ledger.requeue(todo.requeue)
+    ledger.enqueue_recoveries(todo.recover, now)
     ledger.close_many(todo.close, now)
 
 

@@ -34,7 +34,8 @@ def _jobs_query() -> peewee.ModelSelect:
                            peewee.fn.MIN(peewee.Case(None, [
                                (Task.status == TaskStatus.CREATED.value, Task.due_at)]))
                            .alias("next_due"))
-               .where(IS_UNFINISHED).group_by(Task.job).alias("pending"))
+               # +job_id: grouped through tasks_queue, not by walking all of tasks_job_id
+               .where(IS_UNFINISHED).group_by(peewee.SQL("+job_id")).alias("pending"))
     newest = Task.alias("newest")
     last_outcome = (newest.select(newest.id)
                     .where((newest.job == Job.id) & newest.status.in_(OUTCOMES))
@@ -185,8 +186,21 @@ def tasks(job_name: str | None = None, status: str | None = None, limit: int = 5
     return [task_row(t, names) for t in found]
 
 
-def queue_depth(huey) -> dict:
-    return {"ready": huey.storage.queue_size(), "scheduled": huey.storage.schedule_size()}
+def queue_depth(database, now: datetime) -> dict:
+    """Waiting runs: due now (ready) and later (scheduled)."""
+    from edgeworker.sql import STATEMENTS
+
+    moment = to_text(now)
+    ready, scheduled = database.execute_sql(STATEMENTS["depth"], (moment, moment)).fetchone()
+    return {"ready": ready, "scheduled": scheduled}
+
+
+def recovery_line(counts: dict) -> str:
+    """What a start-up recovery did, in one line (the log, `status`, the status page)."""
+    ended = counts.get("ended", 0)
+    return (f"recovered {counts['recovered']}, failed {counts['failed']}, "
+            f"cancelled {counts['cancelled']}, scheduled {counts['scheduled']}, "
+            f"ended {ended} leftover process{'' if ended == 1 else 'es'}")
 
 
 def clock(now: datetime, worker_running: bool) -> dict:
@@ -224,7 +238,7 @@ def last_recovery() -> dict | None:
     if record is None:
         return None
     return {"at": to_text(record.started_at), "duration_ms": round(record.duration_ms, 1),
-            "worker": record.worker, "recovered": record.recovered, "requeued": record.requeued,
+            "worker": record.worker, "recovered": record.recovered,
             "failed": record.failed, "cancelled": record.cancelled,
             "scheduled": record.scheduled, "ended": record.ended}
 

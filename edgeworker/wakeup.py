@@ -74,6 +74,11 @@ class DatabaseWatch:
         if not self.watching and ctypes.get_errno() != errno.ENOENT:
             logger.warning("cannot watch %s: %s", self.wal, os.strerror(ctypes.get_errno()))
 
+    @staticmethod
+    def sleep(stop: StopPipe, timeout: float) -> None:
+        """Sleep for `timeout` seconds, or until stop is set."""
+        select.select([stop], [], [], max(0.0, timeout))
+
     def wait(self, timeout: float) -> bool:
         """Return after `timeout` seconds, or as soon as the database changes or stop is set.
         True when woken by a change to the WAL."""

@@ -323,9 +323,9 @@ def render_overview(d: dict) -> str:
     if w["alert"]:
         worker += f'<br><span class="warn">{e(w["alert"])}</span>'
     rec = d["last_recovery"]
-    recovery = (f"{when(rec['at'])}: recovered {rec['recovered']}, re-enqueued {rec['requeued']}"
-                f", failed {rec['failed']}, cancelled {rec['cancelled']}, scheduled "
-                f"{rec['scheduled']} ({rec['duration_ms']:g} ms)" if rec
+    from edgeworker.report import recovery_line
+
+    recovery = (f"{when(rec['at'])}: {e(recovery_line(rec))} ({rec['duration_ms']:g} ms)" if rec
                 else "none yet (no worker has started)")
     from edgeworker.cli import clock_line
 

@@ -1,12 +1,11 @@
 """Running one queued job run: the seed's `IntervalJobWorker.Work()`.
 
-`claim()` runs inside the dequeue transaction: a message with a task id reuses that row (a
-recovery message first resets it to `created` with `recovered_count + 1`), a message without one
-creates a new row; then the row is claimed. `work()` executes the claimed task and records its
-outcome, which also schedules the job's next run. Whatever the job raises is its outcome; a run
-stopped by shutdown records nothing: it stays `running` and start-up recovery runs it again.
-An outcome that cannot be written is retried while the cause can heal (a lock, a full disk, an
-I/O error); any other failure to write it becomes the run's recorded error.
+huey's storage (`edgeworker.queue.TaskStorage`) claims a task row and hands huey a message naming
+it (a recovery message also names the attempt that was interrupted); `work()` executes the claimed
+task and records its outcome, which also schedules the job's next run. Whatever the job raises is
+its outcome; a run stopped by shutdown records nothing: it stays `running` and start-up recovery
+runs it again. An outcome that cannot be written is retried while the cause can heal (a lock, a
+full disk, an I/O error); any other failure to write it becomes the run's recorded error.
 """
 
 from __future__ import annotations
@@ -22,11 +21,10 @@ from edgeworker import db as dbmod
 from edgeworker.alerts import Alerts
 from edgeworker.clock import to_text, utcnow
 from edgeworker.errors import ConfigError
-from edgeworker.ledger import ClaimedRun, Ledger, Outcome
+from edgeworker.ledger import ClaimedRun, IntervalJobArgs, Ledger, Outcome
 from edgeworker.logs import Reminder
 from edgeworker.models import Job, Task
 from edgeworker.processes import ProcessTable
-from edgeworker.queue import IntervalJobArgs
 from edgeworker.runners import (
     Abort,
     Interrupted,
@@ -75,9 +73,6 @@ class IntervalJobWorker:
         self.clock = clock
         self.observe = observe  # told each recorded outcome (the metrics count them)
         self.env_file = env_file  # `[worker] env_file` of the config loaded now (reloads)
-
-    def claim(self, args: IntervalJobArgs, now: datetime) -> ClaimedRun | None:
-        return self.ledger.claim(args, now)
 
     def work(self, args: IntervalJobArgs, run: ClaimedRun | None) -> None:
         if run is None:

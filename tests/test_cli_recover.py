@@ -9,13 +9,9 @@ from edgeworker.models import Task
 
 
 def leave_running(task_id: int, attempt: int = 1):
-    """What a worker killed mid-run leaves behind (its message was taken, then the crash)."""
-    from edgeworker.models import database
-    from edgeworker.queue import EdgeHuey
-
+    """What a worker killed mid-run leaves behind (it claimed the row, then the crash)."""
     Task.update(status="running", attempt=attempt, started_at=utcnow(),
                 worker="dead:1").where(Task.id == task_id).execute()
-    EdgeHuey(database.obj).storage.flush_queue()
 
 
 def snapshot(path) -> list[str]:
@@ -39,12 +35,12 @@ def test_dry_run_prints_the_plan_and_changes_nothing(migrated):
     out = migrated.ok("recover", "--dry-run")
     assert out.splitlines() == [
         "would recover task 2 (job a, interrupted attempt 1)",
-        "would have recovered 1, re-enqueued 0, failed 0, cancelled 0, scheduled 0, ended 0 "
+        "would have recovered 1, failed 0, cancelled 0, scheduled 0, ended 0 "
         "leftover processes",
     ]
     assert snapshot(migrated.db) == before
     data = json.loads(migrated.ok("recover", "--dry-run", "--json"))
-    assert data["counts"] == {"recovered": 1, "requeued": 0, "failed": 0, "cancelled": 0,
+    assert data["counts"] == {"recovered": 1, "failed": 0, "cancelled": 0,
                               "scheduled": 0}
     assert data["recover"] == [{"task_id": 2, "job": "a", "attempt": 1}]
 
@@ -57,7 +53,7 @@ def test_recover_does_it_and_records_it(migrated):
     assert migrated.ok("recover").splitlines() == [
         "fail task 2 (job a): interrupted on attempt 1 of 1 (the worker stopped while it ran): "
         "no attempt left",
-        "recovered 0, re-enqueued 0, failed 1, cancelled 0, scheduled 0, ended 0 leftover "
+        "recovered 0, failed 1, cancelled 0, scheduled 0, ended 0 leftover "
         "processes",
     ]
     assert json.loads(migrated.ok("tasks", "show", "2", "--json"))["status"] == "failed"

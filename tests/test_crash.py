@@ -75,7 +75,7 @@ max_attempts = 2
     assert (tmp_path / "seen").read_text().splitlines() == ["1 0", "2 1"]
     [task] = worker.tasks(f"id = {task_id}")
     assert (task["attempt"], task["recovered_count"]) == (2, 1)
-    assert "recovered 1, re-enqueued 0" in worker.log()
+    assert "recovered 1, failed 0" in worker.log()
     status = worker.cli("status", "--json").stdout
     assert '"recovered": 1' in status
 

@@ -348,7 +348,6 @@ def test_every_queued_run_wakes_the_worker(tmp_path):
     from edgeworker.clock import utcnow
     from edgeworker.ledger import Ledger
     from edgeworker.models import Job
-    from edgeworker.queue import EdgeHuey
 
     mount = tmp_path / "mnt"
     slow_disk = contextlib.nullcontext()
@@ -367,7 +366,7 @@ def test_every_queued_run_wakes_the_worker(tmp_path):
         worker.start().wait_running()
         database = dbmod.open_database(worker.db)
         models.database.initialize(database)
-        ledger = Ledger(EdgeHuey(database), worker="test")
+        ledger = Ledger(database, worker="test")
         job = Job.get(Job.name == "idle")
         rng = random.Random(7)
         ids = []

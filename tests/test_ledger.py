@@ -9,14 +9,14 @@ from waltools import reset_wal, wal_commits
 from edgeworker.clock import utcnow
 from edgeworker.config import JobSpec
 from edgeworker.jobs import add_job, set_paused
-from edgeworker.ledger import Ledger, Outcome
+from edgeworker.ledger import IntervalJobArgs, Ledger, Outcome
 from edgeworker.models import Job, Task
-from edgeworker.queue import EdgeHuey, IntervalJobArgs
+from edgeworker.queue import EdgeHuey
 
 
 @pytest.fixture
 def ledger(database):
-    return Ledger(EdgeHuey(database), worker="test:1")
+    return Ledger(database, worker="test:1")
 
 
 def add(ledger, name="j", now=None, **options):
@@ -26,13 +26,13 @@ def add(ledger, name="j", now=None, **options):
 
 
 def messages(ledger):
-    return sorted((a.task_id, a.recovering_attempt) for a in ledger.huey.payloads())
+    """The queue: waiting rows, with the attempt a recovery re-runs."""
+    return sorted((t.id, t.recovering_attempt) for t in ledger.waiting())
 
 
 def take(ledger, now=None):
-    """What a worker thread does: dequeue (which claims) in one transaction."""
-    ledger.huey.bind(ledger.claim, lambda args, run: None)
-    return ledger.huey.dequeue(now or utcnow() + timedelta(hours=2))
+    """What a worker thread's dequeue does: claim the next due run, in one transaction."""
+    return ledger.claim(now or utcnow() + timedelta(hours=2))
 
 
 def test_a_new_job_gets_one_pending_run_with_its_message(ledger):
@@ -44,15 +44,13 @@ def test_a_new_job_gets_one_pending_run_with_its_message(ledger):
     assert ledger.ensure_scheduled(job, utcnow()) is None  # never a second one
 
 
-def test_claim_is_compare_and_set(ledger):
+def test_a_claim_takes_a_run_once(ledger):
     add(ledger)
-    ledger.huey.put(IntervalJobArgs(1, 1))  # a duplicate message for the same task
     first = take(ledger)
-    assert first.claimed.task.status == "running" and first.claimed.task.attempt == 1
-    assert take(ledger) is None  # the duplicate waits while its job runs here, not run
+    assert first.task.status == "running" and first.task.attempt == 1
+    assert take(ledger) is None  # nothing else is due: the running row is not claimable
     assert Task.get_by_id(1).attempt == 1
-    ledger.finish(first.claimed, Outcome(True, 0, None, ""), utcnow())
-    assert take(ledger, Task.get_by_id(1).due_at) is None  # then dropped: the task is finished
+    ledger.finish(first, Outcome(True, 0, None, ""), utcnow())
     assert Task.get_by_id(1).attempt == 1
     assert messages(ledger) == [(2, None)]  # only the next scheduled run
 
@@ -66,7 +64,7 @@ def test_dequeue_and_claim_commit_once(ledger, database):
 
 def test_finish_records_and_schedules_the_next_run_in_one_commit(ledger, database):
     add(ledger)
-    run = take(ledger).claimed
+    run = take(ledger)
     reset_wal(database)
     now = utcnow()
     task = ledger.finish(run, Outcome(True, 0, None, "ok\n"), now)
@@ -79,20 +77,20 @@ def test_finish_records_and_schedules_the_next_run_in_one_commit(ledger, databas
 
 def test_failure_with_attempts_left_goes_back_to_created_with_backoff(ledger):
     add(ledger, max_attempts=3, retry_delay=10.0)
-    run = take(ledger).claimed
+    run = take(ledger)
     now = utcnow()
     task = ledger.finish(run, Outcome(False, 1, "exit status 1", ""), now)
     assert (task.status, task.attempt, task.error) == ("created", 1, "exit status 1")
     assert 5 <= (task.due_at - now).total_seconds() <= 10
     assert messages(ledger) == [(task.id, None)]
     assert Task.select().count() == 1  # no next slot until this one is done
-    run = take(ledger).claimed
+    run = take(ledger)
     assert run.task.attempt == 2
 
 
 def test_last_failure_fails_and_moves_on(ledger):
     add(ledger, max_attempts=1)
-    run = take(ledger).claimed
+    run = take(ledger)
     task = ledger.finish(run, Outcome(False, 2, "exit status 2", ""), utcnow())
     assert task.status == "failed"
     assert [t.status for t in Task.select().order_by(Task.id)] == ["failed", "created"]
@@ -100,11 +98,10 @@ def test_last_failure_fails_and_moves_on(ledger):
 
 def test_recovery_message_resets_then_claims_and_a_duplicate_does_nothing(ledger):
     add(ledger, max_attempts=3)
-    run = take(ledger).claimed  # the worker dies here: the task stays running, attempt 1
-    ledger.huey.running_jobs.clear()  # the next worker runs nothing yet
-    ledger.enqueue_recoveries([run.task])
-    ledger.enqueue_recoveries([run.task])  # e.g. a second start before the first ran it
-    again = take(ledger).claimed
+    run = take(ledger)  # the worker dies here: the task stays running, attempt 1
+    ledger.enqueue_recoveries([run.task], utcnow())
+    ledger.enqueue_recoveries([run.task], utcnow())  # e.g. a second start before the first ran it
+    again = take(ledger)
     assert again.recovered is True
     assert (again.task.status, again.task.attempt, again.task.recovered_count) == ("running", 2,
                                                                                   1)
@@ -112,35 +109,35 @@ def test_recovery_message_resets_then_claims_and_a_duplicate_does_nothing(ledger
     assert Task.get_by_id(run.task.id).recovered_count == 1
 
 
-def test_claim_cancels_the_task_of_a_paused_or_removed_job(ledger):
+def test_the_claim_passes_over_runs_of_a_paused_or_removed_job(ledger):
     job = add(ledger)
     ledger.run_now(job, utcnow())
     Job.update(paused=True).where(Job.id == job.id).execute()  # behind the ledger's back
     assert take(ledger) is None
-    assert [(t.status, t.error) for t in Task.select()] == [
-        ("cancelled", "job paused or disabled")] * 2
+    assert [t.status for t in Task.select()] == ["created"] * 2  # recovery cancels them
     other = add(ledger, "other")
     Job.delete().where(Job.id == other.id).execute()
     assert take(ledger) is None
-    assert Task.select().where(Task.error == "job removed").count() == 1
+    Job.update(paused=False).where(Job.id == job.id).execute()
+    assert take(ledger).job.id == job.id
 
 
 def test_one_job_never_runs_twice_at_once(ledger):
     job = add(ledger)
-    first = take(ledger).claimed
+    first = take(ledger)
     ledger.run_now(job, utcnow())  # an operator's `jobs run` while the scheduled run runs
     now = utcnow()
     assert take(ledger, now) is None  # deferred, not dropped
     [(task_id, _)] = messages(ledger)
     assert Task.get_by_id(task_id).status == "created"
     ledger.finish(first, Outcome(True, 0, None, ""), now)
-    assert take(ledger, now + timedelta(hours=3)).claimed.task.id == task_id
+    assert take(ledger, now + timedelta(hours=3)).task.id == task_id
 
 
 def test_message_without_task_id_creates_the_row(ledger):
     job = add(ledger)
-    ledger.huey.put(IntervalJobArgs(job.id))
-    run = take(ledger, utcnow()).claimed
+    EdgeHuey(ledger).run(IntervalJobArgs(job.id))  # through huey's enqueue
+    run = take(ledger, utcnow())
     assert (run.task.origin, run.task.status, run.task.attempt) == ("manual", "running", 1)
 
 
@@ -154,7 +151,7 @@ def test_pause_cancels_waiting_runs_and_resume_schedules_the_next_slot(ledger):
 
 def test_prune_deletes_only_old_finished_tasks(ledger):
     add(ledger)
-    run = take(ledger).claimed
+    run = take(ledger)
     old = utcnow() - timedelta(days=10)
     ledger.finish(run, Outcome(True, 0, None, ""), old)
     assert ledger.prune(utcnow() - timedelta(days=7)) == 1
@@ -179,10 +176,10 @@ def test_no_schedule_arithmetic_while_the_write_lock_is_held(ledger, database, m
     seen.clear()
     ledger.ensure_scheduled(job, utcnow())
     assert seen and not any(locked for _, locked in seen)
-    run = take(ledger).claimed
+    run = take(ledger)
     seen.clear()
     ledger.finish(run, Outcome(False, 1, "exit status 1", ""), utcnow())  # a retry
-    run = take(ledger).claimed
+    run = take(ledger)
     ledger.finish(run, Outcome(True, 0, None, ""), utcnow())  # the next slot
     assert {name for name, _ in seen} == {"next_run", "due_at", "retry_delay"}
     assert not any(locked for _, locked in seen)
@@ -191,7 +188,7 @@ def test_no_schedule_arithmetic_while_the_write_lock_is_held(ledger, database, m
 
 def test_a_job_edited_while_it_ran_is_planned_with_its_new_schedule(ledger):
     job = add(ledger)
-    run = take(ledger).claimed
+    run = take(ledger)
     Job.update(every_seconds=300.0).where(Job.id == job.id).execute()
     ledger.finish(run, Outcome(True, 0, None, ""), utcnow())
     [nxt] = Task.select().where(Task.status == "created")
@@ -209,7 +206,7 @@ def schedule_after(slot, every):
 
 def test_a_schedule_that_fails_at_run_time_still_records_the_outcome(ledger, caplog):
     job = add(ledger, name="odd")
-    run = take(ledger).claimed
+    run = take(ledger)
     # a schedule no current version accepts, stored by an older one: never fires
     Job.update(every_seconds=None, cron="0 0 31 2 *", timezone="UTC").where(
         Job.id == job.id).execute()
@@ -232,27 +229,24 @@ def test_a_catch_up_flood_lets_another_jobs_due_run_go_first(ledger):
     Task.delete().where(Task.job == backlog.id).execute()
     ledger.schedule_next(backlog, now - timedelta(minutes=50), now)
     tick_slot = Task.get((Task.job == tick.id) & (Task.status == "created")).scheduled_for
-    ledger.huey.bind(ledger.claim, lambda args, run: None)
 
     later = tick_slot + timedelta(milliseconds=500)
-    first = ledger.huey.dequeue(later).claimed  # queued before the tick fell due: first
+    first = ledger.claim(later)  # queued before the tick fell due: first
     assert first.job.name == "backlog"
     ledger.finish(first, Outcome(True, 0, None, ""), later)
-    second = ledger.huey.dequeue(later).claimed
+    second = ledger.claim(later)
     assert (second.job.name, second.task.scheduled_for) == ("tick", tick_slot)
-    third = ledger.huey.dequeue(later).claimed
+    third = ledger.claim(later)
     assert third.job.name == "backlog"
 
 
-def test_a_manual_run_still_goes_before_due_scheduled_runs(ledger):
+def test_runs_are_taken_in_the_order_they_fell_due(ledger):
     now = utcnow()
     job = add(ledger, name="tick", every=1.0, now=now)
     other = add(ledger, name="other", every=3600.0, now=now)
-    ledger.huey.bind(ledger.claim, lambda args, run: None)
     manual = ledger.run_now(other, now + timedelta(seconds=5))
-    taken = ledger.huey.dequeue(now + timedelta(seconds=5)).claimed
-    assert taken.task.id == manual.id
-    assert ledger.huey.dequeue(now + timedelta(seconds=5)).claimed.job.id == job.id
+    assert ledger.claim(now + timedelta(seconds=5)).job.id == job.id  # due at +1 s
+    assert ledger.claim(now + timedelta(seconds=5)).task.id == manual.id
 
 
 def test_finishing_catch_up_runs_costs_a_few_croniter_steps_each(ledger, monkeypatch):
@@ -276,11 +270,10 @@ def test_finishing_catch_up_runs_costs_a_few_croniter_steps_each(ledger, monkeyp
     job = add_job(ledger, spec, now)
     Task.delete().where(Task.job == job.id).execute()
     ledger.schedule_next(job, now - timedelta(days=10), now)
-    ledger.huey.bind(ledger.claim, lambda args, run: None)
     steps["n"] = 0
     slots = []
     for i in range(100):
-        run = ledger.huey.dequeue(now + timedelta(milliseconds=i)).claimed
+        run = ledger.claim(now + timedelta(milliseconds=i))
         slots.append(run.task.scheduled_for)
         ledger.finish(run, Outcome(True, 0, None, ""), now + timedelta(milliseconds=i))
     assert slots == [slots[0] + timedelta(minutes=k) for k in range(100)]
@@ -288,31 +281,30 @@ def test_finishing_catch_up_runs_costs_a_few_croniter_steps_each(ledger, monkeyp
     assert steps["n"] <= 5 * 100
 
 
-@pytest.mark.parametrize("json_functions", [True, False], ids=["sql", "python"])
-def test_a_deferred_run_writes_nothing_while_it_waits(ledger, database, json_functions):
-    ledger.huey.storage.json_functions = json_functions
+def test_a_waiting_run_writes_nothing_while_its_job_runs(ledger, database):
     job = add(ledger)
-    first = take(ledger).claimed
+    first = take(ledger)
     waiting = ledger.run_now(job, utcnow())  # `jobs run` while the scheduled run runs
     reset_wal(database)
     for _ in range(5):  # a worker thread looking again and again
         assert take(ledger, utcnow()) is None
     assert wal_commits(database.database) == 0
     assert (waiting.id, None) in messages(ledger)
-    assert ledger.huey.storage.next_due() is None or \
-        ledger.huey.storage.next_due() > utcnow()  # nothing due that a thread could take
+    assert ledger.next_due() is None or \
+        ledger.next_due() > utcnow()  # nothing due that a thread could take
     ledger.finish(first, Outcome(True, 0, None, ""), utcnow())
-    assert take(ledger, utcnow()).claimed.task.id == waiting.id
+    assert take(ledger, utcnow()).task.id == waiting.id
 
 
-def test_a_claim_that_fails_keeps_its_message(ledger, database):
+def test_a_row_that_cannot_be_read_fails_and_the_queue_goes_on(ledger, database):
     add(ledger)
+    other = add(ledger, "other")
     database.execute_sql("UPDATE tasks SET scheduled_for = 'not a time' WHERE id = 1")
     now = utcnow() + timedelta(hours=2)
-    assert take(ledger, now) is None
-    assert messages(ledger) == [(1, None)]  # tried again later, not dropped
-    assert Task.select().where(Task.status == "created").count() == 1
-    assert not ledger.huey.storage.has_ready(now)  # not at once: no busy loop
+    assert take(ledger, now) is None  # the unreadable row: failed, saying why
+    row = database.execute_sql("SELECT status, error FROM tasks WHERE id = 1").fetchone()
+    assert row[0] == "failed" and row[1].startswith("cannot read this run's row: ")
+    assert take(ledger, now).job.id == other.id
 
 
 @pytest.mark.timeout(20)
@@ -320,7 +312,7 @@ def test_an_outcome_sqlite_cannot_store_is_recorded_as_the_runs_error(ledger):
     from edgeworker.worker import IntervalJobWorker
 
     add(ledger, max_attempts=1)
-    run = take(ledger).claimed
+    run = take(ledger)
     # a traceback naming a file whose name is not UTF-8 (os.fsdecode keeps it as surrogates)
     error = "FileNotFoundError: " + os.fsdecode(b"/data/caf\xe9.csv")
     task = IntervalJobWorker(ledger).finish(run, Outcome(False, None, error, ""))
@@ -330,16 +322,14 @@ def test_an_outcome_sqlite_cannot_store_is_recorded_as_the_runs_error(ledger):
     assert Task.get_by_id(run.task.id).status == "failed"
 
 
-@pytest.mark.parametrize("json_functions", [True, False], ids=["sql", "python"])
-def test_a_waiting_run_does_not_hold_up_other_jobs(ledger, json_functions):
-    ledger.huey.storage.json_functions = json_functions
+def test_a_waiting_run_does_not_hold_up_other_jobs(ledger):
     busy, other = add(ledger, "busy"), add(ledger, "other")
     now = utcnow()
     ledger.run_now(busy, now)
-    assert take(ledger, now).claimed.job.id == busy.id  # running here from now on
+    assert take(ledger, now).job.id == busy.id  # running here from now on
     waiting = ledger.run_now(busy, now)
     later = ledger.run_now(other, now)  # queued after the waiting one
-    assert take(ledger, now).claimed.task.id == later.id
+    assert take(ledger, now).task.id == later.id
     assert (waiting.id, None) in messages(ledger)
 
 
@@ -355,9 +345,9 @@ def test_an_outcome_is_recorded_once_a_lock_that_held_it_up_is_gone(tmp_path, ca
     database = dbmod.open_database(tmp_path / "locked.db", create=True, busy_timeout=0.05)
     migrate.apply(database, migrate.plan(database, migrate.discover()))
     models.database.initialize(database)
-    ledger = Ledger(EdgeHuey(database), worker="test:1")
+    ledger = Ledger(database, worker="test:1")
     add(ledger)
-    run = take(ledger).claimed
+    run = take(ledger)
     other = sqlite3.connect(tmp_path / "locked.db", isolation_level=None,
                             check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")  # another writer holds the lock past the busy timeout

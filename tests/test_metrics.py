@@ -183,15 +183,14 @@ def test_rendering_reads_no_history(database, tmp_path):
     from edgeworker.config import MetricsSettings
     from edgeworker.ledger import Ledger
     from edgeworker.models import Job
-    from edgeworker.queue import EdgeHuey
 
     now = utcnow()
     job = Job.create(name="every-second", kind="command", target="true", every_seconds=1,
                      created_at=now, updated_at=now)
-    huey = EdgeHuey(database)
-    Ledger(huey).ensure_scheduled(job, now)
+    ledger = Ledger(database)
+    ledger.ensure_scheduled(job, now)
     add_history(database, job.id, 5_000)
-    metrics = TextfileMetrics(MetricsSettings(textfile=tmp_path / "m.prom"), huey)
+    metrics = TextfileMetrics(MetricsSettings(textfile=tmp_path / "m.prom"), ledger)
     metrics.render()  # the first look reads each job's last success
     before = vm_steps(database, metrics.render)
     add_history(database, job.id, 20_000)

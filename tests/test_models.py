@@ -13,7 +13,6 @@ from edgeworker.models import (
     TaskStatus,
     can_transition,
 )
-from edgeworker.queue import EdgeHuey
 
 
 def affinity(declared: str) -> str:
@@ -49,18 +48,16 @@ def test_models_match_the_migrated_schema(database, model):
     assert model_columns(database, model) == schema_columns(database, model._meta.table_name)
 
 
-def test_huey_models_match_the_migrated_schema(database):
-    storage = EdgeHuey(database).storage
-    for model in (storage.KV, storage.Schedule, storage.Task, storage.Counter):
-        assert model._meta.table_name.startswith("huey_")
-        assert model_columns(database, model) == schema_columns(database,
-                                                                model._meta.table_name)
+def test_huey_keeps_no_tables_of_its_own(database):
+    tables = {name for (name,) in database.execute_sql(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert not {t for t in tables if t.startswith("huey")}, "the tasks table is the queue"
 
 
 def test_every_status_has_its_transitions_written_down():
     assert set(TRANSITIONS) == set(TaskStatus)
     assert set(UNFINISHED) | set(FINISHED) == set(TaskStatus)
-    assert UNFINISHED == ("created", "running")  # the order of tasks_unfinished's WHERE term
+    assert UNFINISHED == ("created", "running")
     for status in FINISHED:
         assert TRANSITIONS[status] == frozenset()
 
@@ -81,8 +78,8 @@ def test_transitions(old, new, allowed):
 
 def test_task_check_constraint_rejects_unknown_status(database):
     with pytest.raises(peewee.IntegrityError, match="CHECK"):
-        database.execute_sql("INSERT INTO tasks (status, scheduled_for, created_at) "
-                             "VALUES ('lost', 'x', 'x')")
+        database.execute_sql("INSERT INTO tasks (status, scheduled_for, due_at, created_at) "
+                             "VALUES ('lost', 'x', 'x', 'x')")
 
 
 def plan_of(database, sql: str, params=()) -> str:
@@ -92,20 +89,20 @@ def plan_of(database, sql: str, params=()) -> str:
 
 def test_unfinished_tasks_are_found_through_the_small_partial_index(database):
     """History grows to millions of rows; what the worker does per run must not scan it."""
-    from edgeworker import ledger as ledger_module
     from edgeworker.models import IS_UNFINISHED
 
     queries = {
-        "busy": (ledger_module.SQL["busy"], (1, 2, "w")),
-        "pending": Task.select().where(IS_UNFINISHED & (Task.job == 1)
-                                       & (Task.origin == "schedule"))
-                               .order_by(Task.id.desc()).limit(1).sql(),
         "recovery": Task.select(Task.id, Task.status).where(IS_UNFINISHED).sql(),
-        "cancel": Task.update(status="cancelled").where(
-            IS_UNFINISHED & (Task.job == 1) & (Task.status == "created")).sql(),
+        "running": Task.select().where(IS_UNFINISHED & (Task.status == "running")).sql(),
     }
     for name, (sql, params) in queries.items():
-        assert "tasks_unfinished" in plan_of(database, sql, params), name
-    # the trap: the same condition with bound parameters scans the table
-    sql, params = Task.select().where(Task.status.in_(UNFINISHED)).sql()
-    assert "tasks_unfinished" not in plan_of(database, sql, params)
+        assert "tasks_queue" in plan_of(database, sql, params), name
+
+
+def test_a_finished_task_has_a_finish_time_and_an_unfinished_one_none(database):
+    with pytest.raises(peewee.IntegrityError, match="CHECK"):
+        database.execute_sql("INSERT INTO tasks (status, scheduled_for, due_at, created_at) "
+                             "VALUES ('succeeded', 'x', 'x', 'x')")
+    with pytest.raises(peewee.IntegrityError, match="CHECK"):
+        database.execute_sql("INSERT INTO tasks (status, scheduled_for, due_at, created_at, "
+                             "finished_at) VALUES ('created', 'x', 'x', 'x', 'x')")

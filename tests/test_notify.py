@@ -100,7 +100,7 @@ max_attempts = 2
         assert worker.proc.wait(20) == 0
         notify_socket.receive()
 
-    recovery_line = "recovered 1, re-enqueued 0, failed 0, cancelled 0, scheduled 0"
+    recovery_line = "recovered 1, failed 0, cancelled 0, scheduled 0"
     assert recovery_line in log_at_ready  # logged before READY=1 was sent
     assert "edgeworker running" in log_at_ready
     assert f"at start: {recovery_line}" in ready  # READY=1 carries a STATUS= line

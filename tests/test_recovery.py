@@ -14,12 +14,11 @@ from edgeworker.jobs import add_job
 from edgeworker.ledger import Ledger, Outcome
 from edgeworker.models import Job, Recovery, Task
 from edgeworker.processes import ProcessTable
-from edgeworker.queue import EdgeHuey
 
 
 @pytest.fixture
 def ledger(database):
-    return Ledger(EdgeHuey(database), worker="dead:1")
+    return Ledger(database, worker="dead:1")
 
 
 def add(ledger, name="j", **options):
@@ -29,28 +28,27 @@ def add(ledger, name="j", **options):
 
 def start_run(ledger, now=None):
     """A worker takes the next message and claims it... and then dies (nothing more happens)."""
-    task = claim_next(ledger, now).task
-    ledger.huey.running_jobs.clear()  # what it ran in memory died with it
-    return task
+    return claim_next(ledger, now).task
 
 
 def claim_next(ledger, now=None):
-    ledger.huey.bind(ledger.claim, lambda args, run: None)
-    return ledger.huey.dequeue(now or utcnow() + timedelta(days=1)).claimed
+    return ledger.claim(now or utcnow() + timedelta(days=1))
 
 
 def queued(ledger):
-    return sorted((a.task_id, a.recovering_attempt) for a in ledger.huey.payloads())
+    """The queue: waiting rows, with the attempt a recovery re-runs."""
+    return sorted((t.id, t.recovering_attempt) for t in ledger.waiting())
 
 
 def test_a_running_task_gets_a_recovery_message_and_the_worker_resets_it(ledger):
     add(ledger, max_attempts=3, catch_up="once")
     task = start_run(ledger)
-    plan = recovery.recover(Ledger(ledger.huey, worker="new:2"), utcnow())
+    plan = recovery.recover(Ledger(ledger.db, worker="new:2"), utcnow())
     assert plan.counts()["recovered"] == 1
-    assert Task.get_by_id(task.id).status == "running"  # unchanged until a worker takes it
-    assert (task.id, 1) in queued(ledger)
-    run = ledger.huey.dequeue(utcnow()).claimed
+    assert (task.id, 1) in queued(ledger)  # waiting again, to re-run attempt 1
+    run = ledger.claim(utcnow())
+    assert run.args.payload() == {"job_id": task.job_id, "task_id": task.id,
+                                  "recovering_attempt": 1}  # huey's recovery message
     assert (run.task.id, run.recovered, run.task.attempt, run.task.recovered_count) == (
         task.id, True, 2, 1)
 
@@ -59,8 +57,7 @@ def test_no_attempt_left_fails_with_the_reason(ledger):
     add(ledger, max_attempts=1, catch_up="once")
     task = start_run(ledger)
     plan = recovery.recover(ledger, utcnow())
-    assert plan.counts() == {"recovered": 0, "requeued": 0, "failed": 1, "cancelled": 0,
-                             "scheduled": 1}
+    assert plan.counts() == {"recovered": 0, "failed": 1, "cancelled": 0, "scheduled": 1}
     task = Task.get_by_id(task.id)
     assert (task.status, task.error) == ("failed", "interrupted on attempt 1 of 1 (the worker "
                                                    "stopped while it ran): no attempt left")
@@ -107,16 +104,12 @@ def test_catch_up_all_replays_missed_slots_up_to_the_limit(ledger):
     assert pending.scheduled_for == task.scheduled_for + timedelta(minutes=16)
 
 
-def test_a_created_task_whose_message_was_lost_is_requeued(ledger):
+def test_a_created_task_needs_no_recovery(ledger):
     add(ledger)
     [task] = Task.select()
-    ledger.huey.storage.flush_schedule()  # taken from the queue, then the crash
     plan = recovery.recover(ledger, utcnow())
-    assert plan.counts()["requeued"] == 1
-    assert queued(ledger) == [(task.id, None)]
-    assert ledger.huey.storage.schedule_size() == 1  # still waits for its slot
-    plan = recovery.recover(ledger, utcnow())
-    assert plan.counts()["requeued"] == 0  # it has its message now
+    assert plan.counts() == {"recovered": 0, "failed": 0, "cancelled": 0, "scheduled": 0}
+    assert queued(ledger) == [(task.id, None)]  # the row is its place in the queue
 
 
 def test_an_earlier_starts_recovery_message_is_not_duplicated(ledger):
@@ -132,7 +125,6 @@ def test_every_active_job_gets_exactly_one_pending_run(ledger):
     for name in ("a", "b", "c"):
         add(ledger, name)
     Task.delete().execute()
-    ledger.huey.storage.flush_schedule()
     plan = recovery.recover(ledger, utcnow())
     assert plan.counts()["scheduled"] == 3
     assert Task.select().where(Task.status == "created").count() == 3
@@ -168,7 +160,7 @@ def test_ten_thousand_interrupted_tasks(ledger):
     plan = recovery.recover(ledger, now)
     elapsed = time.perf_counter() - started
     assert plan.counts()["recovered"] == 10_000
-    assert len(ledger.huey.payloads()) == 10_001  # and the job's scheduled run
+    assert len(ledger.waiting()) == 10_001  # and the job's scheduled run
     print(f"recovered 10,000 tasks in {elapsed * 1000:.0f} ms")
 
 
@@ -241,7 +233,7 @@ def test_leftovers_of_an_interrupted_run_are_ended_before_it_is_requeued(ledger,
     table = WatchedTable.for_database(database.database)
     table.ledger = ledger
     try:
-        plan = recovery.recover(Ledger(ledger.huey, worker="new:2"), utcnow(), table)
+        plan = recovery.recover(Ledger(ledger.db, worker="new:2"), utcnow(), table)
     finally:
         tree.proc.wait()
         table.close()

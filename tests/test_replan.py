@@ -8,8 +8,7 @@ import pytest
 from edgeworker.config import JobSpec
 from edgeworker.jobs import add_job
 from edgeworker.ledger import Ledger, Outcome
-from edgeworker.models import Task
-from edgeworker.queue import EdgeHuey
+from edgeworker.models import Job, Task
 
 T = datetime(2026, 12, 2, 10, 0, 30, tzinfo=UTC)
 DAY = 86400.0
@@ -17,7 +16,7 @@ DAY = 86400.0
 
 @pytest.fixture
 def ledger(database):
-    return Ledger(EdgeHuey(database), worker="test:1")
+    return Ledger(database, worker="test:1")
 
 
 def add(ledger, name, now=T, **schedule):
@@ -30,14 +29,11 @@ def pending(ledger, job):
     return task
 
 
-def queued(ledger) -> dict[int, datetime | None]:
-    """task id -> the due time its queue message carries (None: ready now)."""
-    found = {}
-    for table, _, data in ledger.huey.storage.rows():
-        message = ledger.huey.serializer.deserialize(data)
-        eta = message.eta.replace(tzinfo=UTC) if message.eta else None
-        found[message.args[0]["task_id"]] = eta if table.endswith("schedule") else None
-    return found
+def queued(ledger, hold=False) -> dict[int, datetime]:
+    """task id -> when a worker may claim it, for runs a worker would claim (`hold`: while cron
+    jobs wait for the clock)."""
+    return {t.id: t.due_at for t in ledger.waiting()
+            if not (hold and t.origin == "schedule" and Job.get_by_id(t.job_id).cron)}
 
 
 @pytest.mark.parametrize("moved", [-3600, -DAY, 90 * DAY])
@@ -46,7 +42,6 @@ def test_an_interval_run_keeps_its_wait_whichever_way_the_clock_moves(ledger, mo
     before = pending(ledger, job)
     assert before.due_at == datetime(2026, 12, 2, 10, 1, tzinfo=UTC)
     now = T + timedelta(seconds=moved)
-    ledger.huey.now = lambda: now  # the worker's clock, as the daemon sets it
     assert ledger.replan(moved, now) == 1
     after = pending(ledger, job)
     assert after.due_at - now == before.due_at - T  # still 30 s to wait
@@ -56,9 +51,8 @@ def test_an_interval_run_keeps_its_wait_whichever_way_the_clock_moves(ledger, mo
 
 def test_a_retry_keeps_its_back_off(ledger):
     job = add(ledger, "flaky", every=3600.0, max_attempts=3, retry_delay=20.0)
-    ledger.huey.bind(ledger.claim, lambda args, run: None)
-    message = ledger.huey.dequeue(T + timedelta(hours=1))
-    retried = ledger.finish(message.claimed, Outcome(False, 1, "boom"), T + timedelta(hours=1))
+    run = ledger.claim(T + timedelta(hours=1))
+    retried = ledger.finish(run, Outcome(False, 1, "boom"), T + timedelta(hours=1))
     wait = retried.due_at - (T + timedelta(hours=1))
     ledger.replan(-DAY, T + timedelta(hours=1) - timedelta(days=1))
     after = Task.get_by_id(retried.id)
@@ -111,15 +105,14 @@ def test_cron_rule_a_large_step_forward_applies_catch_up(ledger, catch_up, expec
 def test_hold_and_release_cron_runs(ledger):
     cron = add(ledger, "nightly", cron="0 3 * * *", catch_up="once")
     tick = add(ledger, "tick", every=60.0)
-    assert ledger.hold_calendar() == 1
-    assert list(queued(ledger)) == [pending(ledger, tick).id]  # interval jobs run meanwhile
-    assert ledger.hold_calendar() == 0  # nothing more to take
+    assert ledger.held_calendar() == 1
     later = datetime(2026, 12, 3, 4, tzinfo=UTC)  # held past its 03:00 slot
-    ledger.huey.now = lambda: later
+    assert ledger.claim(later, hold=True).job.id == tick.id  # interval jobs run meanwhile
+    assert ledger.claim(later, hold=True) is None  # the cron run waits
     assert ledger.release_calendar(later) == 1
     task = pending(ledger, cron)
     assert task.scheduled_for == datetime(2026, 12, 3, 3, tzinfo=UTC)  # catch-up once: it runs
-    assert queued(ledger)[task.id] is None or queued(ledger)[task.id] <= later
+    assert ledger.claim(later).task.id == task.id
 
 
 def test_high_water_mark(ledger):
@@ -142,7 +135,7 @@ def test_commands_date_nothing_before_the_high_water_mark(migrated):
     migrated.ok("jobs", "add", "tick", "--command", "true", "--every", "1m")
     from edgeworker import models
 
-    ledger = Ledger(EdgeHuey(models.database.obj), worker="test:1")
+    ledger = Ledger(models.database.obj, worker="test:1")
     ahead = utcnow() + timedelta(hours=5)  # the worker ran while the clock was 5 h ahead
     ledger.save_clock(ahead)
     migrated.ok("jobs", "run", "tick")

@@ -46,7 +46,7 @@ def test_one_query_for_all_jobs(database):
 def test_the_jobs_query_reads_no_history_but_each_jobs_newest_tasks(database):
     sql, params = report._jobs_query().sql()
     plan = plan_of(database, sql, params)
-    assert "tasks_unfinished" in plan and "tasks_job_id" in plan, plan
+    assert "tasks_queue" in plan and "tasks_job_id" in plan, plan
     scans = [step for step in plan.split(" / ") if step.startswith("SCAN")]
     assert all("INDEX" in step for step in scans), plan  # no walk over every task
 
@@ -162,7 +162,7 @@ def test_worker_since_its_recovery_and_last_seen_when_down(database):
 
     now = utcnow()
     Recovery.create(started_at=now - timedelta(hours=1), duration_ms=1, worker="b00t:4242:1",
-                    recovered=0, requeued=0, failed=0, cancelled=0, scheduled=0)
+                    recovered=0, failed=0, cancelled=0, scheduled=0)
     assert report.worker(4242)["since"] == to_text(now - timedelta(hours=1))
     assert report.worker(99)["since"] is None
     add_jobs(1)

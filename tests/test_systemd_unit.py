@@ -307,7 +307,7 @@ def test_the_unit_runs_the_binary_sandboxed(sd):
     assert sd.path("/var/lib/edgeworker").stat().st_mode & 0o777 == 0o700
     journal = sd.journal(UNIT)
     assert f"applied {LATEST_MIGRATION}" in journal  # ExecStartPre=migrate
-    assert "INFO recovered 0, re-enqueued 0" in journal
+    assert "INFO recovered 0, failed 0" in journal
 
 
 @needs_systemd

@@ -1,0 +1,67 @@
+"""The statements of the run path, named, written out once (tests/test_sql.py EXPLAINs each).
+
+peewee builds a query's SQL text anew each time, which cost more CPU than SQLite took to run these.
+The `tasks` table is the queue: a run waits as a `created` row with its `due_at`, and the one
+partial index `tasks_queue` (unfinished rows, by due time) serves every statement here that
+looks at waiting or running runs. A row leaves that index only when it finishes (`finished_at` is
+set); a claim changes no indexed column, so it writes one page.
+"""
+
+from __future__ import annotations
+
+from edgeworker.models import Job, Task
+
+
+def columns(model) -> str:
+    return ", ".join(field.column_name for field in model._meta.sorted_fields)
+
+
+# A run another may take: created, its job enabled and not paused, no run of the job running, and
+# (while cron jobs wait for a synchronised clock, :hold) not a cron job's scheduled run.
+CLAIMABLE = """FROM tasks t JOIN jobs j ON j.id = t.job_id
+    WHERE t.finished_at IS NULL AND t.status = 'created' AND j.enabled AND NOT j.paused
+      AND NOT (:hold AND j.cron IS NOT NULL AND t.origin = 'schedule' AND t.attempt = 0)
+      AND t.job_id NOT IN (SELECT job_id FROM tasks INDEXED BY tasks_queue
+                           WHERE finished_at IS NULL AND status = 'running'
+                             AND job_id IS NOT NULL)"""
+
+TASK_COLUMNS = columns(Task)
+
+STATEMENTS = {
+    "job": f"SELECT {columns(Job)} FROM jobs WHERE id = ?",
+    "task": f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?",
+    "create": "INSERT INTO tasks (job_id, status, origin, scheduled_for, due_at, attempt, "
+              "recovered_count, created_at) VALUES (?, 'created', ?, ?, ?, 0, 0, ?)",
+    # Is a run due now? A read, so that a look that finds nothing takes no write lock.
+    "due": f"SELECT 1 {CLAIMABLE} AND t.due_at <= :now LIMIT 1",
+    # The claim: the next due, claimable run, in one statement.
+    "claim": "UPDATE tasks SET status = 'running', attempt = attempt + 1, started_at = :now, "
+             f"worker = :worker WHERE id = (SELECT t.id {CLAIMABLE} AND t.due_at <= :now "
+             f"ORDER BY t.due_at, t.id LIMIT 1) RETURNING {TASK_COLUMNS}",
+    # When the next claimable run falls due: how long an idle worker thread sleeps.
+    "next_due": f"SELECT min(t.due_at) {CLAIMABLE}",
+    # running -> succeeded | failed | created (a retry), only if still this claim's.
+    "finish": "UPDATE tasks SET status = ?, finished_at = ?, due_at = ?, exit_code = ?, "
+              "error = ?, output = ? WHERE id = ? AND status = 'running' AND attempt = ?",
+    "unreadable": "UPDATE tasks SET status = 'failed', finished_at = ?, error = ? WHERE id = ?",
+    # A queued run (huey's enqueue or schedule for a row that exists) is due at a new time.
+    "requeue": "UPDATE tasks SET due_at = ? WHERE id = ? AND status = 'created'",
+    # running -> created for the attempt a dead worker was running (the seed's reset).
+    # It is due at once (its due time has passed, unless a clock step moved the worker's time).
+    "recover": "UPDATE tasks SET status = 'created', recovered_count = recovered_count + 1, "
+               "recovering_attempt = attempt, due_at = min(due_at, ?) "
+               "WHERE id = ? AND status = 'running' AND attempt = ?",
+    # A job's unfinished runs are found through tasks_queue (named: without, SQLite walks the
+    # job's whole history in tasks_job_id).
+    "pending": f"SELECT {TASK_COLUMNS} FROM tasks INDEXED BY tasks_queue WHERE finished_at IS NULL "
+               "AND job_id = ? AND origin = 'schedule' ORDER BY id DESC LIMIT 1",
+    "cancel_waiting": "UPDATE tasks SET status = 'cancelled', finished_at = ?, error = ? "
+                      "WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_queue "
+                      "WHERE finished_at IS NULL AND job_id = ? AND status = 'created')",
+    "cancelled": "SELECT status, attempt, error FROM tasks WHERE id = ?",
+    # Runs waiting: due now (ready) and later (scheduled).
+    "depth": "SELECT coalesce(sum(due_at <= ?), 0), coalesce(sum(due_at > ?), 0) FROM tasks "
+             "WHERE finished_at IS NULL AND status = 'created'",
+    "waiting": f"SELECT {TASK_COLUMNS} FROM tasks WHERE finished_at IS NULL AND status = 'created' "
+               "ORDER BY due_at, id LIMIT ?",
+}

@@ -1,0 +1,27 @@
+"""Every named statement of the run path (edgeworker.sql) runs through an index: none scans the
+tasks table, whose history grows to millions of rows."""
+
+import pytest
+
+from edgeworker.sql import STATEMENTS
+
+PARAMS = {"now": "2026-01-01T00:00:00.000000Z", "hold": 0, "worker": "w"}
+
+
+def plan_of(database, sql: str) -> list[str]:
+    params = PARAMS if ":now" in sql or ":hold" in sql else ("x",) * sql.count("?")
+    return [row[-1] for row in database.execute_sql(f"EXPLAIN QUERY PLAN {sql}", params)]
+
+
+@pytest.mark.parametrize("name", sorted(STATEMENTS))
+def test_no_statement_scans_the_tasks_table(database, name):
+    plan = plan_of(database, STATEMENTS[name])
+    assert not [step for step in plan if step.startswith("SCAN")
+                and "INDEX tasks_queue" not in step], (name, plan)
+    assert not [step for step in plan if "tasks_job_id" in step], (name, plan)
+
+
+def test_the_claim_walks_the_queue_index_in_due_order(database):
+    plan = plan_of(database, STATEMENTS["claim"])
+    assert "SEARCH t USING INDEX tasks_queue (due_at<?)" in plan
+    assert not [step for step in plan if "TEMP B-TREE" in step], plan  # no sort: index order
