@@ -26,17 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeworker.durations import LONGEST, format_duration, parse_duration
 from edgeworker.errors import ConfigError
 
-DURATION_HELP = "a duration such as 500ms, 30s, 5m, 1h30m or 7d"
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _CALLABLE = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
-# Every duration is bounded: a year is plenty for anything a box schedules, and far larger values
-# overflow date arithmetic at run time (timedelta, year 9999).
-LONGEST = 365 * 86400.0
 # SQLite takes its busy timeout in milliseconds as a 32-bit int; Python turns more than ~24 days
 # into 0 (no waiting at all) without a word.
 LONGEST_BUSY_TIMEOUT = 86400.0
@@ -48,37 +43,6 @@ CRON_HELP = '(minute hour day-of-month month day-of-week, e.g. "*/5 * * * *")'
 CATCH_UP_POLICIES = ("skip", "once", "all")
 DURABILITY_LEVELS = ("full", "normal")
 LOG_FORMATS = ("text", "json")
-
-
-def parse_duration(text: str) -> float:
-    """`1h30m` -> 5400.0 seconds. Raises ValueError naming what is allowed."""
-    if not isinstance(text, str):
-        raise ValueError(f"{text!r} is not {DURATION_HELP} (give it as a string with a unit)")
-    spec = text.strip().replace(" ", "")
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(spec):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    if not spec or pos != len(spec):
-        raise ValueError(f"{text!r} is not {DURATION_HELP}")
-    return total
-
-
-def format_duration(seconds: float) -> str:
-    """The inverse of parse_duration, for display: 5400 -> '1h30m'."""
-    if seconds < 1 and seconds != 0:
-        return f"{round(seconds * 1000)}ms"
-    out, rest = [], seconds
-    for unit in ("d", "h", "m"):
-        size = _UNIT_SECONDS[unit]
-        if rest >= size:
-            out.append(f"{int(rest // size)}{unit}")
-            rest -= (rest // size) * size
-    if rest or not out:
-        out.append(f"{rest:g}s")
-    return "".join(out)
 
 
 @dataclass(frozen=True)
