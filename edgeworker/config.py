@@ -171,55 +171,35 @@ _JOB_NEEDS = (
 
 
 class _Where:
-    """Builds `file:line: table: key` prefixes for error messages."""
+    """Finds where a table or key is in the file's text, for `file:line: message` errors."""
 
     def __init__(self, path: Path | None, text: str = ""):
         self.path = path
-        self.lines = text.splitlines()
-
-    def _line_of(self, header: str, index: int, key: str | None) -> int | None:
-        """Line number of `key = ` inside the index-th `[header]`/`[[header]]` table."""
-        seen, in_table = -1, False
-        header_re = re.compile(r"\s*\[\[?\s*" + re.escape(header) + r"\s*\]\]?\s*(#.*)?$")
-        for number, line in enumerate(self.lines, start=1):
-            if header_re.match(line):
-                seen += 1
-                in_table = seen == index
-                if in_table and key is None:
-                    return number
+        # (table, its index among tables of that name, key or None for the header) -> line
+        self.lines: dict[tuple[str, int, str | None], int] = {}
+        table, seen = "", {"": 0}
+        for number, line in enumerate(text.splitlines(), start=1):
+            if header := re.match(r"\s*\[\[?\s*([^\]]*?)\s*\]", line):
+                table, key = header.group(1), None
+                seen[table] = seen.get(table, -1) + 1
+            elif assignment := re.match(r"\s*([\w-]+)\s*=", line):
+                key = assignment.group(1)
+            else:
                 continue
-            if line.lstrip().startswith("["):
-                if in_table:
-                    return None
-                continue
-            if in_table and key and re.match(r"\s*" + re.escape(key) + r"\s*=", line):
-                return number
-        return None
-
-    def top_line(self, key: str) -> int | None:
-        """Line number of a top-level `key = ` or of a `[key]`/`[[key]]`/`[key.sub]` header."""
-        header_re = re.compile(r"\s*\[\[?\s*" + re.escape(key) + r"\s*[\].]")
-        in_table = False
-        for number, line in enumerate(self.lines, start=1):
-            if header_re.match(line):
-                return number
-            if line.lstrip().startswith("["):
-                in_table = True
-            elif not in_table and re.match(r"\s*" + re.escape(key) + r"\s*=", line):
-                return number
-        return None
+            self.lines.setdefault((table, seen[table], key), number)
 
     def error(self, message: str, header: str | None = None, index: int = 0,
               key: str | None = None) -> ConfigError:
-        where = str(self.path) if self.path else "config"
-        line = self._line_of(header, index, key) if header else None
-        if header is None and key is not None:
-            line = self.top_line(key)
-        if line is None and header and key:
-            line = self._line_of(header, index, None)
-        if line is not None:
-            where += f":{line}"
-        return ConfigError(f"{where}: {message}")
+        """`file:line: message`, at `key` in the index-th `[header]` table (or at the table), or
+        at a top-level key or table `key` when no header is given."""
+        lines = self.lines
+        if header is not None:
+            line = lines.get((header, index, key)) or lines.get((header, index, None))
+        else:  # a top-level key, or the first [key] or [key.sub] table
+            tables = (number for (table, _, k), number in lines.items()
+                      if k is None and table.split(".")[0].strip() == key)
+            line = lines.get(("", 0, key)) or next(tables, None)
+        return ConfigError(f"{self.path or 'config'}{f':{line}' if line else ''}: {message}")
 
 
 def load_config(path: Path | None) -> Config:
