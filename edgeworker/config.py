@@ -11,9 +11,9 @@ A file looks like::
     command = "curl -fsS https://example.net/ping"
     every = "30s"
 
-Each key of a table is a field of its dataclass, declared with `key(default, kind, ...)`: what it
-takes and which values are allowed. One loader walks those declarations for every table; the few
-rules that tie keys together (a job's target and its schedule) follow it as small functions.
+Each key of a table is a field of its dataclass, declared with `setting(default, kind, ...)`:
+what it takes and which values are allowed. One loader walks those declarations for every table;
+the few rules that tie keys together (a job's target and its schedule) follow as small functions.
 Every error names the file, the line (where it can be found), the job or key, and what is allowed:
 typos must not pass silently, so unknown keys are errors too.
 """
@@ -62,81 +62,85 @@ class Rule:
     hint: str = ""  # added to a bad value's message, e.g. ', or "off"'
 
 
-def key(default: Any = MISSING, kind: str = "", low: float = 0, high: float = LONGEST,
-        **rule: Any) -> Any:
-    """A dataclass field that is also a key of the file."""
+def setting(default: Any = MISSING, kind: str = "", low: float = 0, high: float = LONGEST,
+            **rule: Any) -> Any:
+    """A dataclass field that is also a key of the file, checked by `Rule(kind, low, high, ...)`."""
     return field(default=default, metadata={"rule": Rule(kind, low, high, **rule)})
-
-
-_OFF = (("off", None),)
 
 
 @dataclass(frozen=True)
 class JobSpec:
     """One job as the user declared it (config file or `jobs add`)."""
 
-    name: str = key(kind="name")
+    name: str = setting(kind="name")
     kind: str  # "command" | "callable": the key given
     target: str  # a command line (shlex unless shell) or "pkg.mod:func"
-    shell: bool = key(False, "bool")
-    every: float | None = key(None, "duration", 0.1)
-    cron: str | None = key(None, "cron")
-    timezone: str | None = key(None, "timezone")
-    timeout: float | None = key(None, "duration", positive=True)
+    shell: bool = setting(False, "bool")
+    every: float | None = setting(None, "duration", 0.1)
+    cron: str | None = setting(None, "cron")
+    timezone: str | None = setting(None, "timezone")
+    timeout: float | None = setting(None, "duration", positive=True)
     # 3, not 1: an attempt is counted when a run starts, so a run that a power cut interrupts
     # has used one; with a single attempt it could not run again.
-    max_attempts: int = key(3, "int", 1, 1000)
-    retry_delay: float = key(10.0, "duration")
-    catch_up: str = key("skip", "choice", choices=CATCH_UP_POLICIES)
-    catch_up_limit: int = key(10, "int", 1, 100_000)
-    jitter: float = key(0.0, "duration")
-    enabled: bool = key(True, "bool")
-    env: tuple[tuple[str, str], ...] = key((), "env")
-    cwd: str | None = key(None, "directory")
-    env_file: Path | None = key(None, "path")  # KEY=VALUE lines read at each run (secrets)
-    isolate: bool = key(False, "bool")  # a callable in a child process, stoppable at its timeout
+    max_attempts: int = setting(3, "int", 1, 1000)
+    retry_delay: float = setting(10.0, "duration")
+    catch_up: str = setting("skip", "choice", choices=CATCH_UP_POLICIES)
+    catch_up_limit: int = setting(10, "int", 1, 100_000)
+    jitter: float = setting(0.0, "duration")
+    enabled: bool = setting(True, "bool")
+    env: tuple[tuple[str, str], ...] = setting((), "env")
+    cwd: str | None = setting(None, "directory")
+    env_file: Path | None = setting(None, "path")  # KEY=VALUE lines read at each run (secrets)
+    isolate: bool = setting(False, "bool")  # a callable in a child process, stopped at its timeout
     # Alerts (edgeworker.alerts); None takes the [worker] default, "" turns it off for this job.
-    on_failure: str | None = key(None, "hook")  # a command line, run after a final failure
-    on_success: str | None = key(None, "hook")
-    on_retry: str | None = key(None, "hook")  # after a failed attempt that will be retried
-    ping_url: str | None = key(None, "url")  # healthchecks.io-style: /start, the URL, /fail
+    on_failure: str | None = setting(None, "hook")  # a command line, run after a final failure
+    on_success: str | None = setting(None, "hook")
+    on_retry: str | None = setting(None, "hook")  # after a failed attempt that will be retried
+    ping_url: str | None = setting(None, "url")  # healthchecks.io-style: /start, the URL, /fail
     # No success for this long: on_failure, status overdue. "off" (0) undoes the [worker] default.
-    alert_after: float | None = key(None, "duration", 1.0, words=(("off", 0.0),), hint=', or "off"')
+    alert_after: float | None = setting(None, "duration", 1.0, words=(("off", 0.0),),
+                                        hint=', or "off"')
 
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    database: Path | None = key(None, "path")
-    workers: int = key(2, "int", 1, 64)
-    durability: str = key("full", "choice", choices=DURABILITY_LEVELS)
-    busy_timeout: float = key(5.0, "duration", high=LONGEST_BUSY_TIMEOUT, positive=True)
-    shutdown_timeout: float = key(30.0, "duration")
-    retention: float | None = key(7 * 86400.0, "duration", positive=True, words=(
+    """The [worker] table."""
+
+    database: Path | None = setting(None, "path")
+    workers: int = setting(2, "int", 1, 64)
+    durability: str = setting("full", "choice", choices=DURABILITY_LEVELS)
+    busy_timeout: float = setting(5.0, "duration", high=LONGEST_BUSY_TIMEOUT, positive=True)
+    shutdown_timeout: float = setting(30.0, "duration")
+    retention: float | None = setting(7 * 86400.0, "duration", positive=True, words=(
         ("forever", None), ("off", None)), hint=', or "forever" to keep every task')
     # Every worker thread busy this long: say so.
-    busy_alert: float | None = key(3600.0, "duration", positive=True, words=_OFF, hint=', or "off"')
-    python_path: tuple[Path, ...] = key((), "paths")
-    log_format: str = key("text", "choice", choices=LOG_FORMATS)
-    log_level: str = key("info", "choice", choices=LOG_LEVELS)
+    busy_alert: float | None = setting(3600.0, "duration", positive=True, words=(("off", None),),
+                                       hint=', or "off"')
+    python_path: tuple[Path, ...] = setting((), "paths")
+    log_format: str = setting("text", "choice", choices=LOG_FORMATS)
+    log_level: str = setting("info", "choice", choices=LOG_LEVELS)
     # Cron jobs wait for a synchronised clock ("auto": when a time daemon runs), at most this long.
-    wait_for_clock_sync: str = key("auto", "choice", choices=("auto",), words=(
+    wait_for_clock_sync: str = setting("auto", "choice", choices=("auto",), words=(
         (True, "yes"), (False, "no")), hint=", true or false")
-    clock_sync_timeout: float = key(600.0, "duration")
-    env_file: Path | None = key(None, "path")  # for every job, under each job's own
+    clock_sync_timeout: float = setting(600.0, "duration")
+    env_file: Path | None = setting(None, "path")  # for every job, under each job's own
     # Alerts: defaults for every job (a job's own value overrides), see edgeworker.alerts.
-    on_failure: str | None = key(None, "hook")
-    on_success: str | None = key(None, "hook")
-    on_retry: str | None = key(None, "hook")
-    ping_url: str | None = key(None, "url")
-    alert_after: float | None = key(None, "duration", 1.0, words=(("off", 0.0),), hint=', or "off"')
-    hook_timeout: float = key(30.0, "duration", positive=True)  # a hook is stopped after this
+    on_failure: str | None = setting(None, "hook")
+    on_success: str | None = setting(None, "hook")
+    on_retry: str | None = setting(None, "hook")
+    ping_url: str | None = setting(None, "url")
+    alert_after: float | None = setting(None, "duration", 1.0, words=(("off", 0.0),),
+                                        hint=', or "off"')
+    hook_timeout: float = setting(30.0, "duration", positive=True)  # a hook is stopped after this
 
 
 @dataclass(frozen=True)
 class MetricsSettings:
-    textfile: Path | None = key(None, "path")
+    """The [metrics] table (edgeworker.metrics)."""
+
+    textfile: Path | None = setting(None, "path")
     # How often the worker looks for changed values.
-    interval: float = key(15.0, "duration", 0.1, positive=True)
+    interval: float = setting(15.0, "duration", 0.1, positive=True)
 
 
 @dataclass(frozen=True)
