@@ -160,12 +160,13 @@ class Config:
 
 
 def _rules(cls: type) -> dict[str, Rule]:
+    """The keys of a table: its dataclass's `setting()` fields, in their order."""
     return {f.name: f.metadata["rule"] for f in fields(cls) if "rule" in f.metadata}
 
 
 _SECTIONS = {"worker": WorkerSettings, "metrics": MetricsSettings}
 _JOB_RULES = {**_rules(JobSpec), "command": Rule("command"), "callable": Rule("callable")}
-_JOB_NEEDS = (
+_JOB_NEEDS = (  # keys a job must give exactly one of: (keys, key to blame, message)
     (("name",), "name", "missing; every job needs a unique name"),
     (("command", "callable"), None,
      "give exactly one of 'command' (a program to run) or 'callable' (package.module:function)"),
