@@ -11,6 +11,9 @@ A file looks like::
     command = "curl -fsS https://example.net/ping"
     every = "30s"
 
+Each key of a table is a field of its dataclass, declared with `setting(default, kind, ...)`:
+what it takes and which values are allowed. One loader walks those declarations for every table;
+the few rules that tie keys together (a job's target and its schedule) follow as small functions.
 Every error names the file, the line (where it can be found), the job or key, and what is allowed:
 typos must not pass silently, so unknown keys are errors too.
 """
@@ -22,21 +25,16 @@ import re
 import shlex
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from edgeworker.durations import LONGEST, format_duration, parse_duration
 from edgeworker.errors import ConfigError
 
-DURATION_HELP = "a duration such as 500ms, 30s, 5m, 1h30m or 7d"
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _CALLABLE = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
-# Every duration is bounded: a year is plenty for anything a box schedules, and far larger values
-# overflow date arithmetic at run time (timedelta, year 9999).
-LONGEST = 365 * 86400.0
 # SQLite takes its busy timeout in milliseconds as a 32-bit int; Python turns more than ~24 days
 # into 0 (no waiting at all) without a word.
 LONGEST_BUSY_TIMEOUT = 86400.0
@@ -48,100 +46,101 @@ CRON_HELP = '(minute hour day-of-month month day-of-week, e.g. "*/5 * * * *")'
 CATCH_UP_POLICIES = ("skip", "once", "all")
 DURABILITY_LEVELS = ("full", "normal")
 LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def parse_duration(text: str) -> float:
-    """`1h30m` -> 5400.0 seconds. Raises ValueError naming what is allowed."""
-    if not isinstance(text, str):
-        raise ValueError(f"{text!r} is not {DURATION_HELP} (give it as a string with a unit)")
-    spec = text.strip().replace(" ", "")
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(spec):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    if not spec or pos != len(spec):
-        raise ValueError(f"{text!r} is not {DURATION_HELP}")
-    return total
+@dataclass(frozen=True)
+class Rule:
+    """What one key of the file takes. `kind` is one of the cases of `_value`."""
+
+    kind: str
+    low: float = 0  # int: the smallest; duration: the shortest
+    high: float = LONGEST  # int: the largest; duration: the longest
+    choices: tuple[Any, ...] = ()
+    positive: bool = False  # a duration of 0 is refused
+    words: tuple[tuple[Any, Any], ...] = ()  # values taken as they are: (("off", None),)
+    hint: str = ""  # added to a bad value's message, e.g. ', or "off"'
 
 
-def format_duration(seconds: float) -> str:
-    """The inverse of parse_duration, for display: 5400 -> '1h30m'."""
-    if seconds < 1 and seconds != 0:
-        return f"{round(seconds * 1000)}ms"
-    out, rest = [], seconds
-    for unit in ("d", "h", "m"):
-        size = _UNIT_SECONDS[unit]
-        if rest >= size:
-            out.append(f"{int(rest // size)}{unit}")
-            rest -= (rest // size) * size
-    if rest or not out:
-        out.append(f"{rest:g}s")
-    return "".join(out)
+def setting(default: Any = MISSING, kind: str = "", low: float = 0, high: float = LONGEST,
+            **rule: Any) -> Any:
+    """A dataclass field that is also a key of the file, checked by `Rule(kind, low, high, ...)`."""
+    return field(default=default, metadata={"rule": Rule(kind, low, high, **rule)})
 
 
 @dataclass(frozen=True)
 class JobSpec:
     """One job as the user declared it (config file or `jobs add`)."""
 
-    name: str
-    kind: str  # "command" | "callable"
-    target: str  # a command line (split with shlex unless shell) or "package.module:function"
-    shell: bool = False
-    every: float | None = None
-    cron: str | None = None
-    timezone: str | None = None
-    timeout: float | None = None
+    name: str = setting(kind="name")
+    kind: str  # "command" | "callable": the key given
+    target: str  # a command line (shlex unless shell) or "pkg.mod:func"
+    shell: bool = setting(False, "bool")
+    every: float | None = setting(None, "duration", 0.1)
+    cron: str | None = setting(None, "cron")
+    timezone: str | None = setting(None, "timezone")
+    timeout: float | None = setting(None, "duration", positive=True)
     # 3, not 1: an attempt is counted when a run starts, so a run that a power cut interrupts
     # has used one; with a single attempt it could not run again.
-    max_attempts: int = 3
-    retry_delay: float = 10.0
-    catch_up: str = "skip"
-    catch_up_limit: int = 10
-    jitter: float = 0.0
-    enabled: bool = True
-    env: tuple[tuple[str, str], ...] = ()
-    cwd: str | None = None
-    env_file: Path | None = None  # KEY=VALUE lines read at each run (secrets stay out of here)
-    isolate: bool = False  # a callable in a child process, stoppable at its timeout
+    max_attempts: int = setting(3, "int", 1, 1000)
+    retry_delay: float = setting(10.0, "duration")
+    catch_up: str = setting("skip", "choice", choices=CATCH_UP_POLICIES)
+    catch_up_limit: int = setting(10, "int", 1, 100_000)
+    jitter: float = setting(0.0, "duration")
+    enabled: bool = setting(True, "bool")
+    env: tuple[tuple[str, str], ...] = setting((), "env")
+    cwd: str | None = setting(None, "directory")
+    env_file: Path | None = setting(None, "path")  # KEY=VALUE lines read at each run (secrets)
+    isolate: bool = setting(False, "bool")  # a callable in a child process, stopped at its timeout
     # Alerts (edgeworker.alerts); None takes the [worker] default, "" turns it off for this job.
-    on_failure: str | None = None  # a command line (shlex), run after a run's final failure
-    on_success: str | None = None
-    on_retry: str | None = None  # after a failed attempt that will be retried
-    ping_url: str | None = None  # healthchecks.io-style: /start, the URL itself, /fail
-    alert_after: float | None = None  # no success for this long: on_failure, status overdue
+    on_failure: str | None = setting(None, "hook")  # a command line, run after a final failure
+    on_success: str | None = setting(None, "hook")
+    on_retry: str | None = setting(None, "hook")  # after a failed attempt that will be retried
+    ping_url: str | None = setting(None, "url")  # healthchecks.io-style: /start, the URL, /fail
+    # No success for this long: on_failure, status overdue. "off" (0) undoes the [worker] default.
+    alert_after: float | None = setting(None, "duration", 1.0, words=(("off", 0.0),),
+                                        hint=', or "off"')
 
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    database: Path | None = None
-    workers: int = 2
-    durability: str = "full"
-    busy_timeout: float = 5.0
-    shutdown_timeout: float = 30.0
-    retention: float | None = 7 * 86400.0
-    busy_alert: float | None = 3600.0  # every worker thread busy this long: say so
-    python_path: tuple[Path, ...] = ()
-    log_format: str = "text"
-    log_level: str = "info"
+    """The [worker] table."""
+
+    database: Path | None = setting(None, "path")
+    workers: int = setting(2, "int", 1, 64)
+    durability: str = setting("full", "choice", choices=DURABILITY_LEVELS)
+    busy_timeout: float = setting(5.0, "duration", high=LONGEST_BUSY_TIMEOUT, positive=True)
+    shutdown_timeout: float = setting(30.0, "duration")
+    retention: float | None = setting(7 * 86400.0, "duration", positive=True, words=(
+        ("forever", None), ("off", None)), hint=', or "forever" to keep every task')
+    # Every worker thread busy this long: say so.
+    busy_alert: float | None = setting(3600.0, "duration", positive=True, words=(("off", None),),
+                                       hint=', or "off"')
+    python_path: tuple[Path, ...] = setting((), "paths")
+    log_format: str = setting("text", "choice", choices=LOG_FORMATS)
+    log_level: str = setting("info", "choice", choices=LOG_LEVELS)
     # Cron jobs wait for a synchronised clock ("auto": when a time daemon runs), at most this long.
-    wait_for_clock_sync: str = "auto"
-    clock_sync_timeout: float = 600.0
-    env_file: Path | None = None  # for every job, under each job's own
+    wait_for_clock_sync: str = setting("auto", "choice", choices=("auto",), words=(
+        (True, "yes"), (False, "no")), hint=", true or false")
+    clock_sync_timeout: float = setting(600.0, "duration")
+    env_file: Path | None = setting(None, "path")  # for every job, under each job's own
     # Alerts: defaults for every job (a job's own value overrides), see edgeworker.alerts.
-    on_failure: str | None = None
-    on_success: str | None = None
-    on_retry: str | None = None
-    ping_url: str | None = None
-    alert_after: float | None = None
-    hook_timeout: float = 30.0  # a hook command is stopped after this long
+    on_failure: str | None = setting(None, "hook")
+    on_success: str | None = setting(None, "hook")
+    on_retry: str | None = setting(None, "hook")
+    ping_url: str | None = setting(None, "url")
+    alert_after: float | None = setting(None, "duration", 1.0, words=(("off", 0.0),),
+                                        hint=', or "off"')
+    hook_timeout: float = setting(30.0, "duration", positive=True)  # a hook is stopped after this
 
 
 @dataclass(frozen=True)
 class MetricsSettings:
-    textfile: Path | None = None
-    interval: float = 15.0  # how often the worker looks for changed values
+    """The [metrics] table (edgeworker.metrics)."""
+
+    textfile: Path | None = setting(None, "path")
+    # How often the worker looks for changed values.
+    interval: float = setting(15.0, "duration", 0.1, positive=True)
 
 
 @dataclass(frozen=True)
@@ -160,69 +159,52 @@ class Config:
         return self.where.error(message, header, index, key)
 
 
-_TOP_KEYS = {"worker", "metrics", "jobs"}
-_WORKER_KEYS = {f for f in WorkerSettings.__dataclass_fields__}
-_METRICS_KEYS = {"textfile", "interval"}
-_ALERT_KEYS = ("on_failure", "on_success", "on_retry", "ping_url", "alert_after")
-_JOB_KEYS = {
-    "name", "command", "callable", "shell", "every", "cron", "timezone", "timeout",
-    "max_attempts", "retry_delay", "catch_up", "catch_up_limit", "jitter", "enabled", "env", "cwd",
-    "env_file",
-    "isolate",
-    *_ALERT_KEYS,
-}
+def _rules(cls: type) -> dict[str, Rule]:
+    """The keys of a table: its dataclass's `setting()` fields, in their order."""
+    return {f.name: f.metadata["rule"] for f in fields(cls) if "rule" in f.metadata}
+
+
+_SECTIONS = {"worker": WorkerSettings, "metrics": MetricsSettings}
+_JOB_RULES = {**_rules(JobSpec), "command": Rule("command"), "callable": Rule("callable")}
+_JOB_NEEDS = (  # keys a job must give exactly one of: (keys, key to blame, message)
+    (("name",), "name", "missing; every job needs a unique name"),
+    (("command", "callable"), None,
+     "give exactly one of 'command' (a program to run) or 'callable' (package.module:function)"),
+    (("every", "cron"), None,
+     "give exactly one schedule: 'every' (e.g. \"30s\") or 'cron' (e.g. \"*/5 * * * *\")"),
+)
 
 
 class _Where:
-    """Builds `file:line: table: key` prefixes for error messages."""
+    """Finds where a table or key is in the file's text, for `file:line: message` errors."""
 
     def __init__(self, path: Path | None, text: str = ""):
         self.path = path
-        self.lines = text.splitlines()
-
-    def _line_of(self, header: str, index: int, key: str | None) -> int | None:
-        """Line number of `key = ` inside the index-th `[header]`/`[[header]]` table."""
-        seen, in_table = -1, False
-        header_re = re.compile(r"\s*\[\[?\s*" + re.escape(header) + r"\s*\]\]?\s*(#.*)?$")
-        for number, line in enumerate(self.lines, start=1):
-            if header_re.match(line):
-                seen += 1
-                in_table = seen == index
-                if in_table and key is None:
-                    return number
+        # (table, its index among tables of that name, key or None for the header) -> line
+        self.lines: dict[tuple[str, int, str | None], int] = {}
+        table, seen = "", {"": 0}
+        for number, line in enumerate(text.splitlines(), start=1):
+            if header := re.match(r"\s*\[\[?\s*([^\]]*?)\s*\]", line):
+                table, key = header.group(1), None
+                seen[table] = seen.get(table, -1) + 1
+            elif assignment := re.match(r"\s*([\w-]+)\s*=", line):
+                key = assignment.group(1)
+            else:
                 continue
-            if line.lstrip().startswith("["):
-                if in_table:
-                    return None
-                continue
-            if in_table and key and re.match(r"\s*" + re.escape(key) + r"\s*=", line):
-                return number
-        return None
-
-    def top_line(self, key: str) -> int | None:
-        """Line number of a top-level `key = ` or of a `[key]`/`[[key]]`/`[key.sub]` header."""
-        header_re = re.compile(r"\s*\[\[?\s*" + re.escape(key) + r"\s*[\].]")
-        in_table = False
-        for number, line in enumerate(self.lines, start=1):
-            if header_re.match(line):
-                return number
-            if line.lstrip().startswith("["):
-                in_table = True
-            elif not in_table and re.match(r"\s*" + re.escape(key) + r"\s*=", line):
-                return number
-        return None
+            self.lines.setdefault((table, seen[table], key), number)
 
     def error(self, message: str, header: str | None = None, index: int = 0,
               key: str | None = None) -> ConfigError:
-        where = str(self.path) if self.path else "config"
-        line = self._line_of(header, index, key) if header else None
-        if header is None and key is not None:
-            line = self.top_line(key)
-        if line is None and header and key:
-            line = self._line_of(header, index, None)
-        if line is not None:
-            where += f":{line}"
-        return ConfigError(f"{where}: {message}")
+        """`file:line: message`, at `key` in the index-th `[header]` table (or at the table), or
+        at a top-level key or table `key` when no header is given."""
+        lines = self.lines
+        if header is not None:
+            line = lines.get((header, index, key)) or lines.get((header, index, None))
+        else:  # a top-level key, or the first [key] or [key.sub] table
+            tables = (number for (table, _, k), number in lines.items()
+                      if k is None and table.split(".")[0].strip() == key)
+            line = lines.get(("", 0, key)) or next(tables, None)
+        return ConfigError(f"{self.path or 'config'}{f':{line}' if line else ''}: {message}")
 
 
 def load_config(path: Path | None) -> Config:
@@ -250,123 +232,38 @@ def parse_config(text: str, path: Path | None = None) -> Config:
             raise ConfigError(f"{path or 'config'}:{match.group(1)}: {message}") from None
         raise ConfigError(f"{path or 'config'}: {message}") from None
 
-    for key in data:
-        if key not in _TOP_KEYS:
-            raise where.error(f"unknown table or key {key!r}; "
-                              "allowed: [worker], [metrics], [[jobs]]", key=key)
+    for name in data:
+        if name not in (*_SECTIONS, "jobs"):
+            raise where.error(f"unknown table or key {name!r}; "
+                              "allowed: [worker], [metrics], [[jobs]]", key=name)
     base = path.parent if path else Path.cwd()
-    worker = _parse_worker(data.get("worker", {}), where, base)
-    metrics = _parse_metrics(data.get("metrics", {}), where, base)
+    sections = {name: _section(name, data.get(name, {}), where, base) for name in _SECTIONS}
     raw_jobs = data.get("jobs", [])
     if not isinstance(raw_jobs, list):
         raise where.error("'jobs' must be an array of tables: write each job as [[jobs]]")
     jobs = []
     seen: dict[str, int] = {}
     for index, raw in enumerate(raw_jobs):
-        spec = _parse_job_table(raw, where, index, base)
+        spec = _job_table(raw, where, index, base)
         if spec.name in seen:
             raise where.error(f'job "{spec.name}" is defined twice (jobs #{seen[spec.name] + 1} '
                               f"and #{index + 1}); job names must be unique", "jobs", index, "name")
         seen[spec.name] = index
         jobs.append(spec)
-    return Config(path=path, worker=worker, metrics=metrics, jobs=tuple(jobs), where=where)
+    return Config(path=path, **sections, jobs=tuple(jobs), where=where)
 
 
-def _table(raw: Any, name: str, where: _Where) -> Mapping[str, Any]:
+def _section(name: str, raw: Any, where: _Where, base: Path) -> Any:
     if not isinstance(raw, dict):
         raise where.error(f"[{name}] must be a table")
-    return raw
-
-
-def _parse_worker(raw: Any, where: _Where, base: Path) -> WorkerSettings:
-    raw = _table(raw, "worker", where)
 
     def fail(key: str, message: str) -> ConfigError:
-        return where.error(f"[worker] {key}: {message}", "worker", 0, key)
+        return where.error(f"[{name}] {key}: {message}", name, 0, key)
 
-    for key in raw:
-        if key not in _WORKER_KEYS:
-            raise fail(key, f"unknown key; allowed: {', '.join(sorted(_WORKER_KEYS))}")
-    values: dict[str, Any] = {}
-    if "database" in raw:
-        values["database"] = _path(raw["database"], base, lambda m: fail("database", m))
-    if "workers" in raw:
-        values["workers"] = _int(raw["workers"], 1, 64, lambda m: fail("workers", m))
-    if "durability" in raw:
-        values["durability"] = _choice(raw["durability"], DURABILITY_LEVELS,
-                                       lambda m: fail("durability", m))
-    if "busy_timeout" in raw:
-        values["busy_timeout"] = _duration(raw["busy_timeout"], lambda m: fail("busy_timeout", m),
-                                           positive=True, longest=LONGEST_BUSY_TIMEOUT)
-    if "shutdown_timeout" in raw:
-        values["shutdown_timeout"] = _duration(raw["shutdown_timeout"],
-                                               lambda m: fail("shutdown_timeout", m))
-    if "retention" in raw:
-        if raw["retention"] in ("forever", "off"):
-            values["retention"] = None
-        else:
-            values["retention"] = _duration(raw["retention"], lambda m: fail(
-                "retention", m + ', or "forever" to keep every task'), positive=True)
-    if "busy_alert" in raw:
-        if raw["busy_alert"] == "off":
-            values["busy_alert"] = None
-        else:
-            values["busy_alert"] = _duration(raw["busy_alert"], lambda m: fail(
-                "busy_alert", m + ', or "off"'), positive=True)
-    if "python_path" in raw:
-        entries = raw["python_path"]
-        if isinstance(entries, str):
-            entries = [entries]
-        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
-            raise fail("python_path", "must be a directory or a list of directories")
-        values["python_path"] = tuple(
-            _path(e, base, lambda m: fail("python_path", m)) for e in entries)
-    if "env_file" in raw:
-        values["env_file"] = _path(raw["env_file"], base, lambda m: fail("env_file", m))
-    if "log_format" in raw:
-        values["log_format"] = _choice(raw["log_format"], LOG_FORMATS,
-                                       lambda m: fail("log_format", m))
-    if "log_level" in raw:
-        values["log_level"] = _choice(raw["log_level"], ("debug", "info", "warning", "error"),
-                                      lambda m: fail("log_level", m))
-    if "wait_for_clock_sync" in raw:
-        value = raw["wait_for_clock_sync"]
-        values["wait_for_clock_sync"] = (
-            {True: "yes", False: "no"}[value] if isinstance(value, bool)
-            else _choice(value, ("auto",), lambda m: fail(
-                "wait_for_clock_sync", m.rstrip() + ", true or false")))
-    if "clock_sync_timeout" in raw:
-        values["clock_sync_timeout"] = _duration(raw["clock_sync_timeout"],
-                                                 lambda m: fail("clock_sync_timeout", m))
-    if "hook_timeout" in raw:
-        values["hook_timeout"] = _duration(raw["hook_timeout"],
-                                           lambda m: fail("hook_timeout", m), positive=True)
-    _alerts(raw, values, fail)
-    return WorkerSettings(**values)
+    return _SECTIONS[name](**_load(_rules(_SECTIONS[name]), raw, fail, base))
 
 
-def _parse_metrics(raw: Any, where: _Where, base: Path) -> MetricsSettings:
-    raw = _table(raw, "metrics", where)
-    for key in raw:
-        if key not in _METRICS_KEYS:
-            raise where.error(f"[metrics] {key}: unknown key; allowed: interval, textfile",
-                              "metrics", 0, key)
-
-    def fail(key: str, message: str) -> ConfigError:
-        return where.error(f"[metrics] {key}: {message}", "metrics", 0, key)
-
-    values: dict[str, Any] = {}
-    if "interval" in raw:
-        values["interval"] = _duration(raw["interval"], lambda m: fail("interval", m),
-                                       positive=True)
-        if values["interval"] < 0.1:
-            raise fail("interval", "must be at least 100ms")
-    if "textfile" in raw:
-        values["textfile"] = _path(raw["textfile"], base, lambda m: fail("textfile", m))
-    return MetricsSettings(**values)
-
-
-def _parse_job_table(raw: Any, where: _Where, index: int, base: Path) -> JobSpec:
+def _job_table(raw: Any, where: _Where, index: int, base: Path) -> JobSpec:
     if not isinstance(raw, dict):
         raise where.error(f"jobs #{index + 1} must be a table ([[jobs]])", "jobs", index)
     name = raw.get("name")
@@ -382,185 +279,139 @@ def _parse_job_table(raw: Any, where: _Where, index: int, base: Path) -> JobSpec
 def build_job_spec(raw: Mapping[str, Any], fail, base: Path | None = None) -> JobSpec:
     """Validate one job's settings. `fail(key, message)` builds the error to raise; relative
     paths are taken from `base` (the config file's directory; default the current one)."""
-    for key in raw:
-        if key not in _JOB_KEYS:
-            raise fail(key, f"unknown key; allowed: {', '.join(sorted(_JOB_KEYS))}")
-    name = raw.get("name")
-    if name is None:
-        raise fail("name", "missing; every job needs a unique name")
-    if not isinstance(name, str) or not _JOB_NAME.fullmatch(name):
-        raise fail("name", f"{name!r} is not a valid job name (letters, digits, '_', '.', '-'; "
-                           "at most 64 characters, starting with a letter or digit)")
-
-    values: dict[str, Any] = {"name": name}
-    has_command, has_callable = "command" in raw, "callable" in raw
-    if has_command == has_callable:
-        raise fail(None, "give exactly one of 'command' (a program to run) or "
-                         "'callable' (package.module:function)")
-    shell = raw.get("shell", False)
-    if not isinstance(shell, bool):
-        raise fail("shell", "must be true or false")
-    if has_command:
-        command = raw["command"]
-        values["kind"] = "command"
-        values["shell"] = shell
-        if isinstance(command, str):
-            if not command.strip():
-                raise fail("command", "is empty")
-            if not shell:
-                try:
-                    shlex.split(command)
-                except ValueError as exc:
-                    raise fail("command", f"cannot split {command!r} into arguments: {exc}") \
-                        from None
-            values["target"] = command
-        elif isinstance(command, list) and command and all(isinstance(a, str) for a in command):
-            if shell:
-                raise fail("shell", "shell = true needs 'command' as one string, not a list")
-            values["target"] = shlex.join(command)
-        else:
-            raise fail("command", "must be a string or a non-empty list of strings")
-    else:
-        target = raw["callable"]
-        if shell:
-            raise fail("shell", "only applies to 'command' jobs")
-        if not isinstance(target, str) or not _CALLABLE.fullmatch(target):
-            raise fail("callable", f"{target!r} is not of the form package.module:function")
-        values["kind"] = "callable"
-        values["target"] = target
-    isolate = raw.get("isolate", False)
-    if not isinstance(isolate, bool):
-        raise fail("isolate", "must be true or false")
-    if isolate and has_command:
-        raise fail("isolate", "only applies to 'callable' jobs (a command runs in its own "
-                              "process already)")
-    values["isolate"] = isolate
-
-    has_every, has_cron = "every" in raw, "cron" in raw
-    if has_every == has_cron:
-        raise fail(None, "give exactly one schedule: 'every' (e.g. \"30s\") or "
-                         "'cron' (e.g. \"*/5 * * * *\")")
-    if has_every:
-        values["every"] = _duration(raw["every"], lambda m: fail("every", m), shortest=0.1)
-    else:
-        values["cron"] = _cron(raw["cron"], lambda m: fail("cron", m))
-    if "timezone" in raw:
-        if has_every:
-            raise fail("timezone", "only applies to 'cron' schedules")
-        values["timezone"] = _timezone(raw["timezone"], lambda m: fail("timezone", m))
-    if "timeout" in raw:
-        values["timeout"] = _duration(raw["timeout"], lambda m: fail("timeout", m),
-                                      positive=True)
-    if "max_attempts" in raw:
-        values["max_attempts"] = _int(raw["max_attempts"], 1, 1000,
-                                      lambda m: fail("max_attempts", m))
-    if "retry_delay" in raw:
-        values["retry_delay"] = _duration(raw["retry_delay"], lambda m: fail("retry_delay", m))
-    if "catch_up" in raw:
-        values["catch_up"] = _choice(raw["catch_up"], CATCH_UP_POLICIES,
-                                     lambda m: fail("catch_up", m))
-    if "catch_up_limit" in raw:
-        values["catch_up_limit"] = _int(raw["catch_up_limit"], 1, 100_000,
-                                        lambda m: fail("catch_up_limit", m))
-    if "jitter" in raw:
-        values["jitter"] = _duration(raw["jitter"], lambda m: fail("jitter", m))
-        _check_jitter(values, lambda m: fail("jitter", m))
-    if "enabled" in raw:
-        if not isinstance(raw["enabled"], bool):
-            raise fail("enabled", "must be true or false")
-        values["enabled"] = raw["enabled"]
-    if "env" in raw:
-        env = raw["env"]
-        if not isinstance(env, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-            raise fail("env", 'must be a table of strings, e.g. env = { LANG = "C" }')
-        values["env"] = tuple(sorted(env.items()))
-    if "cwd" in raw:
-        if not isinstance(raw["cwd"], str) or not raw["cwd"]:
-            raise fail("cwd", "must be a directory path")
-        values["cwd"] = raw["cwd"]
-    if "env_file" in raw:
-        values["env_file"] = _path(raw["env_file"], base or Path.cwd(),
-                                   lambda m: fail("env_file", m))
-    _alerts(raw, values, fail)
+    values = _load(_JOB_RULES, raw, fail, base or Path.cwd(), _JOB_NEEDS)
+    _target(values, fail)
+    _schedule(values, fail)
     return JobSpec(**values)
 
 
-def _alerts(raw: Mapping[str, Any], values: dict[str, Any], fail) -> None:
-    """The alert keys a job and [worker] share: hooks, ping_url, alert_after."""
-    for key in ("on_failure", "on_success", "on_retry"):
-        if key in raw:
-            values[key] = _hook(raw[key], lambda m, key=key: fail(key, m))
-    if "ping_url" in raw:
-        values["ping_url"] = _url(raw["ping_url"], lambda m: fail("ping_url", m))
-    if raw.get("alert_after") == "off":
-        values["alert_after"] = 0.0  # a job's way out of the [worker] default
-    elif "alert_after" in raw:
-        values["alert_after"] = _duration(raw["alert_after"], lambda m: fail(
-            "alert_after", m + ', or "off"'), shortest=1.0)
+def _load(rules: Mapping[str, Rule], raw: Mapping[str, Any], fail, base: Path,
+          needs: tuple[tuple[tuple[str, ...], str | None, str], ...] = ()) -> dict[str, Any]:
+    """The keys of one table, each checked by its rule. An unknown key is an error, and so is
+    a group of `needs` (keys, key to blame, message) that is not given exactly once."""
+    for name in raw:
+        if name not in rules:
+            raise fail(name, f"unknown key; allowed: {', '.join(sorted(rules))}")
+    for keys, blame, message in needs:
+        if sum(k in raw for k in keys) != 1:
+            raise fail(blame, message)
+    values = {}
+    for name, rule in rules.items():
+        if name in raw:
+            try:
+                values[name] = _value(rule, raw[name], base)
+            except ValueError as exc:
+                raise fail(name, f"{exc}{rule.hint}") from None
+    return values
 
 
-def _hook(value: Any, fail) -> str:
-    """A hook command as one shlex line ("" turns a [worker] default off)."""
-    if isinstance(value, list) and value and all(isinstance(a, str) for a in value):
-        return shlex.join(value)
-    if not isinstance(value, str):
-        raise fail("must be a command: a string or a non-empty list of strings")
-    try:
-        shlex.split(value)
-    except ValueError as exc:
-        raise fail(f"cannot split {value!r} into arguments: {exc}") from None
+def _value(rule: Rule, value: Any, base: Path) -> Any:
+    """`value` checked (and converted) as `rule` says; a ValueError says what is wrong with it."""
+    for word, meaning in rule.words:
+        if type(value) is type(word) and value == word:
+            return meaning
+    match rule.kind:
+        case "bool":
+            if not isinstance(value, bool):
+                raise ValueError("must be true or false")
+        case "int":
+            if isinstance(value, bool) or not isinstance(value, int) \
+                    or not rule.low <= value <= rule.high:
+                raise ValueError(f"{value!r} is not a whole number from {rule.low} to {rule.high}")
+        case "choice":
+            if value not in rule.choices:
+                raise ValueError(f"{value!r} is not one of: {', '.join(rule.choices)}")
+        case "duration":
+            seconds = parse_duration(value)
+            if not seconds <= rule.high:
+                raise ValueError(f"{value!r} is longer than {format_duration(rule.high)}, "
+                                 "the most allowed")
+            if rule.positive and seconds <= 0:
+                raise ValueError("must be more than 0")
+            if seconds < rule.low:
+                raise ValueError(f"must be at least {format_duration(rule.low)}")
+            return seconds
+        case "path":
+            return _path(value, base)
+        case "paths":
+            entries = [value] if isinstance(value, str) else value
+            if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+                raise ValueError("must be a directory or a list of directories")
+            return tuple(_path(entry, base) for entry in entries)
+        case "directory":
+            if not isinstance(value, str) or not value:
+                raise ValueError("must be a directory path")
+        case "env":
+            if not isinstance(value, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+                raise ValueError('must be a table of strings, e.g. env = { LANG = "C" }')
+            return tuple(sorted(value.items()))
+        case "name":
+            if not isinstance(value, str) or not _JOB_NAME.fullmatch(value):
+                raise ValueError(f"{value!r} is not a valid job name (letters, digits, '_', '.', "
+                                 "'-'; at most 64 characters, starting with a letter or digit)")
+        case "command":
+            if isinstance(value, str) and not value.strip():
+                raise ValueError("is empty")
+            if not isinstance(value, str) and not _strings(value):
+                raise ValueError("must be a string or a non-empty list of strings")
+        case "callable":
+            if not isinstance(value, str) or not _CALLABLE.fullmatch(value):
+                raise ValueError(f"{value!r} is not of the form package.module:function")
+        case "hook":  # one shlex line; "" turns a [worker] default off
+            if _strings(value):
+                return shlex.join(value)
+            if not isinstance(value, str):
+                raise ValueError("must be a command: a string or a non-empty list of strings")
+            _split(value)
+        case "url":
+            return _url(value)
+        case "cron":
+            _cron(value)
+        case "timezone":
+            _timezone(value)
+        case _:
+            raise AssertionError(f"no kind {rule.kind!r}")
     return value
 
 
-def _url(value: Any, fail) -> str:
-    from urllib.parse import urlsplit
-
-    if value == "":
-        return value
-    if not isinstance(value, str):
-        raise fail("must be an http:// or https:// URL (a string)")
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError as exc:
-        raise fail(f"{value!r} is not a URL: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise fail(f"{value!r} is not an http:// or https:// URL with a host")
-    if any(c.isspace() for c in value):
-        raise fail(f"{value!r} contains white space")
-    return value.rstrip("/")
-
-
-def _duration(value: Any, fail, *, positive: bool = False, shortest: float = 0.0,
-              longest: float = LONGEST) -> float:
-    try:
-        seconds = parse_duration(value)
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-    if not seconds <= longest:
-        raise fail(f"{value!r} is longer than {format_duration(longest)}, the most allowed")
-    if seconds < shortest:
-        raise fail(f"must be at least {format_duration(shortest)}")
-    if positive and seconds <= 0:
-        raise fail("must be more than 0")
-    return seconds
-
-
-def _check_jitter(values: dict[str, Any], fail) -> None:
-    """A jitter as long as the period could start a run after its next slot: refused."""
-    jitter = values["jitter"]
-    if not jitter:
+def _target(values: dict[str, Any], fail) -> None:
+    """A job's kind and target from its command or callable; shell and isolate only where they
+    apply."""
+    command, target = values.pop("command", None), values.pop("callable", None)
+    shell = values.get("shell", False)
+    if target is not None:
+        if shell:
+            raise fail("shell", "only applies to 'command' jobs")
+        values.update(kind="callable", target=target)
         return
-    if values.get("every") is not None:
-        if jitter >= values["every"]:
-            raise fail(f"{format_duration(jitter)} is not shorter than the period "
-                       f"(every = {format_duration(values['every'])})")
-        return
-    gap = _cron_gap_at_most(values["cron"], jitter)
-    if gap is not None:
-        raise fail(f"{format_duration(jitter)} is not shorter than the shortest gap between two "
-                   f"runs of \"{values['cron']}\" ({format_duration(gap)})")
+    if isinstance(command, list):
+        if shell:
+            raise fail("shell", "shell = true needs 'command' as one string, not a list")
+        command = shlex.join(command)
+    elif not shell:
+        try:
+            _split(command)
+        except ValueError as exc:
+            raise fail("command", str(exc)) from None
+    if values.get("isolate"):
+        raise fail("isolate", "only applies to 'callable' jobs (a command runs in its own "
+                              "process already)")
+    values.update(kind="command", target=command)
+
+
+def _schedule(values: dict[str, Any], fail) -> None:
+    """A time zone only for cron; a jitter as long as the period could start a run after its
+    next slot, so it is refused."""
+    every, cron, jitter = values.get("every"), values.get("cron"), values.get("jitter")
+    if every is not None and "timezone" in values:
+        raise fail("timezone", "only applies to 'cron' schedules")
+    if jitter and every is not None and jitter >= every:
+        raise fail("jitter", f"{format_duration(jitter)} is not shorter than the period "
+                             f"(every = {format_duration(every)})")
+    if jitter and cron is not None and (gap := _cron_gap_at_most(cron, jitter)) is not None:
+        raise fail("jitter", f"{format_duration(jitter)} is not shorter than the shortest gap "
+                             f"between two runs of \"{cron}\" ({format_duration(gap)})")
 
 
 def _cron_gap_at_most(expression: str, limit: float, slots: int = 1000) -> float | None:
@@ -584,51 +435,67 @@ def _cron_gap_at_most(expression: str, limit: float, slots: int = 1000) -> float
     return None
 
 
-def _int(value: Any, low: int, high: int, fail) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise fail(f"{value!r} is not a whole number from {low} to {high}")
-    return value
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(a, str) for a in value)
 
 
-def _choice(value: Any, allowed: tuple[str, ...], fail) -> str:
-    if value not in allowed:
-        raise fail(f"{value!r} is not one of: {', '.join(allowed)}")
-    return value
+def _split(command: str) -> None:
+    try:
+        shlex.split(command)
+    except ValueError as exc:
+        raise ValueError(f"cannot split {command!r} into arguments: {exc}") from None
 
 
-def _path(value: Any, base: Path, fail) -> Path:
+def _path(value: Any, base: Path) -> Path:
     if not isinstance(value, str) or not value:
-        raise fail("must be a path (a string)")
+        raise ValueError("must be a path (a string)")
     path = Path(os.path.expanduser(value))
     return path if path.is_absolute() else base / path
 
 
-def _cron(value: Any, fail) -> str:
+def _url(value: Any) -> str:
+    from urllib.parse import urlsplit
+
+    if value == "":
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be an http:// or https:// URL (a string)")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
+    if any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} contains white space")
+    return value.rstrip("/")
+
+
+def _cron(value: Any) -> None:
     from datetime import UTC, datetime
 
     from croniter import CroniterBadDateError, croniter  # here: `--help` must stay fast
 
     if not isinstance(value, str) or len(value.split()) != 5:
-        raise fail(f"{value!r} is not a 5-field cron expression {CRON_HELP}")
+        raise ValueError(f"{value!r} is not a 5-field cron expression {CRON_HELP}")
     if not croniter.is_valid(value):
-        raise fail(f"{value!r} is not a valid cron expression {CRON_HELP}")
+        raise ValueError(f"{value!r} is not a valid cron expression {CRON_HELP}")
     try:
         croniter(value, datetime(2001, 1, 1, tzinfo=UTC),
                  max_years_between_matches=NEVER_YEARS).get_next(datetime)
     except CroniterBadDateError:
-        raise fail(f"{value!r} never fires: no date matches it (within {NEVER_YEARS} years)") \
-            from None
-    return value
+        raise ValueError(f"{value!r} never fires: no date matches it (within {NEVER_YEARS} "
+                         "years)") from None
 
 
-def _timezone(value: Any, fail) -> str:
+def _timezone(value: Any) -> None:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     if not isinstance(value, str) or not value:
-        raise fail("must be an IANA time zone name such as \"Europe/Berlin\" or \"UTC\"")
+        raise ValueError("must be an IANA time zone name such as \"Europe/Berlin\" or \"UTC\"")
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):
-        raise fail(f"{value!r} is not a known time zone (IANA names such as \"Europe/Berlin\" "
-                   "or \"UTC\")") from None
-    return value
+        raise ValueError(f"{value!r} is not a known time zone (IANA names such as "
+                         "\"Europe/Berlin\" or \"UTC\")") from None

@@ -117,7 +117,7 @@ class Job(BaseModel):
 
     @property
     def schedule_text(self) -> str:
-        from edgeworker.config import format_duration
+        from edgeworker.durations import format_duration
 
         if self.every_seconds is not None:
             return f"every {format_duration(self.every_seconds)}"
