@@ -175,11 +175,11 @@ class Ledger:
     def retry(self, task_id: int, now: datetime) -> Task:
         """An operator's retry: a manual run of a failed or cancelled task's job, for the same
         slot. Refused for a task in another state, or whose job was removed."""
+        task = self.task(task_id)
+        if task.status not in self.RETRYABLE:  # both final: checked before the write lock
+            raise Conflict(f"task {task_id} is {task.status}; only failed or cancelled tasks can "
+                           "be retried")
         with self.db.atomic():
-            task = self.task(task_id)
-            if task.status not in self.RETRYABLE:
-                raise Conflict(f"task {task_id} is {task.status}; only failed or cancelled tasks "
-                               "can be retried")
             job = Job.get_or_none(Job.id == task.job_id)
             if job is None:
                 raise Conflict(f"task {task_id}'s job no longer exists")
