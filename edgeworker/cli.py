@@ -83,12 +83,10 @@ class Context:
         return self._db
 
     def now(self):
-        """The time a command records: the wall clock, but never earlier than the newest time
-        the database holds (a box whose clock is behind; see docs/time.md)."""
+        """The time a command records (`Ledger.recording_time`)."""
         from edgeworker.clock import utcnow
 
-        now, mark = utcnow(), self.ledger().high_water()
-        return max(now, mark) if mark else now
+        return self.ledger().recording_time(utcnow())
 
     def ledger(self):
         if "ledger" not in self._cache:
@@ -727,32 +725,12 @@ def tasks_show(obj: Context, task_id: int, as_json: bool) -> None:
     emit(data, as_json, render)
 
 
-def _task(task_id: int):
-    from edgeworker.errors import NotFound
-    from edgeworker.models import Task
-
-    task = Task.get_or_none(Task.id == task_id)
-    if task is None:
-        raise NotFound(f"no task with id {task_id}")
-    return task
-
-
 @tasks.command("retry")
 @click.argument("task_id", type=TASK_ID)
 @pass_ctx
 def tasks_retry(obj: Context, task_id: int) -> None:
     """Run a failed or cancelled task's job again, for the same slot."""
-    from edgeworker.errors import Conflict
-
-    ledger = obj.ledger()
-    task = _task(task_id)
-    if task.status not in ("failed", "cancelled"):
-        raise Conflict(f"task {task_id} is {task.status}; only failed or cancelled tasks can be "
-                       "retried")
-    try:
-        new = ledger.retry(task, obj.now())
-    except ValueError as exc:
-        raise Conflict(str(exc)) from None
+    new = obj.ledger().retry(task_id, obj.now())
     click.echo(f"queued task {new.id} to retry task {task_id}")
 
 
@@ -763,25 +741,10 @@ def tasks_cancel(obj: Context, task_id: int) -> None:
     """Cancel a waiting run, or stop a running one (its whole process tree)."""
     from edgeworker import recovery
     from edgeworker.db import WorkerLock
-    from edgeworker.errors import Conflict, WorkerRunning
-    from edgeworker.models import Job, Task
+    from edgeworker.errors import WorkerRunning
 
-    ledger = obj.ledger()
-    task = _task(task_id)
-    if task.status not in ("created", "running"):
-        raise Conflict(f"task {task_id} is {task.status}; only a waiting or running task can "
-                       "be cancelled")
-    job = Job.get_or_none(Job.id == task.job_id)
-    name = job.name if job else f"#{task.job_id}"
-    running = task.status == "running"
-    if running and job is not None and job.kind == "callable" and not job.isolated:
-        raise Conflict(f"task {task_id} is a running callable (job {name}): it runs inside the "
-                       "worker and cannot be stopped; `isolate = true` on the job runs it in a "
-                       "process that can be")
-    if not ledger.cancel(task, f"cancelled by {_who()}", obj.now()):
-        now = Task.get_by_id(task_id).status
-        raise Conflict(f"task {task_id} is {now} now; it changed while being cancelled")
-    if not running:
+    task, name = obj.ledger().cancel_task(task_id, f"cancelled by {_who()}", obj.now())
+    if task.status != "running":
         click.echo(f"cancelled task {task_id} (job {name}): it had not started")
         return
     try:

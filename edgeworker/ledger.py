@@ -20,7 +20,7 @@ import peewee
 
 from edgeworker import schedule
 from edgeworker.clock import from_text, to_text
-from edgeworker.errors import ScheduleError
+from edgeworker.errors import Conflict, NotFound, ScheduleError
 from edgeworker.models import (
     FINISHED,
     IS_UNFINISHED,
@@ -173,12 +173,18 @@ class Ledger:
         with self.db.atomic():
             return self._create(job, slot or now, now, "manual", now)
 
-    def retry(self, task: Task, now: datetime) -> Task:
-        """Run a finished (failed or cancelled) task's job again for the same slot."""
-        job = Job.get_or_none(Job.id == task.job_id)
-        if job is None:
-            raise ValueError(f"task {task.id}'s job no longer exists")
-        return self.run_now(job, now, slot=task.scheduled_for)
+    def retry(self, task_id: int, now: datetime) -> Task:
+        """An operator's retry: a manual run of a failed or cancelled task's job, for the same
+        slot. Refused for a task in another state, or whose job was removed."""
+        task = self.task(task_id)
+        if task.status not in self.RETRYABLE:  # both final: checked before the write lock
+            raise Conflict(f"task {task_id} is {task.status}; only failed or cancelled tasks can "
+                           "be retried")
+        with self.db.atomic():
+            job = Job.get_or_none(Job.id == task.job_id)
+            if job is None:
+                raise Conflict(f"task {task_id}'s job no longer exists")
+            return self.run_now(job, now, slot=task.scheduled_for)
 
     # -- huey's queue: enqueue, claim and finish -----------------------------------------------
 
@@ -458,3 +464,45 @@ class Ledger:
             slot = schedule.next_run(job, task.scheduled_for - timedelta(microseconds=1), now)
             changes.append((task, slot, schedule.due_at(job, slot)))
         return self._move(changes)
+
+    # -- operators' rules ---------------------------------------------------------------------
+    # What an operator may do to a run (`tasks retry`, `tasks cancel`): a refusal is a Conflict
+    # (or NotFound) whose one-line message the CLI prints as it is.
+
+    RETRYABLE = frozenset({S.FAILED, S.CANCELLED})
+    CANCELLABLE = frozenset(UNFINISHED)
+    MAX_ID = 2**63 - 1  # SQLite's integers are 64-bit
+
+    def task(self, task_id: int) -> Task:
+        """The task with this id, or NotFound."""
+        found = Task.get_or_none(Task.id == task_id) if 1 <= task_id <= self.MAX_ID else None
+        if found is None:
+            raise NotFound(f"no task with id {task_id}")
+        return found
+
+    def cancel_task(self, task_id: int, reason: str, now: datetime) -> tuple[Task, str]:
+        """An operator's cancel of a waiting or running run (see `cancel`). Refused for a run
+        that has ended, for a callable running inside the worker (nothing could stop it short
+        of the worker), and for a run that changed while being cancelled. Returns the task as it
+        was before (its status tells whether it was running) and its job's name."""
+        task = self.task(task_id)
+        if task.status not in self.CANCELLABLE:
+            raise Conflict(f"task {task_id} is {task.status}; only a waiting or running task can "
+                           "be cancelled")
+        job = Job.get_or_none(Job.id == task.job_id)
+        name = job.name if job is not None else task.job_name or f"#{task.job_id}"
+        if task.status == S.RUNNING and job is not None and job.kind == "callable" \
+                and not job.isolated:
+            raise Conflict(f"task {task_id} is a running callable (job {name}): it runs inside "
+                           "the worker and cannot be stopped; `isolate = true` on the job runs it "
+                           "in a process that can be")
+        if not self.cancel(task, reason, now):
+            raise Conflict(f"task {task_id} is {self.task(task_id).status} now; it changed while "
+                           "being cancelled")
+        return task, name
+
+    def recording_time(self, wall: datetime) -> datetime:
+        """The time an operator's change records: the wall clock, but never earlier than the
+        newest time the database holds (a box whose clock is behind; see docs/time.md)."""
+        mark = self.high_water()
+        return max(wall, mark) if mark else wall

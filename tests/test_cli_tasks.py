@@ -205,3 +205,11 @@ def test_prune_with_an_age_past_any_date_is_a_one_line_error(migrated):
     result = migrated("tasks", "prune", "--older-than", "99999999d")
     assert (result.exit_code, result.stderr) == (
         1, "Error: --older-than: '99999999d' is more than 100 years\n")
+
+
+def test_cancel_a_removed_jobs_run_names_the_job(migrated):
+    migrated.ok("jobs", "add", "a", "--command", "true", "--every", "1h")
+    Task.update(status="running", attempt=1, started_at=utcnow()).where(Task.id == 1).execute()
+    migrated.ok("jobs", "remove", "a")  # a running run finishes, under its job's kept name
+    assert migrated.ok("tasks", "cancel", "1") == (
+        "cancelled task 1 (job a): no worker was running it; ended 0 leftover processes\n")
