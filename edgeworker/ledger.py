@@ -24,6 +24,7 @@ from edgeworker.errors import Conflict, NotFound, ScheduleError
 from edgeworker.models import (
     FINISHED,
     IS_UNFINISHED,
+    UNFINISHED,
     ClockState,
     Job,
     Task,

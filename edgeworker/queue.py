@@ -94,7 +94,7 @@ class TaskStorage(BaseStorage):
             return None
         local = self.local
         try:
-            run = self._claim(locked=getattr(local, "woken", False))
+            run = self.claim_next(locked=getattr(local, "woken", False))
         except Exception as exc:
             self.trouble.failing("cannot read the queue: %s; retrying, at most every %.0fs",
                                  dbmod.describe(self.path, exc), MAX_ERROR_DELAY)
@@ -110,10 +110,10 @@ class TaskStorage(BaseStorage):
             local.woken = False
             self.claimed[run.task.id] = run
             return self.encode(run.args.payload())
-        local.woken = self._watch().wait(self.idle_timeout())
+        local.woken = self.watch().wait(self.idle_timeout())
         return None
 
-    def _claim(self, locked: bool) -> ClaimedRun | None:
+    def claim_next(self, locked: bool) -> ClaimedRun | None:
         """A look without the write lock first, so an idle worker writes nothing; but when woken
         by a write to the WAL, under the lock at once: that commit may not be visible to a
         lock-free read until its writer is done."""
@@ -135,7 +135,7 @@ class TaskStorage(BaseStorage):
             return MAX_IDLE
         return min(MAX_IDLE, max(0.0, (due - self.now()).total_seconds()))
 
-    def _watch(self) -> DatabaseWatch:
+    def watch(self) -> DatabaseWatch:
         watch = getattr(self.local, "watch", None)
         if watch is None:
             watch = self.local.watch = DatabaseWatch(self.path, self.stop or StopPipe())

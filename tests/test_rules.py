@@ -11,14 +11,13 @@ from edgeworker.errors import Conflict, NotFound
 from edgeworker.jobs import add_job, remove_job, set_paused
 from edgeworker.ledger import Ledger, Outcome
 from edgeworker.models import Task
-from edgeworker.queue import EdgeHuey
 
 NOW = utcnow()
 
 
 @pytest.fixture
 def ledger(database):
-    return Ledger(EdgeHuey(database), worker="test:1")
+    return Ledger(database, worker="test:1")
 
 
 def add(ledger, name="j", kind="command", target="true", **options):
@@ -28,8 +27,7 @@ def add(ledger, name="j", kind="command", target="true", **options):
 
 def claim(ledger):
     """What a worker thread does: dequeue, which claims the next due run."""
-    ledger.huey.bind(ledger.claim, lambda args, run: None)
-    return ledger.huey.dequeue(NOW + timedelta(hours=2)).claimed
+    return ledger.claim(NOW + timedelta(hours=2))
 
 
 def end(ledger, status: str):
