@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.common import REPO, render_table, scratch_dir
 
-SCRIPTS = ("throughput", "latency", "recovery", "idle", "startup", "catchup", "web",
+SCRIPTS = ("throughput", "scheduled", "latency", "recovery", "idle", "startup", "catchup", "web",
            "installed")
 
 

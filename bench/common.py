@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 import os
 import socket
+import sqlite3
 import statistics
+import struct
 import sys
 import tempfile
 import time
@@ -22,7 +24,8 @@ from workerproc import WorkerProcess, wait_for  # noqa: E402
 
 __all__ = ["REPO", "Figure", "Stat", "WorkerProcess", "NotifySocket", "reset_wal",
            "wal_commits", "wait_for", "percentile", "scratch_dir", "side_by_side",
-           "write_bytes", "rss_kib", "thread_switches", "files_size", "worker_config"]
+           "write_bytes", "rss_kib", "thread_switches", "files_size", "worker_config",
+           "WalCommit", "wal_log", "btree_names"]
 
 
 # -- statistics --------------------------------------------------------------------------------
@@ -162,6 +165,55 @@ def files_size(database: Path) -> int:
         except FileNotFoundError:
             pass
     return total
+
+
+# -- the WAL, frame by frame ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WalCommit:
+    """One commit in a WAL: the offset just past its last frame, and its frames' page numbers."""
+
+    end: int
+    pages: tuple[int, ...]
+
+
+def wal_log(database: Path) -> list[WalCommit]:
+    """The commits of the WAL's current generation, from the frame headers (a page number, and
+    the database size on a commit frame); frames after the last commit are left out. With
+    checkpoints off the WAL keeps every frame, and its length at a moment tells which commits
+    came before it."""
+    try:
+        data = Path(f"{database}-wal").read_bytes()
+    except FileNotFoundError:
+        return []
+    if len(data) < 32:
+        return []
+    page_size = struct.unpack(">I", data[8:12])[0]
+    salts = data[16:24]
+    commits, pages, offset = [], [], 32
+    while offset + 24 + page_size <= len(data):
+        header = data[offset:offset + 24]
+        if header[8:16] != salts:
+            break  # a frame of an older generation: the log ends here
+        page, size_after = struct.unpack(">II", header[:8])
+        pages.append(page)
+        offset += 24 + page_size
+        if size_after:
+            commits.append(WalCommit(offset, tuple(pages)))
+            pages = []
+    return commits
+
+
+def btree_names(database: Path) -> dict[int, str]:
+    """Which table or index each page of the database belongs to (SQLite's `dbstat`; the WAL's
+    content included, so call it while the WAL is still there)."""
+    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        names = dict(connection.execute("SELECT pageno, name FROM dbstat").fetchall())
+    finally:
+        connection.close()
+    names[1] = "page 1 (the database header and sqlite_schema)"
+    return names
 
 
 # -- workers -----------------------------------------------------------------------------------

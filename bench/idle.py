@@ -7,6 +7,8 @@ then, over a window (60 s: long enough to include an idle worker thread's period
 schedule), it counts
 - bytes written: /proc/PID/io `write_bytes` (what reaches the storage layer) and the growth of the
   database files (db, -wal, -shm);
+- commits: the commit frames added to the WAL (its frame headers; a WAL that a checkpoint
+  restarted in the window counts all of its commits);
 - wake-ups: how many times any of the process's threads was put on a CPU (the 3rd field of
   /proc/PID/task/*/schedstat, summed over threads), and, beside it, voluntary + involuntary
   context switches from /proc/PID/task/*/status.
@@ -27,11 +29,27 @@ from bench.common import (
     rss_kib,
     scratch_dir,
     thread_switches,
+    wal_log,
     worker_config,
     write_bytes,
 )
 
 JOB = '[[jobs]]\nname = "daily"\ncallable = "bench.jobs:noop"\nevery = "24h"\n'
+
+
+def wal_state(database) -> tuple[bytes, int]:
+    """The WAL's salts (a checkpoint that restarts the WAL changes them) and its commits."""
+    try:
+        with open(f"{database}-wal", "rb") as wal:
+            salts = wal.read(24)[16:24]
+    except FileNotFoundError:
+        return b"", 0
+    return salts, len(wal_log(database))
+
+
+def commits_since(database, before: tuple[bytes, int]) -> int:
+    salts, commits = wal_state(database)
+    return commits - before[1] if salts == before[0] else commits
 
 
 def measure(quick: bool = False) -> tuple[list[Figure], dict]:
@@ -49,7 +67,7 @@ def measure(quick: bool = False) -> tuple[list[Figure], dict]:
             pid = worker.proc.pid
             before.append({"rss": rss_kib(pid), "written": write_bytes(pid),
                            "size": files_size(worker.db), "switches": thread_switches(pid),
-                           "at": time.monotonic()})
+                           "wal": wal_state(worker.db), "at": time.monotonic()})
         time.sleep(window)
         runs = []
         for worker, b in zip(workers, before, strict=True):
@@ -60,6 +78,7 @@ def measure(quick: bool = False) -> tuple[list[Figure], dict]:
                 "rss_mib": b["rss"] / 1024,
                 "written_per_min": (write_bytes(pid) - b["written"]) / seconds * 60,
                 "growth_per_min": (files_size(worker.db) - b["size"]) / seconds * 60,
+                "commits": commits_since(worker.db, b["wal"]),
                 "wakeups_per_s": (switches["scheduled"] - b["switches"]["scheduled"]) / seconds,
                 "switches_per_s": sum(switches[k] - b["switches"][k]
                                       for k in ("voluntary", "involuntary")) / seconds,
@@ -83,6 +102,8 @@ def measure(quick: bool = False) -> tuple[list[Figure], dict]:
                target="0", met=written.high == 0, digits=0),
         Figure("5", "idle worker database files' growth per minute", "B/min",
                stat("growth_per_min"), digits=0),
+        Figure("5", f"idle worker WAL commits in {window:g} s", "commits", stat("commits"),
+               target="0", met=stat("commits").high == 0, digits=0),
         Figure("5", "idle worker wake-ups per second (schedstat, all threads)", "1/s", wakeups,
                target="≤ 1/s", met=wakeups.median <= 1, digits=2),
         Figure("5", "idle worker context switches per second (all threads)", "1/s",

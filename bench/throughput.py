@@ -4,11 +4,12 @@ Each run is a fresh child process (`python -m bench.throughput child ...`) on a 
 disk, so that /proc/self/io counts only that contender's writes:
 
 - edgeworker: a callable job `bench.jobs:noop`; N manual runs are queued with `Ledger.run_now`
-  (what `edgeworker jobs run` does: a task row and its message, one transaction each), then the
-  real worker drains them: `Daemon.start()` (lock, migrations check, recovery) and its
-  `EdgeConsumer` with 1 worker thread, i.e. message -> `EdgeHuey.dequeue` (dequeue + claim in one
-  transaction) -> `IntervalJobWorker.work` -> `Ledger.finish` (a manual run: no next run). Logging
-  is set up as `edgeworker run` sets it (INFO lines on stderr, here a file).
+  (what `edgeworker jobs run` does: a task row, one transaction each: the row is the queue
+  entry), then the real worker drains them: `Daemon.start()` (lock, migrations check, recovery)
+  and huey's consumer it builds, with 1 worker thread: `TaskStorage.dequeue` (the claim, one
+  UPDATE ... RETURNING) -> huey executes `run_job` -> `IntervalJobWorker.work` ->
+  `Ledger.finish` (a manual run: no next run). Logging is set up as `edgeworker run` sets it
+  (INFO lines on stderr, here a file).
   In-process rather than an `edgeworker run` subprocess, so that the clock starts when the
   consumer starts and stops when the ledger says the last task succeeded, without start-up or
   polling from outside in the figure; it is the same code `edgeworker run` runs after start-up.
@@ -22,17 +23,21 @@ SQLite's default cache (2 MB), wal_autocheckpoint 1000 pages. SqliteHuey's defau
 journal_mode=WAL, cache 8 MB, busy timeout 5 s and synchronous left at SQLite's compiled default
 (FULL here, 2); the benchmark passes `fsync=True` so that it is FULL on any build.
 
-Figures: tasks/s end to end (enqueue + execute) and for the drain alone; written bytes per task
-from /proc/self/io `write_bytes` (enqueue + drain, not start-up) and the files' growth; WAL commit
-frames per task, counted in a separate smaller run with checkpoints off (so the WAL keeps every
-frame; `tests/waltools.py`).
+Figures: tasks/s end to end (enqueue + execute) and for the drain alone; CPU time per task;
+written bytes per task from /proc/self/io `write_bytes` (enqueue + drain, not start-up) and the
+files' growth; WAL commit frames and pages per task, counted in a separate smaller run with
+checkpoints off (so the WAL keeps every frame; `tests/waltools.py`). `python -m bench.throughput
+profile edgeworker|huey [N]` prints where the drain's CPU time goes (cProfile) and which b-trees
+each commit's pages belong to.
 """
 
 from __future__ import annotations
 
+import cProfile
 import json
 import logging
 import os
+import pstats
 import resource
 import shutil
 import sqlite3
@@ -45,11 +50,13 @@ from bench.common import (
     REPO,
     Figure,
     Stat,
+    btree_names,
     files_size,
     reset_wal,
     scratch_dir,
     side_by_side,
     wal_commits,
+    wal_log,
     write_bytes,
 )
 
@@ -99,9 +106,50 @@ class Meter:
         return result
 
 
+class Profiler:
+    """With `directory`, cProfile of the enqueue loop, in this thread, and of the drain, in the
+    worker thread, from inside the first task's call to the last's: files enqueue.prof and
+    drain.prof; by the wall clock, or the thread's CPU time if $BENCH_PROFILE_CPU is set.
+    Without a directory, nothing."""
+
+    def __init__(self, directory: Path | None, n: int):
+        self.directory = directory
+        timer = time.thread_time if os.environ.get("BENCH_PROFILE_CPU") else time.perf_counter
+        self.enqueue = cProfile.Profile(timer) if directory else None
+        if directory and n > 1:
+            from bench import jobs
+
+            drain = cProfile.Profile(timer)
+            jobs.marks[1] = drain.enable
+            jobs.marks[n] = lambda: (drain.disable(), drain.dump_stats(directory / "drain.prof"))
+
+    def __enter__(self):
+        if self.enqueue:
+            self.enqueue.enable()
+
+    def __exit__(self, *exc):
+        if self.enqueue:
+            self.enqueue.disable()
+            self.enqueue.dump_stats(self.directory / "enqueue.prof")
+
+
+def commit_pages(database: Path, earlier: dict[int, str] | None = None) -> list[list[str]]:
+    """Each commit in the WAL (checkpoints off): the table or index of each page it wrote (as
+    the database has it now, or had it `earlier` for a page freed since)."""
+    names = (earlier or {}) | btree_names(database)
+    return [[names.get(p, f"page {p} (free)") for p in c.pages] for c in wal_log(database)]
+
+
+def ablation() -> tuple[str, str]:
+    """The log level and durability of a child: `edgeworker run`'s (info, full) unless
+    `python -m bench.throughput ablate` takes one away ($BENCH_LOG_LEVEL, $BENCH_DURABILITY)."""
+    return (os.environ.get("BENCH_LOG_LEVEL", "info"),
+            os.environ.get("BENCH_DURABILITY", "full"))
+
+
 # -- the children ------------------------------------------------------------------------------
 
-def run_edgeworker(directory: Path, n: int, count_commits: bool) -> dict:
+def run_edgeworker(directory: Path, n: int, count_commits: bool, profile: bool = False) -> dict:
     from bench import jobs
     from edgeworker import db as dbmod
     from edgeworker import logs, migrate, models
@@ -110,11 +158,11 @@ def run_edgeworker(directory: Path, n: int, count_commits: bool) -> dict:
     from edgeworker.daemon import Daemon
     from edgeworker.jobs import add_job
     from edgeworker.ledger import Ledger
-    from edgeworker.queue import EdgeHuey
 
-    logs.setup("text", "info")
+    level, durability = ablation()
+    logs.setup("text", level)
     path = directory / "ew.db"
-    database = dbmod.open_database(path, create=True)
+    database = dbmod.open_database(path, durability=durability, create=True)
     migrate.apply(database, migrate.plan(database, migrate.discover()))
     models.database.initialize(database)
     ledger = Ledger(database)
@@ -127,21 +175,26 @@ def run_edgeworker(directory: Path, n: int, count_commits: bool) -> dict:
     meter = Meter(path)
 
     meter.mark("start")
-    for _ in range(n):
-        ledger.run_now(job, utcnow())
+    with Profiler(directory if profile else None, 0):
+        for _ in range(n):
+            ledger.run_now(job, utcnow())
     meter.mark("enqueued")
     commits["enqueue"] = wal_commits(path)
     commits["enqueue_frames"] = wal_frames(path)
+    if profile and count_commits:
+        commits["enqueue_pages"] = commit_pages(path)
+        queued_names = btree_names(path)  # pages the drain frees are named as they were
 
-    config = Config(worker=WorkerSettings(workers=1, python_path=(REPO,)))
+    config = Config(worker=WorkerSettings(workers=1, python_path=(REPO,), durability=durability))
     daemon = Daemon(config, path, workers=1)
     consumer = daemon.start()  # lock, migrations check, recovery: start-up, not measured
     database.close()
     if count_commits:
-        daemon.huey.database.pragma("wal_autocheckpoint", 0, permanent=True)
-        reset_wal(daemon.huey.database)  # start-up may have checkpointed: count from zero
+        daemon.ledger.db.pragma("wal_autocheckpoint", 0, permanent=True)
+        reset_wal(daemon.ledger.db)  # start-up may have checkpointed: count from zero
     watcher = sqlite3.connect(path)
     jobs.expect(n)
+    Profiler(directory if profile else None, n)
     meter.mark("consumer")
     consumer.start()
     jobs.all_called.wait()
@@ -151,17 +204,19 @@ def run_edgeworker(directory: Path, n: int, count_commits: bool) -> dict:
     meter.mark("drained")
     commits["drain"] = wal_commits(path)
     commits["drain_frames"] = wal_frames(path)
+    if profile and count_commits:
+        commits["drain_pages"] = commit_pages(path, queued_names)
     watcher.close()
     consumer.stop_flag.set()
     daemon.stop_pipe.set()
-    for thread in consumer.threads():
+    for thread in daemon.threads.alive():
         thread.join(10)
     daemon.close()
     assert files_size(path) == os.stat(path).st_size, "a connection is still open"
     return meter.report(commits if count_commits else None)
 
 
-def run_huey(directory: Path, n: int, count_commits: bool) -> dict:
+def run_huey(directory: Path, n: int, count_commits: bool, profile: bool = False) -> dict:
     from huey import SqliteHuey
     from huey.consumer import Consumer
     from huey.signals import SIGNAL_COMPLETE
@@ -172,10 +227,11 @@ def run_huey(directory: Path, n: int, count_commits: bool) -> dict:
     handler.setFormatter(logging.Formatter(
         "[%(asctime)s] %(levelname)s:%(name)s:%(threadName)s:%(message)s"))
     logging.getLogger().addHandler(handler)
-    logging.getLogger().setLevel(logging.INFO)
+    level, durability = ablation()
+    logging.getLogger().setLevel(level.upper())
 
     path = directory / "huey.db"
-    huey = SqliteHuey("bench", filename=str(path), fsync=True)
+    huey = SqliteHuey("bench", filename=str(path), fsync=durability == "full")
     completed = []
 
     @huey.task()
@@ -195,21 +251,28 @@ def run_huey(directory: Path, n: int, count_commits: bool) -> dict:
     meter = Meter(path)
 
     meter.mark("start")
-    for _ in range(n):
-        noop()
+    with Profiler(directory if profile else None, 0):
+        for _ in range(n):
+            noop()
     meter.mark("enqueued")
     commits["enqueue"] = wal_commits(path)
     commits["enqueue_frames"] = wal_frames(path)
+    if profile and count_commits:
+        commits["enqueue_pages"] = commit_pages(path)
+        queued_names = btree_names(path)  # pages the drain frees are named as they were
     if count_commits:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # count the drain's from zero
     consumer = Consumer(huey, workers=1)
     jobs.expect(n)
+    Profiler(directory if profile else None, n)
     meter.mark("consumer")
     consumer.start()
     jobs.all_called.wait()
     meter.mark("drained")
     commits["drain"] = wal_commits(path)
     commits["drain_frames"] = wal_frames(path)
+    if profile and count_commits:
+        commits["drain_pages"] = commit_pages(path, queued_names)
     consumer.stop(graceful=True)
     assert len(completed) == n and huey.pending_count() == 0
     huey.storage.close()
@@ -218,19 +281,28 @@ def run_huey(directory: Path, n: int, count_commits: bool) -> dict:
 
 # -- the parent --------------------------------------------------------------------------------
 
-def child(contender: str, n: int, count_commits: bool = False) -> dict:
+def child(contender: str, n: int, count_commits: bool = False, keep: bool = False,
+          profile: bool = False, env: dict | None = None) -> dict:
     directory = scratch_dir(f"tp-{contender}")
     argv = [sys.executable, "-m", "bench.throughput", "child", contender, str(directory), str(n)]
     if count_commits:
         argv.append("--count-commits")
+    if profile:
+        argv.append("--profile")
+    env = {**os.environ, **(env or {})}
     with open(directory / "child.log", "wb") as log:
-        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=log, cwd=REPO, timeout=600)
+        stderr = subprocess.DEVNULL if env.get("BENCH_LOG_TO") == "null" else log
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=stderr, cwd=REPO, timeout=600,
+                              env=env)
     if proc.returncode != 0:
         tail = (directory / "child.log").read_text(errors="replace")[-3000:]
         raise RuntimeError(f"{contender} run failed ({proc.returncode}):\n{tail}")
     result = json.loads(proc.stdout)
     result["n"] = n
-    shutil.rmtree(directory, ignore_errors=True)
+    if keep:
+        result["directory"] = str(directory)
+    else:
+        shutil.rmtree(directory, ignore_errors=True)
     return result
 
 
@@ -262,7 +334,7 @@ def measure(quick: bool = False) -> tuple[list[Figure], dict]:
         figures.append(Figure(
             "1", label, "tasks/s", Stat.of(per_run("edgeworker", f)),
             Stat.of(per_run("huey", f)), "huey", r,
-            "≥ 0.75× huey" if f is rate else "", r.median >= 0.75 if f is rate else None, 0))
+            "≥ 0.8× huey" if f is rate else "", r.median >= 0.8 if f is rate else None, 0))
     written = kib("written")
     r = ratio(written)
     figures.append(Figure(
@@ -289,21 +361,84 @@ def measure(quick: bool = False) -> tuple[list[Figure], dict]:
         Stat.of([frames["edgeworker"]]), Stat.of([frames["huey"]]), "huey", None, "", None, 2))
     cpu = {c: Stat.of(per_run(c, lambda r: (r["enqueue"]["cpu"] + r["drain"]["cpu"]) / r["n"]
                               * 1e3)) for c in CONTENDERS}
+    cpu_ratio = ratio(lambda r: (r["enqueue"]["cpu"] + r["drain"]["cpu"]) / r["n"])
     figures.append(Figure(
         "1", "CPU time per task, enqueue + execute", "ms", cpu["edgeworker"], cpu["huey"],
-        "huey", ratio(lambda r: (r["enqueue"]["cpu"] + r["drain"]["cpu"]) / r["n"]), "",
-        None, 2))
+        "huey", cpu_ratio, "≤ 1.5× huey", cpu_ratio.median <= 1.5, 2))
     return figures, {"n": n, "repeats": repeats, "runs": runs, "commit_runs": counted}
+
+
+def profile(argv: list[str]) -> None:
+    """`profile edgeworker|huey [N] [LINES]`: where the time of the enqueue loop and of the drain
+    goes (cProfile, wall clock or with $BENCH_PROFILE_CPU the thread's CPU time; by own time,
+    then cumulative), and each commit's pages by b-tree."""
+    contender = argv[0]
+    n = int(argv[1]) if len(argv) > 1 else 1000
+    lines = int(argv[2]) if len(argv) > 2 else 30
+    result = child(contender, n, count_commits=True, keep=True, profile=True)
+    directory = Path(result["directory"])
+    try:
+        for phase in ("enqueue", "drain"):
+            times = result[phase]
+            print(f"== {contender}, {phase} of {n} tasks: {times['seconds'] / n * 1e3:.3f} ms "
+                  f"wall, {times['cpu'] / n * 1e3:.3f} ms CPU a task")
+            pages = result["commits"].get(f"{phase}_pages", [])
+            shapes: dict[tuple, int] = {}
+            for commit in pages:
+                shapes[tuple(commit)] = shapes.get(tuple(commit), 0) + 1
+            for shape, count in sorted(shapes.items(), key=lambda kv: -kv[1]):
+                print(f"   {count:6d} commits writing {len(shape)} page(s): {', '.join(shape)}")
+            stats = pstats.Stats(str(directory / f"{phase}.prof"))
+            stats.sort_stats("tottime").print_stats(lines)
+            stats.sort_stats("cumulative").print_stats(lines)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+ABLATIONS = {
+    "as measured (INFO lines to a file on the disk)": {},
+    "INFO lines to /dev/null": {"BENCH_LOG_TO": "null"},
+    "no INFO lines (level warning)": {"BENCH_LOG_LEVEL": "warning"},
+    "no fsync (durability normal; huey fsync=False)": {"BENCH_DURABILITY": "normal"},
+    "no fsync, no INFO lines": {"BENCH_DURABILITY": "normal", "BENCH_LOG_LEVEL": "warning"},
+}
+
+
+def ablate(argv: list[str]) -> None:
+    """`ablate [N] [REPEATS]`: wall and CPU time per task, enqueue and drain, of each contender
+    as measured and with fsync or the INFO log lines (or only their file) taken away: what each
+    costs. (On ext4, data=ordered, an fsync also flushes the log file's new data.)"""
+    n = int(argv[0]) if argv else 1000
+    repeats = int(argv[1]) if len(argv) > 1 else 3
+    import statistics
+
+    print(f"{n} tasks, median of {repeats} runs; ms per task")
+    print(f"{'':48} {'contender':10} {'enq wall':>9} {'enq CPU':>8} {'drain wall':>10} "
+          f"{'drain CPU':>9}")
+    for label, env in ABLATIONS.items():
+        runs = side_by_side(repeats, {c: (lambda c=c, env=env: child(c, n, env=env))
+                                      for c in CONTENDERS})
+        for contender in CONTENDERS:
+            cells = [statistics.median(r[phase][key] for r in runs[contender]) / n * 1e3
+                     for phase in ("enqueue", "drain") for key in ("seconds", "cpu")]
+            print(f"{label:48} {contender:10} {cells[0]:9.3f} {cells[1]:8.3f} {cells[2]:10.3f} "
+                  f"{cells[3]:9.3f}")
 
 
 def main(argv: list[str]) -> None:
     if argv[:1] == ["child"]:
         contender, directory, n = argv[1], Path(argv[2]), int(argv[3])
         run = run_edgeworker if contender == "edgeworker" else run_huey
-        result = run(directory, n, "--count-commits" in argv)
+        result = run(directory, n, "--count-commits" in argv, "--profile" in argv)
         sys.stdout.write(json.dumps(result))
         sys.stdout.flush()
         os._exit(0)  # no lingering threads at exit
+    if argv[:1] == ["profile"]:
+        profile(argv[1:])
+        return
+    if argv[:1] == ["ablate"]:
+        ablate(argv[1:])
+        return
     from bench.common import render_table
 
     figures, _ = measure("--quick" in argv)

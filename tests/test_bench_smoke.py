@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPTS = {"throughput", "latency", "recovery", "idle", "startup", "catchup", "web",
+SCRIPTS = {"throughput", "scheduled", "latency", "recovery", "idle", "startup", "catchup", "web",
            "installed"}
 
 pytestmark = pytest.mark.timeout(120)
@@ -27,7 +27,8 @@ def test_the_benchmarks_run_and_print_one_table(tmp_path):
     assert set(results["scripts"]) == SCRIPTS
     figures = [f for script in results["scripts"].values() for f in script["figures"]]
     # 14: the installed build's, only where it was built (make bench builds it)
-    assert {f["number"] for f in figures} - {"14"} == {"1", "2", "3", "4", "5", "6", "7", "9"}
+    assert {f["number"] for f in figures} - {"14"} == {"1", "2", "3", "4", "5", "6", "7", "9",
+                                                      "11"}
     for figure in figures:
         value = figure["value"]
         assert value["low"] <= value["median"] <= value["high"], figure
