@@ -13,8 +13,9 @@ so that what counts is what the database costs.
 - raw huey: `SqliteHuey(fsync=True)` and its own `Consumer(workers=1)`; the job is a no-op
   `@huey.task()` that schedules its own next run in 100 ms (`task.schedule(delay=...)`): raw
   huey's way to run something every few seconds (a periodic task's resolution is a minute). A run
-  is its schedule row, the scheduler moving it to the queue (huey's scheduler looks once a second,
-  so this job runs once a second), the dequeue and the call.
+  is 6 commits: huey queues the delayed message, its worker dequeues it and moves it to the
+  schedule, the scheduler moves it back to the queue once due (it looks once a second, so this
+  job runs once a second), the worker dequeues it and calls the task.
 
 The job itself marks its calls number `warmup` and `warmup + runs`: between the two marks lie
 exactly `runs` whole cycles, whichever threads wrote. At each mark: wall and CPU time,
@@ -103,7 +104,7 @@ def between(database: Path, a: dict, b: dict, count_commits: bool) -> dict:
         names = btree_names(database)
         result["commits"] = len(commits)
         result["pages"] = sum(len(c.pages) for c in commits)
-        result["commit_pages"] = [[names.get(p, f"page {p} (not in a b-tree: the free list)")
+        result["commit_pages"] = [[names.get(p, f"page {p} (free)")
                                    for p in c.pages] for c in commits]
         result["btrees"] = dict(Counter(name for c in result["commit_pages"] for name in c))
     return result
@@ -215,8 +216,8 @@ def waiting_edgeworker(directory: Path, wait: float) -> dict:
         raise RuntimeError("the first run did not start")
     waiting = daemon.ledger.run_now(job, utcnow())
     # The free thread is woken by that commit, looks, finds the job running, and sleeps: a
-    # second after the commit it has long done so (and the code before this change re-queued
-    # the run once a second: a window of whole seconds sees that as well).
+    # second after the commit it has long done so. A worker that re-queued a waiting run now
+    # and then would show it in a window of whole seconds.
     time.sleep(1.0)
     a = snapshot(path)
     time.sleep(wait)
