@@ -2,8 +2,9 @@
 CPU per run; and a run that waits for its job's running run.
 
 Each contender runs in a fresh child process (`python -m bench.scheduled child ...`) on a fresh
-database on disk, so that /proc/self/io counts only its writes; the child's log goes to a pipe,
-so that what counts is what the database costs.
+database on disk, so that /proc/self/io counts only its writes. Each logs its INFO lines as it
+would in service (edgeworker as `edgeworker run` sets logging up, huey as `huey_consumer`), to a
+pipe, so that the bytes counted are the database's.
 
 - edgeworker: the real worker in the child: `Daemon(..., apply_migrations=True).start()` (lock,
   migrations, recovery), a job `tick` added as `jobs add` adds it (callable `bench.jobs:noop`,
@@ -73,7 +74,7 @@ CONTENDERS = ("edgeworker", "huey")
 # a task row and a huey message), measured once on the VM of the README's run, 2026-12-02:
 # `python -m bench.scheduled --before /tmp/ew-before` (a worktree of b5dff58 with its venv).
 BEFORE: dict = {
-    "written_kib": [19.253, 19.173, 19.2], "cpu_ms": [3.144, 2.777, 2.626],
+    "written_kib": [19.2, 19.333, 19.173], "cpu_ms": [2.678, 2.502, 2.421],
     "pages": 10.6, "wal_kib": 10.848, "commits": 2.0,
     "btrees": {"tasks": 2.4, "tasks_unfinished": 2.0, "tasks_job_id": 1.0, "huey_schedule": 2.0,
                "huey_schedule_queue_timestamp": 2.0, "sqlite_sequence": 1.0,
@@ -119,12 +120,18 @@ def mark_calls(database: Path, first: int, runs: int) -> dict:
     return taken
 
 
-def log_to_stderr(level: int = logging.INFO) -> None:
-    """INFO lines on stderr, as `edgeworker run` and `huey_consumer` log (here a pipe)."""
+def log_to_stderr(contender: str) -> None:
+    """INFO lines on stderr (here a pipe), as `edgeworker run` logs, or `huey_consumer`."""
+    if contender == "edgeworker":
+        from edgeworker import logs
+
+        logs.setup("text", "info")
+        return
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(
+        "[%(asctime)s] %(levelname)s:%(name)s:%(threadName)s:%(message)s"))
     logging.getLogger().addHandler(handler)
-    logging.getLogger().setLevel(level)
+    logging.getLogger().setLevel(logging.INFO)
 
 
 # -- the children ------------------------------------------------------------------------------
@@ -159,7 +166,7 @@ def stop_worker(daemon, consumer) -> None:
 def interval_edgeworker(directory: Path, runs: int, warmup: int, count_commits: bool) -> dict:
     from edgeworker.config import JobSpec
 
-    log_to_stderr()
+    log_to_stderr("edgeworker")
     path = directory / "ew.db"
     spec = JobSpec(name="tick", kind="callable", target="bench.jobs:noop", every=EVERY)
     daemon, consumer, _ = start_worker(path, [spec], 1, count_commits)
@@ -176,7 +183,7 @@ def interval_huey(directory: Path, runs: int, warmup: int, count_commits: bool) 
     from huey import SqliteHuey
     from huey.consumer import Consumer
 
-    log_to_stderr()
+    log_to_stderr("huey")
     path = directory / "huey.db"
     huey = SqliteHuey("bench", filename=str(path), fsync=True)
 
@@ -206,7 +213,7 @@ def waiting_edgeworker(directory: Path, wait: float) -> dict:
     from edgeworker.clock import utcnow
     from edgeworker.config import JobSpec
 
-    log_to_stderr()
+    log_to_stderr("edgeworker")
     path = directory / "ew.db"
     spec = JobSpec(name="slow", kind="callable", target="bench.jobs:hold", every=86400.0)
     daemon, consumer, [job] = start_worker(path, [spec], 2, count_commits=True)
@@ -370,6 +377,11 @@ def measure(quick: bool = False) -> tuple[list[Figure], dict]:
     figures.append(Figure(
         "11", "CPU time per scheduled run", "ms", cpu, Stat.of(hu["cpu_ms"]), "huey",
         vs_huey(ew["cpu_ms"], hu["cpu_ms"]), "", None, 2))
+    if before:
+        today = Stat.of(before["cpu_ms"])
+        figures.append(Figure(
+            "11", "  same, vs. the code before (b5dff58)", "ms", cpu, today, "before",
+            Stat.of([x / today.median for x in ew["cpu_ms"]]), "", None, 2))
     window = waiting["window"]
     for key, what, unit in (("written", "bytes written", "B"),
                             ("commits", "WAL commits", "commits")):
