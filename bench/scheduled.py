@@ -8,7 +8,7 @@ pipe, so that the bytes counted are the database's.
 
 - edgeworker: the real worker in the child: `Daemon(..., apply_migrations=True).start()` (lock,
   migrations, recovery), a job `tick` added as `jobs add` adds it (callable `bench.jobs:noop`,
-  `every` 100 ms, the shortest allowed), then the consumer `start()` returned, with 1 worker
+  `every` 100 ms, the shortest allowed), then `start()` of the consumer it returns, with 1 worker
   thread. A run is its claim, the call, and its finish (the outcome and the job's next run);
   between runs the thread sleeps until the next one is due.
 - raw huey: `SqliteHuey(fsync=True)` and its own `Consumer(workers=1)`; the job is a no-op
@@ -33,8 +33,10 @@ at the queue. Once that thread has looked, bytes written and WAL commits are cou
 seconds; then the running run is released, and the waiting run must run next (it was kept).
 
 `BEFORE` holds the same figures for the code before the `tasks` table became huey's queue (commit
-b5dff58), measured once by these same children (`--before`, below), for issue 11's target.
-`python -m bench.scheduled --before /path/to/checkout` runs them with that checkout's venv.
+b5dff58), measured once by these same children, for issue 11's target: `python -m
+bench.scheduled --before /path/to/checkout` runs them with that checkout's venv and prints them.
+The children drive edgeworker only through what both versions have (`Daemon`, `add_job`,
+`Ledger.run_now`, `Ledger.db`), so the same code measures both.
 """
 
 from __future__ import annotations

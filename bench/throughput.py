@@ -26,9 +26,13 @@ journal_mode=WAL, cache 8 MB, busy timeout 5 s and synchronous left at SQLite's 
 Figures: tasks/s end to end (enqueue + execute) and for the drain alone; CPU time per task;
 written bytes per task from /proc/self/io `write_bytes` (enqueue + drain, not start-up) and the
 files' growth; WAL commit frames and pages per task, counted in a separate smaller run with
-checkpoints off (so the WAL keeps every frame; `tests/waltools.py`). `python -m bench.throughput
-profile edgeworker|huey [N]` prints where the drain's CPU time goes (cProfile) and which b-trees
-each commit's pages belong to.
+checkpoints off (so the WAL keeps every frame; `tests/waltools.py`).
+
+Where it goes: `python -m bench.throughput profile edgeworker|huey [N]` prints a cProfile of the
+enqueue loop and of the drain (wall clock; the thread's CPU time with $BENCH_PROFILE_CPU=1) and
+which b-trees each commit's pages belong to; `python -m bench.throughput ablate [N] [REPEATS]`
+measures both contenders again without fsync, without log lines, or with the lines sent to
+/dev/null, so that each one's cost is the difference.
 """
 
 from __future__ import annotations
