@@ -37,6 +37,7 @@ measures both contenders again without fsync, without log lines, or with the lin
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import json
 import logging
@@ -110,31 +111,37 @@ class Meter:
         return result
 
 
-class Profiler:
-    """With `directory`, cProfile of the enqueue loop, in this thread, and of the drain, in the
-    worker thread, from inside the first task's call to the last's: files enqueue.prof and
-    drain.prof; by the wall clock, or the thread's CPU time if $BENCH_PROFILE_CPU is set.
-    Without a directory, nothing."""
+def profiler() -> cProfile.Profile:
+    """By the wall clock, or the thread's CPU time if $BENCH_PROFILE_CPU is set."""
+    return cProfile.Profile(time.thread_time if os.environ.get("BENCH_PROFILE_CPU")
+                            else time.perf_counter)
 
-    def __init__(self, directory: Path | None, n: int):
-        self.directory = directory
-        timer = time.thread_time if os.environ.get("BENCH_PROFILE_CPU") else time.perf_counter
-        self.enqueue = cProfile.Profile(timer) if directory else None
-        if directory and n > 1:
-            from bench import jobs
 
-            drain = cProfile.Profile(timer)
-            jobs.marks[1] = drain.enable
-            jobs.marks[n] = lambda: (drain.disable(), drain.dump_stats(directory / "drain.prof"))
+@contextlib.contextmanager
+def profiled(directory: Path | None, name: str):
+    """With a directory, a cProfile of the block in this thread: `directory/name.prof`."""
+    if directory is None:
+        yield
+        return
+    profile = profiler()
+    profile.enable()
+    try:
+        yield
+    finally:
+        profile.disable()
+        profile.dump_stats(directory / f"{name}.prof")
 
-    def __enter__(self):
-        if self.enqueue:
-            self.enqueue.enable()
 
-    def __exit__(self, *exc):
-        if self.enqueue:
-            self.enqueue.disable()
-            self.enqueue.dump_stats(self.directory / "enqueue.prof")
+def profile_calls(directory: Path | None, n: int) -> None:
+    """With a directory, a cProfile of the worker thread from inside the first task's call to
+    the last's (`jobs.marks`): `directory/drain.prof`."""
+    if directory is None or n < 2:
+        return
+    from bench import jobs
+
+    profile = profiler()
+    jobs.marks[1] = profile.enable
+    jobs.marks[n] = lambda: (profile.disable(), profile.dump_stats(directory / "drain.prof"))
 
 
 def commit_pages(database: Path, earlier: dict[int, str] | None = None) -> list[list[str]]:
@@ -179,7 +186,7 @@ def run_edgeworker(directory: Path, n: int, count_commits: bool, profile: bool =
     meter = Meter(path)
 
     meter.mark("start")
-    with Profiler(directory if profile else None, 0):
+    with profiled(directory if profile else None, "enqueue"):
         for _ in range(n):
             ledger.run_now(job, utcnow())
     meter.mark("enqueued")
@@ -198,7 +205,7 @@ def run_edgeworker(directory: Path, n: int, count_commits: bool, profile: bool =
         reset_wal(daemon.ledger.db)  # start-up may have checkpointed: count from zero
     watcher = sqlite3.connect(path)
     jobs.expect(n)
-    Profiler(directory if profile else None, n)
+    profile_calls(directory if profile else None, n)
     meter.mark("consumer")
     consumer.start()
     jobs.all_called.wait()
@@ -255,7 +262,7 @@ def run_huey(directory: Path, n: int, count_commits: bool, profile: bool = False
     meter = Meter(path)
 
     meter.mark("start")
-    with Profiler(directory if profile else None, 0):
+    with profiled(directory if profile else None, "enqueue"):
         for _ in range(n):
             noop()
     meter.mark("enqueued")
@@ -268,7 +275,7 @@ def run_huey(directory: Path, n: int, count_commits: bool, profile: bool = False
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # count the drain's from zero
     consumer = Consumer(huey, workers=1)
     jobs.expect(n)
-    Profiler(directory if profile else None, n)
+    profile_calls(directory if profile else None, n)
     meter.mark("consumer")
     consumer.start()
     jobs.all_called.wait()
