@@ -26,7 +26,6 @@ from edgeworker.logs import Reminder
 from edgeworker.models import Job, Task
 from edgeworker.processes import ProcessTable
 from edgeworker.runners import (
-    Abort,
     Interrupted,
     Result,
     TaskContext,
@@ -37,6 +36,7 @@ from edgeworker.runners import (
     run_command,
     run_isolated,
 )
+from edgeworker.wakeup import Flag
 
 logger = logging.getLogger("edgeworker.worker")
 MAX_RETRY_DELAY = 30.0
@@ -59,7 +59,7 @@ def last_line(text: str | None) -> str:
 
 
 class IntervalJobWorker:
-    def __init__(self, ledger: Ledger, abort: Abort | None = None,
+    def __init__(self, ledger: Ledger, abort: Flag | None = None,
                  stopping: Callable[[], bool] = lambda: False,
                  clock: Callable[[], datetime] = utcnow,
                  observe: Callable[[Task], None] | None = None,
@@ -68,7 +68,7 @@ class IntervalJobWorker:
         self.ledger = ledger
         self.alerts = alerts  # told each start and outcome; hooks and pings run elsewhere
         self.table = table
-        self.abort = abort or Abort()
+        self.abort = abort or Flag()
         self.stopping = stopping
         self.clock = clock
         self.observe = observe  # told each recorded outcome (the metrics count them)
