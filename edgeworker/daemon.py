@@ -124,7 +124,8 @@ class Daemon:
                                    clock=self.clock.now,
                                    observe=self.metrics and self.metrics.observe,
                                    env_file=lambda: self.config.worker.env_file,
-                                   table=self.processes, alerts=self.alerts)
+                                   table=self.processes, alerts=self.alerts,
+                                   queue=self.huey.storage)
 
         def handle(args, run) -> None:
             thread = self.threads.current()
@@ -147,8 +148,12 @@ class Daemon:
             logger.info("%s", self.recovery.line())
             self.alert_recovery()
             self.check_clock(starting=True)
+        def close_thread() -> None:
+            self.huey.storage.release()
+            database.close()
+
         self.consumer = consumer.build(self.huey, self.workers, self.threads, self.chores,
-                                       close=database.close)
+                                       close=close_thread)
         return self.consumer
 
     def alert_recovery(self) -> None:

@@ -93,6 +93,10 @@ class TaskStorage(BaseStorage):
         if self.stop is not None and self.stop.is_set():
             return None
         local = self.local
+        run, local.next = getattr(local, "next", None), None
+        if run is not None:  # claimed when this thread recorded its last run's outcome
+            self.claimed[run.task.id] = run
+            return self.encode(run.args.payload())
         try:
             run = self.claim_next(locked=getattr(local, "woken", False))
         except Exception as exc:
@@ -121,6 +125,29 @@ class TaskStorage(BaseStorage):
         if not locked and not self.ledger.due(now, hold):
             return None
         return self.ledger.claim(now, hold)
+
+    def want_next(self) -> bool | None:
+        """Should this thread claim its next run as it records an outcome? None if not (it
+        stops), else whether cron runs are held."""
+        if self.stop is not None and self.stop.is_set():
+            return None
+        return self.hold()
+
+    def keep(self, run: ClaimedRun) -> None:
+        """The run this thread claimed with its last outcome: its next dequeue returns it."""
+        self.local.next = run
+
+    def release(self) -> None:
+        """A worker thread stops: give back a run it claimed and did not start."""
+        run, self.local.next = getattr(self.local, "next", None), None
+        if run is None:
+            return
+        try:
+            if self.ledger.unclaim(run):
+                logger.info("task %s: given back unstarted, as the worker stops", run.task.id)
+        except Exception as exc:  # the next start recovers it
+            logger.error("task %s: cannot give it back unstarted (%s); the next start runs it",
+                         run.task.id, dbmod.describe(self.path, exc))
 
     def take(self, args: IntervalJobArgs) -> ClaimedRun | None:
         """The run a message names, as claimed by `dequeue` in this process."""

@@ -38,6 +38,9 @@ STATEMENTS = {
     "claim": "UPDATE tasks SET status = 'running', attempt = attempt + 1, started_at = :now, "
              f"worker = :worker WHERE id = (SELECT t.id {CLAIMABLE} AND t.due_at <= :now "
              f"ORDER BY t.due_at, t.id LIMIT 1) RETURNING {TASK_COLUMNS}",
+    # A claimed run given back before it started (its worker thread stops).
+    "unclaim": "UPDATE tasks SET status = 'created', attempt = attempt - 1, started_at = NULL, "
+               "worker = NULL WHERE id = ? AND status = 'running' AND attempt = ?",
     # When the next claimable run falls due: how long an idle worker thread sleeps.
     "next_due": f"SELECT min(t.due_at) {CLAIMABLE}",
     # running -> succeeded | failed | created (a retry), only if still this claim's.

@@ -64,8 +64,12 @@ class IntervalJobWorker:
                  clock: Callable[[], datetime] = utcnow,
                  observe: Callable[[Task], None] | None = None,
                  env_file: Callable[[], Path | None] = lambda: None,
-                 table: ProcessTable | None = None, alerts: Alerts | None = None):
+                 table: ProcessTable | None = None, alerts: Alerts | None = None,
+                 queue=None):
         self.ledger = ledger
+        # huey's storage (edgeworker.queue.TaskStorage): with it, recording an outcome also
+        # claims this thread's next due run, in the same commit
+        self.queue = queue
         self.alerts = alerts  # told each start and outcome; hooks and pings run elsewhere
         self.table = table
         self.abort = abort or Flag()
@@ -180,7 +184,13 @@ class IntervalJobWorker:
             try:
                 # never before it started, whatever the clock did meanwhile
                 now = max(self.clock(), run.task.started_at)
-                task = self.ledger.finish(run, outcome, now)
+                hold = None if self.queue is None else self.queue.want_next()
+                if hold is None:
+                    task = self.ledger.finish(run, outcome, now)
+                else:
+                    task, following = self.ledger.finish_and_claim(run, outcome, now, hold)
+                    if following is not None:
+                        self.queue.keep(following)
             except Exception as exc:
                 if not dbmod.heals(exc):
                     return self._record_failure(run, outcome, exc)
