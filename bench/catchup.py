@@ -53,11 +53,10 @@ def prepare(worker: WorkerProcess, owed: int) -> None:
     from edgeworker.jobs import sync_jobs
     from edgeworker.ledger import Ledger
     from edgeworker.models import Job, Task
-    from edgeworker.queue import EdgeHuey
 
     database = dbmod.open_database(worker.db, create=True)
     migrate.apply(database, migrate.plan(database, migrate.discover()))
-    models.database.initialize(database)
+    models.bind(database)
     now = utcnow()
     ledger = Ledger(database)
     sync_jobs(ledger, load_config(worker.config).jobs, now)

@@ -110,13 +110,12 @@ def run_edgeworker(directory: Path, n: int, count_commits: bool) -> dict:
     from edgeworker.daemon import Daemon
     from edgeworker.jobs import add_job
     from edgeworker.ledger import Ledger
-    from edgeworker.queue import EdgeHuey
 
     logs.setup("text", "info")
     path = directory / "ew.db"
     database = dbmod.open_database(path, create=True)
     migrate.apply(database, migrate.plan(database, migrate.discover()))
-    models.database.initialize(database)
+    models.bind(database)
     ledger = Ledger(database)
     spec = JobSpec(name="noop", kind="callable", target="bench.jobs:noop", every=86400.0)
     job = add_job(ledger, spec, utcnow())

@@ -178,7 +178,7 @@ class Daemon:
                                        busy_timeout=settings.busy_timeout,
                                        create=self.apply_migrations)
         try:
-            models.database.initialize(database)
+            models.bind(database)
             with dbmod.translate_errors(self.db_path):
                 if self.apply_migrations:
                     for m in migrate.apply(database, migrate.plan(database, migrate.discover())):

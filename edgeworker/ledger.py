@@ -405,10 +405,8 @@ class Ledger:
         """The newest time recorded: the clock row's mark, or a newer time in a run since."""
         state = ClockState.get_or_none(ClockState.id == 1)
         marks = [to_text(state.high_water)] if state is not None else []
-        rows = self.db.execute_sql(
-            "SELECT max(coalesce(finished_at, ''), coalesce(started_at, ''), created_at) "
-            "FROM tasks WHERE id > ? ORDER BY id DESC LIMIT 64",
-            (state.high_water_task if state is not None else 0,)).fetchall()
+        rows = self.db.execute_sql(SQL["newest_times"], (
+            state.high_water_task if state is not None else 0,)).fetchall()
         marks += [value for (value,) in rows if value]
         return from_text(max(marks)) if marks else None
 
@@ -419,7 +417,7 @@ class Ledger:
         """Record the worker's time as the high-water mark (never lower, unless `correct`: the
         clock was set back and synchronised, so the times recorded before were ahead), with other
         clock facts (`ClockState` fields)."""
-        last_id = self.db.execute_sql("SELECT max(id) FROM tasks").fetchone()[0] or 0
+        last_id = self.db.execute_sql(SQL["last_id"]).fetchone()[0] or 0
         with self.db.atomic():
             state = ClockState.get_or_none(ClockState.id == 1)
             if state is None:

@@ -61,6 +61,10 @@ STATEMENTS = {
     "cancel_waiting": "UPDATE tasks SET status = 'cancelled', finished_at = ?, error = ? "
                       "WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_queue "
                       "WHERE finished_at IS NULL AND job_id = ? AND status = 'created')",
+    # The clock's high-water mark: the newest times in the runs recorded since it was saved.
+    "newest_times": "SELECT max(coalesce(finished_at, ''), coalesce(started_at, ''), created_at) "
+                    "FROM tasks WHERE id > ? ORDER BY id DESC LIMIT 64",
+    "last_id": "SELECT max(id) FROM tasks",
     "cancelled": "SELECT status, attempt, error FROM tasks WHERE id = ?",
     # Runs waiting: due now (ready) and later (scheduled).
     "depth": "SELECT coalesce(sum(due_at <= ?), 0), coalesce(sum(due_at > ?), 0) FROM tasks "
