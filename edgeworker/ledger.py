@@ -182,7 +182,13 @@ class Ledger:
             return self._create(job, slot, due, "schedule", now)
 
     def run_now(self, job: Job, now: datetime, slot: datetime | None = None) -> Task:
-        """A manual run (`jobs run`, `tasks retry`), outside the schedule."""
+        """A manual run (`jobs run`, `tasks retry`), outside the schedule. Refused for a paused
+        or disabled job: no worker would take it."""
+        if job.paused:
+            raise Conflict(f'job "{job.name}" is paused: resume it first '
+                           f"(edgeworker jobs resume {job.name})")
+        if not job.enabled:
+            raise Conflict(f'job "{job.name}" is disabled (enabled = false in its config)')
         with self.db.atomic():
             return self._create(job, slot or now, now, "manual", now)
 
