@@ -50,7 +50,8 @@ from edgeworker.clock import to_text
 from edgeworker.config import WorkerSettings, format_duration
 from edgeworker.models import HookRun, Job, Outbox, Task, TaskStatus
 from edgeworker.processes import ProcessTable
-from edgeworker.runners import Abort, Interrupted, Result, command_env, run_command
+from edgeworker.runners import Interrupted, Result, command_env, run_command
+from edgeworker.wakeup import Flag
 
 logger = logging.getLogger("edgeworker.alerts")
 
@@ -158,7 +159,7 @@ class _Ping:
 
 class Alerts:
     def __init__(self, settings: Callable[[], WorkerSettings], clock: Callable[[], datetime],
-                 table: ProcessTable | None = None, abort: Abort | None = None):
+                 table: ProcessTable | None = None, abort: Flag | None = None):
         self.settings = settings  # the config loaded now (SIGHUP reloads it)
         self.clock = clock
         self.table = table

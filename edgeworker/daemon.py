@@ -41,8 +41,8 @@ from edgeworker.models import FINISHED, Task
 from edgeworker.notify import Notifier
 from edgeworker.processes import ProcessTable
 from edgeworker.queue import MAX_IDLE, EdgeHuey
-from edgeworker.runners import KILL_GRACE, Abort, verify_callables
-from edgeworker.wakeup import StopPipe
+from edgeworker.runners import KILL_GRACE, verify_callables
+from edgeworker.wakeup import Flag
 from edgeworker.worker import IntervalJobWorker, task_environment
 
 logger = logging.getLogger("edgeworker.daemon")
@@ -67,8 +67,8 @@ class Daemon:
         self.db_path = Path(db_path)
         self.apply_migrations = apply_migrations
         self.workers = workers or config.worker.workers
-        self.stop_pipe = StopPipe()
-        self.abort = Abort()
+        self.stop = Flag()
+        self.abort = Flag()
         self.lock: dbmod.WorkerLock | None = None
         self.signals: list[int] = []  # read from the wake-up fd: each byte is a signal number
         self._signal_read, self._signal_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -120,11 +120,12 @@ class Daemon:
                                      on_step=self._wake)
         self.alerts = Alerts(lambda: self.config.worker, self.clock.now, self.processes,
                              self.abort)
-        worker = IntervalJobWorker(self.ledger, self.abort, stopping=lambda: self.stop_pipe.is_set,
+        worker = IntervalJobWorker(self.ledger, self.abort, stopping=self.stop.is_set,
                                    clock=self.clock.now,
                                    observe=self.metrics and self.metrics.observe,
                                    env_file=lambda: self.config.worker.env_file,
-                                   table=self.processes, alerts=self.alerts)
+                                   table=self.processes, alerts=self.alerts,
+                                   queue=self.huey.storage)
 
         def handle(args, run) -> None:
             thread = self.threads.current()
@@ -137,7 +138,7 @@ class Daemon:
                     thread.busy_since = None
 
         self.huey.bind(handle, now=self.clock.now, hold=lambda: self.held_since is not None,
-                       stop=self.stop_pipe, path=self.db_path)
+                       stop=self.stop, path=self.db_path)
         self.notifier.status("starting: syncing jobs and recovering tasks")
         with dbmod.translate_errors(self.db_path):
             if self.config.path is not None:
@@ -147,8 +148,12 @@ class Daemon:
             logger.info("%s", self.recovery.line())
             self.alert_recovery()
             self.check_clock(starting=True)
+        def close_thread() -> None:
+            self.huey.storage.release()
+            database.close()
+
         self.consumer = consumer.build(self.huey, self.workers, self.threads, self.chores,
-                                       close=database.close)
+                                       close=close_thread)
         return self.consumer
 
     def alert_recovery(self) -> None:
@@ -173,7 +178,7 @@ class Daemon:
                                        busy_timeout=settings.busy_timeout,
                                        create=self.apply_migrations)
         try:
-            models.database.initialize(database)
+            models.bind(database)
             with dbmod.translate_errors(self.db_path):
                 if self.apply_migrations:
                     for m in migrate.apply(database, migrate.plan(database, migrate.discover())):
@@ -477,7 +482,7 @@ class Daemon:
     def shutdown(self, consumer) -> int:
         self.notifier.stopping()
         consumer.stop_flag.set()
-        self.stop_pipe.set()
+        self.stop.set()
         deadline = time.monotonic() + self.config.worker.shutdown_timeout
         if not self._join(consumer, deadline):
             if self.signals:

@@ -112,6 +112,7 @@ class Ledger:
     def __init__(self, database: peewee.SqliteDatabase, worker: str | None = None):
         self.db = database
         self.worker = worker or worker_identity()
+        self.jobs: dict[int, tuple[tuple, Job]] = {}  # job id -> (row, model), see _job
 
     # -- creating runs ------------------------------------------------------------------------
 
@@ -129,6 +130,17 @@ class Ledger:
     def _get(self, model, key: int):
         row = self.db.execute_sql(SQL[model._meta.name], (key,)).fetchone()
         return None if row is None else _model(model, row)
+
+    def _job(self, job_id: int) -> Job | None:
+        """A job as stored now. Read at every claim and finish; a model is built only when the
+        row differs from the one last read (building one costs more than the query)."""
+        row = self.db.execute_sql(SQL["job"], (job_id,)).fetchone()
+        if row is None:
+            return None
+        seen = self.jobs.get(job_id)
+        if seen is None or seen[0] != row:
+            seen = self.jobs[job_id] = (row, _model(Job, row))
+        return seen[1]
 
     @staticmethod
     def _plan(job: Job, last_slot: datetime | None, now: datetime) -> tuple[datetime, datetime]:
@@ -170,7 +182,13 @@ class Ledger:
             return self._create(job, slot, due, "schedule", now)
 
     def run_now(self, job: Job, now: datetime, slot: datetime | None = None) -> Task:
-        """A manual run (`jobs run`, `tasks retry`), outside the schedule."""
+        """A manual run (`jobs run`, `tasks retry`), outside the schedule. Refused for a paused
+        or disabled job: no worker would take it."""
+        if job.paused:
+            raise Conflict(f'job "{job.name}" is paused: resume it first '
+                           f"(edgeworker jobs resume {job.name})")
+        if not job.enabled:
+            raise Conflict(f'job "{job.name}" is disabled (enabled = false in its config)')
         with self.db.atomic():
             return self._create(job, slot or now, now, "manual", now)
 
@@ -195,7 +213,7 @@ class Ledger:
         resets the row a dead worker left running. Returns the row, or None if it was dropped."""
         with self.db.atomic():
             if args.task_id is None:
-                job = self._get(Job, args.job_id)
+                job = self._job(args.job_id)
                 if job is None or not job.active:
                     logger.info("dropped a run of job %s: the job is gone or paused", args.job_id)
                     return None
@@ -215,19 +233,26 @@ class Ledger:
         """Claim the next due run whose job is active and not running (one UPDATE ... RETURNING,
         one commit); with `hold`, cron jobs' scheduled runs wait (the clock is not trusted)."""
         with self.db.atomic("IMMEDIATE"):
-            row = self.db.execute_sql(SQL["claim"], {"now": to_text(now), "hold": hold,
-                                                      "worker": self.worker}).fetchone()
-            if row is None:
-                return None
-            try:
-                task = _model(Task, row)
-                job = self._get(Job, task.job_id)
-            except (ValueError, TypeError) as exc:  # a row written by hand, or damaged
-                error = f"cannot read this run's row: {type(exc).__name__}: {exc}"
-                self.db.execute_sql(SQL["unreadable"], (to_text(now), error, row[0]))
-                logger.error("task %s: %s; it failed", row[0], error)
-                return None
+            return self._claim(now, hold)
+
+    def _claim(self, now: datetime, hold: bool) -> ClaimedRun | None:
+        row = self.db.execute_sql(SQL["claim"], {"now": to_text(now), "hold": hold,
+                                                  "worker": self.worker}).fetchone()
+        if row is None:
+            return None
+        try:
+            task = _model(Task, row)
+            job = self._job(task.job_id)
+        except (ValueError, TypeError) as exc:  # a row written by hand, or damaged
+            error = f"cannot read this run's row: {type(exc).__name__}: {exc}"
+            self.db.execute_sql(SQL["unreadable"], (to_text(now), error, row[0]))
+            logger.error("task %s: %s; it failed", row[0], error)
+            return None
         return ClaimedRun(task, job)
+
+    def unclaim(self, run: ClaimedRun) -> bool:
+        """Give back a run claimed but not started (a worker thread stopping)."""
+        return bool(self.db.execute_sql(SQL["unclaim"], (run.task.id, run.task.attempt)).rowcount)
 
     def next_due(self, hold: bool = False) -> datetime | None:
         """When the next claimable run falls due (it may be past), or None."""
@@ -246,13 +271,23 @@ class Ledger:
     def finish(self, run: ClaimedRun, outcome: Outcome, now: datetime) -> Task:
         """Record a run's outcome: succeeded, failed, or back to created for a retry; and, when a
         scheduled run is over, create the job's next one, all in one transaction."""
+        return self._finish(run, outcome, now, None)[0]
+
+    def finish_and_claim(self, run: ClaimedRun, outcome: Outcome, now: datetime,
+                         hold: bool = False) -> tuple[Task, ClaimedRun | None]:
+        """`finish`, and claim the next due run in the same transaction: a worker thread that
+        will take the next run at once saves a commit per run while work is waiting."""
+        return self._finish(run, outcome, now, hold)
+
+    def _finish(self, run: ClaimedRun, outcome: Outcome, now: datetime,
+                claim_next: bool | None) -> tuple[Task, ClaimedRun | None]:
         task = run.task
         # The next slot and the back-off are worked out from the job as it was at the claim,
         # before the write lock is taken; a job edited while it ran is planned again inside.
         planned = run.job
         following, backoff = self._end_plan(planned, task, outcome, now)
         with self.db.atomic():
-            job = self._get(Job, task.job_id)
+            job = self._job(task.job_id)
             if job is not None and _plan_inputs(job) != _plan_inputs(planned):
                 following, backoff = self._end_plan(job, task, outcome, now)
             retry = (not outcome.succeeded and job is not None and job.active
@@ -271,12 +306,13 @@ class Ledger:
                             "its outcome is not recorded", task.id)
             elif not retry and following is not None and job is not None and job.active:
                 self._create(job, *following, "schedule", now)
+            following_run = None if claim_next is None else self._claim(now, claim_next)
         if not changed:
-            return self._get(Task, task.id)
+            return self._get(Task, task.id), following_run
         # the row as the UPDATE left it, without reading it back
         task.status, task.finished_at, task.due_at = status.value, finished, due
         task.exit_code, task.error, task.output = outcome.exit_code, outcome.error, outcome.output
-        return task
+        return task, following_run
 
     def _end_plan(self, job: Job, task: Task, outcome: Outcome,
                   now: datetime) -> tuple[tuple[datetime, datetime] | None, float]:
@@ -309,7 +345,7 @@ class Ledger:
                        .where((Task.id == task.id) & (Task.status == task.status)
                               & (Task.attempt == task.attempt)).execute())
             if changed and task.origin == "schedule":
-                job = self._get(Job, task.job_id)
+                job = self._job(task.job_id)
                 if job is not None and job.active and self.pending_scheduled(job.id) is None:
                     self.schedule_next(job, task.scheduled_for, now)
         return bool(changed)
@@ -375,10 +411,8 @@ class Ledger:
         """The newest time recorded: the clock row's mark, or a newer time in a run since."""
         state = ClockState.get_or_none(ClockState.id == 1)
         marks = [to_text(state.high_water)] if state is not None else []
-        rows = self.db.execute_sql(
-            "SELECT max(coalesce(finished_at, ''), coalesce(started_at, ''), created_at) "
-            "FROM tasks WHERE id > ? ORDER BY id DESC LIMIT 64",
-            (state.high_water_task if state is not None else 0,)).fetchall()
+        rows = self.db.execute_sql(SQL["newest_times"], (
+            state.high_water_task if state is not None else 0,)).fetchall()
         marks += [value for (value,) in rows if value]
         return from_text(max(marks)) if marks else None
 
@@ -389,7 +423,7 @@ class Ledger:
         """Record the worker's time as the high-water mark (never lower, unless `correct`: the
         clock was set back and synchronised, so the times recorded before were ahead), with other
         clock facts (`ClockState` fields)."""
-        last_id = self.db.execute_sql("SELECT max(id) FROM tasks").fetchone()[0] or 0
+        last_id = self.db.execute_sql(SQL["last_id"]).fetchone()[0] or 0
         with self.db.atomic():
             state = ClockState.get_or_none(ClockState.id == 1)
             if state is None:

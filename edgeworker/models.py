@@ -16,8 +16,6 @@ import peewee
 
 from edgeworker.clock import from_text, to_text
 
-database = peewee.DatabaseProxy()
-
 
 class TaskStatus(StrEnum):
     CREATED = "created"
@@ -64,8 +62,7 @@ class UtcDateTimeField(peewee.Field):
 
 class BaseModel(peewee.Model):
     class Meta:
-        database = database
-        legacy_table_names = False
+        legacy_table_names = False  # bound to a database by `bind`
 
 
 class Job(BaseModel):
@@ -219,3 +216,13 @@ class HookRun(BaseModel):
 
     class Meta:
         table_name = "hook_runs"
+
+
+MODELS = (Job, Task, Recovery, ClockState, Outbox, HookRun)
+
+
+def bind(database: peewee.Database) -> peewee.Database:
+    """Bind the models to the process's one database handle (the composition root does this
+    once: `edgeworker run`, a CLI command, `serve`), and return it."""
+    database.bind(MODELS, bind_refs=False, bind_backrefs=False)
+    return database

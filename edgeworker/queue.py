@@ -29,7 +29,7 @@ from edgeworker import db as dbmod
 from edgeworker.clock import utcnow
 from edgeworker.ledger import ClaimedRun, IntervalJobArgs, Ledger
 from edgeworker.logs import Reminder
-from edgeworker.wakeup import DatabaseWatch, StopPipe
+from edgeworker.wakeup import DatabaseWatch, Flag
 
 logger = logging.getLogger("edgeworker.queue")
 
@@ -64,7 +64,7 @@ class TaskStorage(BaseStorage):
         # Set by the worker process (`Daemon`); a CLI process only enqueues.
         self.now: Callable[[], datetime] = utcnow
         self.hold: Callable[[], bool] = lambda: False  # cron runs wait for the clock
-        self.stop: StopPipe | None = None
+        self.stop: Flag | None = None
         self.path: Path | None = None
         self.claimed: dict[int, ClaimedRun] = {}  # claimed, not yet picked up by its thread
         self.trouble = Reminder(logger)  # one for all worker threads: logged once
@@ -90,9 +90,13 @@ class TaskStorage(BaseStorage):
     def dequeue(self) -> bytes | None:
         """Claim the next due run and return its message; or wait until one may be due and
         return None (huey's worker then looks at its stop flag and calls again)."""
-        if self.stop is not None and self.stop.is_set:
+        if self.stop is not None and self.stop.is_set():
             return None
         local = self.local
+        run, local.next = getattr(local, "next", None), None
+        if run is not None:  # claimed when this thread recorded its last run's outcome
+            self.claimed[run.task.id] = run
+            return self.encode(run.args.payload())
         try:
             run = self.claim_next(locked=getattr(local, "woken", False))
         except Exception as exc:
@@ -102,7 +106,7 @@ class TaskStorage(BaseStorage):
             local.error_delay = min(delay * 2, MAX_ERROR_DELAY)
             local.woken = True
             if self.stop is not None:  # not the WAL watch: failing writes would wake it at once
-                DatabaseWatch.sleep(self.stop, delay)
+                self.stop.wait(delay)
             return None
         local.error_delay = 0.5
         self.trouble.resolved("reading the queue again")
@@ -122,6 +126,29 @@ class TaskStorage(BaseStorage):
             return None
         return self.ledger.claim(now, hold)
 
+    def want_next(self) -> bool | None:
+        """Should this thread claim its next run as it records an outcome? None if not (it
+        stops), else whether cron runs are held."""
+        if self.stop is not None and self.stop.is_set():
+            return None
+        return self.hold()
+
+    def keep(self, run: ClaimedRun) -> None:
+        """The run this thread claimed with its last outcome: its next dequeue returns it."""
+        self.local.next = run
+
+    def release(self) -> None:
+        """A worker thread stops: give back a run it claimed and did not start."""
+        run, self.local.next = getattr(self.local, "next", None), None
+        if run is None:
+            return
+        try:
+            if self.ledger.unclaim(run):
+                logger.info("task %s: given back unstarted, as the worker stops", run.task.id)
+        except Exception as exc:  # the next start recovers it
+            logger.error("task %s: cannot give it back unstarted (%s); the next start runs it",
+                         run.task.id, dbmod.describe(self.path, exc))
+
     def take(self, args: IntervalJobArgs) -> ClaimedRun | None:
         """The run a message names, as claimed by `dequeue` in this process."""
         return self.claimed.pop(args.task_id, None)
@@ -138,7 +165,7 @@ class TaskStorage(BaseStorage):
     def watch(self) -> DatabaseWatch:
         watch = getattr(self.local, "watch", None)
         if watch is None:
-            watch = self.local.watch = DatabaseWatch(self.path, self.stop or StopPipe())
+            watch = self.local.watch = DatabaseWatch(self.path, self.stop or Flag())
             self.watches.append(watch)
         return watch
 
@@ -220,7 +247,7 @@ class EdgeHuey(Huey):
         return task.args[0], task.eta
 
     def bind(self, handler: Callable[[IntervalJobArgs, ClaimedRun | None], None], *,
-             now: Callable[[], datetime], hold: Callable[[], bool], stop: StopPipe,
+             now: Callable[[], datetime], hold: Callable[[], bool], stop: Flag,
              path: Path) -> None:
         """Make this process a worker: claimed runs go to `handler`."""
         self.handler = handler

@@ -50,6 +50,7 @@ from edgeworker.entry import openssl_for_jobs
 from edgeworker.errors import ConfigError
 from edgeworker.libc import libc
 from edgeworker.processes import ProcessTable, Tree
+from edgeworker.wakeup import Flag
 
 OUTPUT_LIMIT = 64 * 1024
 PR_SET_PDEATHSIG = 1  # an isolated callable's child dies with the worker
@@ -93,25 +94,6 @@ class TaskContext:
 
     def time_left(self) -> float | None:
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
-
-
-class Abort:
-    """Set by the daemon when the shutdown timeout is over; wakes runs waiting on a command."""
-
-    def __init__(self) -> None:
-        self._read, self._write = os.pipe()
-        self.event = threading.Event()
-
-    def set(self) -> None:
-        if not self.event.is_set():
-            self.event.set()
-            os.write(self._write, b"x")
-
-    def is_set(self) -> bool:
-        return self.event.is_set()
-
-    def fileno(self) -> int:
-        return self._read
 
 
 class Tail:
@@ -225,7 +207,7 @@ _anonymous = ProcessTable("-", None, None)
 
 
 def run_command(target: str, shell: bool, env: dict[str, str], cwd: str | None,
-                timeout: float | None, abort: Abort | None = None,
+                timeout: float | None, abort: Flag | None = None,
                 grace: float = KILL_GRACE, table: ProcessTable | None = None,
                 run: tuple[int, int] = (0, 0),
                 cancelled: Callable[[], str | None] | None = None) -> Result:
@@ -251,7 +233,7 @@ def run_command(target: str, shell: bool, env: dict[str, str], cwd: str | None,
         tree.close()
 
 
-def _supervise(tree: Tree, timeout: float | None, abort: Abort | None, grace: float,
+def _supervise(tree: Tree, timeout: float | None, abort: Flag | None, grace: float,
                cancelled: Callable[[], str | None] | None, limit: int = OUTPUT_LIMIT) -> Result:
     proc = tree.proc
     tail = Tail(limit)
@@ -461,7 +443,7 @@ def run_callable(fn: Callable, ctx: TaskContext, timeout: float | None) -> Resul
 
 
 def run_isolated(fn: Callable, ctx: TaskContext, timeout: float | None,
-                 abort: Abort | None = None, grace: float = KILL_GRACE,
+                 abort: Flag | None = None, grace: float = KILL_GRACE,
                  table: ProcessTable | None = None, run: tuple[int, int] = (0, 0),
                  cancelled: Callable[[], str | None] | None = None) -> Result:
     """Run a callable in a forked child: stopped like a command at its timeout or a shutdown.

@@ -38,6 +38,9 @@ STATEMENTS = {
     "claim": "UPDATE tasks SET status = 'running', attempt = attempt + 1, started_at = :now, "
              f"worker = :worker WHERE id = (SELECT t.id {CLAIMABLE} AND t.due_at <= :now "
              f"ORDER BY t.due_at, t.id LIMIT 1) RETURNING {TASK_COLUMNS}",
+    # A claimed run given back before it started (its worker thread stops).
+    "unclaim": "UPDATE tasks SET status = 'created', attempt = attempt - 1, started_at = NULL, "
+               "worker = NULL WHERE id = ? AND status = 'running' AND attempt = ?",
     # When the next claimable run falls due: how long an idle worker thread sleeps.
     "next_due": f"SELECT min(t.due_at) {CLAIMABLE}",
     # running -> succeeded | failed | created (a retry), only if still this claim's.
@@ -58,6 +61,10 @@ STATEMENTS = {
     "cancel_waiting": "UPDATE tasks SET status = 'cancelled', finished_at = ?, error = ? "
                       "WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_queue "
                       "WHERE finished_at IS NULL AND job_id = ? AND status = 'created')",
+    # The clock's high-water mark: the newest times in the runs recorded since it was saved.
+    "newest_times": "SELECT max(coalesce(finished_at, ''), coalesce(started_at, ''), created_at) "
+                    "FROM tasks WHERE id > ? ORDER BY id DESC LIMIT 64",
+    "last_id": "SELECT max(id) FROM tasks",
     "cancelled": "SELECT status, attempt, error FROM tasks WHERE id = ?",
     # Runs waiting: due now (ready) and later (scheduled).
     "depth": "SELECT coalesce(sum(due_at <= ?), 0), coalesce(sum(due_at > ?), 0) FROM tasks "

@@ -32,17 +32,27 @@ IN_CLOEXEC = os.O_CLOEXEC
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 
 
-class StopPipe:
-    """A level-triggered 'stop' that every waiter can poll: once set, it stays readable."""
+class Flag:
+    """A flag that select() and poll() can wait on: once set, its fd stays readable. The daemon
+    has two: `stop` (idle worker threads stop waiting) and `abort` (running commands are
+    ended once the shutdown timeout is over)."""
 
     def __init__(self) -> None:
         self._read, self._write = os.pipe2(os.O_CLOEXEC)
-        self.is_set = False
+        self._set = False
 
     def set(self) -> None:
-        if not self.is_set:
-            self.is_set = True
+        if not self._set:
+            self._set = True
             os.write(self._write, b"x")
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep for `timeout` seconds, or until the flag is set; True if it is."""
+        select.select([self._read], [], [], max(0.0, timeout))
+        return self._set
 
     def fileno(self) -> int:
         return self._read
@@ -51,7 +61,7 @@ class StopPipe:
 class DatabaseWatch:
     """Waits for a change to the database (a write to its WAL), a stop, or a timeout."""
 
-    def __init__(self, database: Path, stop: StopPipe):
+    def __init__(self, database: Path, stop: Flag):
         self.wal = Path(f"{database}-wal")
         self.stop = stop
         self.fd = -1
@@ -73,11 +83,6 @@ class DatabaseWatch:
         self.watching = wd >= 0
         if not self.watching and ctypes.get_errno() != errno.ENOENT:
             logger.warning("cannot watch %s: %s", self.wal, os.strerror(ctypes.get_errno()))
-
-    @staticmethod
-    def sleep(stop: StopPipe, timeout: float) -> None:
-        """Sleep for `timeout` seconds, or until stop is set."""
-        select.select([stop], [], [], max(0.0, timeout))
 
     def wait(self, timeout: float) -> bool:
         """Return after `timeout` seconds, or as soon as the database changes or stop is set.

@@ -26,7 +26,6 @@ from edgeworker.logs import Reminder
 from edgeworker.models import Job, Task
 from edgeworker.processes import ProcessTable
 from edgeworker.runners import (
-    Abort,
     Interrupted,
     Result,
     TaskContext,
@@ -37,6 +36,7 @@ from edgeworker.runners import (
     run_command,
     run_isolated,
 )
+from edgeworker.wakeup import Flag
 
 logger = logging.getLogger("edgeworker.worker")
 MAX_RETRY_DELAY = 30.0
@@ -59,16 +59,20 @@ def last_line(text: str | None) -> str:
 
 
 class IntervalJobWorker:
-    def __init__(self, ledger: Ledger, abort: Abort | None = None,
+    def __init__(self, ledger: Ledger, abort: Flag | None = None,
                  stopping: Callable[[], bool] = lambda: False,
                  clock: Callable[[], datetime] = utcnow,
                  observe: Callable[[Task], None] | None = None,
                  env_file: Callable[[], Path | None] = lambda: None,
-                 table: ProcessTable | None = None, alerts: Alerts | None = None):
+                 table: ProcessTable | None = None, alerts: Alerts | None = None,
+                 queue=None):
         self.ledger = ledger
+        # huey's storage (edgeworker.queue.TaskStorage): with it, recording an outcome also
+        # claims this thread's next due run, in the same commit
+        self.queue = queue
         self.alerts = alerts  # told each start and outcome; hooks and pings run elsewhere
         self.table = table
-        self.abort = abort or Abort()
+        self.abort = abort or Flag()
         self.stopping = stopping
         self.clock = clock
         self.observe = observe  # told each recorded outcome (the metrics count them)
@@ -180,7 +184,13 @@ class IntervalJobWorker:
             try:
                 # never before it started, whatever the clock did meanwhile
                 now = max(self.clock(), run.task.started_at)
-                task = self.ledger.finish(run, outcome, now)
+                hold = None if self.queue is None else self.queue.want_next()
+                if hold is None:
+                    task = self.ledger.finish(run, outcome, now)
+                else:
+                    task, following = self.ledger.finish_and_claim(run, outcome, now, hold)
+                    if following is not None:
+                        self.queue.keep(following)
             except Exception as exc:
                 if not dbmod.heals(exc):
                     return self._record_failure(run, outcome, exc)

@@ -71,7 +71,7 @@ def database(tmp_path: Path):
     """A migrated database opened in-process, with the models bound to it."""
     database = dbmod.open_database(tmp_path / "edgeworker.db", create=True)
     migrate.apply(database, migrate.plan(database, migrate.discover()))
-    models.database.initialize(database)
+    models.bind(database)
     yield database
     database.close()
 

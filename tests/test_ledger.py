@@ -344,7 +344,7 @@ def test_an_outcome_is_recorded_once_a_lock_that_held_it_up_is_gone(tmp_path, ca
 
     database = dbmod.open_database(tmp_path / "locked.db", create=True, busy_timeout=0.05)
     migrate.apply(database, migrate.plan(database, migrate.discover()))
-    models.database.initialize(database)
+    models.bind(database)
     ledger = Ledger(database, worker="test:1")
     add(ledger)
     run = take(ledger)
@@ -360,3 +360,30 @@ def test_an_outcome_is_recorded_once_a_lock_that_held_it_up_is_gone(tmp_path, ca
     assert retries == [f"task {run.task.id}: cannot record its outcome (database is locked by "
                        "another process (busy timeout expired); try again); retrying, at most "
                        "every 30s"]
+
+
+def test_an_outcome_and_the_next_claim_commit_once(ledger, database):
+    job = add(ledger)
+    now = utcnow()
+    first, second = ledger.run_now(job, now), ledger.run_now(job, now)
+    Task.delete().where(Task.origin == "schedule").execute()
+    run = ledger.claim(now)
+    assert run.task.id == first.id
+    reset_wal(database)
+    task, following = ledger.finish_and_claim(run, Outcome(True, 0, None, ""), now)
+    assert wal_commits(database.database) == 1  # a burst of runs: one commit a run
+    assert (task.status, following.task.id, following.task.status) == ("succeeded", second.id,
+                                                                      "running")
+    assert ledger.finish_and_claim(following, Outcome(True, 0, None, ""), now)[1] is None
+
+
+def test_a_run_claimed_for_later_is_given_back_when_the_thread_stops(ledger):
+    job = add(ledger)
+    huey = EdgeHuey(ledger)
+    run = ledger.claim(utcnow() + timedelta(hours=2))
+    huey.storage.keep(run)  # claimed with the last outcome, not started
+    huey.storage.release()  # the thread stops instead
+    row = Task.get_by_id(run.task.id)
+    assert (row.status, row.attempt, row.started_at) == ("created", 0, None)
+    assert ledger.claim(utcnow() + timedelta(hours=2)).task.id == run.task.id
+    assert job.id == run.job.id

@@ -217,3 +217,88 @@ def test_016_gives_isolate_a_column_of_its_own(fresh):
     migrate.apply(fresh, migrate.plan(fresh, all_migrations, target=16))
     assert fresh.execute_sql("SELECT id, shell, isolate FROM jobs ORDER BY id").fetchall() == [
         (1, 0, 1), (2, 0, 0), (3, 1, 0)]
+
+
+def test_017_moves_huey_messages_into_due_rows_and_drops_hueys_tables(fresh):
+    """A database as the previous version left it, with runs in every state and huey's messages
+    for them: nothing waiting is lost, and huey's tables go."""
+    import json
+
+    all_migrations = migrate.discover()
+    migrate.apply(fresh, migrate.plan(fresh, all_migrations, target=16))
+    sql = fresh.execute_sql
+    for id_, name, every, cron in ((1, "tick", 60, None), (2, "nightly", None, "0 3 * * *")):
+        sql("INSERT INTO jobs (id, name, kind, target, every_seconds, cron, max_attempts, "
+            "created_at, updated_at) VALUES (?, ?, 'command', 'true', ?, ?, 3, ?, ?)",
+            (id_, name, every, cron, NOW, NOW))
+    early, late = "2025-12-31T09:00:00.000000Z", "2026-01-01T11:00:00.000000Z"
+    rows = [  # id, job, status, origin, due_at, attempt, created_at, finished_at
+        (1, 1, "succeeded", "schedule", early, 1, early, NOW),
+        (2, 1, "failed", "schedule", early, 3, early, NOW),
+        (3, 1, "cancelled", "manual", early, 0, early, None),  # an old cancel without a time
+        (4, 1, "running", "manual", early, 1, early, None),  # its recovery message queued
+        (5, 1, "created", "schedule", early, 0, NOW, None),  # catch-up: created after its due
+        (6, 1, "created", "manual", NOW, 0, NOW, None),  # in huey's ready queue
+        (7, 1, "created", "schedule", late, 2, early, None),  # a retry, due later
+        (8, 2, "created", "schedule", late, 0, early, None),  # a held cron run: no message
+        (9, 1, "created", "manual", NOW, 0, NOW, None),  # its message was lost in a crash
+    ]
+    for id_, job, status, origin, due, attempt, created, finished in rows:
+        sql("INSERT INTO tasks (id, job_id, status, origin, scheduled_for, due_at, attempt, "
+            "created_at, started_at, finished_at, output) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+            "?)", (id_, job, status, origin, due, due, attempt, created,
+                   created if status != "created" else None, finished, f"out {id_}"))
+    sql("UPDATE sqlite_sequence SET seq = 20 WHERE name = 'tasks'")  # 10..20 were pruned
+
+    def message(args, eta=None):
+        body = {"id": f"m{len(args)}", "name": "edgeworker.run_job", "args": [args]}
+        if eta:
+            body["eta"] = eta
+        return json.dumps(body).encode()
+
+    ready = [message({"job_id": 1, "task_id": 6}),
+             message({"job_id": 1, "task_id": 4, "recovering_attempt": 1}),
+             message({"job_id": 1}),  # the seed's path: the row is made at the claim
+             b"\x80not json"]
+    for data in ready:
+        sql("INSERT INTO huey_task (queue, data, priority) VALUES ('edgeworker', ?, 0)", (data,))
+    for task_id, ms in ((5, 1767261600000), (7, 1767265200000)):
+        sql("INSERT INTO huey_schedule (queue, data, timestamp) VALUES ('edgeworker', ?, ?)",
+            (message({"job_id": 1, "task_id": task_id}), ms))
+    finished_before = sql("SELECT id, status, output, finished_at FROM tasks "
+                          "WHERE id IN (1, 2) ORDER BY id").fetchall()
+
+    migrate.apply(fresh, migrate.plan(fresh, all_migrations, target=17))
+
+    tables = {name for (name,) in sql("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert not {t for t in tables if t.startswith("huey")}
+    assert "requeued" not in {c.name for c in fresh.get_columns("recoveries")}
+    assert sql("SELECT id, status, output, finished_at FROM tasks WHERE id IN (1, 2) "
+               "ORDER BY id").fetchall() == finished_before
+    assert sql("SELECT finished_at FROM tasks WHERE id = 3").fetchone() == (early,)
+    # every waiting run is a row due when its message was; the running one is left to recovery
+    assert sql("SELECT id, status, due_at FROM tasks WHERE finished_at IS NULL AND id < 10 "
+               "ORDER BY id").fetchall() == [
+        (4, "running", early), (5, "created", NOW), (6, "created", NOW), (7, "created", late),
+        (8, "created", late), (9, "created", NOW)]
+    [made] = sql("SELECT job_id, status, origin FROM tasks WHERE id > 9 AND id != 20").fetchall()
+    assert made == (1, "created", "manual")  # the message without a task
+    placeholder = sql("SELECT status, job_id FROM tasks WHERE id = 20").fetchone()
+    assert placeholder == ("cancelled", None)  # ids up to 20 were handed out: never again
+    assert "tasks_queue" in {i.name for i in fresh.get_indexes("tasks")}
+    assert sql("PRAGMA foreign_key_check").fetchall() == []
+    assert sql("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert sql("INSERT INTO tasks (job_id, scheduled_for, due_at, created_at) VALUES "
+               "(1, ?, ?, ?)", (NOW, NOW, NOW)).lastrowid == 21
+
+    # The next start recovers the interrupted run, and the worker claims in due order.
+    from edgeworker import models, recovery
+    from edgeworker.clock import from_text
+    from edgeworker.ledger import Ledger
+
+    models.bind(fresh)
+    ledger = Ledger(fresh, worker="new:1")
+    plan = recovery.recover(ledger, from_text(NOW))
+    assert plan.counts()["recovered"] == 1, plan.close
+    first = ledger.claim(from_text(late))
+    assert (first.task.id, first.recovered, first.task.attempt) == (4, True, 2)

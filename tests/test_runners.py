@@ -12,7 +12,6 @@ import pytest
 
 from edgeworker.runners import (
     OUTPUT_LIMIT,
-    Abort,
     Interrupted,
     TaskContext,
     command_env,
@@ -20,6 +19,7 @@ from edgeworker.runners import (
     run_command,
     run_isolated,
 )
+from edgeworker.wakeup import Flag
 
 
 def run(target, shell=False, timeout=None, env=None, cwd=None, **kwargs):
@@ -99,7 +99,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
 
 
 def test_abort_stops_a_command_and_records_nothing(tmp_path):
-    abort = Abort()
+    abort = Flag()
     threading.Timer(0.3, abort.set).start()
     with pytest.raises(Interrupted):
         run("sleep 30", timeout=None, abort=abort, grace=0.5)
@@ -237,7 +237,7 @@ def test_an_isolated_callable_ignoring_sigterm_is_killed_after_the_grace(tmp_pat
 
 
 def test_abort_stops_an_isolated_callable_and_records_nothing():
-    abort = Abort()
+    abort = Flag()
     threading.Timer(0.3, abort.set).start()
     with pytest.raises(Interrupted):
         run_isolated(lambda c: time.sleep(30), ctx(), None, abort=abort, grace=0.5)

@@ -424,8 +424,8 @@ def test_a_row_the_page_cannot_read_gives_a_500_page_and_a_logged_traceback(tmp_
     subprocess.run([sys.executable, "-m", "edgeworker", "--db", str(db), "migrate"], check=True,
                    capture_output=True)
     con = sqlite3.connect(db)
-    con.execute("INSERT INTO tasks (status, scheduled_for, created_at) "
-                "VALUES ('failed', 'yesterday', 'not a time')")
+    con.execute("INSERT INTO tasks (status, scheduled_for, due_at, created_at, finished_at) "
+                "VALUES ('failed', 'yesterday', 'yesterday', 'not a time', 'not a time')")
     con.commit()
     con.close()
     server = ServeProcess(db=db, log_dir=tmp_path)
