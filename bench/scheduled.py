@@ -35,8 +35,8 @@ seconds; then the running run is released, and the waiting run must run next (it
 `BEFORE` holds the same figures for the code before the `tasks` table became huey's queue (commit
 b5dff58), measured once by these same children, for issue 11's target: `python -m
 bench.scheduled --before /path/to/checkout` runs them with that checkout's venv and prints them.
-The children drive edgeworker only through what both versions have (`Daemon`, `add_job`,
-`Ledger.run_now`, `Ledger.db`), so the same code measures both.
+The children drive edgeworker only through what both versions have (`Daemon` with its `start`
+and `shutdown`, `add_job`, `Ledger.run_now`, `Ledger.db`), so the same code measures both.
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from datetime import datetime
@@ -156,13 +155,9 @@ def start_worker(path: Path, specs: list, workers: int, count_commits: bool):
 
 
 def stop_worker(daemon, consumer) -> None:
+    """The graceful stop that SIGTERM starts in `edgeworker run`."""
     jobs.release.set()
-    consumer.stop_flag.set()
-    daemon.stop_pipe.set()
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread():
-            thread.join(10)
-    daemon.close()
+    assert daemon.shutdown(consumer) == 0
 
 
 def interval_edgeworker(directory: Path, runs: int, warmup: int, count_commits: bool) -> dict:

@@ -218,11 +218,7 @@ def run_edgeworker(directory: Path, n: int, count_commits: bool, profile: bool =
     if profile and count_commits:
         commits["drain_pages"] = commit_pages(path, queued_names)
     watcher.close()
-    consumer.stop_flag.set()
-    daemon.stop_pipe.set()
-    for thread in daemon.threads.alive():
-        thread.join(10)
-    daemon.close()
+    assert daemon.shutdown(consumer) == 0  # as SIGTERM stops `edgeworker run`
     assert files_size(path) == os.stat(path).st_size, "a connection is still open"
     return meter.report(commits if count_commits else None)
 
