@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,6 +32,7 @@ from edgeworker.models import (
     TaskStatus,
 )
 from edgeworker.sql import STATEMENTS as SQL
+from edgeworker.sql import claiming
 
 logger = logging.getLogger("edgeworker.ledger")
 
@@ -113,6 +115,9 @@ class Ledger:
         self.db = database
         self.worker = worker or worker_identity()
         self.jobs: dict[int, tuple[tuple, Job]] = {}  # job id -> (row, model), see _job
+        # Rows this worker claimed and has not seen finish: where its running runs are (sql.py)
+        self.mine: set[int] = set()
+        self.mine_lock = threading.Lock()
 
     # -- creating runs ------------------------------------------------------------------------
 
@@ -226,8 +231,8 @@ class Ledger:
 
     def due(self, now: datetime, hold: bool = False) -> bool:
         """Is a claimable run due? A read: it takes no write lock."""
-        return self.db.execute_sql(SQL["due"], {"now": to_text(now), "hold": hold}) \
-            .fetchone() is not None
+        sql, params = self._claiming("due", now=to_text(now), hold=hold)
+        return self.db.execute_sql(sql, params).fetchone() is not None
 
     def claim(self, now: datetime, hold: bool = False) -> ClaimedRun | None:
         """Claim the next due run whose job is active and not running (one UPDATE ... RETURNING,
@@ -236,10 +241,12 @@ class Ledger:
             return self._claim(now, hold)
 
     def _claim(self, now: datetime, hold: bool) -> ClaimedRun | None:
-        row = self.db.execute_sql(SQL["claim"], {"now": to_text(now), "hold": hold,
-                                                  "worker": self.worker}).fetchone()
+        sql, params = self._claiming("claim", now=to_text(now), hold=hold, worker=self.worker)
+        row = self.db.execute_sql(sql, params).fetchone()
         if row is None:
             return None
+        with self.mine_lock:
+            self.mine.add(row[0])
         try:
             task = _model(Task, row)
             job = self._job(task.job_id)
@@ -250,13 +257,27 @@ class Ledger:
             return None
         return ClaimedRun(task, job)
 
+    def _claiming(self, name: str, **params) -> tuple[str, dict]:
+        with self.mine_lock:
+            mine = list(self.mine)
+        params.update((f"r{i}", task_id) for i, task_id in enumerate(mine))
+        return claiming(name, len(mine)), params
+
+    def _done(self, task_id: int) -> None:
+        with self.mine_lock:
+            self.mine.discard(task_id)
+
     def unclaim(self, run: ClaimedRun) -> bool:
         """Give back a run claimed but not started (a worker thread stopping)."""
-        return bool(self.db.execute_sql(SQL["unclaim"], (run.task.id, run.task.attempt)).rowcount)
+        given = bool(self.db.execute_sql(SQL["unclaim"], (run.task.id, run.task.attempt))
+                     .rowcount)
+        self._done(run.task.id)
+        return given
 
     def next_due(self, hold: bool = False) -> datetime | None:
         """When the next claimable run falls due (it may be past), or None."""
-        value = self.db.execute_sql(SQL["next_due"], {"hold": hold}).fetchone()[0]
+        sql, params = self._claiming("next_due", hold=hold)
+        value = self.db.execute_sql(sql, params).fetchone()[0]
         return None if value is None else from_text(value)
 
     def queue_depth(self, now: datetime) -> tuple[int, int]:
@@ -307,6 +328,7 @@ class Ledger:
             elif not retry and following is not None and job is not None and job.active:
                 self._create(job, *following, "schedule", now)
             following_run = None if claim_next is None else self._claim(now, claim_next)
+        self._done(task.id)
         if not changed:
             return self._get(Task, task.id), following_run
         # the row as the UPDATE left it, without reading it back

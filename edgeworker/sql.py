@@ -9,6 +9,8 @@ set); a claim changes no indexed column, so it writes one page.
 
 from __future__ import annotations
 
+import functools
+
 from edgeworker.models import Job, Task
 
 
@@ -17,13 +19,15 @@ def columns(model) -> str:
 
 
 # A run another may take: created, its job enabled and not paused, no run of the job running, and
-# (while cron jobs wait for a synchronised clock, :hold) not a cron job's scheduled run.
+# (while cron jobs wait for a synchronised clock, :hold) not a cron job's scheduled run. The jobs
+# running are found among the rows this worker claimed and has not seen finish, passed as :r0,
+# :r1, ... (a few: one a thread): the database says which of them still run. Looking for
+# `running` rows among all waiting ones instead cost a scan of the queue per claim.
 CLAIMABLE = """FROM tasks t JOIN jobs j ON j.id = t.job_id
     WHERE t.finished_at IS NULL AND t.status = 'created' AND j.enabled AND NOT j.paused
       AND NOT (:hold AND j.cron IS NOT NULL AND t.origin = 'schedule' AND t.attempt = 0)
-      AND t.job_id NOT IN (SELECT job_id FROM tasks INDEXED BY tasks_queue
-                           WHERE finished_at IS NULL AND status = 'running'
-                             AND job_id IS NOT NULL)"""
+      AND t.job_id NOT IN (SELECT job_id FROM tasks WHERE id IN ({mine})
+                           AND status = 'running' AND job_id IS NOT NULL)"""
 
 TASK_COLUMNS = columns(Task)
 
@@ -72,3 +76,12 @@ STATEMENTS = {
     "waiting": f"SELECT {TASK_COLUMNS} FROM tasks WHERE finished_at IS NULL AND status = 'created' "
                "ORDER BY due_at, id LIMIT ?",
 }
+
+# The statements that look for claimable runs, by how many claimed rows they are given.
+CLAIMING = ("due", "claim", "next_due")
+
+
+@functools.cache
+def claiming(name: str, mine: int) -> str:
+    """`name` (one of CLAIMING) for `mine` claimed rows, :r0 ... :r{mine - 1}."""
+    return STATEMENTS[name].replace("{mine}", ", ".join(f":r{i}" for i in range(mine)))

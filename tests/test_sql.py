@@ -3,9 +3,14 @@ tasks table, whose history grows to millions of rows."""
 
 import pytest
 
-from edgeworker.sql import STATEMENTS
+from edgeworker.sql import CLAIMING, STATEMENTS, claiming
 
-PARAMS = {"now": "2026-01-01T00:00:00.000000Z", "hold": 0, "worker": "w"}
+PARAMS = {"now": "2026-01-01T00:00:00.000000Z", "hold": 0, "worker": "w", "r0": 1, "r1": 2}
+
+
+def statement(name: str) -> str:
+    """The statement as run, those that look for claimable runs with two claimed rows."""
+    return claiming(name, 2) if name in CLAIMING else STATEMENTS[name]
 
 
 def plan_of(database, sql: str) -> list[str]:
@@ -15,13 +20,20 @@ def plan_of(database, sql: str) -> list[str]:
 
 @pytest.mark.parametrize("name", sorted(STATEMENTS))
 def test_no_statement_scans_the_tasks_table(database, name):
-    plan = plan_of(database, STATEMENTS[name])
+    plan = plan_of(database, statement(name))
     assert not [step for step in plan if step.startswith("SCAN")
                 and "INDEX tasks_queue" not in step], (name, plan)
     assert not [step for step in plan if "tasks_job_id" in step], (name, plan)
 
 
 def test_the_claim_walks_the_queue_index_in_due_order(database):
-    plan = plan_of(database, STATEMENTS["claim"])
+    plan = plan_of(database, statement("claim"))
     assert "SEARCH t USING INDEX tasks_queue (due_at<?)" in plan
     assert not [step for step in plan if "TEMP B-TREE" in step], plan  # no sort: index order
+
+
+@pytest.mark.parametrize("name", CLAIMING)
+def test_the_running_jobs_are_looked_up_by_id_not_by_a_scan_of_the_queue(database, name):
+    plan = plan_of(database, statement(name))
+    assert "SEARCH tasks USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
+    assert claiming(name, 0).count(":r") == 0 and "IN ()" in claiming(name, 0)
