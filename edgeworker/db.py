@@ -21,6 +21,7 @@ from pathlib import Path
 
 import peewee
 
+from edgeworker import postgres
 from edgeworker.errors import DatabaseError, WorkerRunning
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -28,13 +29,17 @@ SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
 PAGE_SIZE = 1024
 
 
-def open_database(path: Path, *, durability: str = "full", busy_timeout: float = 5.0,
+def open_database(path: Path | str, *, durability: str = "full", busy_timeout: float = 5.0,
                   create: bool = False, readonly: bool = False,
-                  foreign: bool = False) -> peewee.SqliteDatabase:
+                  foreign: bool = False) -> peewee.Database:
     """Open (or, with `create`, create) the database and check that SQLite can read it.
 
     `readonly` opens it so that nothing is written (see ReadOnlyDatabase). A database that holds
-    tables but not edgeworker's is refused before anything touches it, unless `foreign`."""
+    tables but not edgeworker's is refused before anything touches it, unless `foreign`. A
+    `postgresql://` URL opens that PostgreSQL database instead (edgeworker.postgres)."""
+    if postgres.is_url(path):
+        return postgres.open_database(path, busy_timeout=busy_timeout, readonly=readonly,
+                                      foreign=foreign)
     path = Path(path)
     if path.is_dir():
         raise DatabaseError(f"{path}: is a directory, not a database file")
@@ -283,8 +288,13 @@ def _disk_full(directory: Path) -> bool:
 
 
 @contextlib.contextmanager
-def translate_errors(path: Path) -> Iterator[None]:
-    """Turn SQLite's exceptions into one-line DatabaseErrors naming the file."""
+def translate_errors(path: Path | str) -> Iterator[None]:
+    """Turn SQLite's exceptions into one-line DatabaseErrors naming the file (or PostgreSQL's,
+    naming the URL)."""
+    if postgres.is_url(path):
+        with postgres.translate_errors(path):
+            yield
+        return
     try:
         yield
     except (peewee.IntegrityError, sqlite3.IntegrityError):

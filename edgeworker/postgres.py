@@ -1,0 +1,112 @@
+"""The PostgreSQL back end: a `postgresql://` URL instead of a file path.
+
+The URL is libpq's URI form (`postgresql://user@host:port/dbname`, a socket directory as
+`?host=/run/postgresql`). A password never sits in the URL or the TOML file: libpq reads it from
+`$PGPASSWORD`, `$PGPASSFILE` or `~/.pgpass`. Connecting fails with one line naming the URL and
+libpq's reason. Transactions are PostgreSQL's READ COMMITTED; SQLite's lock types, which the
+ledger asks for (`atomic("IMMEDIATE")`), mean nothing here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import peewee
+
+from edgeworker.errors import DatabaseError
+
+SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_url(location: object) -> bool:
+    return isinstance(location, str) and location.startswith(SCHEMES)
+
+
+def check_url(url: str) -> str:
+    """The URL as libpq reads it, or a DatabaseError saying what is wrong (a password in it)."""
+    try:
+        from psycopg2.extensions import parse_dsn
+    except ImportError:
+        raise DatabaseError(f"{url}: PostgreSQL needs the psycopg2 driver: "
+                            "pip install 'edgeworker[postgres]'") from None
+    try:
+        params = parse_dsn(url)
+    except Exception as exc:  # psycopg2.ProgrammingError: libpq's "invalid URI ..."
+        raise DatabaseError(f"{url}: not a valid PostgreSQL URL ({_first_line(exc)})") from None
+    if "password" in params:
+        raise DatabaseError("the PostgreSQL URL holds a password; take it out and put it in "
+                            "~/.pgpass, $PGPASSFILE or $PGPASSWORD")
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    return url
+
+
+class PostgresDatabase(peewee.PostgresqlDatabase):
+    """peewee's PostgreSQL database; `atomic("IMMEDIATE")` (SQLite's write lock) is a plain BEGIN."""
+
+    def begin(self, isolation_level=None):
+        if isinstance(isolation_level, str) and isolation_level.upper() in (
+                "IMMEDIATE", "DEFERRED", "EXCLUSIVE"):
+            isolation_level = None
+        return super().begin(isolation_level)
+
+
+def open_database(url: str, *, busy_timeout: float = 5.0, readonly: bool = False,
+                  foreign: bool = False) -> PostgresDatabase:
+    """Connect to the database the URL names. `readonly`: every transaction is read-only (the
+    server refuses a write). A database that holds tables but not edgeworker's is refused unless
+    `foreign`."""
+    url = check_url(url)
+    # The busy timeout bounds waiting for a row or table lock, as SQLite's bounds its write lock.
+    options = f"-c lock_timeout={int(busy_timeout * 1000)}"
+    if readonly:
+        options += " -c default_transaction_read_only=on"
+    db = PostgresDatabase(url, connect_timeout=max(1, round(busy_timeout)), options=options,
+                          application_name="edgeworker")
+    with translate_errors(url):
+        db.connect()
+        tables = db.get_tables()
+    if tables and "schema_migrations" not in tables and not foreign:
+        db.close()
+        shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+        raise DatabaseError(
+            f"{url}: not an edgeworker database (it holds tables {shown} and no "
+            "schema_migrations); left untouched: check --db / $EDGEWORKER_DB, or add edgeworker's "
+            "tables to it with `edgeworker migrate --force`")
+    return db
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+def reason(exc: BaseException) -> str:
+    """libpq's or the server's reason, as one line an operator can act on."""
+    text = str(exc).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    first = lines[0]
+    # "connection to server on socket "/x/.s.PGSQL.5432" failed: FATAL:  password authentication
+    # failed for user "u"": the reason is after the last "failed: ".
+    if first.startswith("connection to server") and "failed: " in first:
+        cause = first.split("failed: ", 1)[1].replace("FATAL:  ", "").strip()
+        where = first.split(" failed: ", 1)[0].replace("connection to server ", "")
+        return f"cannot connect to the server {where}: {cause}"
+    if first.startswith("fe_sendauth: no password supplied"):
+        return ("the server asks for a password and none was found (~/.pgpass, $PGPASSFILE or "
+                "$PGPASSWORD)")
+    return first.replace("FATAL:  ", "").replace("ERROR:  ", "")
+
+
+@contextlib.contextmanager
+def translate_errors(url: str) -> Iterator[None]:
+    """PostgreSQL's errors as one-line DatabaseErrors naming the URL."""
+    try:
+        yield
+    except peewee.IntegrityError:
+        raise
+    except (peewee.DatabaseError, peewee.InterfaceError) as exc:
+        raise DatabaseError(f"{url}: {reason(exc)}") from exc
