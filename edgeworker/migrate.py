@@ -70,6 +70,8 @@ def discover(directory: Path | None = None, dialect: str = "sqlite") -> list[Mig
     at the lowest-numbered file in its `postgresql/` subdirectory (the baseline: the schema SQLite
     has at that version), then take every later file, each replaced by a file of the same
     version in `postgresql/` where there is one."""
+    if dialect not in ("sqlite", "postgresql"):
+        raise ValueError(f"no migrations for {dialect!r}")
     directory = directory or migrations_dir()
     found = _files(directory)
     if dialect == "sqlite":

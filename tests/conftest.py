@@ -106,7 +106,7 @@ def pg_url(pg_server) -> Iterator[str]:
 
 def open_migrated(location):
     database = dbmod.open_database(location, create=True)
-    migrate.apply(database, migrate.plan(database, migrate.discover(dialect=database)))
+    migrate.apply(database, migrate.plan(database, migrate.for_database(database)))
     models.database.initialize(database)
     return database
 
