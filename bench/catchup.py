@@ -53,7 +53,6 @@ def prepare(worker: WorkerProcess, owed: int) -> None:
     from edgeworker.jobs import sync_jobs
     from edgeworker.ledger import Ledger
     from edgeworker.models import Job, Task
-    from edgeworker.queue import EdgeHuey
 
     database = dbmod.open_database(worker.db, create=True)
     migrate.apply(database, migrate.plan(database, migrate.discover()))

@@ -81,7 +81,6 @@ def pickup(repeats: int, samples: int, stall: float) -> list[dict]:
         from edgeworker.clock import utcnow
         from edgeworker.ledger import Ledger
         from edgeworker.models import Job, Task
-        from edgeworker.queue import EdgeHuey
 
         database = dbmod.open_database(worker.db)
         models.database.initialize(database)
@@ -128,7 +127,6 @@ def add_history(worker: WorkerProcess, job_name: str, count: int, every: float) 
     from edgeworker.jobs import sync_jobs
     from edgeworker.ledger import Ledger
     from edgeworker.models import Job, Task
-    from edgeworker.queue import EdgeHuey
 
     database = dbmod.open_database(worker.db, create=True)
     migrate.apply(database, migrate.plan(database, migrate.discover()))

@@ -110,7 +110,6 @@ def run_edgeworker(directory: Path, n: int, count_commits: bool) -> dict:
     from edgeworker.daemon import Daemon
     from edgeworker.jobs import add_job
     from edgeworker.ledger import Ledger
-    from edgeworker.queue import EdgeHuey
 
     logs.setup("text", "info")
     path = directory / "ew.db"

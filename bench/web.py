@@ -42,7 +42,6 @@ def add_history(worker: WorkerProcess, count: int) -> int:
     from edgeworker.jobs import sync_jobs
     from edgeworker.ledger import Ledger
     from edgeworker.models import Job, Task
-    from edgeworker.queue import EdgeHuey
 
     database = dbmod.open_database(worker.db, create=True)
     migrate.apply(database, migrate.plan(database, migrate.discover()))

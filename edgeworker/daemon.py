@@ -69,7 +69,7 @@ class Daemon:
         self.workers = workers or config.worker.workers
         self.stop = Flag()
         self.abort = Flag()
-        self.lock: dbmod.WorkerLock | None = None
+        self.lock = None  # dbmod.worker_lock
         self.signals: list[int] = []  # read from the wake-up fd: each byte is a signal number
         self._signal_read, self._signal_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.threads = consumer.Threads()
@@ -92,7 +92,7 @@ class Daemon:
     def start(self):
         trust.verify(self.config)  # before anything is created or imported
         self.install_signal_handlers()
-        self.lock = dbmod.WorkerLock(self.db_path).acquire()
+        self.lock = dbmod.worker_lock(self.db_path).acquire()
         creating = not self.db_path.exists()
         try:
             database = self.open_database()

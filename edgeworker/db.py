@@ -369,9 +369,17 @@ class WorkerLock:
         self.release(remove=exc_type is not None)
 
 
-def worker_pid(database: Path) -> int | None:
+def worker_lock(database: Path | str) -> WorkerLock | postgres.WorkerLock:
+    """The single-instance lock of a database: a file lock beside a SQLite file, an advisory lock
+    on a PostgreSQL database (edgeworker.postgres.WorkerLock)."""
+    return postgres.WorkerLock(database) if postgres.is_url(database) else WorkerLock(database)
+
+
+def worker_pid(database: Path | str) -> int | None:
     """The pid of the worker holding the lock on `database` (-1 if unreadable), or None when
     none runs."""
+    if postgres.is_url(database):
+        return postgres.worker_pid(database)
     path = Path(f"{database}.lock")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 import peewee
 
-from edgeworker import schedule
+from edgeworker import postgres, schedule
 from edgeworker.clock import from_text, to_text
 from edgeworker.errors import Conflict, NotFound, ScheduleError
 from edgeworker.models import (
@@ -30,7 +30,6 @@ from edgeworker.models import (
     Task,
     TaskStatus,
 )
-from edgeworker import postgres
 from edgeworker.sql import statements_for
 
 logger = logging.getLogger("edgeworker.ledger")
@@ -125,8 +124,8 @@ class Ledger:
         # that fell due before it, so a flood of catch-up runs cannot hold back another job's.
         if origin == "schedule":
             due = max(due, now)
-        cursor = self.db.execute_sql(self.sql["create"], (job.id, origin, to_text(slot), to_text(due),
-                                                     to_text(now)))
+        cursor = self.db.execute_sql(self.sql["create"], (job.id, origin, to_text(slot),
+                                                          to_text(due), to_text(now)))
         return Task(id=cursor.fetchone()[0], job=job.id, status=S.CREATED, origin=origin,
                     scheduled_for=slot, due_at=due, attempt=0, recovered_count=0, created_at=now)
 
@@ -252,7 +251,8 @@ class Ledger:
 
     def unclaim(self, run: ClaimedRun) -> bool:
         """Give back a run claimed but not started (a worker thread stopping)."""
-        return bool(self.db.execute_sql(self.sql["unclaim"], (run.task.id, run.task.attempt)).rowcount)
+        return bool(self.db.execute_sql(self.sql["unclaim"],
+                                        (run.task.id, run.task.attempt)).rowcount)
 
     def next_due(self, hold: bool = False) -> datetime | None:
         """When the next claimable run falls due (it may be past), or None."""
@@ -360,7 +360,8 @@ class Ledger:
 
     def cancel_waiting(self, job_id: int, reason: str, now: datetime) -> int:
         """Cancel a job's tasks that have not started (pause, removal). Running ones finish."""
-        return self.db.execute_sql(self.sql["cancel_waiting"], (to_text(now), reason, job_id)).rowcount
+        return self.db.execute_sql(self.sql["cancel_waiting"],
+                                   (to_text(now), reason, job_id)).rowcount
 
     def forget_job(self, job: Job, reason: str, now: datetime) -> int:
         """Before a job is deleted: cancel its waiting runs (a running one finishes) and keep its
@@ -375,7 +376,8 @@ class Ledger:
         claim's huey message carries (a recovery message with the task id). Only rows still as
         they were read change: a second recovery of the same attempt does nothing."""
         moment = to_text(now)
-        self.db.cursor().executemany(self.sql["recover"], [(moment, t.id, t.attempt) for t in tasks])
+        self.db.cursor().executemany(self.sql["recover"],
+                                     [(moment, t.id, t.attempt) for t in tasks])
 
     def close_many(self, closures: list[tuple[Task, TaskStatus, str]], now: datetime) -> int:
         """created/running -> failed/cancelled for many tasks, grouped into a few UPDATEs."""

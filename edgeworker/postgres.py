@@ -10,11 +10,13 @@ ledger asks for (`atomic("IMMEDIATE")`), mean nothing here.
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 from collections.abc import Iterator
 
 import peewee
 
-from edgeworker.errors import DatabaseError
+from edgeworker.errors import DatabaseError, WorkerRunning
 
 SCHEMES = ("postgresql://", "postgres://")
 
@@ -43,7 +45,7 @@ def check_url(url: str) -> str:
 
 
 class PostgresDatabase(peewee.PostgresqlDatabase):
-    """peewee's PostgreSQL database; `atomic("IMMEDIATE")` (SQLite's write lock) is a plain BEGIN."""
+    """peewee's PostgreSQL database; `atomic("IMMEDIATE")` (SQLite's write lock) is a BEGIN."""
 
     def begin(self, isolation_level=None):
         if isinstance(isolation_level, str) and isolation_level.upper() in (
@@ -75,6 +77,69 @@ def open_database(url: str, *, busy_timeout: float = 5.0, readonly: bool = False
             "schema_migrations); left untouched: check --db / $EDGEWORKER_DB, or add edgeworker's "
             "tables to it with `edgeworker migrate --force`")
     return db
+
+
+# pg_try_advisory_lock(int, int): "edge", "wk". Advisory locks belong to one database.
+LOCK_KEY = (0x65646765, 0x776B)
+LOCK_HOLDER = re.compile(r"edgeworker worker \(pid (\d+)\)")
+
+
+class WorkerLock:
+    """The single-instance lock on a PostgreSQL database: a session advisory lock, held on a
+    connection of its own for the worker's lifetime (the server drops it when that connection
+    ends, however the worker ends). Until workers hold leases, recovery relies on it, as on
+    SQLite: every `running` task belongs to a worker that is gone."""
+
+    def __init__(self, url: str):
+        self.url = check_url(url)
+        self.db: PostgresDatabase | None = None
+
+    def acquire(self) -> WorkerLock:
+        db = PostgresDatabase(self.url, application_name=f"edgeworker worker (pid {os.getpid()})")
+        with translate_errors(self.url):
+            db.connect()
+            got = db.execute_sql("SELECT pg_try_advisory_lock(%s, %s)", LOCK_KEY).fetchone()[0]
+        if not got:
+            db.close()
+            pid = worker_pid(self.url)
+            holder = f" (pid {pid})" if pid and pid > 0 else ""
+            raise WorkerRunning(f"another worker{holder} is running on {self.url}; stop it first")
+        self.db = db
+        return self
+
+    def release(self, remove: bool = False) -> None:
+        if self.db is not None:
+            with contextlib.suppress(peewee.DatabaseError, peewee.InterfaceError):
+                self.db.close()  # the lock goes with the session
+            self.db = None
+
+    def __enter__(self) -> WorkerLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def worker_pid(url: str) -> int | None:
+    """The pid of the worker holding the database's lock (-1 if it cannot be read; it may run on
+    another host), or None when none runs."""
+    db = PostgresDatabase(check_url(url), application_name="edgeworker")
+    try:
+        with translate_errors(url):
+            db.connect()
+            row = db.execute_sql(
+                "SELECT a.application_name FROM pg_locks l "
+                "LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s "
+                "AND l.objid = %s AND l.objsubid = 2 AND l.database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())",
+                LOCK_KEY).fetchone()
+    finally:
+        db.close()
+    if row is None:
+        return None
+    match = LOCK_HOLDER.fullmatch(row[0] or "")
+    return int(match.group(1)) if match else -1
 
 
 CLAIM_TRIES = 3

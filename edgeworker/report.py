@@ -28,14 +28,15 @@ def _jobs_query() -> peewee.ModelSelect:
     """Every job with its next run and its last outcome, in one query: the next run from the
     small partial index of unfinished tasks, the last outcome by walking the job's tasks newest
     first (tasks_job_id) to its last succeeded or failed one; never all of history."""
-    pending = (Task.select(Task.job.alias("job_id"),
-                           peewee.fn.MAX(Task.status == TaskStatus.RUNNING.value)
-                           .alias("running"),
+    running = peewee.Case(None, [(Task.status == TaskStatus.RUNNING.value, 1)], 0)
+    # +job_id: SQLite then groups through tasks_queue, not by walking all of tasks_job_id;
+    # PostgreSQL groups only by a selected column.
+    group = Task.job if _on_postgresql() else peewee.SQL("+job_id")
+    pending = (Task.select(Task.job.alias("job_id"), peewee.fn.MAX(running).alias("running"),
                            peewee.fn.MIN(peewee.Case(None, [
                                (Task.status == TaskStatus.CREATED.value, Task.due_at)]))
                            .alias("next_due"))
-               # +job_id: grouped through tasks_queue, not by walking all of tasks_job_id
-               .where(IS_UNFINISHED).group_by(peewee.SQL("+job_id")).alias("pending"))
+               .where(IS_UNFINISHED).group_by(group).alias("pending"))
     newest = Task.alias("newest")
     last_outcome = (newest.select(newest.id)
                     .where((newest.job == Job.id) & newest.status.in_(OUTCOMES))
@@ -47,6 +48,10 @@ def _jobs_query() -> peewee.ModelSelect:
             .join(pending, peewee.JOIN.LEFT_OUTER, on=(pending.c.job_id == Job.id))
             .join_from(Job, last, peewee.JOIN.LEFT_OUTER, on=(last.id == last_outcome))
             .order_by(Job.name).objects())
+
+
+def _on_postgresql() -> bool:
+    return isinstance(Task._meta.database.obj, peewee.PostgresqlDatabase)
 
 
 def _text(value: datetime | str | None) -> str | None:
@@ -188,10 +193,11 @@ def tasks(job_name: str | None = None, status: str | None = None, limit: int = 5
 
 def queue_depth(database, now: datetime) -> dict:
     """Waiting runs: due now (ready) and later (scheduled)."""
-    from edgeworker.sql import STATEMENTS
+    from edgeworker.sql import statements_for
 
     moment = to_text(now)
-    ready, scheduled = database.execute_sql(STATEMENTS["depth"], (moment, moment)).fetchone()
+    ready, scheduled = database.execute_sql(statements_for(database)["depth"],
+                                            (moment, moment)).fetchone()
     return {"ready": ready, "scheduled": scheduled}
 
 
