@@ -42,13 +42,7 @@ class DatabaseParam(click.ParamType):
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Path | str:
         if isinstance(value, str) and value.startswith(("postgresql://", "postgres://")):
-            from edgeworker.errors import DatabaseError
-            from edgeworker.postgres import check_url
-
-            try:
-                return check_url(value)
-            except DatabaseError as exc:
-                self.fail(str(exc), param, ctx)
+            return value  # checked when it is opened (edgeworker.postgres.check_url)
         return click.Path(dir_okay=False, path_type=Path).convert(value, param, ctx)
 
 

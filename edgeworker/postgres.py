@@ -174,13 +174,15 @@ def reason(exc: BaseException) -> str:
     # "connection to server on socket "/x/.s.PGSQL.5432" failed: FATAL:  password authentication
     # failed for user "u"": the reason is after the last "failed: ".
     if first.startswith("connection to server") and "failed: " in first:
-        cause = first.split("failed: ", 1)[1].replace("FATAL:  ", "").strip()
-        where = first.split(" failed: ", 1)[0].replace("connection to server ", "")
-        return f"cannot connect to the server {where}: {cause}"
+        where, cause = first.split(" failed: ", 1)
+        first = cause.strip()
+        prefix = f"cannot connect to the server {where.replace('connection to server ', '')}: "
+    else:
+        prefix = ""
     if first.startswith("fe_sendauth: no password supplied"):
-        return ("the server asks for a password and none was found (~/.pgpass, $PGPASSFILE or "
-                "$PGPASSWORD)")
-    return first.replace("FATAL:  ", "").replace("ERROR:  ", "")
+        first = ("the server asks for a password and none was found in ~/.pgpass, $PGPASSFILE "
+                 "or $PGPASSWORD")
+    return prefix + first.replace("FATAL:  ", "").replace("ERROR:  ", "")
 
 
 @contextlib.contextmanager

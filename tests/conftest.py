@@ -111,6 +111,14 @@ def open_migrated(location):
     return database
 
 
+@pytest.fixture
+def pg_database(pg_url):
+    """A migrated PostgreSQL database, with the models bound to it."""
+    database = open_migrated(pg_url)
+    yield database
+    database.close()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def any_database(request, tmp_path: Path):
     """A migrated database on each back end in turn, with the models bound to it."""

@@ -1,0 +1,177 @@
+"""A postgresql:// URL: what reaches the user when it cannot be used (one line each), the
+single-instance lock on a server, and the claim under concurrent connections."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import pgserver
+import pytest
+from commits import Commits
+
+from edgeworker import db as dbmod
+from edgeworker import postgres
+from edgeworker.cli import cli as main
+from edgeworker.clock import utcnow
+from edgeworker.config import JobSpec
+from edgeworker.errors import DatabaseError, WorkerRunning
+from edgeworker.jobs import add_job
+from edgeworker.ledger import Ledger, Outcome
+from edgeworker.models import Task
+from edgeworker.sql import POSTGRESQL
+
+
+def error_line(result) -> str:
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    return result.stderr.strip()
+
+
+@pytest.fixture
+def cli(run_cli, monkeypatch, tmp_path):
+    for var in ("PGPASSWORD", "PGPASSFILE", "PGUSER", "PGHOST", "PGDATABASE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "no-pgpass"))
+    return run_cli
+
+
+def test_a_server_that_is_not_there_is_one_line(cli, tmp_path):
+    url = f"postgresql://postgres@/edgeworker?host={tmp_path}"
+    cli.db = url
+    assert error_line(cli("status")) == (
+        f'Error: {url}: cannot connect to the server on socket "{tmp_path}/.s.PGSQL.5432": '
+        "No such file or directory")
+
+
+def test_wrong_credentials_are_one_line(cli, pg_server):
+    cli.db = url = pg_server.url(pg_server.create_database(), user=pgserver.PASSWORD_ROLE)
+    socket = f'"{pg_server.socket_dir}/.s.PGSQL.5432"'
+    assert error_line(cli("migrate", env={"PGPASSWORD": "wrong"})) == (
+        f"Error: {url}: cannot connect to the server on socket {socket}: password "
+        f'authentication failed for user "{pgserver.PASSWORD_ROLE}"')
+    assert error_line(cli("migrate")) == (
+        f"Error: {url}: cannot connect to the server on socket {socket}: the server asks for a "
+        "password and none was found in ~/.pgpass, $PGPASSFILE or $PGPASSWORD")
+
+
+def test_the_password_comes_from_pgpassword_or_the_password_file(cli, pg_server, tmp_path):
+    name = pg_server.create_database()
+    owner = pg_server.connect(name)
+    owner.autocommit = True
+    owner.cursor().execute(f"GRANT ALL ON SCHEMA public TO {pgserver.PASSWORD_ROLE}")
+    owner.close()
+    cli.db = pg_server.url(name, user=pgserver.PASSWORD_ROLE)
+    assert cli.ok("migrate", env={"PGPASSWORD": pgserver.PASSWORD}) == "applied 017_baseline\n"
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"*:*:*:{pgserver.PASSWORD_ROLE}:{pgserver.PASSWORD}\n")
+    passfile.chmod(0o600)
+    assert cli.ok("migrate", env={"PGPASSFILE": str(passfile)}) == "up to date\n"
+
+
+def test_a_password_in_the_url_is_refused(cli, tmp_path):
+    cli.db = "postgresql://u:secret@/edgeworker?host=/run/postgresql"
+    line = error_line(cli("status"))
+    assert line == ("Error: the PostgreSQL URL holds a password; take it out and put it in "
+                    "~/.pgpass, $PGPASSFILE or $PGPASSWORD")
+    config = tmp_path / "edgeworker.toml"
+    config.write_text('[worker]\ndatabase = "postgresql://u:secret@/edgeworker"\n')
+    cli.db = None
+    result = cli.runner.invoke(main, ["--config", str(config), "status"])
+    assert "secret" not in result.output
+    assert "the PostgreSQL URL holds a password" in error_line(result)
+
+
+def test_a_database_that_does_not_exist_is_one_line(cli, pg_server):
+    cli.db = url = pg_server.url("nosuchdb")
+    assert error_line(cli("migrate")).endswith(
+        f'{url}: cannot connect to the server on socket "{pg_server.socket_dir}/.s.PGSQL.5432": '
+        'database "nosuchdb" does not exist')
+
+
+def test_an_invalid_url_is_one_line(cli):
+    cli.db = "postgresql://[oops"
+    assert error_line(cli("status")).startswith(
+        "Error: postgresql://[oops: not a valid PostgreSQL URL (")
+
+
+def test_another_programs_database_is_left_alone(cli, pg_server):
+    name = pg_server.create_database()
+    conn = pg_server.connect(name)
+    conn.autocommit = True
+    conn.cursor().execute("CREATE TABLE invoices (id int)")
+    conn.close()
+    cli.db = url = pg_server.url(name)
+    assert error_line(cli("migrate")) == (
+        f"Error: {url}: not an edgeworker database (it holds tables invoices and no "
+        "schema_migrations); left untouched: check --db / $EDGEWORKER_DB, or add edgeworker's "
+        "tables to it with `edgeworker migrate --force`")
+    assert cli.ok("migrate", "--force") == "applied 017_baseline\n"
+
+
+def test_looking_writes_nothing(cli, pg_url):
+    cli.db = pg_url
+    cli.ok("migrate")
+    cli.ok("jobs", "add", "j", "--command", "true", "--every", "1m")
+    database = postgres.open_database(pg_url)
+    commits = Commits(database)
+    for command in (["status"], ["jobs", "list"], ["tasks", "list"], ["tasks", "show", "1"],
+                    ["recover", "--dry-run"], ["migrate", "--check"]):
+        cli.ok(*command)
+    assert commits() == 0
+    database.close()
+
+
+def test_a_read_only_connection_cannot_write(pg_database, pg_url):
+    reader = dbmod.open_database(pg_url, readonly=True)
+    with pytest.raises(DatabaseError, match="read-only transaction"), \
+            postgres.translate_errors(pg_url):
+        reader.execute_sql("DELETE FROM tasks")
+    reader.close()
+
+
+def test_one_worker_lock_per_database(pg_database, pg_url):
+    assert dbmod.worker_pid(pg_url) is None
+    with dbmod.worker_lock(pg_url):
+        assert dbmod.worker_pid(pg_url) == os.getpid()
+        with pytest.raises(WorkerRunning) as refused:
+            dbmod.worker_lock(pg_url).acquire()
+        assert str(refused.value) == (f"another worker (pid {os.getpid()}) is running on "
+                                      f"{pg_url}; stop it first")
+    assert dbmod.worker_pid(pg_url) is None
+
+
+def test_migrate_and_recover_wait_for_no_worker(cli, pg_url):
+    cli.db = pg_url
+    cli.ok("migrate")
+    with dbmod.worker_lock(pg_url):
+        assert error_line(cli("recover")) == (f"Error: another worker (pid {os.getpid()}) is "
+                                              f"running on {pg_url}; stop it first")
+        assert "worker    running (pid" in cli.ok("status")
+
+
+def add(ledger, name, now):
+    return add_job(ledger, JobSpec(name=name, kind="command", target="true", every=3600.0), now)
+
+
+def test_concurrent_claims_never_take_two_runs_of_one_job(pg_database, pg_url):
+    now = utcnow()
+    first = Ledger(pg_database, worker="a:1")
+    busy, other = add(first, "busy", now), add(first, "other", now)
+    Task.delete().execute()  # only the manual runs below
+    runs = [first.run_now(busy, now), first.run_now(busy, now), first.run_now(other, now)]
+    second = Ledger(postgres.open_database(pg_url), worker="b:2")
+    with pg_database.atomic():
+        claimed = first._claim(now, False)
+        assert claimed.task.id == runs[0].id
+        # While the first claim's transaction is open, its job's other run is passed over.
+        taken = second.claim(now)
+        assert taken.task.id == runs[2].id
+    assert second.claim(now) is None  # committed: the job runs, its second run waits
+    row = second.db.execute_sql(POSTGRESQL["claim_take"], {"now": "x", "worker": "b:2",
+                                                           "id": runs[1].id}).fetchone()
+    assert row is None  # the claim's second step alone: refused while a run of the job runs
+    first.finish(claimed, Outcome(True, 0, None, ""), now + timedelta(seconds=1))
+    assert second.claim(now + timedelta(seconds=1)).task.id == runs[1].id
+    second.db.close()
