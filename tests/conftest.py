@@ -69,6 +69,15 @@ def migrated(run_cli: Cli) -> Cli:
     return run_cli
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def migrated_any(request, run_cli: Cli) -> Cli:
+    """`migrated` on each back end in turn: a file, then a database on the private server."""
+    if request.param == "postgresql":
+        run_cli.db = request.getfixturevalue("pg_url")
+    run_cli.ok("migrate")
+    return run_cli
+
+
 @pytest.fixture
 def database(tmp_path: Path):
     """A migrated database opened in-process, with the models bound to it."""
