@@ -75,8 +75,9 @@ def test_after_a_restart_status_shows_the_last_real_outcome_and_overdue_runs(mig
 
     database = open_database(migrated.db)  # status left the models on a read-only handle
     with database.atomic():
-        database.execute_sql("UPDATE tasks SET due_at = {0}, scheduled_for = {0} WHERE id = 3"
-                             .format(database.param), (to_text(overdue_since),) * 2)
+        p = database.param
+        database.execute_sql(f"UPDATE tasks SET due_at = {p}, scheduled_for = {p} WHERE id = 3",
+                             (to_text(overdue_since),) * 2)
     database.close()
     [job] = json.loads(migrated.ok("status", "--json"))["jobs"]
     assert (job["next_run_at"], job["overdue"]) == (to_text(overdue_since), True)
