@@ -27,7 +27,7 @@ from pathlib import Path
 
 import peewee
 
-from edgeworker import alerts, consumer, migrate, models, recovery, trust
+from edgeworker import alerts, consumer, migrate, models, postgres, recovery, trust
 from edgeworker import db as dbmod
 from edgeworker.alerts import Alerts
 from edgeworker.clock import ClockSetWatch, Step, WorkerClock, clock_synchronised, span, time_daemon
@@ -61,10 +61,10 @@ STALL = MAX_IDLE + 30.0  # an idle worker thread that has not looped for this lo
 
 
 class Daemon:
-    def __init__(self, config: Config, db_path: Path, *, apply_migrations: bool = False,
+    def __init__(self, config: Config, db_path: Path | str, *, apply_migrations: bool = False,
                  workers: int | None = None):
         self.config = config
-        self.db_path = Path(db_path)
+        self.db_path = db_path if postgres.is_url(db_path) else Path(db_path)
         self.apply_migrations = apply_migrations
         self.workers = workers or config.worker.workers
         self.stop = Flag()
@@ -93,7 +93,7 @@ class Daemon:
         trust.verify(self.config)  # before anything is created or imported
         self.install_signal_handlers()
         self.lock = dbmod.worker_lock(self.db_path).acquire()
-        creating = not self.db_path.exists()
+        creating = not postgres.is_url(self.db_path) and not self.db_path.exists()
         try:
             database = self.open_database()
         except BaseException:
@@ -181,7 +181,8 @@ class Daemon:
             models.database.initialize(database)
             with dbmod.translate_errors(self.db_path):
                 if self.apply_migrations:
-                    for m in migrate.apply(database, migrate.plan(database, migrate.discover())):
+                    todo = migrate.plan(database, migrate.for_database(database))
+                    for m in migrate.apply(database, todo):
                         logger.info("applied migration %s", m.label)
                 migrate.ensure_current(database)
             verify_callables(self.config)

@@ -270,8 +270,11 @@ def heals(exc: BaseException) -> bool:
         (getattr(e, "sqlite_errorcode", -1) & 0xFF) in HEALING_CODES for e in _chain(exc))
 
 
-def describe(path: Path, exc: BaseException) -> str:
-    """One line for the log: the first cause SQLite reported, in words an operator can act on."""
+def describe(path: Path | str, exc: BaseException) -> str:
+    """One line for the log: the first cause SQLite reported, in words an operator can act on
+    (or PostgreSQL's reason)."""
+    if postgres.is_url(path):
+        return postgres.reason(exc)
     errors = [e for e in _chain(exc) if isinstance(e, (peewee.DatabaseError, sqlite3.Error))]
     healing = [e for e in errors if (getattr(e, "sqlite_errorcode", -1) & 0xFF) in HEALING_CODES]
     cause = (healing or errors or [exc])[-1]
