@@ -63,8 +63,8 @@ def test_a_run_a_killed_worker_left_is_recovered_at_the_next_start(tmp_path, pg_
     ran = tmp_path / "ran"
     jobs = f'''[[jobs]]
 name = "slow"
-command = ["sh", "-c", "echo $EDGEWORKER_TASK_ID $EDGEWORKER_ATTEMPT $EDGEWORKER_RECOVERED >> {ran}; \
-[ $EDGEWORKER_RECOVERED = 1 ] || sleep 60"]
+command = ["sh", "-c", "echo $EDGEWORKER_TASK_ID $EDGEWORKER_ATTEMPT $EDGEWORKER_RECOVERED \
+>> {ran}; [ $EDGEWORKER_RECOVERED = 1 ] || sleep 60"]
 every = "1h"
 max_attempts = 3
 '''
