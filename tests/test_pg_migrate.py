@@ -71,7 +71,9 @@ def indexes(database, table: str) -> dict[str, tuple]:
     for name, sql in rows:
         match = re.search(r"\((.*?)\)(?:\s+WHERE\s+(.*))?$", sql, re.S)
         where = (match.group(2) or "").strip("() ").replace("(", "").replace(")", "")
-        found[name] = (tuple(c.strip() for c in match.group(1).split(",")), where)
+        names = tuple(c.strip() for c in match.group(1).split(","))
+        # Every SQLite index ends with the rowid (id) implicitly: a trailing id says nothing.
+        found[name] = (names[:-1] if names[-1] == "id" else names, where)
     return found
 
 
