@@ -175,3 +175,9 @@ def test_concurrent_claims_never_take_two_runs_of_one_job(pg_database, pg_url):
     first.finish(claimed, Outcome(True, 0, None, ""), now + timedelta(seconds=1))
     assert second.claim(now + timedelta(seconds=1)).task.id == runs[1].id
     second.db.close()
+
+
+def test_the_status_page_says_it_reads_sqlite_only(cli, pg_url):
+    cli.db = pg_url
+    assert error_line(cli("serve")) == ("Error: serve: the status page reads an SQLite file "
+                                        "only, not yet a PostgreSQL database")
