@@ -14,7 +14,16 @@ import peewee
 
 from edgeworker.clock import to_text
 from edgeworker.errors import NotFound
-from edgeworker.models import IS_UNFINISHED, HookRun, Job, Outbox, Recovery, Task, TaskStatus
+from edgeworker.models import (
+    IS_UNFINISHED,
+    HookRun,
+    Job,
+    Outbox,
+    Recovery,
+    Task,
+    TaskStatus,
+    by_job,
+)
 
 
 def _when(moment: datetime | None) -> str | None:
@@ -29,14 +38,11 @@ def _jobs_query() -> peewee.ModelSelect:
     small partial index of unfinished tasks, the last outcome by walking the job's tasks newest
     first (tasks_job_id) to its last succeeded or failed one; never all of history."""
     running = peewee.Case(None, [(Task.status == TaskStatus.RUNNING.value, 1)], 0)
-    # +job_id: SQLite then groups through tasks_queue, not by walking all of tasks_job_id;
-    # PostgreSQL groups only by a selected column.
-    group = Task.job if _on_postgresql() else peewee.SQL("+job_id")
     pending = (Task.select(Task.job.alias("job_id"), peewee.fn.MAX(running).alias("running"),
                            peewee.fn.MIN(peewee.Case(None, [
                                (Task.status == TaskStatus.CREATED.value, Task.due_at)]))
                            .alias("next_due"))
-               .where(IS_UNFINISHED).group_by(group).alias("pending"))
+               .where(IS_UNFINISHED).group_by(by_job()).alias("pending"))
     newest = Task.alias("newest")
     last_outcome = (newest.select(newest.id)
                     .where((newest.job == Job.id) & newest.status.in_(OUTCOMES))
@@ -48,10 +54,6 @@ def _jobs_query() -> peewee.ModelSelect:
             .join(pending, peewee.JOIN.LEFT_OUTER, on=(pending.c.job_id == Job.id))
             .join_from(Job, last, peewee.JOIN.LEFT_OUTER, on=(last.id == last_outcome))
             .order_by(Job.name).objects())
-
-
-def _on_postgresql() -> bool:
-    return isinstance(Task._meta.database.obj, peewee.PostgresqlDatabase)
 
 
 def _text(value: datetime | str | None) -> str | None:

@@ -8,6 +8,7 @@ Local connections are trusted, except for the role `PASSWORD_ROLE`, which must g
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import shutil
@@ -15,8 +16,6 @@ import subprocess
 import tempfile
 import uuid
 from pathlib import Path
-
-import psycopg2
 
 BIN = Path("/usr/lib/postgresql/15/bin")
 SUPERUSER = "postgres"
@@ -26,6 +25,8 @@ PASSWORD = "s3cret-for-tests"
 
 def unavailable() -> str | None:
     """Why no server can be started here, or None."""
+    if importlib.util.find_spec("psycopg2") is None:
+        return "the psycopg2 driver is not installed (pip install 'edgeworker[postgres]')"
     if not (BIN / "initdb").exists() or not (BIN / "pg_ctl").exists():
         return f"PostgreSQL 15 is not installed ({BIN}: apt-get install postgresql)"
     if os.geteuid() == 0:
@@ -82,6 +83,8 @@ class Server:
         return self
 
     def connect(self, dbname: str):
+        import psycopg2
+
         return psycopg2.connect(dbname=dbname, user=SUPERUSER, host=str(self.socket_dir))
 
     def url(self, dbname: str, user: str = SUPERUSER) -> str:

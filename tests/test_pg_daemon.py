@@ -7,10 +7,10 @@ from __future__ import annotations
 import signal
 import subprocess
 
-import psycopg2
-import psycopg2.extras
 import pytest
 from workerproc import WorkerProcess, wait_for
+
+psycopg2 = pytest.importorskip("psycopg2")
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -23,7 +23,9 @@ class PgWorker(WorkerProcess):
     def tasks(self, where: str = "TRUE", params: tuple = ()) -> list[dict]:
         con = psycopg2.connect(self.db)
         try:
-            cursor = con.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
+            from psycopg2.extras import RealDictCursor
+
+            cursor = con.cursor(cursor_factory=RealDictCursor)
             cursor.execute(
                 "SELECT * FROM (SELECT tasks.*, jobs.name AS job FROM tasks LEFT JOIN jobs "
                 f"ON jobs.id = tasks.job_id) AS t WHERE {where} ORDER BY id", params)

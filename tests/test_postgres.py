@@ -4,6 +4,7 @@ single-instance lock on a server, and the claim under concurrent connections."""
 from __future__ import annotations
 
 import os
+import sys
 from datetime import timedelta
 
 import pgserver
@@ -181,3 +182,23 @@ def test_the_status_page_says_it_reads_sqlite_only(cli, pg_url):
     cli.db = pg_url
     assert error_line(cli("serve")) == ("Error: serve: the status page reads an SQLite file "
                                         "only, not yet a PostgreSQL database")
+
+
+def test_metrics_render_from_postgresql(pg_database, tmp_path):
+    pytest.importorskip("prometheus_client")
+    from edgeworker.config import MetricsSettings
+    from edgeworker.metrics import TextfileMetrics
+
+    now = utcnow()
+    ledger = Ledger(pg_database, worker="m:1")
+    add(ledger, "tick", now)
+    text = TextfileMetrics(MetricsSettings(textfile=tmp_path / "m.prom"), ledger).render()
+    assert b'edgeworker_tasks{job="tick",status="created"} 1.0' in text
+
+
+def test_without_the_driver_a_url_is_one_line(cli, monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg2", None)
+    monkeypatch.setitem(sys.modules, "psycopg2.extensions", None)
+    cli.db = url = "postgresql://edgeworker@/edgeworker?host=/run/postgresql"
+    assert error_line(cli("status")) == (f"Error: {url}: PostgreSQL needs the psycopg2 driver: "
+                                         "pip install 'edgeworker[postgres]'")
