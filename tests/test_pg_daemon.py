@@ -67,7 +67,8 @@ def test_a_run_a_killed_worker_left_is_recovered_at_the_next_start(tmp_path, pg_
 name = "slow"
 command = ["sh", "-c", "echo $EDGEWORKER_TASK_ID $EDGEWORKER_ATTEMPT $EDGEWORKER_RECOVERED \
 >> {ran}; [ $EDGEWORKER_RECOVERED = 1 ] || sleep 60"]
-every = "1h"
+cron = "0 0 1 1 *"  # no slot of its own while the test runs: only the manual run
+timezone = "UTC"
 max_attempts = 3
 '''
     with PgWorker(tmp_path, pg_url, jobs) as worker:
