@@ -202,3 +202,56 @@ def test_without_the_driver_a_url_is_one_line(cli, monkeypatch):
     cli.db = url = "postgresql://edgeworker@/edgeworker?host=/run/postgresql"
     assert error_line(cli("status")) == (f"Error: {url}: PostgreSQL needs the psycopg2 driver: "
                                          "pip install 'edgeworker[postgres]'")
+
+
+@pytest.mark.timeout(60)
+def test_threads_claiming_at_once_run_each_task_once_and_each_job_once_at_a_time(pg_database,
+                                                                                pg_url):
+    import threading
+    import time
+
+    now = utcnow()
+    ledger = Ledger(pg_database, worker="setup:1")
+    jobs = [add(ledger, f"j{n}", now) for n in range(4)]
+    Task.delete().execute()
+    for job in jobs:  # each job's runs next to each other in the queue: the next one to take
+        for _ in range(15):  # is often of a job whose claim is still open
+            ledger.run_now(job, now)
+    # A claim's transaction lingers between its UPDATE and its COMMIT (a trigger on the server),
+    # so that other threads claim while it is open.
+    pg_database.execute_sql(
+        "CREATE FUNCTION linger() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF NEW.status = 'running' THEN PERFORM pg_sleep(0.005); END IF; RETURN NEW; END $$")
+    pg_database.execute_sql("CREATE TRIGGER linger AFTER UPDATE ON tasks FOR EACH ROW "
+                            "EXECUTE FUNCTION linger()")
+    running: list[int] = []  # runs of its job running, as each claimer saw after its commit
+    done: list[int] = []
+
+    def work(n: int) -> None:
+        mine = Ledger(postgres.open_database(pg_url), worker=f"t:{n}")
+        deadline = time.monotonic() + 45
+        try:
+            while len(done) < 60 and time.monotonic() < deadline:
+                run = mine.claim(now)
+                if run is None:
+                    time.sleep(0.001)
+                    continue
+                running.append(mine.db.execute_sql(
+                    "SELECT count(*) FROM tasks WHERE status = 'running' AND job_id = %s",
+                    (run.job.id,)).fetchone()[0])
+                time.sleep(0.002)  # the run
+                mine.finish(run, Outcome(True, 0, None, ""), now)
+                done.append(run.task.id)
+        finally:
+            mine.db.close()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert set(running) == {1}  # (taking the job's row lock out of the claim: up to 4)
+    assert sorted(done) == sorted(set(done)) and len(done) == 60
+    rows = pg_database.execute_sql("SELECT status, attempt, count(*) FROM tasks "
+                                   "GROUP BY status, attempt").fetchall()
+    assert rows == [("succeeded", 1, 60)]
