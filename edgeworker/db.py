@@ -266,7 +266,7 @@ def _chain(exc: BaseException | None) -> Iterator[BaseException]:
 
 def heals(exc: BaseException) -> bool:
     """Whether retrying the write later may succeed (a lock, a full disk, an I/O error)."""
-    return isinstance(exc, OSError) or any(
+    return isinstance(exc, OSError) or postgres.heals(exc) or any(
         (getattr(e, "sqlite_errorcode", -1) & 0xFF) in HEALING_CODES for e in _chain(exc))
 
 

@@ -45,13 +45,49 @@ def check_url(url: str) -> str:
 
 
 class PostgresDatabase(peewee.PostgresqlDatabase):
-    """peewee's PostgreSQL database; `atomic("IMMEDIATE")` (SQLite's write lock) is a BEGIN."""
+    """peewee's PostgreSQL database; `atomic("IMMEDIATE")` (SQLite's write lock) is a BEGIN.
+
+    A connection the server dropped (a restart, a network cut) fails the statement that finds
+    it so; the next statement outside a transaction connects again."""
 
     def begin(self, isolation_level=None):
         if isinstance(isolation_level, str) and isolation_level.upper() in (
                 "IMMEDIATE", "DEFERRED", "EXCLUSIVE"):
             isolation_level = None
         return super().begin(isolation_level)
+
+    def cursor(self, named_cursor=None):
+        conn = self._state.conn
+        if conn is not None and conn.closed and not self.in_transaction():
+            self._state.reset()
+        return super().cursor(named_cursor)
+
+    def rollback(self):
+        conn = self._state.conn
+        if conn is not None and conn.closed:
+            return  # the server ended the transaction with the connection
+        super().rollback()
+
+
+def heals(exc: BaseException) -> bool:
+    """Whether trying again later may succeed: a lost connection, a server shutting down or
+    starting, a lock wait that timed out, a full disk (psycopg2's OperationalError)."""
+    try:
+        import psycopg2
+    except ImportError:
+        return False
+    todo, seen = [exc], set()
+    while todo:
+        error = todo.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+            return True
+        orig = getattr(error, "orig", None)  # peewee's wrapper keeps the driver's error
+        todo += [orig if isinstance(orig, BaseException) else None, error.__cause__,
+                 error.__context__]
+    return False
 
 
 def open_database(url: str, *, busy_timeout: float = 5.0, readonly: bool = False,

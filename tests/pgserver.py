@@ -70,17 +70,27 @@ class Server:
         self._check(self._run("sh", "-c", f"cat > {self.data}/pg_hba.conf <<'EOF'\n"
                               f"local all {PASSWORD_ROLE} scram-sha-256\n"
                               "local all all trust\nEOF"), "pg_hba.conf")
+        self._start()
+        with self.connect("postgres") as conn:
+            conn.autocommit = True
+            conn.cursor().execute(
+                f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD '{PASSWORD}'")
+        return self
+
+    def _start(self) -> None:
         options = (f"-c listen_addresses='' -c unix_socket_directories='{self.socket_dir}' "
                    "-c fsync=off -c full_page_writes=off -c synchronous_commit=off "
                    "-c max_connections=50")
         self._check(self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
                               "-o", options, "-w", "-t", "60", "start"), "pg_ctl start")
         self.started = True
-        with self.connect("postgres") as conn:
-            conn.autocommit = True
-            conn.cursor().execute(
-                f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD '{PASSWORD}'")
-        return self
+
+    def restart(self) -> None:
+        """Stop the server (its connections end) and start it again."""
+        self._check(self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w",
+                              "stop"), "pg_ctl stop")
+        self.started = False
+        self._start()
 
     def connect(self, dbname: str):
         import psycopg2

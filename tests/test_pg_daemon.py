@@ -85,3 +85,21 @@ max_attempts = 3
     assert (done["attempt"], done["recovered_count"]) == (2, 1)
     assert ran.read_text().splitlines() == [f"{task['id']} 1 0", f"{task['id']} 2 1"]
     assert "recovered 1, failed 0, cancelled 0" in worker.log()
+
+
+def test_the_worker_goes_on_after_the_server_restarts(tmp_path, pg_server):
+    url = pg_server.url(pg_server.create_database())
+    jobs = '[[jobs]]\nname = "tick"\ncommand = "sleep 0.5"\nevery = "1s"\n'
+    try:
+        with PgWorker(tmp_path, url, jobs) as worker:
+            worker.start().wait_running()
+            before = len(worker.wait_tasks("status = 'succeeded'", count=1))
+            worker.wait_tasks("status = 'running'")
+            pg_server.restart()  # while a run runs: its outcome is recorded once reconnected
+            worker.wait_tasks("status = 'succeeded'", count=before + 3, timeout=30)
+            assert worker.proc.poll() is None
+            assert worker.stop() == 0
+        assert worker.tasks("status NOT IN ('succeeded', 'created')") == []
+        assert "connection" in worker.log()  # what it met, logged once per kind of trouble
+    finally:
+        pg_server.drop_database(url.split("/")[-1].split("?")[0])
