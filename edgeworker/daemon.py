@@ -312,6 +312,10 @@ class Daemon:
             if time.monotonic() >= next_health:
                 next_health = time.monotonic() + HEALTH_CHECK_INTERVAL
                 consumer.check_worker_health()
+                if not self.lock.keep():  # PostgreSQL: taken by another worker after a restart
+                    logger.error("another worker took the lock on %s while the server was "
+                                 "away: stopping", self.db_path)
+                    return self.shutdown(consumer) or 1
 
     def _wait_for_signal(self, timeout: float) -> None:
         watched = [self._signal_read] + ([self.clock_watch] if self.clock_watch.fd >= 0 else [])

@@ -365,6 +365,10 @@ class WorkerLock:
             os.close(self.fd)
             self.fd = None
 
+    def keep(self) -> bool:
+        """Still held (a file lock lasts as long as its descriptor)."""
+        return self.fd is not None
+
     def __enter__(self) -> WorkerLock:
         return self.acquire()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ import peewee
 from edgeworker.errors import DatabaseError, WorkerRunning
 
 SCHEMES = ("postgresql://", "postgres://")
+logger = logging.getLogger("edgeworker.postgres")
 
 
 def is_url(location: object) -> bool:
@@ -132,6 +134,8 @@ def open_database(url: str, *, busy_timeout: float = 5.0, readonly: bool = False
 
 # pg_try_advisory_lock(int, int): "edge", "wk". Advisory locks belong to one database.
 LOCK_KEY = (0x65646765, 0x776B)
+HELD = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        "AND pid = pg_backend_pid() AND classid = %s AND objid = %s AND objsubid = 2")
 LOCK_HOLDER = re.compile(r"edgeworker worker \(pid (\d+)\)")
 
 
@@ -157,6 +161,24 @@ class WorkerLock:
             raise WorkerRunning(f"another worker{holder} is running on {self.url}; stop it first")
         self.db = db
         return self
+
+    def keep(self) -> bool:
+        """Still hold the lock, taking it again if the server dropped its session (a restart).
+        False when another worker took it meanwhile: this one must stop. While the server
+        cannot be reached, True (nobody else can take it either)."""
+        for _ in range(2):  # a statement that finds the connection dropped fails; the next
+            try:           # connects again
+                if self.db.execute_sql(HELD, LOCK_KEY).fetchone()[0]:
+                    return True
+                got = self.db.execute_sql("SELECT pg_try_advisory_lock(%s, %s)",
+                                          LOCK_KEY).fetchone()[0]
+            except (peewee.DatabaseError, peewee.InterfaceError):
+                continue
+            if got:
+                logger.warning("took the worker lock on %s again: the server had ended its "
+                               "session", self.url)
+            return got
+        return True
 
     def release(self, remove: bool = False) -> None:
         if self.db is not None:

@@ -10,6 +10,8 @@ import subprocess
 import pytest
 from workerproc import WorkerProcess, wait_for
 
+from edgeworker.db import worker_pid
+
 psycopg2 = pytest.importorskip("psycopg2")
 
 pytestmark = pytest.mark.timeout(90)
@@ -97,6 +99,9 @@ def test_the_worker_goes_on_after_the_server_restarts(tmp_path, pg_server):
             worker.wait_tasks("status = 'running'")
             pg_server.restart()  # while a run runs: its outcome is recorded once reconnected
             worker.wait_tasks("status = 'succeeded'", count=before + 3, timeout=30)
+            # and it holds the database's lock again (within its health check's 10 s)
+            wait_for(lambda: worker_pid(url) == worker.proc.pid, timeout=30,
+                     what="the worker to take its lock again", log=worker.log)
             assert worker.proc.poll() is None
             assert worker.stop() == 0
         assert worker.tasks("status NOT IN ('succeeded', 'created')") == []

@@ -255,3 +255,15 @@ def test_threads_claiming_at_once_run_each_task_once_and_each_job_once_at_a_time
     rows = pg_database.execute_sql("SELECT status, attempt, count(*) FROM tasks "
                                    "GROUP BY status, attempt").fetchall()
     assert rows == [("succeeded", 1, 60)]
+
+
+def test_the_worker_lock_is_taken_again_after_a_server_restart(pg_database, pg_url, pg_server):
+    with dbmod.worker_lock(pg_url) as lock:
+        assert lock.keep()
+        pg_server.restart()  # the lock's session ends with the server
+        assert dbmod.worker_pid(pg_url) is None
+        assert lock.keep()  # taken again
+        assert dbmod.worker_pid(pg_url) == os.getpid()
+        pg_server.restart()
+        with dbmod.worker_lock(pg_url):  # another worker was quicker this time
+            assert not lock.keep()
