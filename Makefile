@@ -5,6 +5,11 @@ BIN := $(VENV)/bin
 EDGEWORKER := $(BIN)/edgeworker
 CONFIG ?= examples/edgeworker.toml
 PYTEST_ARGS ?=
+# make test-huey: a venv per huey release, outside the checkout, reused while the project's
+# checkout and pyproject.toml are the same; the tests that exercise huey's storage and consumer.
+HUEY_VENVS ?= /tmp/edgeworker-huey
+HUEY_TESTS := tests/test_ledger.py tests/test_recovery.py tests/test_daemon.py \
+	tests/test_crash.py tests/test_worker.py
 
 # The one-file binary and where `make install` puts it (DESTDIR for staged installs).
 BINARY := dist/edgeworker
@@ -54,7 +59,7 @@ RELEASE_BINARIES := dist/edgeworker-linux-amd64 dist/edgeworker-linux-arm64 \
 
 .DEFAULT_GOAL := help
 .PHONY: help venv install uninstall run test test-task-recovery torture lint migrate \
-	migrate-remove-current-task-id build-worker binary run-worker bench bench-smoke \
+	migrate-remove-current-task-id test-huey build-worker binary run-worker bench bench-smoke \
 	build-worker-arm64 build-worker-armv7 build-worker-unpacked test-arm deb dist clean clean-cache
 
 help: ## List the targets
@@ -175,6 +180,21 @@ run: venv ## Migrate the demo database and run the worker on examples/edgeworker
 
 test: venv ## Run the test suite (crash, power-cut, binary and systemd tests included)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+test-huey: venv ## The ledger, recovery, daemon, crash and worker tests on the oldest and newest huey allowed (CI runs it)
+	@versions=$$($(BIN)/python tests/huey_versions.py) || exit 1; \
+	stamp="$(CURDIR) $$(sha256sum pyproject.toml | cut -c1-64)"; \
+	for v in $$versions; do \
+		venv=$(HUEY_VENVS)-$$v; \
+		if [ "$$(cat $$venv/.edgeworker 2>/dev/null)" != "$$stamp" ]; then \
+			echo "building $$venv"; \
+			$(PYTHON) -m venv $$venv && \
+			$$venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]' \
+				"huey==$$v" && echo "$$stamp" > $$venv/.edgeworker || exit 1; \
+		fi; \
+		echo "huey $$($$venv/bin/python -c 'import huey; print(huey.__version__)') in $$venv"; \
+		$$venv/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS) $(HUEY_TESTS) || exit 1; \
+	done
 
 test-task-recovery: venv ## Crash torture: SIGKILL a running worker 200 times, check nothing is lost
 	$(BIN)/python tests/torture.py crash --kills $(or $(KILLS),200)

@@ -56,7 +56,7 @@ def prepare(worker: WorkerProcess, owed: int) -> None:
 
     database = dbmod.open_database(worker.db, create=True)
     migrate.apply(database, migrate.plan(database, migrate.discover()))
-    models.database.initialize(database)
+    models.bind(database)
     now = utcnow()
     ledger = Ledger(database)
     sync_jobs(ledger, load_config(worker.config).jobs, now)

@@ -83,7 +83,7 @@ def pickup(repeats: int, samples: int, stall: float) -> list[dict]:
         from edgeworker.models import Job, Task
 
         database = dbmod.open_database(worker.db)
-        models.database.initialize(database)
+        models.bind(database)
         ledger = Ledger(database)
         job, nudge = Job.get(Job.name == "manual"), Job.get(Job.name == "nudge")
 
@@ -130,7 +130,7 @@ def add_history(worker: WorkerProcess, job_name: str, count: int, every: float) 
 
     database = dbmod.open_database(worker.db, create=True)
     migrate.apply(database, migrate.plan(database, migrate.discover()))
-    models.database.initialize(database)
+    models.bind(database)
     now = utcnow()
     job = Job.get_or_none(Job.name == job_name)
     if job is None:

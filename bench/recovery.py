@@ -37,7 +37,7 @@ def prepare(worker: WorkerProcess, interrupted: int) -> None:
 
     database = dbmod.open_database(worker.db, create=True)
     migrate.apply(database, migrate.plan(database, migrate.discover()))
-    models.database.initialize(database)
+    models.bind(database)
     now = utcnow()
     # the current slot of `every = "24h"`
     slot = datetime.fromtimestamp(now.timestamp() // DAY * DAY, UTC)

@@ -115,7 +115,7 @@ def run_edgeworker(directory: Path, n: int, count_commits: bool) -> dict:
     path = directory / "ew.db"
     database = dbmod.open_database(path, create=True)
     migrate.apply(database, migrate.plan(database, migrate.discover()))
-    models.database.initialize(database)
+    models.bind(database)
     ledger = Ledger(database)
     spec = JobSpec(name="noop", kind="callable", target="bench.jobs:noop", every=86400.0)
     job = add_job(ledger, spec, utcnow())

@@ -45,7 +45,7 @@ def add_history(worker: WorkerProcess, count: int) -> int:
 
     database = dbmod.open_database(worker.db, create=True)
     migrate.apply(database, migrate.plan(database, migrate.discover()))
-    models.database.initialize(database)
+    models.bind(database)
     now = datetime.now(UTC)
     sync_jobs(Ledger(database), load_config(worker.config).jobs, now)
     job_ids = [job.id for job in Job.select().order_by(Job.name)]

@@ -92,7 +92,7 @@ class Context:
             self._db = db.open_database(self.db_path, durability=settings.durability,
                                         busy_timeout=settings.busy_timeout,
                                         create=create, readonly=readonly, foreign=foreign)
-            models.database.initialize(self._db)
+            models.bind(self._db)
             if check_schema:
                 with db.translate_errors(self.db_path):
                     migrate.ensure_current(self._db)

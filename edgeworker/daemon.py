@@ -178,7 +178,7 @@ class Daemon:
                                        busy_timeout=settings.busy_timeout,
                                        create=self.apply_migrations)
         try:
-            models.database.initialize(database)
+            models.bind(database)
             with dbmod.translate_errors(self.db_path):
                 if self.apply_migrations:
                     todo = migrate.plan(database, migrate.for_database(database))

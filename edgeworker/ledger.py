@@ -184,7 +184,13 @@ class Ledger:
             return self._create(job, slot, due, "schedule", now)
 
     def run_now(self, job: Job, now: datetime, slot: datetime | None = None) -> Task:
-        """A manual run (`jobs run`, `tasks retry`), outside the schedule."""
+        """A manual run (`jobs run`, `tasks retry`), outside the schedule. Refused for a paused
+        or disabled job: no worker would take it."""
+        if job.paused:
+            raise Conflict(f'job "{job.name}" is paused: resume it first '
+                           f"(edgeworker jobs resume {job.name})")
+        if not job.enabled:
+            raise Conflict(f'job "{job.name}" is disabled (enabled = false in its config)')
         with self.db.atomic():
             return self._create(job, slot or now, now, "manual", now)
 
@@ -413,8 +419,8 @@ class Ledger:
         """The newest time recorded: the clock row's mark, or a newer time in a run since."""
         state = ClockState.get_or_none(ClockState.id == 1)
         marks = [to_text(state.high_water)] if state is not None else []
-        rows = self.db.execute_sql(
-            self.sql["high_water"], (state.high_water_task if state is not None else 0,)).fetchall()
+        rows = self.db.execute_sql(self.sql["newest_times"], (
+            state.high_water_task if state is not None else 0,)).fetchall()
         marks += [value for (value,) in rows if value]
         return from_text(max(marks)) if marks else None
 
@@ -425,7 +431,7 @@ class Ledger:
         """Record the worker's time as the high-water mark (never lower, unless `correct`: the
         clock was set back and synchronised, so the times recorded before were ahead), with other
         clock facts (`ClockState` fields)."""
-        last_id = self.db.execute_sql("SELECT max(id) FROM tasks").fetchone()[0] or 0
+        last_id = self.db.execute_sql(self.sql["last_id"]).fetchone()[0] or 0
         with self.db.atomic():
             state = ClockState.get_or_none(ClockState.id == 1)
             if state is None:

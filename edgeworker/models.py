@@ -16,8 +16,6 @@ import peewee
 
 from edgeworker.clock import from_text, to_text
 
-database = peewee.DatabaseProxy()
-
 
 class TaskStatus(StrEnum):
     CREATED = "created"
@@ -47,7 +45,7 @@ IS_UNFINISHED = peewee.SQL("finished_at IS NULL")
 def by_job() -> peewee.Node:
     """GROUP BY a task's job for rows found through tasks_queue: `+job_id` on SQLite, which
     otherwise walks all of history in tasks_job_id; PostgreSQL groups by the column itself."""
-    if isinstance(database.obj, peewee.PostgresqlDatabase):
+    if isinstance(Task._meta.database, peewee.PostgresqlDatabase):
         return Task.job
     return peewee.SQL("+job_id")
 
@@ -72,8 +70,7 @@ class UtcDateTimeField(peewee.Field):
 
 class BaseModel(peewee.Model):
     class Meta:
-        database = database
-        legacy_table_names = False
+        legacy_table_names = False  # bound to a database by `bind`
 
 
 class Job(BaseModel):
@@ -227,3 +224,13 @@ class HookRun(BaseModel):
 
     class Meta:
         table_name = "hook_runs"
+
+
+MODELS = (Job, Task, Recovery, ClockState, Outbox, HookRun)
+
+
+def bind(database: peewee.Database) -> peewee.Database:
+    """Bind the models to the process's one database handle (the composition root does this
+    once: `edgeworker run`, a CLI command, `serve`), and return it."""
+    database.bind(MODELS, bind_refs=False, bind_backrefs=False)
+    return database

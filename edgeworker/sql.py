@@ -69,15 +69,16 @@ STATEMENTS = {
     "cancel_waiting": "UPDATE tasks SET status = 'cancelled', finished_at = ?, error = ? "
                       "WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_queue "
                       "WHERE finished_at IS NULL AND job_id = ? AND status = 'created')",
+    # The clock's high-water mark: the newest times in the runs recorded since it was saved.
+    "newest_times": "SELECT max(coalesce(finished_at, ''), coalesce(started_at, ''), created_at) "
+                    "FROM tasks WHERE id > ? ORDER BY id DESC LIMIT 64",
+    "last_id": "SELECT max(id) FROM tasks",
     "cancelled": "SELECT status, attempt, error FROM tasks WHERE id = ?",
     # Runs waiting: due now (ready) and later (scheduled).
     "depth": "SELECT coalesce(sum(due_at <= ?), 0), coalesce(sum(due_at > ?), 0) FROM tasks "
              "WHERE finished_at IS NULL AND status = 'created'",
     "waiting": f"SELECT {TASK_COLUMNS} FROM tasks WHERE finished_at IS NULL AND status = 'created' "
                "ORDER BY due_at, id LIMIT ?",
-    # The newest time a run recorded since the clock row's mark (Ledger.high_water).
-    "high_water": "SELECT max(coalesce(finished_at, ''), coalesce(started_at, ''), created_at) "
-                  "FROM tasks WHERE id > ? ORDER BY id DESC LIMIT 64",
 }
 
 
@@ -112,8 +113,8 @@ POSTGRESQL = {name: _placeholders(text) for name, text in STATEMENTS.items()} | 
     # A limit of -1 (SQLite's "no limit") is NULL to PostgreSQL.
     "waiting": f"SELECT {TASK_COLUMNS} FROM tasks WHERE finished_at IS NULL "
                "AND status = 'created' ORDER BY due_at, id LIMIT nullif(%s, -1)",
-    "high_water": "SELECT greatest(coalesce(finished_at, ''), coalesce(started_at, ''), "
-                  "created_at) FROM tasks WHERE id > %s ORDER BY id DESC LIMIT 64",
+    "newest_times": "SELECT greatest(coalesce(finished_at, ''), coalesce(started_at, ''), "
+                    "created_at) FROM tasks WHERE id > %s ORDER BY id DESC LIMIT 64",
 }
 del POSTGRESQL["claim"]
 

@@ -487,7 +487,7 @@ class Site:
         # of its own) opens one and closes it when done. A small page cache: a page reads a few
         # hundred rows at most, or walks newer rows once, where a cache does not help.
         self.database = db.ReadOnlyDatabase(self.path, busy_timeout, cache_kib=128)
-        models.database.initialize(self.database)
+        models.bind(self.database)
 
     def view(self, path: str, query: dict[str, list[str]]) -> tuple[object, Callable]:
         """(data, render) for a path, or NotFound / BadRequest / DatabaseError."""

@@ -83,7 +83,7 @@ def database(tmp_path: Path):
     """A migrated database opened in-process, with the models bound to it."""
     database = dbmod.open_database(tmp_path / "edgeworker.db", create=True)
     migrate.apply(database, migrate.plan(database, migrate.discover()))
-    models.database.initialize(database)
+    models.bind(database)
     yield database
     database.close()
 
@@ -109,15 +109,13 @@ def pg_url(pg_server) -> Iterator[str]:
     """The URL of a new, empty database on the private server, dropped after the test."""
     name = pg_server.create_database()
     yield pg_server.url(name)
-    models.database.initialize(None)
     pg_server.drop_database(name)
 
 
 def open_migrated(location):
     database = dbmod.open_database(location, create=True)
     migrate.apply(database, migrate.plan(database, migrate.for_database(database)))
-    models.database.initialize(database)
-    return database
+    return models.bind(database)
 
 
 @pytest.fixture

@@ -215,3 +215,12 @@ def test_add_an_isolated_callable(migrated, tmp_path, monkeypatch):
     assert (result.exit_code, result.stderr) == (
         1, "Error: --isolate: only applies to 'callable' jobs (a command runs in its own process "
            "already)\n")
+
+
+def test_jobs_run_of_a_paused_job_is_refused(migrated):
+    migrated.ok("jobs", "add", "p", "--command", "true", "--every", "1h")
+    migrated.ok("jobs", "pause", "p")
+    result = migrated("jobs", "run", "p")
+    assert result.exit_code != 0
+    assert result.stderr.strip() == ('Error: job "p" is paused: resume it first '
+                                     "(edgeworker jobs resume p)")

@@ -365,7 +365,7 @@ def test_every_queued_run_wakes_the_worker(tmp_path):
         worker.db = mount / "ew.db"
         worker.start().wait_running()
         database = dbmod.open_database(worker.db)
-        models.database.initialize(database)
+        models.bind(database)
         ledger = Ledger(database, worker="test")
         job = Job.get(Job.name == "idle")
         rng = random.Random(7)

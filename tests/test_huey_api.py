@@ -8,7 +8,10 @@ or overrides an underscore attribute, and every huey name they import is documen
 import ast
 from pathlib import Path
 
+import huey
+import huey_versions
 import pytest
+from packaging.requirements import Requirement
 
 PACKAGE = Path(__file__).resolve().parent.parent / "edgeworker"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "architecture.md"
@@ -63,3 +66,18 @@ def test_every_huey_name_imported_is_documented():
     for path in modules():
         for module, name in huey_imports(ast.parse(path.read_text())):
             assert f"`{module}.{name}`" in text, f"{path.name}: {module}.{name}"
+
+
+def test_the_huey_range_is_closed_and_this_huey_is_in_it():
+    """`make test-huey` runs the oldest (the floor) and the newest huey the range allows; an open
+    range would let a box install a release nobody ran these tests on."""
+    req = huey_versions.requirement()
+    assert huey_versions.floor(req)
+    assert [s for s in req.specifier if s.operator == "<"], str(req)
+    assert req.specifier.contains(huey.__version__), (huey.__version__, str(req))
+
+
+@pytest.mark.parametrize("spec", ["huey<3.6", "huey>=3.4,>=3.5", "huey==3.5.4"])
+def test_a_range_without_one_floor_is_refused(spec):
+    with pytest.raises(huey_versions.Error, match="needs one >= floor"):
+        huey_versions.floor(Requirement(spec))

@@ -350,7 +350,7 @@ def test_an_outcome_is_recorded_once_a_lock_that_held_it_up_is_gone(tmp_path, ca
 
     database = dbmod.open_database(tmp_path / "locked.db", create=True, busy_timeout=0.05)
     migrate.apply(database, migrate.plan(database, migrate.discover()))
-    models.database.initialize(database)
+    models.bind(database)
     ledger = Ledger(database, worker="test:1")
     add(ledger)
     run = take(ledger)

@@ -296,7 +296,7 @@ def test_017_moves_huey_messages_into_due_rows_and_drops_hueys_tables(fresh):
     from edgeworker.clock import from_text
     from edgeworker.ledger import Ledger
 
-    models.database.initialize(fresh)
+    models.bind(fresh)
     ledger = Ledger(fresh, worker="new:1")
     plan = recovery.recover(ledger, from_text(NOW))
     assert plan.counts()["recovered"] == 1, plan.close

@@ -133,9 +133,8 @@ def test_commands_date_nothing_before_the_high_water_mark(migrated):
     from edgeworker.clock import utcnow
 
     migrated.ok("jobs", "add", "tick", "--command", "true", "--every", "1m")
-    from edgeworker import models
 
-    ledger = Ledger(models.database.obj, worker="test:1")
+    ledger = Ledger(Task._meta.database, worker="test:1")
     ahead = utcnow() + timedelta(hours=5)  # the worker ran while the clock was 5 h ahead
     ledger.save_clock(ahead)
     migrated.ok("jobs", "run", "tick")

@@ -205,3 +205,18 @@ def test_an_operators_change_is_never_dated_before_the_newest_time_recorded(ledg
     ledger.save_clock(NOW + timedelta(hours=1))
     assert ledger.recording_time(NOW) == NOW + timedelta(hours=1)  # the clock is behind
     assert ledger.recording_time(NOW + timedelta(hours=2)) == NOW + timedelta(hours=2)
+
+
+def test_a_manual_run_of_a_paused_or_disabled_job_is_refused(ledger):
+    from edgeworker.errors import Conflict
+    from edgeworker.models import Job
+
+    job = add_job(ledger, JobSpec(name="p", kind="command", target="true", every=60.0), NOW)
+    set_paused(ledger, "p", True, NOW)
+    with pytest.raises(Conflict, match=r'job "p" is paused: resume it first \(edgeworker jobs '
+                                       r"resume p\)"):
+        ledger.run_now(Job.get_by_id(job.id), NOW)
+    set_paused(ledger, "p", False, NOW)
+    Job.update(enabled=False).where(Job.id == job.id).execute()
+    with pytest.raises(Conflict, match=r'job "p" is disabled'):
+        ledger.run_now(Job.get_by_id(job.id), NOW)
