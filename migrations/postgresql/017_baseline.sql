@@ -1,8 +1,8 @@
 -- PostgreSQL starts here: the schema SQLite has after 001-017, in PostgreSQL's types. No
 -- PostgreSQL database predates edgeworker's PostgreSQL support, so none needs the steps between.
--- Every migration after 017 runs on both back ends (tests/test_pg_migrate.py applies each to
--- both); where PostgreSQL needs other SQL, a file of the same version in this directory
--- replaces it there.
+-- Every migration after 017 runs on both back ends, and tests/test_pg_migrate.py checks that
+-- both then have the same schema; where PostgreSQL needs other SQL, a file of the same version
+-- in this directory replaces it there.
 --
 -- Types: ids are 64-bit identities (never handed out twice, as SQLite's max(id) + 1 with the
 -- highest id kept); flags are BOOLEAN (SQLite's 0/1); seconds are DOUBLE PRECISION (SQLite's
