@@ -267,3 +267,10 @@ def test_the_worker_lock_is_taken_again_after_a_server_restart(pg_database, pg_u
         pg_server.restart()
         with dbmod.worker_lock(pg_url):  # another worker was quicker this time
             assert not lock.keep()
+
+
+def test_the_short_scheme_is_the_same_url(cli, pg_url):
+    cli.db = pg_url.replace("postgresql://", "postgres://")
+    assert cli.ok("migrate") == "applied 017_baseline\n"
+    cli.db = pg_url
+    assert cli.ok("migrate") == "up to date\n"
