@@ -5,6 +5,10 @@ The URL is libpq's URI form (`postgresql://user@host:port/dbname`, a socket dire
 `$PGPASSWORD`, `$PGPASSFILE` or `~/.pgpass`. Connecting fails with one line naming the URL and
 libpq's reason. Transactions are PostgreSQL's READ COMMITTED; SQLite's lock types, which the
 ledger asks for (`atomic("IMMEDIATE")`), mean nothing here.
+
+Also here: the claim's two steps (`claim`, over `sql.POSTGRESQL`), the worker's single-instance
+lock (a session advisory lock, `WorkerLock`), and what heals: a connection the server dropped is
+opened again by the next statement.
 """
 
 from __future__ import annotations
@@ -113,7 +117,8 @@ def open_database(url: str, *, busy_timeout: float = 5.0, readonly: bool = False
     server refuses a write). A database that holds tables but not edgeworker's is refused unless
     `foreign`."""
     url = check_url(url)
-    # The busy timeout bounds waiting for a row or table lock, as SQLite's bounds its write lock.
+    # The busy timeout bounds waiting for a row or table lock, as SQLite's bounds its write lock,
+    # and for the server to answer a connection.
     options = f"-c lock_timeout={int(busy_timeout * 1000)}"
     if readonly:
         options += " -c default_transaction_read_only=on"
@@ -245,7 +250,7 @@ def reason(exc: BaseException) -> str:
         return type(exc).__name__
     first = lines[0]
     # "connection to server on socket "/x/.s.PGSQL.5432" failed: FATAL:  password authentication
-    # failed for user "u"": the reason is after the last "failed: ".
+    # failed for user "u"": the reason follows the first " failed: ".
     if first.startswith("connection to server") and "failed: " in first:
         where, cause = first.split(" failed: ", 1)
         first = cause.strip()
