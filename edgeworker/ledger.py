@@ -222,7 +222,7 @@ class Ledger:
                 return self._create(job, now, due, "manual", now)
             if args.recovering_attempt is not None:
                 self.db.execute_sql(self.sql["recover"], (to_text(due), args.task_id,
-                                                     args.recovering_attempt))
+                                                          args.recovering_attempt))
             self.db.execute_sql(self.sql["requeue"], (to_text(due), args.task_id))
             return self._get(Task, args.task_id)
 
