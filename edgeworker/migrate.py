@@ -186,18 +186,23 @@ def apply(db: peewee.Database, todo: list[Migration]) -> list[Migration]:
 
 def _apply_postgresql(db: peewee.Database, todo: list[Migration]) -> list[Migration]:
     # PostgreSQL's DDL is transactional and its foreign keys are checked as rows change: each
-    # migration and its history row commit together, or nothing of it does.
+    # migration and its history row commit together, or nothing of it does. The file goes to the
+    # server whole (SQLite's splitter does not know PostgreSQL's $$ quotes); inside a transaction,
+    # it cannot commit on its own.
+    import psycopg2
+
     done = []
     for migration in todo:
         with db.atomic():
             db.execute_sql(HISTORY_DDL)
-            for statement in split_statements(migration.sql):
-                try:
-                    db.execute_sql(statement)
-                except peewee.DatabaseError as exc:
-                    raise MigrationError(
-                        f"migration {migration.label}.sql failed, nothing of it was applied: "
-                        f"{str(exc).strip().splitlines()[0]} (in: {statement[:70]})") from exc
+            try:
+                db.cursor().execute(migration.sql)  # no parameters: % is not a placeholder
+            except psycopg2.Error as exc:
+                lines = str(exc).strip().splitlines()
+                where = next((f" (in: {line.split(':', 1)[1].strip()[:70]})" for line in lines
+                              if line.startswith("LINE ")), "")
+                raise MigrationError(f"migration {migration.label}.sql failed, nothing of it was "
+                                     f"applied: {lines[0]}{where}") from exc
             db.execute_sql(
                 "INSERT INTO schema_migrations (version, name, checksum, applied_at) "
                 "VALUES (%s, %s, %s, %s)",

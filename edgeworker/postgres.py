@@ -18,6 +18,7 @@ import functools
 import logging
 import os
 import re
+import select
 from collections.abc import Iterator
 
 import peewee
@@ -218,6 +219,64 @@ def worker_pid(url: str) -> int | None:
         return None
     match = LOCK_HOLDER.fullmatch(row[0] or "")
     return int(match.group(1)) if match else -1
+
+
+CHANNEL = "edgeworker"  # migrations/postgresql/018_notify_waiting_runs.sql
+
+
+class NotifyWatch:
+    """Waits for a change to the queue (a notification on `CHANNEL`, sent by the triggers of
+    migration 018 when a change to tasks or jobs commits), a stop, or a timeout: what
+    `wakeup.DatabaseWatch` does with the WAL on SQLite. One connection of its own per watching
+    thread, LISTENing; while the server cannot be reached, it looks once a second."""
+
+    def __init__(self, url: str, stop):
+        self.url = check_url(url)
+        self.stop = stop
+        self.conn = None
+
+    def _listen(self):
+        if self.conn is None or self.conn.closed:
+            import psycopg2
+
+            try:
+                conn = psycopg2.connect(self.url, application_name="edgeworker")
+                conn.autocommit = True
+                conn.cursor().execute(f"LISTEN {CHANNEL}")
+            except psycopg2.Error:
+                return None
+            self.conn = conn
+        return self.conn
+
+    def wait(self, timeout: float) -> bool:
+        """Return after `timeout` seconds, or as soon as the queue changes or stop is set. True
+        when woken by a change (or by a new connection, which may have missed one)."""
+        import psycopg2
+
+        fresh = self.conn is None or self.conn.closed
+        conn = self._listen()
+        if conn is None:
+            self.stop.wait(min(timeout, 1.0))
+            return False
+        if fresh and self.conn is not None:
+            return True  # changes before the LISTEN were not seen: look again now
+        ready, _, _ = select.select([conn, self.stop], [], [], max(0.0, timeout))
+        if conn not in ready:
+            return False
+        try:
+            conn.poll()
+        except psycopg2.Error:
+            self.close()
+            return True
+        woken = bool(conn.notifies)
+        conn.notifies.clear()
+        return woken
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+            self.conn = None
 
 
 CLAIM_TRIES = 3

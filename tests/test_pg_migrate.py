@@ -137,44 +137,44 @@ def migrations(tmp_path):
 
 
 def test_a_later_migration_runs_on_both_back_ends(migrations, tmp_path, pg_url):
-    (migrations / "018_add_job_note.sql").write_text("ALTER TABLE jobs ADD COLUMN note TEXT;\n")
+    (migrations / "019_add_job_note.sql").write_text("ALTER TABLE jobs ADD COLUMN note TEXT;\n")
     # SQLite's flags are 0 and 1, PostgreSQL's booleans: where the SQL differs, a file of the
     # same version in postgresql/ replaces it there.
-    (migrations / "019_resume_all.sql").write_text("UPDATE jobs SET paused = 0;\n")
-    (migrations / "postgresql" / "019_resume_all.sql").write_text(
+    (migrations / "020_resume_all.sql").write_text("UPDATE jobs SET paused = 0;\n")
+    (migrations / "postgresql" / "020_resume_all.sql").write_text(
         "UPDATE jobs SET paused = FALSE;\n")
     for location in (tmp_path / "ew.db", pg_url):
         database = open_database(location, create=True)
         dialect = migrate.dialect_of(database)
         todo = migrate.plan(database, migrate.discover(migrations, dialect))
-        assert [m.version for m in migrate.apply(database, todo)][-2:] == [18, 19]
+        assert [m.version for m in migrate.apply(database, todo)][-2:] == [19, 20]
         assert "note" in [c.name for c in database.get_columns("jobs")]
         assert not migrate.plan(database, migrate.discover(migrations, dialect))
         database.close()
 
 
 def test_the_sqlite_text_of_a_differing_migration_fails_on_postgresql(migrations, pg_url):
-    (migrations / "018_resume_all.sql").write_text("UPDATE jobs SET paused = 0;\n")
+    (migrations / "019_resume_all.sql").write_text("UPDATE jobs SET paused = 0;\n")
     database = open_database(pg_url)
     todo = migrate.plan(database, migrate.discover(migrations, "postgresql"))
-    with pytest.raises(MigrationError, match="018_resume_all.sql failed, nothing of it was "
+    with pytest.raises(MigrationError, match="019_resume_all.sql failed, nothing of it was "
                                              "applied: column \"paused\" is of type boolean"):
         migrate.apply(database, todo)
-    assert migrate.applied(database).keys() == {17}
+    assert migrate.applied(database).keys() == {17, 18}
     database.close()
 
 
 def test_a_failing_migration_leaves_postgresql_as_it_was(migrations, pg_url):
-    (migrations / "018_half.sql").write_text(
+    (migrations / "019_half.sql").write_text(
         "CREATE TABLE notes (id BIGINT);\nINSERT INTO nowhere VALUES (1);\n")
     database = open_database(pg_url)
-    migrate.apply(database, migrate.plan(database, migrate.discover(migrations, "postgresql"))[:1])
+    migrate.apply(database, migrate.plan(database, migrate.discover(migrations, "postgresql"))[:2])
     todo = migrate.plan(database, migrate.discover(migrations, "postgresql"))
-    with pytest.raises(MigrationError, match=r"migration 018_half.sql failed, nothing of it was "
+    with pytest.raises(MigrationError, match=r"migration 019_half.sql failed, nothing of it was "
                                              r'applied: relation "nowhere" does not exist'):
         migrate.apply(database, todo)
     assert not database.table_exists("notes")
-    assert migrate.applied(database).keys() == {17}
+    assert migrate.applied(database).keys() == {17, 18}
     database.close()
 
 
@@ -192,9 +192,11 @@ def test_a_changed_baseline_is_refused(migrations, pg_url):
 def test_migrate_on_the_command_line(run_cli, pg_url):
     run_cli.db = pg_url
     result = run_cli("migrate", "--check")
-    assert (result.exit_code, result.stdout) == (3, "1 pending: 017_baseline\n")
-    assert run_cli.ok("migrate", "--dry-run") == "would apply 017_baseline\n"
-    assert run_cli.ok("migrate") == "applied 017_baseline\n"
+    assert (result.exit_code, result.stdout) == (
+        3, "2 pending: 017_baseline, 018_notify_waiting_runs\n")
+    assert run_cli.ok("migrate", "--dry-run") == ("would apply 017_baseline\n"
+                                                  "would apply 018_notify_waiting_runs\n")
+    assert run_cli.ok("migrate") == "applied 017_baseline\napplied 018_notify_waiting_runs\n"
     assert run_cli.ok("migrate") == "up to date\n"
     assert run_cli.ok("migrate", "--check") == "up to date\n"
     database = postgres.open_database(pg_url)

@@ -12,7 +12,7 @@ import pytest
 from commits import Commits
 
 from edgeworker import db as dbmod
-from edgeworker import postgres
+from edgeworker import migrate, postgres
 from edgeworker.cli import cli as main
 from edgeworker.clock import utcnow
 from edgeworker.config import JobSpec
@@ -21,6 +21,8 @@ from edgeworker.jobs import add_job
 from edgeworker.ledger import Ledger, Outcome
 from edgeworker.models import Task
 from edgeworker.sql import POSTGRESQL
+
+MIGRATED = "".join(f"applied {m.label}\n" for m in migrate.discover(dialect="postgresql"))
 
 
 def error_line(result) -> str:
@@ -64,7 +66,7 @@ def test_the_password_comes_from_pgpassword_or_the_password_file(cli, pg_server,
     owner.cursor().execute(f"GRANT ALL ON SCHEMA public TO {pgserver.PASSWORD_ROLE}")
     owner.close()
     cli.db = pg_server.url(name, user=pgserver.PASSWORD_ROLE)
-    assert cli.ok("migrate", env={"PGPASSWORD": pgserver.PASSWORD}) == "applied 017_baseline\n"
+    assert cli.ok("migrate", env={"PGPASSWORD": pgserver.PASSWORD}) == MIGRATED
     passfile = tmp_path / "pgpass"
     passfile.write_text(f"*:*:*:{pgserver.PASSWORD_ROLE}:{pgserver.PASSWORD}\n")
     passfile.chmod(0o600)
@@ -108,7 +110,7 @@ def test_another_programs_database_is_left_alone(cli, pg_server):
         f"Error: {url}: not an edgeworker database (it holds tables invoices and no "
         "schema_migrations); left untouched: check --db / $EDGEWORKER_DB, or add edgeworker's "
         "tables to it with `edgeworker migrate --force`")
-    assert cli.ok("migrate", "--force") == "applied 017_baseline\n"
+    assert cli.ok("migrate", "--force") == MIGRATED
 
 
 def test_looking_writes_nothing(cli, pg_url):
@@ -271,6 +273,34 @@ def test_the_worker_lock_is_taken_again_after_a_server_restart(pg_database, pg_u
 
 def test_the_short_scheme_is_the_same_url(cli, pg_url):
     cli.db = pg_url.replace("postgresql://", "postgres://")
-    assert cli.ok("migrate") == "applied 017_baseline\n"
+    assert cli.ok("migrate") == MIGRATED
     cli.db = pg_url
     assert cli.ok("migrate") == "up to date\n"
+
+
+@pytest.mark.timeout(60)
+def test_an_idle_thread_is_woken_by_a_commit_not_by_its_timeout(pg_database, pg_url):
+    import threading
+
+    from edgeworker.wakeup import Flag
+
+    stop = Flag()
+    watch = postgres.NotifyWatch(pg_url, stop)
+    assert watch.wait(30) is True  # a new LISTEN may have missed a change: look at once
+    assert watch.wait(0.05) is False  # nothing changed
+    now = utcnow()
+    job = add(Ledger(pg_database, worker="w:1"), "j", now)  # before the wait: notified already
+    assert watch.wait(30) is True
+    woken: list[bool] = []
+    waiter = threading.Thread(target=lambda: woken.append(watch.wait(30)))
+    waiter.start()
+    waiter.join(0.2)
+    Ledger(pg_database, worker="w:1").run_now(job, now)  # `jobs run` from another connection
+    waiter.join(20)  # long before the 30 s timeout, or the notification did not come
+    assert woken == [True]
+    waiter = threading.Thread(target=lambda: woken.append(watch.wait(30)))
+    waiter.start()
+    stop.set()
+    waiter.join(20)
+    assert woken == [True, False]
+    watch.close()
