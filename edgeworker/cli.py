@@ -35,10 +35,21 @@ class UserError(click.ClickException):
         self.exit_code = exit_code
 
 
+class DatabaseParam(click.ParamType):
+    """--db: a file path (SQLite), or a `postgresql://` URL kept as it is written."""
+
+    name = "path|url"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Path | str:
+        if isinstance(value, str) and value.startswith(("postgresql://", "postgres://")):
+            return value  # checked when it is opened (edgeworker.postgres.check_url)
+        return click.Path(dir_okay=False, path_type=Path).convert(value, param, ctx)
+
+
 class Context:
     """What every command needs, resolved lazily from the global options."""
 
-    def __init__(self, config_option: Path | None, db_option: Path | None, debug: bool):
+    def __init__(self, config_option: Path | None, db_option: Path | str | None, debug: bool):
         self.config_option = config_option
         self.db_option = db_option
         self.debug = debug
@@ -58,8 +69,13 @@ class Context:
         return self._config
 
     @property
-    def db_path(self) -> Path:
+    def db_path(self) -> Path | str:
+        """The SQLite file, or the PostgreSQL URL."""
         return self.db_option or self.config.worker.database or DEFAULT_DB
+
+    @property
+    def on_server(self) -> bool:
+        return isinstance(self.db_path, str)
 
     def open(self, create: bool = False, check_schema: bool = True, readonly: bool = False,
              foreign: bool = False):
@@ -204,12 +220,13 @@ def show_time(text: str | None) -> str:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               envvar="EDGEWORKER_CONFIG", show_envvar=True,
               help="TOML config file [default: ./edgeworker.toml if present].")
-@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path),
-              envvar="EDGEWORKER_DB", show_envvar=True,
-              help="SQLite database [default: the config's, else ./edgeworker.db].")
+@click.option("--db", "db_path", type=DatabaseParam(), envvar="EDGEWORKER_DB", show_envvar=True,
+              help="SQLite database file, or a postgresql:// URL [default: the config's, else "
+                   "./edgeworker.db].")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
 @click.pass_context
-def cli(ctx: click.Context, config_path: Path | None, db_path: Path | None, debug: bool) -> None:
+def cli(ctx: click.Context, config_path: Path | None, db_path: Path | str | None,
+        debug: bool) -> None:
     """Run scheduled jobs from one SQLite file, losing nothing when the power goes."""
     ctx.obj = Context(config_path, db_path, debug)
     ctx.call_on_close(ctx.obj.close)
@@ -238,19 +255,19 @@ def migrate(obj: Context, check: bool, dry_run: bool, target: int | None, force:
     from edgeworker import db
     from edgeworker import migrate as migrations
 
-    creating = not obj.db_path.exists()
+    creating = not obj.on_server and not obj.db_path.exists()
     if creating and (check or dry_run):
         todo = migrations.discover()
         todo = [m for m in todo if target is None or m.version <= target]
     elif check or dry_run:
         database = obj.open(check_schema=False, readonly=True, foreign=force)
         with db.translate_errors(obj.db_path):
-            todo = migrations.plan(database, migrations.discover(), target)
+            todo = migrations.plan(database, migrations.for_database(database), target)
     else:
         try:
             database = obj.open(create=True, check_schema=False, foreign=force)
             with db.translate_errors(obj.db_path):
-                todo = migrations.plan(database, migrations.discover(), target)
+                todo = migrations.plan(database, migrations.for_database(database), target)
             _migrate(obj, database, todo)
         except BaseException:
             if creating:  # a migrate that fails leaves no empty or half-made database
@@ -331,7 +348,7 @@ def recover(obj: Context, dry_run: bool, as_json: bool) -> None:
     """Recover tasks a dead worker left behind (the worker does this at every start)."""
     from edgeworker import recovery, report, schedule
     from edgeworker.clock import to_text
-    from edgeworker.db import WorkerLock, worker_pid
+    from edgeworker.db import worker_lock, worker_pid
 
     obj.open(readonly=dry_run)
     ledger = obj.ledger()
@@ -342,7 +359,7 @@ def recover(obj: Context, dry_run: bool, as_json: bool) -> None:
         if pid is None:
             todo.ended = recovery.count_leftovers(obj.db_path)
     else:
-        with WorkerLock(obj.db_path):
+        with worker_lock(obj.db_path):
             todo = recovery.recover(ledger, now)
     job_names = report.job_names()
     data = {
@@ -397,7 +414,7 @@ def status(obj: Context, as_json: bool) -> None:
     settings = obj.config.worker
     data = {
         "database": str(obj.db_path),
-        "durability": settings.durability,
+        "durability": None if obj.on_server else settings.durability,  # SQLite's setting
         "worker": {"running": pid is not None, "pid": pid if pid and pid > 0 else None,
                    "alert": pid and report.all_busy(pid, settings.workers, settings.busy_alert,
                                                     utcnow()) or None},
@@ -411,7 +428,8 @@ def status(obj: Context, as_json: bool) -> None:
     def render(d: dict) -> None:
         worker = (f"running (pid {d['worker']['pid']})" if d["worker"]["running"]
                   else "not running")
-        click.echo(f"database  {d['database']} (durability {d['durability']})")
+        kind = f"durability {d['durability']}" if d["durability"] else "PostgreSQL"
+        click.echo(f"database  {d['database']} ({kind})")
         click.echo(f"worker    {worker}")
         if d["worker"]["alert"]:
             click.echo(f"alert     {d['worker']['alert']}")
@@ -740,7 +758,7 @@ def tasks_retry(obj: Context, task_id: int) -> None:
 def tasks_cancel(obj: Context, task_id: int) -> None:
     """Cancel a waiting run, or stop a running one (its whole process tree)."""
     from edgeworker import recovery
-    from edgeworker.db import WorkerLock
+    from edgeworker.db import worker_lock
     from edgeworker.errors import WorkerRunning
 
     task, name = obj.ledger().cancel_task(task_id, f"cancelled by {_who()}", obj.now())
@@ -748,7 +766,7 @@ def tasks_cancel(obj: Context, task_id: int) -> None:
         click.echo(f"cancelled task {task_id} (job {name}): it had not started")
         return
     try:
-        with WorkerLock(obj.db_path):  # no worker: end what the dead one left of this run
+        with worker_lock(obj.db_path):  # no worker: end what the dead one left of this run
             ended = recovery.end_leftovers_of(obj.db_path, task.id, task.attempt)
         click.echo(f"cancelled task {task_id} (job {name}): no worker was running it; ended "
                    f"{ended} leftover process{'' if ended == 1 else 'es'}")
@@ -825,6 +843,9 @@ def serve(obj: Context, listen: str, auth_file: Path | None, hash_user: str | No
                                 confirmation_prompt=sys.stdin.isatty(), err=True)
         click.echo(f"{hash_user}:{web.hash_password(password)}")
         return
+    if obj.on_server:
+        raise ConfigError("serve: the status page reads an SQLite file only, not yet a "
+                          "PostgreSQL database")
     logs.setup(obj.config.worker.log_format, "debug" if obj.debug else "info")
     settings = obj.config.worker
     site = web.Site(obj.db_path, workers=settings.workers, busy_alert=settings.busy_alert)

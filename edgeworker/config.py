@@ -106,7 +106,7 @@ class JobSpec:
 class WorkerSettings:
     """The [worker] table."""
 
-    database: Path | None = setting(None, "path")
+    database: Path | str | None = setting(None, "database")  # a file, or a postgresql:// URL
     workers: int = setting(2, "int", 1, 64)
     durability: str = setting("full", "choice", choices=DURABILITY_LEVELS)
     busy_timeout: float = setting(5.0, "duration", high=LONGEST_BUSY_TIMEOUT, positive=True)
@@ -332,6 +332,16 @@ def _value(rule: Rule, value: Any, base: Path) -> Any:
                 raise ValueError(f"must be at least {format_duration(rule.low)}")
             return seconds
         case "path":
+            return _path(value, base)
+        case "database":
+            if isinstance(value, str) and value.startswith(("postgresql://", "postgres://")):
+                from edgeworker.errors import DatabaseError
+                from edgeworker.postgres import check_url
+
+                try:
+                    return check_url(value)
+                except DatabaseError as exc:
+                    raise ValueError(str(exc)) from None
             return _path(value, base)
         case "paths":
             entries = [value] if isinstance(value, str) else value

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import peewee
 
-from edgeworker import alerts, consumer, migrate, models, recovery, trust
+from edgeworker import alerts, consumer, migrate, models, postgres, recovery, trust
 from edgeworker import db as dbmod
 from edgeworker.alerts import Alerts
 from edgeworker.clock import ClockSetWatch, Step, WorkerClock, clock_synchronised, span, time_daemon
@@ -61,15 +61,15 @@ STALL = MAX_IDLE + 30.0  # an idle worker thread that has not looped for this lo
 
 
 class Daemon:
-    def __init__(self, config: Config, db_path: Path, *, apply_migrations: bool = False,
+    def __init__(self, config: Config, db_path: Path | str, *, apply_migrations: bool = False,
                  workers: int | None = None):
         self.config = config
-        self.db_path = Path(db_path)
+        self.db_path = db_path if postgres.is_url(db_path) else Path(db_path)
         self.apply_migrations = apply_migrations
         self.workers = workers or config.worker.workers
         self.stop = Flag()
         self.abort = Flag()
-        self.lock: dbmod.WorkerLock | None = None
+        self.lock = None  # dbmod.worker_lock
         self.signals: list[int] = []  # read from the wake-up fd: each byte is a signal number
         self._signal_read, self._signal_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.threads = consumer.Threads()
@@ -92,8 +92,8 @@ class Daemon:
     def start(self):
         trust.verify(self.config)  # before anything is created or imported
         self.install_signal_handlers()
-        self.lock = dbmod.WorkerLock(self.db_path).acquire()
-        creating = not self.db_path.exists()
+        self.lock = dbmod.worker_lock(self.db_path).acquire()
+        creating = not postgres.is_url(self.db_path) and not self.db_path.exists()
         try:
             database = self.open_database()
         except BaseException:
@@ -181,7 +181,8 @@ class Daemon:
             models.bind(database)
             with dbmod.translate_errors(self.db_path):
                 if self.apply_migrations:
-                    for m in migrate.apply(database, migrate.plan(database, migrate.discover())):
+                    todo = migrate.plan(database, migrate.for_database(database))
+                    for m in migrate.apply(database, todo):
                         logger.info("applied migration %s", m.label)
                 migrate.ensure_current(database)
             verify_callables(self.config)
@@ -311,6 +312,10 @@ class Daemon:
             if time.monotonic() >= next_health:
                 next_health = time.monotonic() + HEALTH_CHECK_INTERVAL
                 consumer.check_worker_health()
+                if not self.lock.keep():  # PostgreSQL: taken by another worker after a restart
+                    logger.error("another worker took the lock on %s while the server was "
+                                 "away: stopping", self.db_path)
+                    return self.shutdown(consumer) or 1
 
     def _wait_for_signal(self, timeout: float) -> None:
         watched = [self._signal_read] + ([self.clock_watch] if self.clock_watch.fd >= 0 else [])

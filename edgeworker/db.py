@@ -21,6 +21,7 @@ from pathlib import Path
 
 import peewee
 
+from edgeworker import postgres
 from edgeworker.errors import DatabaseError, WorkerRunning
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -28,13 +29,17 @@ SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
 PAGE_SIZE = 1024
 
 
-def open_database(path: Path, *, durability: str = "full", busy_timeout: float = 5.0,
+def open_database(path: Path | str, *, durability: str = "full", busy_timeout: float = 5.0,
                   create: bool = False, readonly: bool = False,
-                  foreign: bool = False) -> peewee.SqliteDatabase:
+                  foreign: bool = False) -> peewee.Database:
     """Open (or, with `create`, create) the database and check that SQLite can read it.
 
     `readonly` opens it so that nothing is written (see ReadOnlyDatabase). A database that holds
-    tables but not edgeworker's is refused before anything touches it, unless `foreign`."""
+    tables but not edgeworker's is refused before anything touches it, unless `foreign`. A
+    `postgresql://` URL opens that PostgreSQL database instead (edgeworker.postgres)."""
+    if postgres.is_url(path):
+        return postgres.open_database(path, busy_timeout=busy_timeout, readonly=readonly,
+                                      foreign=foreign)
     path = Path(path)
     if path.is_dir():
         raise DatabaseError(f"{path}: is a directory, not a database file")
@@ -261,12 +266,15 @@ def _chain(exc: BaseException | None) -> Iterator[BaseException]:
 
 def heals(exc: BaseException) -> bool:
     """Whether retrying the write later may succeed (a lock, a full disk, an I/O error)."""
-    return isinstance(exc, OSError) or any(
+    return isinstance(exc, OSError) or postgres.heals(exc) or any(
         (getattr(e, "sqlite_errorcode", -1) & 0xFF) in HEALING_CODES for e in _chain(exc))
 
 
-def describe(path: Path, exc: BaseException) -> str:
-    """One line for the log: the first cause SQLite reported, in words an operator can act on."""
+def describe(path: Path | str, exc: BaseException) -> str:
+    """One line for the log: the first cause SQLite reported, in words an operator can act on
+    (or PostgreSQL's reason)."""
+    if postgres.is_url(path):
+        return postgres.reason(exc)
     errors = [e for e in _chain(exc) if isinstance(e, (peewee.DatabaseError, sqlite3.Error))]
     healing = [e for e in errors if (getattr(e, "sqlite_errorcode", -1) & 0xFF) in HEALING_CODES]
     cause = (healing or errors or [exc])[-1]
@@ -283,8 +291,13 @@ def _disk_full(directory: Path) -> bool:
 
 
 @contextlib.contextmanager
-def translate_errors(path: Path) -> Iterator[None]:
-    """Turn SQLite's exceptions into one-line DatabaseErrors naming the file."""
+def translate_errors(path: Path | str) -> Iterator[None]:
+    """Turn SQLite's exceptions into one-line DatabaseErrors naming the file (or PostgreSQL's,
+    naming the URL)."""
+    if postgres.is_url(path):
+        with postgres.translate_errors(path):
+            yield
+        return
     try:
         yield
     except (peewee.IntegrityError, sqlite3.IntegrityError):
@@ -352,6 +365,10 @@ class WorkerLock:
             os.close(self.fd)
             self.fd = None
 
+    def keep(self) -> bool:
+        """Still held (a file lock lasts as long as its descriptor)."""
+        return self.fd is not None
+
     def __enter__(self) -> WorkerLock:
         return self.acquire()
 
@@ -359,9 +376,17 @@ class WorkerLock:
         self.release(remove=exc_type is not None)
 
 
-def worker_pid(database: Path) -> int | None:
+def worker_lock(database: Path | str) -> WorkerLock | postgres.WorkerLock:
+    """The single-instance lock of a database: a file lock beside a SQLite file, an advisory lock
+    on a PostgreSQL database (edgeworker.postgres.WorkerLock)."""
+    return postgres.WorkerLock(database) if postgres.is_url(database) else WorkerLock(database)
+
+
+def worker_pid(database: Path | str) -> int | None:
     """The pid of the worker holding the lock on `database` (-1 if unreadable), or None when
     none runs."""
+    if postgres.is_url(database):
+        return postgres.worker_pid(database)
     path = Path(f"{database}.lock")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

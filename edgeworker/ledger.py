@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 
 import peewee
 
-from edgeworker import schedule
+from edgeworker import postgres, schedule
 from edgeworker.clock import from_text, to_text
 from edgeworker.errors import Conflict, NotFound, ScheduleError
 from edgeworker.models import (
@@ -31,8 +31,7 @@ from edgeworker.models import (
     Task,
     TaskStatus,
 )
-from edgeworker.sql import STATEMENTS as SQL
-from edgeworker.sql import claiming
+from edgeworker.sql import claiming, statements_for
 
 logger = logging.getLogger("edgeworker.ledger")
 
@@ -111,8 +110,10 @@ class Outcome:
 
 
 class Ledger:
-    def __init__(self, database: peewee.SqliteDatabase, worker: str | None = None):
+    def __init__(self, database: peewee.Database, worker: str | None = None):
         self.db = database
+        self.sql = statements_for(database)
+        self.postgres = isinstance(database, peewee.PostgresqlDatabase)
         self.worker = worker or worker_identity()
         self.jobs: dict[int, tuple[tuple, Job]] = {}  # job id -> (row, model), see _job
         # Rows this worker claimed and has not seen finish: where its running runs are (sql.py)
@@ -127,19 +128,19 @@ class Ledger:
         # that fell due before it, so a flood of catch-up runs cannot hold back another job's.
         if origin == "schedule":
             due = max(due, now)
-        cursor = self.db.execute_sql(SQL["create"], (job.id, origin, to_text(slot), to_text(due),
-                                                     to_text(now)))
-        return Task(id=cursor.lastrowid, job=job.id, status=S.CREATED, origin=origin,
+        cursor = self.db.execute_sql(self.sql["create"], (job.id, origin, to_text(slot),
+                                                          to_text(due), to_text(now)))
+        return Task(id=cursor.fetchone()[0], job=job.id, status=S.CREATED, origin=origin,
                     scheduled_for=slot, due_at=due, attempt=0, recovered_count=0, created_at=now)
 
     def _get(self, model, key: int):
-        row = self.db.execute_sql(SQL[model._meta.name], (key,)).fetchone()
+        row = self.db.execute_sql(self.sql[model._meta.name], (key,)).fetchone()
         return None if row is None else _model(model, row)
 
     def _job(self, job_id: int) -> Job | None:
         """A job as stored now. Read at every claim and finish; a model is built only when the
         row differs from the one last read (building one costs more than the query)."""
-        row = self.db.execute_sql(SQL["job"], (job_id,)).fetchone()
+        row = self.db.execute_sql(self.sql["job"], (job_id,)).fetchone()
         if row is None:
             return None
         seen = self.jobs.get(job_id)
@@ -161,7 +162,7 @@ class Ledger:
             return self._create(job, slot, due, "schedule", now)
 
     def pending_scheduled(self, job_id: int) -> Task | None:
-        row = self.db.execute_sql(SQL["pending"], (job_id,)).fetchone()
+        row = self.db.execute_sql(self.sql["pending"], (job_id,)).fetchone()
         return None if row is None else _model(Task, row)
 
     def last_slot(self, job_id: int) -> datetime | None:
@@ -224,9 +225,9 @@ class Ledger:
                     return None
                 return self._create(job, now, due, "manual", now)
             if args.recovering_attempt is not None:
-                self.db.execute_sql(SQL["recover"], (to_text(due), args.task_id,
-                                                     args.recovering_attempt))
-            self.db.execute_sql(SQL["requeue"], (to_text(due), args.task_id))
+                self.db.execute_sql(self.sql["recover"], (to_text(due), args.task_id,
+                                                          args.recovering_attempt))
+            self.db.execute_sql(self.sql["requeue"], (to_text(due), args.task_id))
             return self._get(Task, args.task_id)
 
     def due(self, now: datetime, hold: bool = False) -> bool:
@@ -242,7 +243,10 @@ class Ledger:
 
     def _claim(self, now: datetime, hold: bool) -> ClaimedRun | None:
         sql, params = self._claiming("claim", now=to_text(now), hold=hold, worker=self.worker)
-        row = self.db.execute_sql(sql, params).fetchone()
+        if self.postgres:
+            row = postgres.claim(self.db, self.sql, params)
+        else:
+            row = self.db.execute_sql(sql, params).fetchone()
         if row is None:
             return None
         with self.mine_lock:
@@ -252,12 +256,16 @@ class Ledger:
             job = self._job(task.job_id)
         except (ValueError, TypeError) as exc:  # a row written by hand, or damaged
             error = f"cannot read this run's row: {type(exc).__name__}: {exc}"
-            self.db.execute_sql(SQL["unreadable"], (to_text(now), error, row[0]))
+            self.db.execute_sql(self.sql["unreadable"], (to_text(now), error, row[0]))
             logger.error("task %s: %s; it failed", row[0], error)
             return None
         return ClaimedRun(task, job)
 
     def _claiming(self, name: str, **params) -> tuple[str, dict]:
+        """A statement that looks for claimable runs, with this worker's claimed rows (SQLite:
+        one worker; PostgreSQL looks at every worker's)."""
+        if self.postgres:
+            return self.sql.get(name, ""), params
         with self.mine_lock:
             mine = list(self.mine)
         params.update((f"r{i}", task_id) for i, task_id in enumerate(mine))
@@ -269,8 +277,8 @@ class Ledger:
 
     def unclaim(self, run: ClaimedRun) -> bool:
         """Give back a run claimed but not started (a worker thread stopping)."""
-        given = bool(self.db.execute_sql(SQL["unclaim"], (run.task.id, run.task.attempt))
-                     .rowcount)
+        given = bool(self.db.execute_sql(self.sql["unclaim"],
+                                         (run.task.id, run.task.attempt)).rowcount)
         self._done(run.task.id)
         return given
 
@@ -283,11 +291,11 @@ class Ledger:
     def queue_depth(self, now: datetime) -> tuple[int, int]:
         """Waiting runs: (due now, due later)."""
         moment = to_text(now)
-        return tuple(self.db.execute_sql(SQL["depth"], (moment, moment)).fetchone())
+        return tuple(self.db.execute_sql(self.sql["depth"], (moment, moment)).fetchone())
 
     def waiting(self, limit: int = -1) -> list[Task]:
         """Waiting runs in the order they are due."""
-        return [_model(Task, row) for row in self.db.execute_sql(SQL["waiting"], (limit,))]
+        return [_model(Task, row) for row in self.db.execute_sql(self.sql["waiting"], (limit,))]
 
     def finish(self, run: ClaimedRun, outcome: Outcome, now: datetime) -> Task:
         """Record a run's outcome: succeeded, failed, or back to created for a retry; and, when a
@@ -319,7 +327,7 @@ class Ledger:
             else:
                 status = S.SUCCEEDED if outcome.succeeded else S.FAILED
                 finished, due = now, task.due_at
-            changed = self.db.execute_sql(SQL["finish"], (
+            changed = self.db.execute_sql(self.sql["finish"], (
                 status.value, finished and to_text(finished), to_text(due), outcome.exit_code,
                 outcome.error, outcome.output, task.id, task.attempt)).rowcount
             if not changed:
@@ -375,14 +383,15 @@ class Ledger:
     def cancelled(self, task_id: int, attempt: int) -> str | None:
         """Why a run was cancelled under its worker, or None (a read: the worker asks once a
         second while a command runs)."""
-        row = self.db.execute_sql(SQL["cancelled"], (task_id,)).fetchone()
+        row = self.db.execute_sql(self.sql["cancelled"], (task_id,)).fetchone()
         if row is None or (row[0], row[1]) != (S.CANCELLED.value, attempt):
             return None
         return row[2] or "cancelled"
 
     def cancel_waiting(self, job_id: int, reason: str, now: datetime) -> int:
         """Cancel a job's tasks that have not started (pause, removal). Running ones finish."""
-        return self.db.execute_sql(SQL["cancel_waiting"], (to_text(now), reason, job_id)).rowcount
+        return self.db.execute_sql(self.sql["cancel_waiting"],
+                                   (to_text(now), reason, job_id)).rowcount
 
     def forget_job(self, job: Job, reason: str, now: datetime) -> int:
         """Before a job is deleted: cancel its waiting runs (a running one finishes) and keep its
@@ -397,7 +406,8 @@ class Ledger:
         claim's huey message carries (a recovery message with the task id). Only rows still as
         they were read change: a second recovery of the same attempt does nothing."""
         moment = to_text(now)
-        self.db.cursor().executemany(SQL["recover"], [(moment, t.id, t.attempt) for t in tasks])
+        self.db.cursor().executemany(self.sql["recover"],
+                                     [(moment, t.id, t.attempt) for t in tasks])
 
     def close_many(self, closures: list[tuple[Task, TaskStatus, str]], now: datetime) -> int:
         """created/running -> failed/cancelled for many tasks, grouped into a few UPDATEs."""
@@ -433,7 +443,7 @@ class Ledger:
         """The newest time recorded: the clock row's mark, or a newer time in a run since."""
         state = ClockState.get_or_none(ClockState.id == 1)
         marks = [to_text(state.high_water)] if state is not None else []
-        rows = self.db.execute_sql(SQL["newest_times"], (
+        rows = self.db.execute_sql(self.sql["newest_times"], (
             state.high_water_task if state is not None else 0,)).fetchall()
         marks += [value for (value,) in rows if value]
         return from_text(max(marks)) if marks else None
@@ -445,7 +455,7 @@ class Ledger:
         """Record the worker's time as the high-water mark (never lower, unless `correct`: the
         clock was set back and synchronised, so the times recorded before were ahead), with other
         clock facts (`ClockState` fields)."""
-        last_id = self.db.execute_sql(SQL["last_id"]).fetchone()[0] or 0
+        last_id = self.db.execute_sql(self.sql["last_id"]).fetchone()[0] or 0
         with self.db.atomic():
             state = ClockState.get_or_none(ClockState.id == 1)
             if state is None:

@@ -32,7 +32,7 @@ from edgeworker import report
 from edgeworker.clock import from_text, utcnow
 from edgeworker.config import MetricsSettings
 from edgeworker.errors import ConfigError
-from edgeworker.models import IS_UNFINISHED, UNFINISHED, Job, Recovery, Task, TaskStatus
+from edgeworker.models import IS_UNFINISHED, UNFINISHED, Job, Recovery, Task, TaskStatus, by_job
 
 logger = logging.getLogger("edgeworker.metrics")
 
@@ -125,6 +125,8 @@ class TextfileMetrics:
         return True
 
     def _version(self) -> tuple:
+        if isinstance(self.database, peewee.PostgresqlDatabase):
+            return (object(),)  # no cheap "anything committed?" there: look every interval
         # data_version moves when another connection commits; total_changes counts our own.
         connection = self.database.connection()
         data_version = connection.execute("PRAGMA data_version").fetchone()[0]
@@ -147,7 +149,7 @@ class TextfileMetrics:
         jobs = sorted(names.items(), key=lambda item: item[1])
         unfinished: dict[tuple[int, str], int] = {}
         query = (Task.select(Task.job, Task.status, peewee.fn.COUNT(Task.id))
-                 .where(IS_UNFINISHED).group_by(peewee.SQL("+job_id"), Task.status).tuples())
+                 .where(IS_UNFINISHED).group_by(by_job(), Task.status).tuples())
         for job_id, status, count in query:
             unfinished[(job_id, status)] = count
         tasks = gauge("edgeworker_tasks", "Unfinished tasks by job and status: created (waiting "

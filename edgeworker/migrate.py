@@ -5,6 +5,10 @@ Each file and its `schema_migrations` row commit in one transaction, so a failin
 the database exactly as it was. Statements are split with `sqlite3.complete_statement` rather than
 run with `executescript()`, which would commit on its own. Foreign keys are off while a migration
 runs (SQLite's table-rebuild procedure needs that) and checked before its commit.
+
+On PostgreSQL the set starts at a baseline, `migrations/postgresql/017_baseline.sql` (the schema
+SQLite has after 017); every later file runs on both back ends, unless a file of the same version
+in `migrations/postgresql/` replaces it there (`discover`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import peewee
 
 from edgeworker.clock import to_text, utcnow
 from edgeworker.errors import DatabaseError, MigrationError, PendingMigrations
+from edgeworker.postgres import is_url
 
 _FILENAME = re.compile(r"(\d+)_([a-z0-9_]+)\.sql")
 
@@ -56,8 +61,35 @@ def migrations_dir() -> Path:
     raise MigrationError(f"cannot find the migrations directory near {here}")
 
 
-def discover(directory: Path | None = None) -> list[Migration]:
+def dialect_of(db: peewee.Database) -> str:
+    return "postgresql" if isinstance(db, peewee.PostgresqlDatabase) else "sqlite"
+
+
+def discover(directory: Path | None = None, dialect: str = "sqlite") -> list[Migration]:
+    """The migrations of a back end. SQLite's are the files in the directory. PostgreSQL's start
+    at the lowest-numbered file in its `postgresql/` subdirectory (the baseline: the schema SQLite
+    has at that version), then take every later file, each replaced by a file of the same
+    version in `postgresql/` where there is one."""
+    if dialect not in ("sqlite", "postgresql"):
+        raise ValueError(f"no migrations for {dialect!r}")
     directory = directory or migrations_dir()
+    found = _files(directory)
+    if dialect == "sqlite":
+        return [found[v] for v in sorted(found)]
+    own = _files(directory / "postgresql") if (directory / "postgresql").is_dir() else {}
+    if not own:
+        raise MigrationError(f"no PostgreSQL baseline in {directory / 'postgresql'}")
+    baseline = min(own)
+    chosen = {v: m for v, m in found.items() if v > baseline} | own
+    return [chosen[v] for v in sorted(chosen)]
+
+
+def for_database(db: peewee.Database) -> list[Migration]:
+    """The migrations of the database's back end."""
+    return discover(dialect=dialect_of(db))
+
+
+def _files(directory: Path) -> dict[int, Migration]:
     found: dict[int, Migration] = {}
     for path in directory.iterdir():
         match = _FILENAME.fullmatch(path.name)
@@ -68,7 +100,7 @@ def discover(directory: Path | None = None) -> list[Migration]:
             raise MigrationError(f"two migrations have version {version}: "
                                  f"{found[version].label}.sql and {path.name}")
         found[version] = Migration(version, match.group(2), path.read_text(encoding="utf-8"))
-    return [found[v] for v in sorted(found)]
+    return found
 
 
 def applied(db: peewee.SqliteDatabase) -> dict[int, tuple[str, str]]:
@@ -121,8 +153,10 @@ def _strip_comments(sql: str) -> str:
     return "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
 
 
-def apply(db: peewee.SqliteDatabase, todo: list[Migration]) -> list[Migration]:
+def apply(db: peewee.Database, todo: list[Migration]) -> list[Migration]:
     """Apply each migration with its history row in one transaction; stop at the first error."""
+    if dialect_of(db) == "postgresql":
+        return _apply_postgresql(db, todo)
     done = []
     for migration in todo:
         db.execute_sql("PRAGMA foreign_keys = OFF")
@@ -150,11 +184,40 @@ def apply(db: peewee.SqliteDatabase, todo: list[Migration]) -> list[Migration]:
     return done
 
 
+def _apply_postgresql(db: peewee.Database, todo: list[Migration]) -> list[Migration]:
+    # PostgreSQL's DDL is transactional and its foreign keys are checked as rows change: each
+    # migration and its history row commit together, or nothing of it does. The file goes to the
+    # server whole (SQLite's splitter does not know PostgreSQL's $$ quotes); inside a transaction,
+    # it cannot commit on its own.
+    import psycopg2
+
+    done = []
+    for migration in todo:
+        with db.atomic():
+            db.execute_sql(HISTORY_DDL)
+            try:
+                db.cursor().execute(migration.sql)  # no parameters: % is not a placeholder
+            except psycopg2.Error as exc:
+                lines = str(exc).strip().splitlines()
+                where = next((f" (in: {line.split(':', 1)[1].strip()[:70]})" for line in lines
+                              if line.startswith("LINE ")), "")
+                raise MigrationError(f"migration {migration.label}.sql failed, nothing of it was "
+                                     f"applied: {lines[0]}{where}") from exc
+            db.execute_sql(
+                "INSERT INTO schema_migrations (version, name, checksum, applied_at) "
+                "VALUES (%s, %s, %s, %s)",
+                (migration.version, migration.name, migration.checksum, to_text(utcnow())))
+        done.append(migration)
+    return done
+
+
 def ensure_current_file(path: Path, busy_timeout: float = 5.0) -> None:
     """`ensure_current`, through a read-only connection: a database that is refused (behind,
     ahead, or another program's) is left exactly as it was, journal mode included."""
     from edgeworker.db import open_database, translate_errors
 
+    if is_url(path):
+        return  # nothing to protect on a server: `ensure_current` on the connection says it all
     db = open_database(path, busy_timeout=busy_timeout, readonly=True)
     try:
         with translate_errors(path):
@@ -166,7 +229,7 @@ def ensure_current_file(path: Path, busy_timeout: float = 5.0) -> None:
 def ensure_current(db: peewee.SqliteDatabase) -> None:
     """Refuse to work on a database that is behind (or ahead of) this program's schema."""
     try:
-        pending = plan(db, discover())
+        pending = plan(db, for_database(db))
     except peewee.DatabaseError as exc:
         raise DatabaseError(f"{db.database}: {exc}") from exc
     if pending:

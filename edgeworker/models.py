@@ -42,6 +42,14 @@ FINISHED = (S.SUCCEEDED, S.FAILED, S.CANCELLED)
 IS_UNFINISHED = peewee.SQL("finished_at IS NULL")
 
 
+def by_job() -> peewee.Node:
+    """GROUP BY a task's job for rows found through tasks_queue: `+job_id` on SQLite, which
+    otherwise walks all of history in tasks_job_id; PostgreSQL groups by the column itself."""
+    if isinstance(Task._meta.database, peewee.PostgresqlDatabase):
+        return Task.job
+    return peewee.SQL("+job_id")
+
+
 def can_transition(old: TaskStatus, new: TaskStatus) -> bool:
     return new in TRANSITIONS[old]
 

@@ -67,7 +67,16 @@ POLL = 0.02
 
 
 def database_key(database: Path | str) -> str:
-    return hashlib.sha256(os.path.realpath(database).encode()).hexdigest()[:16]
+    return hashlib.sha256(_identity(database).encode()).hexdigest()[:16]
+
+
+def _identity(database: Path | str) -> str:
+    """The file's real path; a PostgreSQL URL as written (the same from any directory)."""
+    return str(database) if _on_server(database) else os.path.realpath(database)
+
+
+def _on_server(database: Path | str) -> bool:
+    return str(database).startswith(("postgresql://", "postgres://"))
 
 
 def boot_id() -> str:
@@ -216,8 +225,9 @@ def runtime_directory(database: Path | str) -> Path:
             continue
         if os.access(base / key, os.W_OK | os.X_OK):
             return base / key
-    beside = Path(f"{os.path.realpath(database)}.runs")
-    return beside
+    if _on_server(database):  # nothing of the database is on this disk
+        return Path.home() / ".edgeworker-runs" / key
+    return Path(f"{os.path.realpath(database)}.runs")
 
 
 class Tree:

@@ -9,7 +9,8 @@ exist only in memory, between this storage and huey in the same process; they ar
 
 `blocking = True` tells huey's consumer that `dequeue()` waits for work itself: an idle worker
 thread sleeps until the next run falls due or the database changes (inotify on the WAL: any
-commit, from this process or a CLI), and a look that finds nothing writes nothing. Results, locks,
+commit, from this process or a CLI; on PostgreSQL, a notification), and a look that finds nothing
+writes nothing. Results, locks,
 revocation and huey's retries are not kept: the ledger records each run's outcome and retries.
 Every huey name used here is public (docs/architecture.md lists them).
 """
@@ -29,6 +30,7 @@ from edgeworker import db as dbmod
 from edgeworker.clock import utcnow
 from edgeworker.ledger import ClaimedRun, IntervalJobArgs, Ledger
 from edgeworker.logs import Reminder
+from edgeworker.postgres import NotifyWatch, is_url
 from edgeworker.wakeup import DatabaseWatch, Flag
 
 logger = logging.getLogger("edgeworker.queue")
@@ -165,7 +167,8 @@ class TaskStorage(BaseStorage):
     def watch(self) -> DatabaseWatch:
         watch = getattr(self.local, "watch", None)
         if watch is None:
-            watch = self.local.watch = DatabaseWatch(self.path, self.stop or Flag())
+            kind = NotifyWatch if is_url(self.path) else DatabaseWatch
+            watch = self.local.watch = kind(self.path, self.stop or Flag())
             self.watches.append(watch)
         return watch
 

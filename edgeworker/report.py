@@ -14,7 +14,16 @@ import peewee
 
 from edgeworker.clock import to_text
 from edgeworker.errors import NotFound
-from edgeworker.models import IS_UNFINISHED, HookRun, Job, Outbox, Recovery, Task, TaskStatus
+from edgeworker.models import (
+    IS_UNFINISHED,
+    HookRun,
+    Job,
+    Outbox,
+    Recovery,
+    Task,
+    TaskStatus,
+    by_job,
+)
 
 
 def _when(moment: datetime | None) -> str | None:
@@ -28,14 +37,12 @@ def _jobs_query() -> peewee.ModelSelect:
     """Every job with its next run and its last outcome, in one query: the next run from the
     small partial index of unfinished tasks, the last outcome by walking the job's tasks newest
     first (tasks_job_id) to its last succeeded or failed one; never all of history."""
-    pending = (Task.select(Task.job.alias("job_id"),
-                           peewee.fn.MAX(Task.status == TaskStatus.RUNNING.value)
-                           .alias("running"),
+    running = peewee.Case(None, [(Task.status == TaskStatus.RUNNING.value, 1)], 0)
+    pending = (Task.select(Task.job.alias("job_id"), peewee.fn.MAX(running).alias("running"),
                            peewee.fn.MIN(peewee.Case(None, [
                                (Task.status == TaskStatus.CREATED.value, Task.due_at)]))
                            .alias("next_due"))
-               # +job_id: grouped through tasks_queue, not by walking all of tasks_job_id
-               .where(IS_UNFINISHED).group_by(peewee.SQL("+job_id")).alias("pending"))
+               .where(IS_UNFINISHED).group_by(by_job()).alias("pending"))
     newest = Task.alias("newest")
     last_outcome = (newest.select(newest.id)
                     .where((newest.job == Job.id) & newest.status.in_(OUTCOMES))
@@ -188,10 +195,11 @@ def tasks(job_name: str | None = None, status: str | None = None, limit: int = 5
 
 def queue_depth(database, now: datetime) -> dict:
     """Waiting runs: due now (ready) and later (scheduled)."""
-    from edgeworker.sql import STATEMENTS
+    from edgeworker.sql import statements_for
 
     moment = to_text(now)
-    ready, scheduled = database.execute_sql(STATEMENTS["depth"], (moment, moment)).fetchone()
+    ready, scheduled = database.execute_sql(statements_for(database)["depth"],
+                                            (moment, moment)).fetchone()
     return {"ready": ready, "scheduled": scheduled}
 
 

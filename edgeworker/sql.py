@@ -5,11 +5,18 @@ The `tasks` table is the queue: a run waits as a `created` row with its `due_at`
 partial index `tasks_queue` (unfinished rows, by due time) serves every statement here that
 looks at waiting or running runs. A row leaves that index only when it finishes (`finished_at` is
 set); a claim changes no indexed column, so it writes one page.
+
+`POSTGRESQL` holds the same statements for PostgreSQL (`statements_for` picks): psycopg2's
+placeholders, no SQLite index hints, PostgreSQL's functions where SQLite's differ, and a claim in
+two steps (see `edgeworker.postgres.claim`).
 """
 
 from __future__ import annotations
 
 import functools
+import re
+
+import peewee
 
 from edgeworker.models import Job, Task
 
@@ -35,7 +42,7 @@ STATEMENTS = {
     "job": f"SELECT {columns(Job)} FROM jobs WHERE id = ?",
     "task": f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?",
     "create": "INSERT INTO tasks (job_id, status, origin, scheduled_for, due_at, attempt, "
-              "recovered_count, created_at) VALUES (?, 'created', ?, ?, ?, 0, 0, ?)",
+              "recovered_count, created_at) VALUES (?, 'created', ?, ?, ?, 0, 0, ?) RETURNING id",
     # Is a run due now? A read, so that a look that finds nothing takes no write lock.
     "due": f"SELECT 1 {CLAIMABLE} AND t.due_at <= :now LIMIT 1",
     # The claim: the next due, claimable run, in one statement.
@@ -85,3 +92,52 @@ CLAIMING = ("due", "claim", "next_due")
 def claiming(name: str, mine: int) -> str:
     """`name` (one of CLAIMING) for `mine` claimed rows, :r0 ... :r{mine - 1}."""
     return STATEMENTS[name].replace("{mine}", ", ".join(f":r{i}" for i in range(mine)))
+
+
+def _placeholders(sql: str) -> str:
+    """SQLite's text in psycopg2's placeholders (`?` -> `%s`, `:name` -> `%(name)s`), without
+    SQLite's index hints (PostgreSQL's planner takes the partial index by itself)."""
+    sql = sql.replace(" INDEXED BY tasks_queue", "")
+    return re.sub(r":(\w+)", r"%(\1)s", sql).replace("?", "%s")
+
+
+# PostgreSQL, where several workers share the queue: running runs are looked for among all
+# unfinished rows (any worker's), not among this worker's claims.
+_PG_CLAIMABLE = _placeholders(CLAIMABLE.replace(
+    "SELECT job_id FROM tasks WHERE id IN ({mine})",
+    "SELECT job_id FROM tasks WHERE finished_at IS NULL"))
+assert "{mine}" not in _PG_CLAIMABLE
+
+POSTGRESQL = {name: _placeholders(text) for name, text in STATEMENTS.items()} | {
+    "due": f"SELECT 1 {_PG_CLAIMABLE} AND t.due_at <= %(now)s LIMIT 1",
+    "next_due": f"SELECT min(t.due_at) {_PG_CLAIMABLE}",
+    # The claim, step 1: the next due, claimable run, locking it and its job's row. A claimer of
+    # another run of the same job skips it while this transaction lasts (SKIP LOCKED), so
+    # concurrent workers claim different jobs' runs without waiting for each other.
+    "claim_pick": f"SELECT t.id {_PG_CLAIMABLE} AND t.due_at <= %(now)s "
+                  "ORDER BY t.due_at, t.id LIMIT 1 FOR NO KEY UPDATE OF t, j SKIP LOCKED",
+    # Step 2, in a new snapshot taken while holding the job's row: a run of the job claimed and
+    # committed by another worker just before is seen now, and this claim takes nothing.
+    "claim_take": "UPDATE tasks SET status = 'running', attempt = attempt + 1, "
+                  "started_at = %(now)s, worker = %(worker)s WHERE id = %(id)s "
+                  "AND status = 'created' AND finished_at IS NULL AND NOT EXISTS ("
+                  "SELECT 1 FROM tasks r WHERE r.job_id = tasks.job_id "
+                  "AND r.finished_at IS NULL AND r.status = 'running') "
+                  f"RETURNING {TASK_COLUMNS}",
+    "recover": "UPDATE tasks SET status = 'created', recovered_count = recovered_count + 1, "
+               "recovering_attempt = attempt, due_at = least(due_at, %s) "
+               "WHERE id = %s AND status = 'running' AND attempt = %s",
+    "depth": "SELECT count(*) FILTER (WHERE due_at <= %s), count(*) FILTER (WHERE due_at > %s) "
+             "FROM tasks WHERE finished_at IS NULL AND status = 'created'",
+    # A limit of -1 (SQLite's "no limit") is NULL to PostgreSQL.
+    "waiting": f"SELECT {TASK_COLUMNS} FROM tasks WHERE finished_at IS NULL "
+               "AND status = 'created' ORDER BY due_at, id LIMIT nullif(%s, -1)",
+    "newest_times": "SELECT greatest(coalesce(finished_at, ''), coalesce(started_at, ''), "
+                    "created_at) FROM tasks WHERE id > %s ORDER BY id DESC LIMIT 64",
+}
+del POSTGRESQL["claim"]
+
+
+def statements_for(database: peewee.Database) -> dict[str, str]:
+    """The run path's statements in the database's dialect."""
+    return POSTGRESQL if isinstance(database, peewee.PostgresqlDatabase) else STATEMENTS

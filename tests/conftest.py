@@ -1,14 +1,17 @@
-"""Shared fixtures: a CLI runner bound to a temporary database, a migrated database, and the
-check that the suite leaves no process behind."""
+"""Shared fixtures: a CLI runner bound to a temporary database, a migrated database (SQLite, or
+either back end with `any_database`), a private PostgreSQL server, and the check that the suite
+leaves no process behind."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import leftovers
+import peewee
 import pytest
 from click.testing import CliRunner
 
@@ -66,6 +69,15 @@ def migrated(run_cli: Cli) -> Cli:
     return run_cli
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def migrated_any(request, run_cli: Cli) -> Cli:
+    """`migrated` on each back end in turn: a file, then a database on the private server."""
+    if request.param == "postgresql":
+        run_cli.db = request.getfixturevalue("pg_url")
+    run_cli.ok("migrate")
+    return run_cli
+
+
 @pytest.fixture
 def database(tmp_path: Path):
     """A migrated database opened in-process, with the models bound to it."""
@@ -74,6 +86,59 @@ def database(tmp_path: Path):
     models.bind(database)
     yield database
     database.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A private PostgreSQL server for the session (tests/pgserver.py)."""
+    import pgserver
+
+    require(pgserver.unavailable())
+    server = pgserver.Server()
+    try:
+        server.start()
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        server.stop()
+        require(f"cannot start PostgreSQL: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> Iterator[str]:
+    """The URL of a new, empty database on the private server, dropped after the test."""
+    name = pg_server.create_database()
+    yield pg_server.url(name)
+    pg_server.drop_database(name)
+
+
+def open_migrated(location):
+    database = dbmod.open_database(location, create=True)
+    migrate.apply(database, migrate.plan(database, migrate.for_database(database)))
+    return models.bind(database)
+
+
+@pytest.fixture
+def pg_database(pg_url):
+    """A migrated PostgreSQL database, with the models bound to it."""
+    database = open_migrated(pg_url)
+    yield database
+    database.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_database(request, tmp_path: Path):
+    """A migrated database on each back end in turn, with the models bound to it."""
+    location = (tmp_path / "edgeworker.db" if request.param == "sqlite"
+                else request.getfixturevalue("pg_url"))
+    database = open_migrated(location)
+    yield database
+    database.close()
+
+
+def sqlite_only(database, why: str) -> None:
+    if not isinstance(database, peewee.SqliteDatabase):
+        pytest.skip(f"SQLite only: {why}")
 
 
 def is_root() -> bool:

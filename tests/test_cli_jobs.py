@@ -3,6 +3,12 @@ import json
 import pytest
 
 
+@pytest.fixture
+def migrated(migrated_any):
+    """Each test runs on SQLite and on PostgreSQL."""
+    return migrated_any
+
+
 def jobs_json(cli):
     return json.loads(cli.ok("jobs", "list", "--json"))
 

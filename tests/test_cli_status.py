@@ -1,5 +1,17 @@
 import json
 
+import pytest
+
+
+@pytest.fixture
+def migrated(migrated_any):
+    """Each test runs on SQLite and on PostgreSQL."""
+    return migrated_any
+
+
+def on_server(cli) -> bool:
+    return str(cli.db).startswith("postgresql://")
+
 
 def test_status_json_has_stable_keys(migrated):
     migrated.ok("jobs", "add", "hb", "--command", "true", "--every", "30s")
@@ -10,7 +22,7 @@ def test_status_json_has_stable_keys(migrated):
     assert data["last_recovery"] is None
     assert data["worker"] == {"running": False, "pid": None, "alert": None}
     assert data["queue"] == {"ready": 0, "scheduled": 1}
-    assert data["durability"] == "full"
+    assert data["durability"] == (None if on_server(migrated) else "full")  # SQLite's setting
     [job] = data["jobs"]
     assert job["counts"] == {"created": 1, "running": 0, "succeeded": 0, "failed": 0,
                              "cancelled": 0}
@@ -19,7 +31,7 @@ def test_status_json_has_stable_keys(migrated):
 def test_status_text(migrated, monkeypatch, tmp_path):
     monkeypatch.setenv("EDGEWORKER_CLOCK_SYNC_FILE", str(tmp_path / "synchronized"))
     assert migrated.ok("status").splitlines() == [
-        f"database  {migrated.db} (durability full)",
+        f"database  {migrated.db} ({'PostgreSQL' if on_server(migrated) else 'durability full'})",
         "worker    not running",
         "queue     0 ready, 0 scheduled",
         "recovery  none yet (no worker has started)",
@@ -59,11 +71,14 @@ def test_after_a_restart_status_shows_the_last_real_outcome_and_overdue_runs(mig
 
     # The worker is down: the next run's time passes.
     overdue_since = now - timedelta(minutes=5)
-    import sqlite3
+    from edgeworker.db import open_database
 
-    with sqlite3.connect(migrated.db) as con:  # status left the models on a read-only handle
-        con.execute("UPDATE tasks SET due_at = ?, scheduled_for = ? WHERE id = 3",
-                    (to_text(overdue_since), to_text(overdue_since)))
+    database = open_database(migrated.db)  # status left the models on a read-only handle
+    with database.atomic():
+        p = database.param
+        database.execute_sql(f"UPDATE tasks SET due_at = {p}, scheduled_for = {p} WHERE id = 3",
+                             (to_text(overdue_since),) * 2)
+    database.close()
     [job] = json.loads(migrated.ok("status", "--json"))["jobs"]
     assert (job["next_run_at"], job["overdue"]) == (to_text(overdue_since), True)
     row = migrated.ok("status").splitlines()[7]

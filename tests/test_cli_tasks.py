@@ -1,7 +1,15 @@
 import json
 
+import pytest
+
 from edgeworker.clock import from_text, utcnow
 from edgeworker.models import Task
+
+
+@pytest.fixture
+def migrated(migrated_any):
+    """Each test runs on SQLite and on PostgreSQL."""
+    return migrated_any
 
 
 def test_list_filters_and_show(migrated):

@@ -316,3 +316,12 @@ def test_alert_keys_parse_per_job_and_as_worker_defaults():
     job = config.jobs[0]
     assert (job.on_success, job.on_failure, job.alert_after, job.ping_url) == (
         "log ok", None, 0.0, "")
+
+
+def test_the_database_is_a_file_or_a_postgresql_url():
+    url = "postgresql://edgeworker@db.example/edgeworker?host=/run/postgresql"
+    config = parse_config(f'[worker]\ndatabase = "{url}"\n', Path("/etc/edgeworker/ew.toml"))
+    assert config.worker.database == url  # as written, not a path under /etc/edgeworker
+    assert error_of('[worker]\n\ndatabase = "postgresql://ew:hunter2@db/ew"\n') == (
+        "/etc/edgeworker/edgeworker.toml:3: [worker] database: the PostgreSQL URL holds a "
+        "password; take it out and put it in ~/.pgpass, $PGPASSFILE or $PGPASSWORD")

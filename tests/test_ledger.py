@@ -4,7 +4,7 @@ import os
 from datetime import timedelta
 
 import pytest
-from waltools import reset_wal, wal_commits
+from commits import Commits
 
 from edgeworker.clock import utcnow
 from edgeworker.config import JobSpec
@@ -12,6 +12,12 @@ from edgeworker.jobs import add_job, set_paused
 from edgeworker.ledger import IntervalJobArgs, Ledger, Outcome
 from edgeworker.models import Job, Task
 from edgeworker.queue import EdgeHuey
+
+
+@pytest.fixture
+def database(any_database):
+    """Each test runs on SQLite and on PostgreSQL."""
+    return any_database
 
 
 @pytest.fixture
@@ -57,18 +63,18 @@ def test_a_claim_takes_a_run_once(ledger):
 
 def test_dequeue_and_claim_commit_once(ledger, database):
     add(ledger)
-    reset_wal(database)
+    commits = Commits(database)
     take(ledger)
-    assert wal_commits(database.database) == 1
+    assert commits() == 1
 
 
 def test_finish_records_and_schedules_the_next_run_in_one_commit(ledger, database):
     add(ledger)
     run = take(ledger)
-    reset_wal(database)
+    commits = Commits(database)
     now = utcnow()
     task = ledger.finish(run, Outcome(True, 0, None, "ok\n"), now)
-    assert wal_commits(database.database) == 1
+    assert commits() == 1
     assert (task.status, task.exit_code, task.output) == ("succeeded", 0, "ok\n")
     [nxt] = Task.select().where(Task.status == "created")
     assert nxt.scheduled_for == run.task.scheduled_for + timedelta(seconds=60)
@@ -285,10 +291,10 @@ def test_a_waiting_run_writes_nothing_while_its_job_runs(ledger, database):
     job = add(ledger)
     first = take(ledger)
     waiting = ledger.run_now(job, utcnow())  # `jobs run` while the scheduled run runs
-    reset_wal(database)
+    commits = Commits(database)
     for _ in range(5):  # a worker thread looking again and again
         assert take(ledger, utcnow()) is None
-    assert wal_commits(database.database) == 0
+    assert commits() == 0
     assert (waiting.id, None) in messages(ledger)
     assert ledger.next_due() is None or \
         ledger.next_due() > utcnow()  # nothing due that a thread could take
@@ -369,9 +375,9 @@ def test_an_outcome_and_the_next_claim_commit_once(ledger, database):
     Task.delete().where(Task.origin == "schedule").execute()
     run = ledger.claim(now)
     assert run.task.id == first.id
-    reset_wal(database)
+    commits = Commits(database)
     task, following = ledger.finish_and_claim(run, Outcome(True, 0, None, ""), now)
-    assert wal_commits(database.database) == 1  # a burst of runs: one commit a run
+    assert commits() == 1  # a burst of runs: one commit a run
     assert (task.status, following.task.id, following.task.status) == ("succeeded", second.id,
                                                                       "running")
     assert ledger.finish_and_claim(following, Outcome(True, 0, None, ""), now)[1] is None

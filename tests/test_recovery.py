@@ -5,7 +5,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from waltools import reset_wal, wal_commits
+from commits import Commits
 
 from edgeworker import recovery, report
 from edgeworker.clock import utcnow
@@ -14,6 +14,12 @@ from edgeworker.jobs import add_job
 from edgeworker.ledger import Ledger, Outcome
 from edgeworker.models import Job, Recovery, Task
 from edgeworker.processes import ProcessTable
+
+
+@pytest.fixture
+def database(any_database):
+    """Each test runs on SQLite and on PostgreSQL."""
+    return any_database
 
 
 @pytest.fixture
@@ -134,18 +140,18 @@ def test_every_active_job_gets_exactly_one_pending_run(ledger):
 def test_dry_run_plans_without_writing(ledger, database):
     add(ledger, max_attempts=3, catch_up="once")
     start_run(ledger)
-    reset_wal(database)
+    commits = Commits(database)
     plan = recovery.plan(ledger, utcnow())
     assert plan.counts()["recovered"] == 1
-    assert wal_commits(database.database) == 0
+    assert commits() == 0
 
 
 def test_recovery_is_one_transaction_and_is_recorded(ledger, database):
     add(ledger, max_attempts=3, catch_up="once")
     start_run(ledger)
-    reset_wal(database)
+    commits = Commits(database)
     recovery.recover(ledger, utcnow())
-    assert wal_commits(database.database) == 1
+    assert commits() == 1
     assert report.last_recovery()["recovered"] == 1
     assert Recovery.select().count() == 1
 

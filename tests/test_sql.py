@@ -3,7 +3,7 @@ tasks table, whose history grows to millions of rows."""
 
 import pytest
 
-from edgeworker.sql import CLAIMING, STATEMENTS, claiming
+from edgeworker.sql import CLAIMING, POSTGRESQL, STATEMENTS, claiming
 
 PARAMS = {"now": "2026-01-01T00:00:00.000000Z", "hold": 0, "worker": "w", "r0": 1, "r1": 2}
 
@@ -37,3 +37,26 @@ def test_the_running_jobs_are_looked_up_by_id_not_by_a_scan_of_the_queue(databas
     plan = plan_of(database, statement(name))
     assert "SEARCH tasks USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
     assert claiming(name, 0).count(":r") == 0 and "IN ()" in claiming(name, 0)
+
+
+PG_PARAMS = {"now": "2026-01-01T00:00:00.000000Z", "hold": False, "worker": "w", "id": 1}
+
+
+def pg_plan_of(database, sql: str) -> list[str]:
+    params = PG_PARAMS if "%(" in sql else ("1",) * sql.count("%s")
+    return [row[0] for row in database.execute_sql(f"EXPLAIN {sql}", params)]
+
+
+@pytest.mark.parametrize("name", sorted(POSTGRESQL))
+def test_no_postgresql_statement_needs_to_scan_the_tasks_table(pg_database, name):
+    # With sequential scans priced out, the planner still picks one where no index serves.
+    pg_database.execute_sql("SET enable_seqscan = off")
+    plan = pg_plan_of(pg_database, POSTGRESQL[name])
+    assert not [step for step in plan if "Seq Scan on tasks" in step], (name, plan)
+
+
+def test_postgresqls_claim_walks_the_queue_index_in_due_order(pg_database):
+    pg_database.execute_sql("SET enable_seqscan = off")
+    plan = "\n".join(pg_plan_of(pg_database, POSTGRESQL["claim_pick"]))
+    assert "Index Scan using tasks_queue on tasks t" in plan, plan
+    assert "LockRows" in plan and "Sort" not in plan, plan  # (due_at, id): in claim order

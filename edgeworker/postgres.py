@@ -1,0 +1,333 @@
+"""The PostgreSQL back end: a `postgresql://` URL instead of a file path.
+
+The URL is libpq's URI form (`postgresql://user@host:port/dbname`, a socket directory as
+`?host=/run/postgresql`). A password never sits in the URL or the TOML file: libpq reads it from
+`$PGPASSWORD`, `$PGPASSFILE` or `~/.pgpass`. Connecting fails with one line naming the URL and
+libpq's reason. Transactions are PostgreSQL's READ COMMITTED; SQLite's lock types, which the
+ledger asks for (`atomic("IMMEDIATE")`), mean nothing here.
+
+Also here: the claim's two steps (`claim`, over `sql.POSTGRESQL`), the worker's single-instance
+lock (a session advisory lock, `WorkerLock`), and what heals: a connection the server dropped is
+opened again by the next statement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import re
+import select
+from collections.abc import Iterator
+
+import peewee
+
+from edgeworker.errors import DatabaseError, WorkerRunning
+
+SCHEMES = ("postgresql://", "postgres://")
+logger = logging.getLogger("edgeworker.postgres")
+
+
+def is_url(location: object) -> bool:
+    return isinstance(location, str) and location.startswith(SCHEMES)
+
+
+def check_url(url: str) -> str:
+    """The URL as libpq reads it, or a DatabaseError saying what is wrong (a password in it)."""
+    try:
+        from psycopg2.extensions import parse_dsn
+    except ImportError:
+        raise DatabaseError(f"{url}: PostgreSQL needs the psycopg2 driver: "
+                            "pip install 'edgeworker[postgres]'") from None
+    try:
+        params = parse_dsn(url)
+    except Exception as exc:  # psycopg2.ProgrammingError: libpq's "invalid URI ..."
+        raise DatabaseError(f"{url}: not a valid PostgreSQL URL ({_first_line(exc)})") from None
+    if "password" in params:
+        raise DatabaseError("the PostgreSQL URL holds a password; take it out and put it in "
+                            "~/.pgpass, $PGPASSFILE or $PGPASSWORD")
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    return url
+
+
+class PostgresDatabase(peewee.PostgresqlDatabase):
+    """peewee's PostgreSQL database; `atomic("IMMEDIATE")` (SQLite's write lock) is a BEGIN.
+
+    A connection the server dropped (a restart, a network cut) fails the statement that finds
+    it so; the next statement outside a transaction connects again."""
+
+    def begin(self, isolation_level=None):
+        if isinstance(isolation_level, str) and isolation_level.upper() in (
+                "IMMEDIATE", "DEFERRED", "EXCLUSIVE"):
+            isolation_level = None
+        return super().begin(isolation_level)
+
+    def cursor(self, named_cursor=None):
+        conn = self._state.conn
+        if conn is not None and conn.closed and not self.in_transaction():
+            self._state.reset()
+        return super().cursor(named_cursor)
+
+    def rollback(self):
+        conn = self._state.conn
+        if conn is not None and conn.closed:
+            return  # the server ended the transaction with the connection
+        super().rollback()
+
+
+@functools.cache
+def _batching_cursor():
+    """psycopg2's cursor, whose executemany sends many rows a round trip (psycopg2's own sends
+    one: 10,000 recoveries would be 10,000 round trips). Its rowcount is the last page's."""
+    import psycopg2.extensions
+    import psycopg2.extras
+
+    class BatchingCursor(psycopg2.extensions.cursor):
+        def executemany(self, query, vars_list):
+            psycopg2.extras.execute_batch(self, query, vars_list, page_size=500)
+
+    return BatchingCursor
+
+
+def heals(exc: BaseException) -> bool:
+    """Whether trying again later may succeed: a lost connection, a server shutting down or
+    starting, a lock wait that timed out, a full disk (psycopg2's OperationalError)."""
+    try:
+        import psycopg2
+    except ImportError:
+        return False
+    todo, seen = [exc], set()
+    while todo:
+        error = todo.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+            return True
+        orig = getattr(error, "orig", None)  # peewee's wrapper keeps the driver's error
+        todo += [orig if isinstance(orig, BaseException) else None, error.__cause__,
+                 error.__context__]
+    return False
+
+
+def open_database(url: str, *, busy_timeout: float = 5.0, readonly: bool = False,
+                  foreign: bool = False) -> PostgresDatabase:
+    """Connect to the database the URL names. `readonly`: every transaction is read-only (the
+    server refuses a write). A database that holds tables but not edgeworker's is refused unless
+    `foreign`."""
+    url = check_url(url)
+    # The busy timeout bounds waiting for a row or table lock, as SQLite's bounds its write lock,
+    # and for the server to answer a connection.
+    options = f"-c lock_timeout={int(busy_timeout * 1000)}"
+    if readonly:
+        options += " -c default_transaction_read_only=on"
+    db = PostgresDatabase(url, connect_timeout=max(1, round(busy_timeout)), options=options,
+                          application_name="edgeworker", cursor_factory=_batching_cursor())
+    with translate_errors(url):
+        db.connect()
+        tables = db.get_tables()
+    if tables and "schema_migrations" not in tables and not foreign:
+        db.close()
+        shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+        raise DatabaseError(
+            f"{url}: not an edgeworker database (it holds tables {shown} and no "
+            "schema_migrations); left untouched: check --db / $EDGEWORKER_DB, or add edgeworker's "
+            "tables to it with `edgeworker migrate --force`")
+    return db
+
+
+# pg_try_advisory_lock(int, int): "edge", "wk". Advisory locks belong to one database.
+LOCK_KEY = (0x65646765, 0x776B)
+HELD = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        "AND pid = pg_backend_pid() AND classid = %s AND objid = %s AND objsubid = 2")
+LOCK_HOLDER = re.compile(r"edgeworker worker \(pid (\d+)\)")
+
+
+class WorkerLock:
+    """The single-instance lock on a PostgreSQL database: a session advisory lock, held on a
+    connection of its own for the worker's lifetime (the server drops it when that connection
+    ends, however the worker ends). Until workers hold leases, recovery relies on it, as on
+    SQLite: every `running` task belongs to a worker that is gone."""
+
+    def __init__(self, url: str):
+        self.url = check_url(url)
+        self.db: PostgresDatabase | None = None
+
+    def acquire(self) -> WorkerLock:
+        db = PostgresDatabase(self.url, application_name=f"edgeworker worker (pid {os.getpid()})")
+        with translate_errors(self.url):
+            db.connect()
+            got = db.execute_sql("SELECT pg_try_advisory_lock(%s, %s)", LOCK_KEY).fetchone()[0]
+        if not got:
+            db.close()
+            pid = worker_pid(self.url)
+            holder = f" (pid {pid})" if pid and pid > 0 else ""
+            raise WorkerRunning(f"another worker{holder} is running on {self.url}; stop it first")
+        self.db = db
+        return self
+
+    def keep(self) -> bool:
+        """Still hold the lock, taking it again if the server dropped its session (a restart).
+        False when another worker took it meanwhile: this one must stop. While the server
+        cannot be reached, True (nobody else can take it either)."""
+        for _ in range(2):  # a statement that finds the connection dropped fails; the next
+            try:           # connects again
+                if self.db.execute_sql(HELD, LOCK_KEY).fetchone()[0]:
+                    return True
+                got = self.db.execute_sql("SELECT pg_try_advisory_lock(%s, %s)",
+                                          LOCK_KEY).fetchone()[0]
+            except (peewee.DatabaseError, peewee.InterfaceError):
+                continue
+            if got:
+                logger.warning("took the worker lock on %s again: the server had ended its "
+                               "session", self.url)
+            return got
+        return True
+
+    def release(self, remove: bool = False) -> None:
+        if self.db is not None:
+            with contextlib.suppress(peewee.DatabaseError, peewee.InterfaceError):
+                self.db.close()  # the lock goes with the session
+            self.db = None
+
+    def __enter__(self) -> WorkerLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def worker_pid(url: str) -> int | None:
+    """The pid of the worker holding the database's lock (-1 if it cannot be read; it may run on
+    another host), or None when none runs."""
+    db = PostgresDatabase(check_url(url), application_name="edgeworker")
+    try:
+        with translate_errors(url):
+            db.connect()
+            row = db.execute_sql(
+                "SELECT a.application_name FROM pg_locks l "
+                "LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s "
+                "AND l.objid = %s AND l.objsubid = 2 AND l.database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())",
+                LOCK_KEY).fetchone()
+    finally:
+        db.close()
+    if row is None:
+        return None
+    match = LOCK_HOLDER.fullmatch(row[0] or "")
+    return int(match.group(1)) if match else -1
+
+
+CHANNEL = "edgeworker"  # migrations/postgresql/018_notify_waiting_runs.sql
+
+
+class NotifyWatch:
+    """Waits for a change to the queue (a notification on `CHANNEL`, sent by the triggers of
+    migration 018 when a change to tasks or jobs commits), a stop, or a timeout: what
+    `wakeup.DatabaseWatch` does with the WAL on SQLite. One connection of its own per watching
+    thread, LISTENing; while the server cannot be reached, it looks once a second."""
+
+    def __init__(self, url: str, stop):
+        self.url = check_url(url)
+        self.stop = stop
+        self.conn = None
+
+    def _listen(self):
+        if self.conn is None or self.conn.closed:
+            import psycopg2
+
+            try:
+                conn = psycopg2.connect(self.url, application_name="edgeworker")
+                conn.autocommit = True
+                conn.cursor().execute(f"LISTEN {CHANNEL}")
+            except psycopg2.Error:
+                return None
+            self.conn = conn
+        return self.conn
+
+    def wait(self, timeout: float) -> bool:
+        """Return after `timeout` seconds, or as soon as the queue changes or stop is set. True
+        when woken by a change (or by a new connection, which may have missed one)."""
+        import psycopg2
+
+        fresh = self.conn is None or self.conn.closed
+        conn = self._listen()
+        if conn is None:
+            self.stop.wait(min(timeout, 1.0))
+            return False
+        if fresh and self.conn is not None:
+            return True  # changes before the LISTEN were not seen: look again now
+        ready, _, _ = select.select([conn, self.stop], [], [], max(0.0, timeout))
+        if conn not in ready:
+            return False
+        try:
+            conn.poll()
+        except psycopg2.Error:
+            self.close()
+            return True
+        woken = bool(conn.notifies)
+        conn.notifies.clear()
+        return woken
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+            self.conn = None
+
+
+CLAIM_TRIES = 3
+
+
+def claim(db: peewee.Database, statements: dict[str, str], params: dict) -> tuple | None:
+    """Claim the next due run (`sql.POSTGRESQL` claim_pick, then claim_take), in the caller's
+    transaction. A claim loses only to a run of the same job claimed and committed between its
+    two steps; it then looks again (that job is passed over now)."""
+    for _ in range(CLAIM_TRIES):
+        picked = db.execute_sql(statements["claim_pick"], params).fetchone()
+        if picked is None:
+            return None
+        row = db.execute_sql(statements["claim_take"], {**params, "id": picked[0]}).fetchone()
+        if row is not None:
+            return row
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+def reason(exc: BaseException) -> str:
+    """libpq's or the server's reason, as one line an operator can act on."""
+    text = str(exc).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    first = lines[0]
+    # "connection to server on socket "/x/.s.PGSQL.5432" failed: FATAL:  password authentication
+    # failed for user "u"": the reason follows the first " failed: ".
+    if first.startswith("connection to server") and "failed: " in first:
+        where, cause = first.split(" failed: ", 1)
+        first = cause.strip()
+        prefix = f"cannot connect to the server {where.replace('connection to server ', '')}: "
+    else:
+        prefix = ""
+    if first.startswith("fe_sendauth: no password supplied"):
+        first = ("the server asks for a password and none was found in ~/.pgpass, $PGPASSFILE "
+                 "or $PGPASSWORD")
+    return prefix + first.replace("FATAL:  ", "").replace("ERROR:  ", "")
+
+
+@contextlib.contextmanager
+def translate_errors(url: str) -> Iterator[None]:
+    """PostgreSQL's errors as one-line DatabaseErrors naming the URL."""
+    try:
+        yield
+    except peewee.IntegrityError:
+        raise
+    except (peewee.DatabaseError, peewee.InterfaceError) as exc:
+        raise DatabaseError(f"{url}: {reason(exc)}") from exc

@@ -1,0 +1,3 @@
+-- PostgreSQL only (migrations/postgresql/018_notify_waiting_runs.sql): there, idle workers wait
+-- for a notification that the queue changed. On SQLite they watch the WAL, which every commit
+-- writes: nothing to add here.
