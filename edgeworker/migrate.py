@@ -189,7 +189,9 @@ def _apply_postgresql(db: peewee.Database, todo: list[Migration]) -> list[Migrat
     # migration and its history row commit together, or nothing of it does. The file goes to the
     # server whole (SQLite's splitter does not know PostgreSQL's $$ quotes); inside a transaction,
     # it cannot commit on its own.
-    import psycopg2
+    from edgeworker.postgres import driver
+
+    psycopg2 = driver()
 
     done = []
     for migration in todo:

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import select
+import sys
 from collections.abc import Iterator
 
 import peewee
@@ -29,6 +30,42 @@ SCHEMES = ("postgresql://", "postgres://")
 logger = logging.getLogger("edgeworker.postgres")
 
 
+def driver():
+    """psycopg2, imported on first use. The entry point keeps peewee from importing it (peewee
+    tries at its own import): its libpq brings OpenSSL, 3.5 MB resident, into every worker,
+    SQLite's too."""
+    if "psycopg2" in sys.modules and sys.modules["psycopg2"] is None:
+        del sys.modules["psycopg2"]
+    import psycopg2
+    import psycopg2.extensions
+    import psycopg2.extras
+
+    return psycopg2
+
+
+class Psycopg2Adapter(peewee.Psycopg2Adapter):
+    """peewee's psycopg2 adapter (`PostgresqlDatabase.psycopg2_adapter`), with the driver
+    imported when a database is opened rather than when peewee is."""
+
+    def __init__(self):
+        super().__init__()
+        extensions = driver().extensions
+        self.json_type = self.jsonb_type = driver().extras.Json
+        self.txn_idle = extensions.TRANSACTION_STATUS_IDLE
+        self.txn_inerror = extensions.TRANSACTION_STATUS_INERROR
+        self.txn_unknown = extensions.TRANSACTION_STATUS_UNKNOWN
+
+    def check_driver(self):
+        driver()
+
+    def get_binary_type(self):
+        return driver().Binary
+
+    def connect(self, db, **params):
+        params.setdefault("dsn", db.database)  # always a postgresql:// URL here
+        return driver().connect(**params)
+
+
 def is_url(location: object) -> bool:
     return isinstance(location, str) and location.startswith(SCHEMES)
 
@@ -36,7 +73,7 @@ def is_url(location: object) -> bool:
 def check_url(url: str) -> str:
     """The URL as libpq reads it, or a DatabaseError saying what is wrong (a password in it)."""
     try:
-        from psycopg2.extensions import parse_dsn
+        parse_dsn = driver().extensions.parse_dsn
     except ImportError:
         raise DatabaseError(f"{url}: PostgreSQL needs the psycopg2 driver: "
                             "pip install 'edgeworker[postgres]'") from None
@@ -57,6 +94,8 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
 
     A connection the server dropped (a restart, a network cut) fails the statement that finds
     it so; the next statement outside a transaction connects again."""
+
+    psycopg2_adapter = Psycopg2Adapter
 
     def begin(self, isolation_level=None):
         if isinstance(isolation_level, str) and isolation_level.upper() in (
@@ -81,8 +120,7 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
 def _batching_cursor():
     """psycopg2's cursor, whose executemany sends many rows a round trip (psycopg2's own sends
     one: 10,000 recoveries would be 10,000 round trips). Its rowcount is the last page's."""
-    import psycopg2.extensions
-    import psycopg2.extras
+    psycopg2 = driver()
 
     class BatchingCursor(psycopg2.extensions.cursor):
         def executemany(self, query, vars_list):
@@ -94,9 +132,8 @@ def _batching_cursor():
 def heals(exc: BaseException) -> bool:
     """Whether trying again later may succeed: a lost connection, a server shutting down or
     starting, a lock wait that timed out, a full disk (psycopg2's OperationalError)."""
-    try:
-        import psycopg2
-    except ImportError:
+    psycopg2 = sys.modules.get("psycopg2")
+    if psycopg2 is None:  # never loaded: not its error
         return False
     todo, seen = [exc], set()
     while todo:
@@ -237,7 +274,7 @@ class NotifyWatch:
 
     def _listen(self):
         if self.conn is None or self.conn.closed:
-            import psycopg2
+            psycopg2 = driver()
 
             try:
                 conn = psycopg2.connect(self.url, application_name="edgeworker")
@@ -251,7 +288,7 @@ class NotifyWatch:
     def wait(self, timeout: float) -> bool:
         """Return after `timeout` seconds, or as soon as the queue changes or stop is set. True
         when woken by a change (or by a new connection, which may have missed one)."""
-        import psycopg2
+        psycopg2 = driver()
 
         fresh = self.conn is None or self.conn.closed
         conn = self._listen()
