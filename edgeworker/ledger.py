@@ -317,7 +317,9 @@ class Ledger:
         following, backoff = self._end_plan(planned, task, outcome, now)
         with self.db.atomic():
             job = self._job(task.job_id)
-            if job is not None and _plan_inputs(job) != _plan_inputs(planned):
+            # the same model: the row has not changed since the claim (see _job)
+            if job is not None and job is not planned and \
+                    _plan_inputs(job) != _plan_inputs(planned):
                 following, backoff = self._end_plan(job, task, outcome, now)
             retry = (not outcome.succeeded and job is not None and job.active
                      and task.attempt < job.max_attempts)
