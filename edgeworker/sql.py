@@ -3,8 +3,9 @@
 peewee builds a query's SQL text anew each time, which cost more CPU than SQLite took to run these.
 The `tasks` table is the queue: a run waits as a `created` row with its `due_at`, and the one
 partial index `tasks_queue` (unfinished rows, by due time) serves every statement here that
-looks at waiting or running runs. A row leaves that index only when it finishes (`finished_at` is
-set); a claim changes no indexed column, so it writes one page.
+looks at waiting runs; running ones are this worker's claims, looked up by id (CLAIMABLE). A row
+leaves that index only when it finishes (`finished_at` is set); a claim changes no indexed
+column, so it writes one page.
 
 `POSTGRESQL` holds the same statements for PostgreSQL (`statements_for` picks): psycopg2's
 placeholders, no SQLite index hints, PostgreSQL's functions where SQLite's differ, and a claim in
