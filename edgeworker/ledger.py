@@ -241,7 +241,9 @@ class Ledger:
         with self.db.atomic("IMMEDIATE"):
             return self._claim(now, hold)
 
-    def _claim(self, now: datetime, hold: bool) -> ClaimedRun | None:
+    def _claim(self, now: datetime, hold: bool, known: Job | None = None) -> ClaimedRun | None:
+        """`known`: a job row read in this transaction already (a finish's), not read again
+        (SQLite: the write lock keeps it as read; PostgreSQL reads it again)."""
         sql, params = self._claiming("claim", now=to_text(now), hold=hold, worker=self.worker)
         if self.postgres:
             row = postgres.claim(self.db, self.sql, params)
@@ -253,7 +255,8 @@ class Ledger:
             self.mine.add(row[0])
         try:
             task = _model(Task, row)
-            job = self._job(task.job_id)
+            reuse = known is not None and known.id == task.job_id and not self.postgres
+            job = known if reuse else self._job(task.job_id)
         except (ValueError, TypeError) as exc:  # a row written by hand, or damaged
             error = f"cannot read this run's row: {type(exc).__name__}: {exc}"
             self.db.execute_sql(self.sql["unreadable"], (to_text(now), error, row[0]))
@@ -337,7 +340,7 @@ class Ledger:
                             "its outcome is not recorded", task.id)
             elif not retry and following is not None and job is not None and job.active:
                 self._create(job, *following, "schedule", now)
-            following_run = None if claim_next is None else self._claim(now, claim_next)
+            following_run = None if claim_next is None else self._claim(now, claim_next, job)
         self._done(task.id)
         if not changed:
             return self._get(Task, task.id), following_run
