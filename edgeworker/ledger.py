@@ -442,8 +442,9 @@ class Ledger:
                 break
         # Workers last seen before `before`: stopped, silent, or (SQLite: one worker at a time)
         # any other life, which wrote no heartbeat.
-        seen = peewee.fn.COALESCE(Worker.stopped_at, Worker.last_heartbeat)
-        gone = (seen < before) & (Worker.name != self.worker)
+        seen = (Worker.stopped_at < before) | (Worker.stopped_at.is_null()
+                                                & (Worker.last_heartbeat < before))
+        gone = seen & (Worker.name != self.worker)
         if self.postgres:
             gone &= Worker.stopped_at.is_null(False) | Worker.heartbeat_seconds.is_null(False)
         Worker.delete().where(gone).execute()
