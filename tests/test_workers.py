@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import socket
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from workerproc import WorkerProcess, wait_for
@@ -19,7 +19,7 @@ from edgeworker.errors import ConfigError
 from edgeworker.ledger import Ledger
 from edgeworker.models import Worker
 
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def test_a_worker_registers_beats_and_stops(any_database):
