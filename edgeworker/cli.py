@@ -422,6 +422,7 @@ def status(obj: Context, as_json: bool) -> None:
         "pings": report.pings(),
         "last_recovery": report.last_recovery(),
         "clock": report.clock(utcnow(), pid is not None),
+        "workers": report.workers(utcnow(), pid),
         "jobs": report.jobs(utcnow(), with_counts=True),
     }
 
@@ -445,6 +446,13 @@ def status(obj: Context, as_json: bool) -> None:
         else:
             click.echo("recovery  none yet (no worker has started)")
         click.echo(f"clock     {clock_line(d['clock'])}")
+        if d["workers"]:
+            click.echo("")
+            table([[w["name"], w["host"], w["pid"], show_time(w["started_at"]),
+                    show_time(w["last_heartbeat"]), w["version"],
+                    f"stopped {show_time(w['stopped_at'])}" if w["stopped_at"] else w["state"]]
+                   for w in d["workers"]],
+                  ["WORKER", "HOST", "PID", "STARTED", "LAST HEARTBEAT", "VERSION", "STATE"])
         if not d["jobs"]:
             click.echo("no jobs")
             return

@@ -43,6 +43,8 @@ LONGEST_BUSY_TIMEOUT = 86400.0
 NEVER_YEARS = 8
 CRON_HELP = '(minute hour day-of-month month day-of-week, e.g. "*/5 * * * *")'
 
+DEFAULT_HEARTBEAT = 30.0  # [worker] heartbeat on PostgreSQL
+
 CATCH_UP_POLICIES = ("skip", "once", "all")
 DURABILITY_LEVELS = ("full", "normal")
 LOG_FORMATS = ("text", "json")
@@ -132,6 +134,16 @@ class WorkerSettings:
     alert_after: float | None = setting(None, "duration", 1.0, words=(("off", 0.0),),
                                         hint=', or "off"')
     hook_timeout: float = setting(30.0, "duration", positive=True)  # a hook is stopped after this
+    # How often the worker writes its workers row's heartbeat; None: 30 s on PostgreSQL, off on
+    # SQLite (one worker, behind a lock: an idle worker writes nothing), see heartbeat_seconds.
+    heartbeat: float | None = setting(None, "duration", 1.0, 3600.0, words=(("off", 0.0),),
+                                      hint=', or "off"')
+
+    def heartbeat_seconds(self, on_server: bool) -> float | None:
+        """The heartbeat interval in effect, or None for none."""
+        if self.heartbeat is None:
+            return DEFAULT_HEARTBEAT if on_server else None
+        return self.heartbeat or None
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,8 @@ class Daemon:
         self.processes: ProcessTable | None = None
         self.alerts: Alerts | None = None
         self.next_quiet = 0.0  # monotonic: the next "gone quiet" check
+        self.heartbeat: float | None = None  # seconds between heartbeats; None: none
+        self.next_heartbeat = 0.0  # monotonic
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -148,6 +150,9 @@ class Daemon:
             logger.info("%s", self.recovery.line())
             self.alert_recovery()
             self.check_clock(starting=True)
+            self.heartbeat = self.config.worker.heartbeat_seconds(postgres.is_url(self.db_path))
+            self.ledger.register(self.clock.now(), self.heartbeat)
+            self.next_heartbeat = time.monotonic() + (self.heartbeat or 0)
         def close_thread() -> None:
             self.huey.storage.release()
             database.close()
@@ -373,6 +378,7 @@ class Daemon:
             self.check_busy()
             self.check_quiet()
             self.tick()
+            self.beat()
         except Exception as exc:
             logger.error("housekeeping failed: %s", exc)
         if self.metrics is not None:
@@ -381,8 +387,15 @@ class Daemon:
         intervals = (self.notifier.watchdog_interval, self.metrics and self.metrics.interval,
                      bound and min(60.0, max(0.5, bound / 2)))
         interval = min(filter(None, intervals), default=PRUNE_INTERVAL)
+        heartbeat = self.next_heartbeat if self.heartbeat else self.next_prune
         return min(interval, self.next_prune - time.monotonic(),
-                   self.next_quiet - time.monotonic())
+                   self.next_quiet - time.monotonic(), heartbeat - time.monotonic())
+
+    def beat(self) -> None:
+        """The workers row's heartbeat: at most one write a `[worker] heartbeat`."""
+        if self.heartbeat and time.monotonic() >= self.next_heartbeat:
+            self.next_heartbeat = time.monotonic() + self.heartbeat
+            self.ledger.heartbeat(self.clock.now())
 
     def status_line(self) -> str:
         busy = sum(1 for w in self.threads.workers.values() if w.busy_since is not None)
@@ -526,6 +539,8 @@ class Daemon:
         if self.processes is not None:
             self.processes.close()
         self.huey.storage.close()
+        with contextlib.suppress(peewee.DatabaseError):
+            self.ledger.stopped(self.clock.now())
         if not self.ledger.db.is_closed():
             self.ledger.db.close()
         if self.lock is not None:

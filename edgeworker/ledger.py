@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from edgeworker.models import (
     Job,
     Task,
     TaskStatus,
+    Worker,
 )
 from edgeworker.sql import claiming, statements_for
 
@@ -440,7 +442,36 @@ class Ledger:
                 deleted = Task.delete().where(Task.id.in_(ids)).execute()
             total += deleted
             if deleted < batch:
-                return total
+                break
+        # Workers last seen before `before`: stopped, silent, or (SQLite: one worker at a time)
+        # any other life, which wrote no heartbeat.
+        seen = (Worker.stopped_at < before) | (Worker.stopped_at.is_null()
+                                                & (Worker.last_heartbeat < before))
+        gone = seen & (Worker.name != self.worker)
+        if self.postgres:
+            gone &= Worker.stopped_at.is_null(False) | Worker.heartbeat_seconds.is_null(False)
+        Worker.delete().where(gone).execute()
+        return total
+
+    # -- the workers table: who runs on this database ------------------------------------------
+
+    def register(self, now: datetime, heartbeat: float | None) -> None:
+        """Record this worker's life (by its name, `self.worker`): started now, not stopped."""
+        from edgeworker import __version__
+
+        row = {Worker.host: socket.gethostname(), Worker.pid: os.getpid(),
+               Worker.started_at: now, Worker.last_heartbeat: now,
+               Worker.heartbeat_seconds: heartbeat, Worker.version: __version__,
+               Worker.stopped_at: None}
+        (Worker.insert({Worker.name: self.worker, **row})
+         .on_conflict(conflict_target=[Worker.name], update=row).execute())
+
+    def heartbeat(self, now: datetime) -> None:
+        Worker.update(last_heartbeat=now).where(Worker.name == self.worker).execute()
+
+    def stopped(self, now: datetime) -> None:
+        Worker.update(last_heartbeat=now, stopped_at=now).where(
+            Worker.name == self.worker).execute()
 
     # -- the clock: high-water mark and re-planning after a step ---------------------------------
 

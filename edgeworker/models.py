@@ -226,7 +226,23 @@ class HookRun(BaseModel):
         table_name = "hook_runs"
 
 
-MODELS = (Job, Task, Recovery, ClockState, Outbox, HookRun)
+class Worker(BaseModel):
+    """One life of a worker on this database (name: `Ledger.worker`, what tasks.worker records)."""
+
+    name = peewee.TextField(unique=True)
+    host = peewee.TextField()
+    pid = peewee.IntegerField()
+    started_at = UtcDateTimeField()
+    last_heartbeat = UtcDateTimeField()
+    heartbeat_seconds = peewee.FloatField(null=True)  # NULL: it writes no heartbeat
+    version = peewee.TextField()
+    stopped_at = UtcDateTimeField(null=True)  # a graceful stop
+
+    class Meta:
+        table_name = "workers"
+
+
+MODELS = (Job, Task, Recovery, ClockState, Outbox, HookRun, Worker)
 
 
 def bind(database: peewee.Database) -> peewee.Database:

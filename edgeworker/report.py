@@ -22,8 +22,11 @@ from edgeworker.models import (
     Recovery,
     Task,
     TaskStatus,
+    Worker,
     by_job,
 )
+
+SILENT_AFTER = 3  # heartbeats missed: a worker that has not stopped is silent
 
 
 def _when(moment: datetime | None) -> str | None:
@@ -269,6 +272,31 @@ def worker(pid: int | None) -> dict:
     seen = [t for t in (newest.scalar(), recent[0].started_at if recent else None) if t]
     view["last_seen"] = max(_text(t) for t in seen) if seen else None
     return view
+
+
+def workers(now: datetime, running_pid: int | None, limit: int = 20) -> list[dict]:
+    """The newest workers (one row a life, edgeworker.models.Worker), each `up`, `stopped` (it
+    stopped gracefully) or `silent` (neither stopped nor heard from for SILENT_AFTER
+    heartbeats). One that writes no heartbeat (SQLite's default) is up while it holds the lock
+    (`running_pid`, from edgeworker.db.worker_pid, on this host)."""
+    import socket
+
+    host = socket.gethostname()
+    views = []
+    for row in Worker.select().order_by(Worker.id.desc()).limit(limit):
+        if row.stopped_at is not None:
+            state = "stopped"
+        elif row.heartbeat_seconds:
+            late = (now - row.last_heartbeat).total_seconds()
+            state = "up" if late <= SILENT_AFTER * row.heartbeat_seconds else "silent"
+        else:
+            state = "up" if (row.pid, row.host) == (running_pid, host) else "silent"
+        views.append({"name": row.name, "host": row.host, "pid": row.pid,
+                      "started_at": _when(row.started_at),
+                      "last_heartbeat": _when(row.last_heartbeat),
+                      "heartbeat_seconds": row.heartbeat_seconds, "version": row.version,
+                      "stopped_at": _when(row.stopped_at), "state": state})
+    return views
 
 
 def last_day(now: datetime) -> dict:

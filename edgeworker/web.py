@@ -342,7 +342,18 @@ def render_overview(d: dict) -> str:
         ("Last 24 h", f'{counts} <span class="muted">(runs created since '
                       f"{when(day['since'])}, by state now)</span>"),
     ])
+    body += "<h2>Workers</h2>" + table(
+        ["Worker", "Host", "Pid", "Started", "Last heartbeat", "Version", "State"],
+        [[e(w["name"]), e(w["host"]), e(w["pid"]), when(w["started_at"]),
+          when(w["last_heartbeat"]), e(w["version"]), worker_state(w)] for w in d["workers"]],
+        "none yet (no worker has started)")
     return page("Overview", body)
+
+
+def worker_state(w: dict) -> str:
+    if w["stopped_at"]:
+        return f'<span class="s down">stopped</span> {when(w["stopped_at"])}'
+    return f'<span class="s {"up" if w["state"] == "up" else "failed"}">{e(w["state"])}</span>'
 
 
 def strip(outcomes: list[dict]) -> str:
@@ -536,7 +547,8 @@ class Site:
         return {"database": str(self.path), "database_bytes": size_bytes,
                 "disk": {"free_bytes": disk.free, "total_bytes": disk.total},
                 "worker": worker, "last_recovery": report.last_recovery(),
-                "clock": report.clock(now, pid is not None), "last_24h": report.last_day(now)}
+                "clock": report.clock(now, pid is not None), "last_24h": report.last_day(now),
+                "workers": report.workers(now, pid)}
 
     def with_database(self, read: Callable[[], object]) -> object:
         """Run `read` in one read transaction on a fresh read-only connection."""

@@ -17,9 +17,10 @@ def test_status_json_has_stable_keys(migrated):
     migrated.ok("jobs", "add", "hb", "--command", "true", "--every", "30s")
     data = json.loads(migrated.ok("status", "--json"))
     assert sorted(data) == ["clock", "database", "durability", "jobs", "last_recovery", "pings",
-                            "queue", "worker"]
+                            "queue", "worker", "workers"]
     assert data["pings"] == {"waiting": 0, "oldest": None, "last_error": None}
     assert data["last_recovery"] is None
+    assert data["workers"] == []
     assert data["worker"] == {"running": False, "pid": None, "alert": None}
     assert data["queue"] == {"ready": 0, "scheduled": 1}
     assert data["durability"] == (None if on_server(migrated) else "full")  # SQLite's setting

@@ -11,6 +11,7 @@ from edgeworker.models import (
     Outbox,
     Task,
     TaskStatus,
+    Worker,
     can_transition,
 )
 
@@ -43,7 +44,7 @@ def schema_columns(database, table):
             for c in database.get_columns(table)}
 
 
-@pytest.mark.parametrize("model", [Job, Task, ClockState, Outbox, HookRun])
+@pytest.mark.parametrize("model", [Job, Task, ClockState, Outbox, HookRun, Worker])
 def test_models_match_the_migrated_schema(database, model):
     assert model_columns(database, model) == schema_columns(database, model._meta.table_name)
 

@@ -13,9 +13,8 @@ import pytest
 from edgeworker import migrate, postgres
 from edgeworker.db import open_database
 from edgeworker.errors import MigrationError
-from edgeworker.models import ClockState, HookRun, Job, Outbox, Recovery, Task
+from edgeworker.models import MODELS
 
-MODELS = [Job, Task, Recovery, ClockState, Outbox, HookRun]
 TABLES = [m._meta.table_name for m in MODELS]
 FLAGS = {(m._meta.table_name, f.column_name) for m in MODELS for f in m._meta.sorted_fields
          if isinstance(f, peewee.BooleanField)}
@@ -137,44 +136,44 @@ def migrations(tmp_path):
 
 
 def test_a_later_migration_runs_on_both_back_ends(migrations, tmp_path, pg_url):
-    (migrations / "019_add_job_note.sql").write_text("ALTER TABLE jobs ADD COLUMN note TEXT;\n")
+    (migrations / "098_add_job_note.sql").write_text("ALTER TABLE jobs ADD COLUMN note TEXT;\n")
     # SQLite's flags are 0 and 1, PostgreSQL's booleans: where the SQL differs, a file of the
     # same version in postgresql/ replaces it there.
-    (migrations / "020_resume_all.sql").write_text("UPDATE jobs SET paused = 0;\n")
-    (migrations / "postgresql" / "020_resume_all.sql").write_text(
+    (migrations / "099_resume_all.sql").write_text("UPDATE jobs SET paused = 0;\n")
+    (migrations / "postgresql" / "099_resume_all.sql").write_text(
         "UPDATE jobs SET paused = FALSE;\n")
     for location in (tmp_path / "ew.db", pg_url):
         database = open_database(location, create=True)
         dialect = migrate.dialect_of(database)
         todo = migrate.plan(database, migrate.discover(migrations, dialect))
-        assert [m.version for m in migrate.apply(database, todo)][-2:] == [19, 20]
+        assert [m.version for m in migrate.apply(database, todo)][-2:] == [98, 99]
         assert "note" in [c.name for c in database.get_columns("jobs")]
         assert not migrate.plan(database, migrate.discover(migrations, dialect))
         database.close()
 
 
 def test_the_sqlite_text_of_a_differing_migration_fails_on_postgresql(migrations, pg_url):
-    (migrations / "019_resume_all.sql").write_text("UPDATE jobs SET paused = 0;\n")
+    (migrations / "099_resume_all.sql").write_text("UPDATE jobs SET paused = 0;\n")
     database = open_database(pg_url)
     todo = migrate.plan(database, migrate.discover(migrations, "postgresql"))
-    with pytest.raises(MigrationError, match="019_resume_all.sql failed, nothing of it was "
+    with pytest.raises(MigrationError, match="099_resume_all.sql failed, nothing of it was "
                                              "applied: column \"paused\" is of type boolean"):
         migrate.apply(database, todo)
-    assert migrate.applied(database).keys() == {17, 18}
+    assert migrate.applied(database).keys() == {17, 18, 19}
     database.close()
 
 
 def test_a_failing_migration_leaves_postgresql_as_it_was(migrations, pg_url):
-    (migrations / "019_half.sql").write_text(
+    (migrations / "099_half.sql").write_text(
         "CREATE TABLE notes (id BIGINT);\nINSERT INTO nowhere VALUES (1);\n")
     database = open_database(pg_url)
-    migrate.apply(database, migrate.plan(database, migrate.discover(migrations, "postgresql"))[:2])
+    migrate.apply(database, migrate.plan(database, migrate.discover(migrations, "postgresql"))[:3])
     todo = migrate.plan(database, migrate.discover(migrations, "postgresql"))
-    with pytest.raises(MigrationError, match=r"migration 019_half.sql failed, nothing of it was "
+    with pytest.raises(MigrationError, match=r"migration 099_half.sql failed, nothing of it was "
                                              r'applied: relation "nowhere" does not exist'):
         migrate.apply(database, todo)
     assert not database.table_exists("notes")
-    assert migrate.applied(database).keys() == {17, 18}
+    assert migrate.applied(database).keys() == {17, 18, 19}
     database.close()
 
 
@@ -193,10 +192,12 @@ def test_migrate_on_the_command_line(run_cli, pg_url):
     run_cli.db = pg_url
     result = run_cli("migrate", "--check")
     assert (result.exit_code, result.stdout) == (
-        3, "2 pending: 017_baseline, 018_notify_waiting_runs\n")
+        3, "3 pending: 017_baseline, 018_notify_waiting_runs, 019_create_workers\n")
     assert run_cli.ok("migrate", "--dry-run") == ("would apply 017_baseline\n"
-                                                  "would apply 018_notify_waiting_runs\n")
-    assert run_cli.ok("migrate") == "applied 017_baseline\napplied 018_notify_waiting_runs\n"
+                                                  "would apply 018_notify_waiting_runs\n"
+                                                  "would apply 019_create_workers\n")
+    assert run_cli.ok("migrate") == ("applied 017_baseline\napplied 018_notify_waiting_runs\n"
+                                         "applied 019_create_workers\n")
     assert run_cli.ok("migrate") == "up to date\n"
     assert run_cli.ok("migrate", "--check") == "up to date\n"
     database = postgres.open_database(pg_url)

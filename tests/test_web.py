@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -149,6 +150,18 @@ def test_the_overview_says_the_worker_is_up_since_its_start(served, worker_db):
     assert set(status["worker"]) <= set(data["worker"]) and data["worker"]["alert"] is None
     _, body, _ = served.get("/")
     assert f"(pid {worker_db.proc.pid}) since <time" in body
+
+
+def test_the_overview_lists_the_workers_as_status_does(served, worker_db):
+    data = served.json("/")
+    assert data["workers"] == cli_json(worker_db, "status")["workers"]
+    [view] = data["workers"]
+    assert (view["pid"], view["state"]) == (worker_db.proc.pid, "up")
+    _, body, _ = served.get("/")
+    assert "<h2>Workers</h2>" in body
+    assert (f"<td>{view['name']}</td><td>{socket.gethostname()}</td>"
+            f"<td>{worker_db.proc.pid}</td>") in body
+    assert '<span class="s up">up</span>' in body
 
 
 def test_times_are_in_the_boxs_zone_with_utc_on_hover(worker_db):
