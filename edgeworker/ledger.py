@@ -293,11 +293,6 @@ class Ledger:
         value = self.db.execute_sql(sql, params).fetchone()[0]
         return None if value is None else from_text(value)
 
-    def queue_depth(self, now: datetime) -> tuple[int, int]:
-        """Waiting runs: (due now, due later)."""
-        moment = to_text(now)
-        return tuple(self.db.execute_sql(self.sql["depth"], (moment, moment)).fetchone())
-
     def waiting(self, limit: int = -1) -> list[Task]:
         """Waiting runs in the order they are due."""
         return [_model(Task, row) for row in self.db.execute_sql(self.sql["waiting"], (limit,))]

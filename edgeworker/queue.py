@@ -27,6 +27,7 @@ from huey import Huey
 from huey.storage import BaseStorage
 
 from edgeworker import db as dbmod
+from edgeworker import report
 from edgeworker.clock import utcnow
 from edgeworker.ledger import ClaimedRun, IntervalJobArgs, Ledger
 from edgeworker.logs import Reminder
@@ -180,10 +181,10 @@ class TaskStorage(BaseStorage):
     # -- what huey asks of a storage that edgeworker keeps elsewhere ----------------------------
 
     def queue_size(self) -> int:
-        return self.ledger.queue_depth(self.now())[0]
+        return report.queue_depth(self.ledger.db, self.now())["ready"]
 
     def schedule_size(self) -> int:
-        return self.ledger.queue_depth(self.now())[1]
+        return report.queue_depth(self.ledger.db, self.now())["scheduled"]
 
     def enqueued_items(self, limit=None) -> list[bytes]:
         return [self.encode(IntervalJobArgs(t.job_id, t.id).payload())
