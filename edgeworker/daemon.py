@@ -529,6 +529,7 @@ class Daemon:
         return not self.threads.alive()
 
     def _stop_now(self, why: str) -> int:
+        self.abort.set()  # the runs see it: killed by the stop, not failed (runners.Interrupted)
         killed = self.processes.kill_all()
         logger.warning("stopping at once (%s): killed %s running command(s); their tasks run "
                        "again at the next start", why, killed)

@@ -302,8 +302,8 @@ def _supervise(tree: Tree, timeout: float | None, abort: Flag | None, grace: flo
             tree.signal(signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(grace + 1)
-    if stopped == "interrupted":
-        raise Interrupted()
+    if stopped == "interrupted" or (stopped is None and abort is not None and abort.is_set()):
+        raise Interrupted()  # ended by the shutdown, however it died: not the run's outcome
     code = proc.returncode
     if stopped is not None:
         return Result(False, code, stopped, tail.text())

@@ -241,6 +241,9 @@ def test_a_second_signal_stops_at_once(tmp_path):
         wait_for(lambda: "received SIGTERM" in worker.log(), log=worker.log)
         assert worker.stop(signal.SIGTERM, timeout=10) == 0
     assert "stopping at once (second signal): killed 1 running command(s)" in worker.log()
+    # killed by the stop, not failed: it stays running, for recovery at the next start
+    assert "attempt 1 failed" not in worker.log()
+    assert [t["status"] for t in worker.tasks("origin = 'manual'")] == ["running"]
 
 
 def test_a_second_worker_on_the_same_database_is_refused(tmp_path):
