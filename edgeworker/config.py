@@ -33,6 +33,7 @@ from edgeworker.durations import LONGEST, format_duration, parse_duration
 from edgeworker.errors import ConfigError
 
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_TAG = _JOB_NAME  # a worker's tag, or one a job runs on
 _CALLABLE = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 # SQLite takes its busy timeout in milliseconds as a 32-bit int; Python turns more than ~24 days
@@ -94,6 +95,8 @@ class JobSpec:
     cwd: str | None = setting(None, "directory")
     env_file: Path | None = setting(None, "path")  # KEY=VALUE lines read at each run (secrets)
     isolate: bool = setting(False, "bool")  # a callable in a child process, stopped at its timeout
+    # Only workers carrying one of these tags ([worker] tags) run it; () any worker.
+    run_on: tuple[str, ...] = setting((), "tags")
     # Alerts (edgeworker.alerts); None takes the [worker] default, "" turns it off for this job.
     on_failure: str | None = setting(None, "hook")  # a command line, run after a final failure
     on_success: str | None = setting(None, "hook")
@@ -110,6 +113,7 @@ class WorkerSettings:
 
     database: Path | str | None = setting(None, "database")  # a file, or a postgresql:// URL
     workers: int = setting(2, "int", 1, 64)
+    tags: tuple[str, ...] = setting((), "tags")  # this worker runs jobs whose run_on has one
     durability: str = setting("full", "choice", choices=DURABILITY_LEVELS)
     busy_timeout: float = setting(5.0, "duration", high=LONGEST_BUSY_TIMEOUT, positive=True)
     shutdown_timeout: float = setting(30.0, "duration")
@@ -360,6 +364,16 @@ def _value(rule: Rule, value: Any, base: Path) -> Any:
             if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
                 raise ValueError("must be a directory or a list of directories")
             return tuple(_path(entry, base) for entry in entries)
+        case "tags":
+            entries = [value] if isinstance(value, str) else value
+            if not isinstance(entries, list) or not entries \
+                    or not all(isinstance(e, str) for e in entries):
+                raise ValueError('must be a tag or a list of tags, e.g. ["site-a"]')
+            for entry in entries:
+                if not _TAG.fullmatch(entry):
+                    raise ValueError(f"{entry!r} is not a valid tag (letters, digits, '_', '.', "
+                                     "'-'; at most 64 characters, starting with a letter or digit)")
+            return tuple(sorted(set(entries)))
         case "directory":
             if not isinstance(value, str) or not value:
                 raise ValueError("must be a directory path")

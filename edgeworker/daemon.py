@@ -113,7 +113,7 @@ class Daemon:
 
     def _start(self, database):
         logger.info("%s", self.processes.describe())
-        self.ledger = Ledger(database)
+        self.ledger = Ledger(database, tags=self.config.worker.tags)
         self.huey = EdgeHuey(self.ledger)
         if self.config.metrics.textfile is not None:
             self.metrics = TextfileMetrics(self.config.metrics, self.ledger)

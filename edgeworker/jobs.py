@@ -15,7 +15,7 @@ from datetime import datetime
 from edgeworker.config import JobSpec
 from edgeworker.errors import Conflict, NotFound
 from edgeworker.ledger import Ledger
-from edgeworker.models import Job
+from edgeworker.models import Job, tags_text
 
 # The columns a JobSpec sets; a change in one of SCHEDULE_COLUMNS replans the pending run.
 SCHEDULE_COLUMNS = ("every_seconds", "cron", "timezone", "jitter_seconds")
@@ -45,6 +45,7 @@ def spec_columns(spec: JobSpec) -> dict:
         "on_retry": spec.on_retry,
         "ping_url": spec.ping_url,
         "alert_after_seconds": spec.alert_after,
+        "run_on": tags_text(spec.run_on),
     }
 
 

@@ -10,6 +10,7 @@ every time still ends `failed` after `max_attempts`. The statements of the run p
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -32,8 +33,9 @@ from edgeworker.models import (
     Task,
     TaskStatus,
     Worker,
+    tags_text,
 )
-from edgeworker.sql import claiming, statements_for
+from edgeworker.sql import claiming, pg_claiming, statements_for
 
 logger = logging.getLogger("edgeworker.ledger")
 
@@ -112,11 +114,16 @@ class Outcome:
 
 
 class Ledger:
-    def __init__(self, database: peewee.Database, worker: str | None = None):
+    def __init__(self, database: peewee.Database, worker: str | None = None,
+                 tags: tuple[str, ...] = ()):
         self.db = database
         self.sql = statements_for(database)
         self.postgres = isinstance(database, peewee.PostgresqlDatabase)
         self.worker = worker or worker_identity()
+        # This worker claims runs of jobs without run_on, and of those whose run_on holds one
+        # of its tags ([worker] tags), each looked for as stored: a JSON string.
+        self.tags = tuple(sorted(set(tags)))
+        self.tag_params = {f"g{i}": json.dumps(tag) for i, tag in enumerate(self.tags)}
         self.jobs: dict[int, tuple[tuple, Job]] = {}  # job id -> (row, model), see _job
         # Rows this worker claimed and has not seen finish: where its running runs are (sql.py)
         self.mine: set[int] = set()
@@ -125,14 +132,19 @@ class Ledger:
     # -- creating runs ------------------------------------------------------------------------
 
     def _create(self, job: Job, slot: datetime, due: datetime, origin: str,
-                now: datetime) -> Task:
+                now: datetime) -> Task | None:
+        """A new waiting run; None when the job's scheduled run for this slot is there already
+        (another worker created it: PostgreSQL's tasks_slot, see sql.py "create")."""
         # An overdue scheduled run (catch-up) is due when it is created: it waits behind work
         # that fell due before it, so a flood of catch-up runs cannot hold back another job's.
         if origin == "schedule":
             due = max(due, now)
-        cursor = self.db.execute_sql(self.sql["create"], (job.id, origin, to_text(slot),
-                                                          to_text(due), to_text(now)))
-        return Task(id=cursor.fetchone()[0], job=job.id, status=S.CREATED, origin=origin,
+        row = self.db.execute_sql(self.sql["create"], (job.id, origin, to_text(slot),
+                                                       to_text(due), to_text(now))).fetchone()
+        if row is None:
+            logger.debug("job %s's run for %s was there already", job.name, to_text(slot))
+            return None
+        return Task(id=row[0], job=job.id, status=S.CREATED, origin=origin,
                     scheduled_for=slot, due_at=due, attempt=0, recovered_count=0, created_at=now)
 
     def _get(self, model, key: int):
@@ -157,8 +169,10 @@ class Ledger:
         slot = schedule.next_run(job, last_slot, now)
         return slot, schedule.due_at(job, slot)
 
-    def schedule_next(self, job: Job, last_slot: datetime | None, now: datetime) -> Task:
-        """Create the job's next scheduled run (catch-up applied)."""
+    def schedule_next(self, job: Job, last_slot: datetime | None,
+                      now: datetime) -> Task | None:
+        """Create the job's next scheduled run (catch-up applied); None if it is there already
+        (another worker's)."""
         slot, due = self._plan(job, last_slot, now)
         with self.db.atomic():
             return self._create(job, slot, due, "schedule", now)
@@ -172,7 +186,8 @@ class Ledger:
                 .where((Task.job == job_id) & (Task.origin == "schedule")).scalar())
 
     def ensure_scheduled(self, job: Job, now: datetime, catch_up: bool = True) -> Task | None:
-        """Give an active job its one pending scheduled run, if it has none.
+        """Give an active job its one pending scheduled run, if it has none (None: it had one,
+        or another worker created the same one meanwhile).
 
         With `catch_up`, slots missed since its last scheduled run follow the job's catch-up
         policy (start-up after downtime); without, the next run is the next slot (a new or
@@ -248,7 +263,7 @@ class Ledger:
         (SQLite: the write lock keeps it as read; PostgreSQL reads it again)."""
         sql, params = self._claiming("claim", now=to_text(now), hold=hold, worker=self.worker)
         if self.postgres:
-            row = postgres.claim(self.db, self.sql, params)
+            row = postgres.claim(self.db, sql, self.sql["claim_take"], params)
         else:
             row = self.db.execute_sql(sql, params).fetchone()
         if row is None:
@@ -267,14 +282,16 @@ class Ledger:
         return ClaimedRun(task, job)
 
     def _claiming(self, name: str, **params) -> tuple[str, dict]:
-        """A statement that looks for claimable runs, with this worker's claimed rows (SQLite:
-        one worker; PostgreSQL looks at every worker's)."""
+        """A statement that looks for claimable runs, for this worker's tags and with its
+        claimed rows (SQLite: one worker; PostgreSQL looks at every worker's)."""
+        params.update(self.tag_params)
         if self.postgres:
-            return self.sql.get(name, ""), params
+            name = "claim_pick" if name == "claim" else name
+            return pg_claiming(name, len(self.tags)), params
         with self.mine_lock:
             mine = list(self.mine)
         params.update((f"r{i}", task_id) for i, task_id in enumerate(mine))
-        return claiming(name, len(mine)), params
+        return claiming(name, len(mine), len(self.tags)), params
 
     def _done(self, task_id: int) -> None:
         with self.mine_lock:
@@ -457,7 +474,7 @@ class Ledger:
         row = {Worker.host: socket.gethostname(), Worker.pid: os.getpid(),
                Worker.started_at: now, Worker.last_heartbeat: now,
                Worker.heartbeat_seconds: heartbeat, Worker.version: __version__,
-               Worker.stopped_at: None}
+               Worker.stopped_at: None, Worker.tags: tags_text(self.tags)}
         (Worker.insert({Worker.name: self.worker, **row})
          .on_conflict(conflict_target=[Worker.name], update=row).execute())
 
@@ -530,18 +547,27 @@ class Ledger:
                 due = schedule.due_at(job, slot)
             if (slot, due) != (task.scheduled_for, task.due_at):
                 changes.append((task, slot, due))
-        return self._move(changes)
+        return self._move(changes, now)
 
-    def _move(self, changes: list[tuple[Task, datetime, datetime]]) -> int:
+    def _move(self, changes: list[tuple[Task, datetime, datetime]], now: datetime) -> int:
         """Give waiting tasks a new slot and due time, in one transaction. A task that changed
-        meanwhile (a worker claimed it) is left alone."""
+        meanwhile (a worker claimed it) is left alone; one whose new slot is its job's waiting
+        run already (PostgreSQL's tasks_slot: another worker's) is cancelled, as a second run of
+        that slot."""
         moved = 0
         with self.db.atomic():
             for task, slot, due in changes:
-                moved += Task.update(scheduled_for=slot, due_at=due).where(
-                    (Task.id == task.id) & (Task.status == S.CREATED)
-                    & (Task.attempt == task.attempt)
-                    & (Task.scheduled_for == task.scheduled_for)).execute()
+                unchanged = ((Task.id == task.id) & (Task.status == S.CREATED)
+                             & (Task.attempt == task.attempt)
+                             & (Task.scheduled_for == task.scheduled_for))
+                try:
+                    with self.db.atomic():
+                        moved += Task.update(scheduled_for=slot, due_at=due).where(
+                            unchanged).execute()
+                except peewee.IntegrityError:
+                    Task.update(status=S.CANCELLED, finished_at=now,
+                                error=f"its slot moved to {to_text(slot)}, which another run "
+                                      "of the job has").where(unchanged).execute()
         return moved
 
     def _calendar_runs(self) -> list[tuple[Task, Job]]:
@@ -561,7 +587,7 @@ class Ledger:
         for task, job in self._calendar_runs():
             slot = schedule.next_run(job, task.scheduled_for - timedelta(microseconds=1), now)
             changes.append((task, slot, schedule.due_at(job, slot)))
-        return self._move(changes)
+        return self._move(changes, now)
 
     # -- operators' rules ---------------------------------------------------------------------
     # What an operator may do to a run (`tasks retry`, `tasks cancel`): a refusal is a Conflict

@@ -50,6 +50,16 @@ def by_job() -> peewee.Node:
     return peewee.SQL("+job_id")
 
 
+def tags_text(tags: tuple[str, ...] | list[str]) -> str | None:
+    """Tags as stored (jobs.run_on, workers.tags): a sorted JSON array, or NULL for none. A claim
+    matches a tag by looking for it quoted (`"site-a"`) in the text: tags hold no quote."""
+    return json.dumps(sorted(set(tags))) if tags else None
+
+
+def tags_of(text: str | None) -> tuple[str, ...]:
+    return tuple(json.loads(text)) if text else ()
+
+
 def can_transition(old: TaskStatus, new: TaskStatus) -> bool:
     return new in TRANSITIONS[old]
 
@@ -100,6 +110,7 @@ class Job(BaseModel):
     alert_after_seconds = peewee.FloatField(null=True)
     source = peewee.TextField(default="cli")  # "config" | "cli"
     isolate = peewee.BooleanField(default=False)  # a callable in a child process
+    run_on = peewee.TextField(null=True)  # JSON array of tags (`tags_text`); NULL: any worker
     created_at = UtcDateTimeField()
     updated_at = UtcDateTimeField()
 
@@ -119,6 +130,10 @@ class Job(BaseModel):
     @property
     def environment(self) -> dict[str, str]:
         return json.loads(self.env)
+
+    @property
+    def run_on_tags(self) -> tuple[str, ...]:
+        return tags_of(self.run_on)
 
     @property
     def schedule_text(self) -> str:
@@ -237,6 +252,7 @@ class Worker(BaseModel):
     heartbeat_seconds = peewee.FloatField(null=True)  # NULL: it writes no heartbeat
     version = peewee.TextField()
     stopped_at = UtcDateTimeField(null=True)  # a graceful stop
+    tags = peewee.TextField(null=True)  # [worker] tags (`tags_text`); NULL: none
 
     class Meta:
         table_name = "workers"

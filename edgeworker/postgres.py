@@ -319,15 +319,15 @@ class NotifyWatch:
 CLAIM_TRIES = 3
 
 
-def claim(db: peewee.Database, statements: dict[str, str], params: dict) -> tuple | None:
-    """Claim the next due run (`sql.POSTGRESQL` claim_pick, then claim_take), in the caller's
-    transaction. A claim loses only to a run of the same job claimed and committed between its
-    two steps; it then looks again (that job is passed over now)."""
+def claim(db: peewee.Database, pick: str, take: str, params: dict) -> tuple | None:
+    """Claim the next due run (`sql.POSTGRESQL` claim_pick, for the worker's tags, then
+    claim_take), in the caller's transaction. A claim loses only to a run of the same job claimed
+    and committed between its two steps; it then looks again (that job is passed over now)."""
     for _ in range(CLAIM_TRIES):
-        picked = db.execute_sql(statements["claim_pick"], params).fetchone()
+        picked = db.execute_sql(pick, params).fetchone()
         if picked is None:
             return None
-        row = db.execute_sql(statements["claim_take"], {**params, "id": picked[0]}).fetchone()
+        row = db.execute_sql(take, {**params, "id": picked[0]}).fetchone()
         if row is not None:
             return row
     return None

@@ -26,14 +26,15 @@ def columns(model) -> str:
     return ", ".join(field.column_name for field in model._meta.sorted_fields)
 
 
-# A run another may take: created, its job enabled and not paused, no run of the job running, and
-# (while cron jobs wait for a synchronised clock, :hold) not a cron job's scheduled run. The jobs
-# running are found among the rows this worker claimed and has not seen finish, passed as :r0,
-# :r1, ... (a few: one a thread): the database says which of them still run. Looking for
+# A run another may take: created, its job enabled and not paused and meant for this worker
+# ({run_on}: its run_on is NULL or holds one of this worker's tags), no run of the job running,
+# and (while cron jobs wait for a synchronised clock, :hold) not a cron job's scheduled run. The
+# jobs running are found among the rows this worker claimed and has not seen finish, passed as
+# :r0, :r1, ... (a few: one a thread): the database says which of them still run. Looking for
 # `running` rows among all waiting ones instead cost a scan of the queue per claim.
 CLAIMABLE = """FROM tasks t JOIN jobs j ON j.id = t.job_id
     WHERE t.finished_at IS NULL AND t.status = 'created' AND j.enabled AND NOT j.paused
-      AND NOT (:hold AND j.cron IS NOT NULL AND t.origin = 'schedule' AND t.attempt = 0)
+      AND {run_on} AND NOT (:hold AND j.cron IS NOT NULL AND t.origin = 'schedule' AND t.attempt = 0)
       AND t.job_id NOT IN (SELECT job_id FROM tasks WHERE id IN ({mine})
                            AND status = 'running' AND job_id IS NOT NULL)"""
 
@@ -42,8 +43,11 @@ TASK_COLUMNS = columns(Task)
 STATEMENTS = {
     "job": f"SELECT {columns(Job)} FROM jobs WHERE id = ?",
     "task": f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?",
+    # A scheduled run that is there already (PostgreSQL's tasks_slot: another worker made it)
+    # is not made twice: no row comes back.
     "create": "INSERT INTO tasks (job_id, status, origin, scheduled_for, due_at, attempt, "
-              "recovered_count, created_at) VALUES (?, 'created', ?, ?, ?, 0, 0, ?) RETURNING id",
+              "recovered_count, created_at) VALUES (?, 'created', ?, ?, ?, 0, 0, ?) "
+              "ON CONFLICT DO NOTHING RETURNING id",
     # Is a run due now? A read, so that a look that finds nothing takes no write lock.
     "due": f"SELECT 1 {CLAIMABLE} AND t.due_at <= :now LIMIT 1",
     # The claim: the next due, claimable run, in one statement.
@@ -89,10 +93,19 @@ STATEMENTS = {
 CLAIMING = ("due", "claim", "next_due")
 
 
+def _run_on(tags: int) -> str:
+    """A worker's check of a job's run_on, for its `tags` tags, :g0 ... (each a JSON string, as
+    the tags are stored). Without tags it is a look at a column of the job row read already."""
+    return "(j.run_on IS NULL" + "".join(f" OR instr(j.run_on, :g{i}) > 0"
+                                         for i in range(tags)) + ")"
+
+
 @functools.cache
-def claiming(name: str, mine: int) -> str:
-    """`name` (one of CLAIMING) for `mine` claimed rows, :r0 ... :r{mine - 1}."""
-    return STATEMENTS[name].replace("{mine}", ", ".join(f":r{i}" for i in range(mine)))
+def claiming(name: str, mine: int, tags: int = 0) -> str:
+    """`name` (one of CLAIMING) for `mine` claimed rows, :r0 ... :r{mine - 1}, and a worker with
+    `tags` tags."""
+    return STATEMENTS[name].replace("{mine}", ", ".join(f":r{i}" for i in range(mine))).replace(
+        "{run_on}", _run_on(tags))
 
 
 def _placeholders(sql: str) -> str:
@@ -137,6 +150,14 @@ POSTGRESQL = {name: _placeholders(text) for name, text in STATEMENTS.items()} | 
                     "created_at) FROM tasks WHERE id > %s ORDER BY id DESC LIMIT 64",
 }
 del POSTGRESQL["claim"]
+PG_CLAIMING = ("due", "next_due", "claim_pick")
+
+
+@functools.cache
+def pg_claiming(name: str, tags: int = 0) -> str:
+    """`name` (one of PG_CLAIMING) for a worker with `tags` tags."""
+    return POSTGRESQL[name].replace("{run_on}", _placeholders(_run_on(tags)).replace(
+        "instr(", "strpos("))
 
 
 def statements_for(database: peewee.Database) -> dict[str, str]:

@@ -84,12 +84,21 @@ def sqlite(tmp_path):
     database.close()
 
 
+# Indexes only PostgreSQL has, and why. tasks_slot (021): several workers share a database there;
+# SQLite's one worker needs no unique key on a scheduled run's slot, and would pay a page a run.
+POSTGRESQL_ONLY = {"tasks_slot": (("job_id", "scheduled_for"),
+                                  "origin = 'schedule'::text AND finished_at IS NULL")}
+
+
 @pytest.mark.parametrize("table", TABLES)
 def test_both_back_ends_have_the_same_schema(sqlite, pg_database, table):
     """The baseline is SQLite's schema after 017, and each later migration keeps them equal."""
     assert max(migrate.applied(sqlite)) == max(migrate.applied(pg_database))
     assert columns(pg_database, table) == columns(sqlite, table)
-    assert indexes(pg_database, table) == indexes(sqlite, table)
+    on_postgresql = indexes(pg_database, table)
+    assert {name: on_postgresql.pop(name) for name in POSTGRESQL_ONLY
+            if name in on_postgresql} == (POSTGRESQL_ONLY if table == "tasks" else {})
+    assert on_postgresql == indexes(sqlite, table)
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -159,7 +168,7 @@ def test_the_sqlite_text_of_a_differing_migration_fails_on_postgresql(migrations
     with pytest.raises(MigrationError, match="099_resume_all.sql failed, nothing of it was "
                                              "applied: column \"paused\" is of type boolean"):
         migrate.apply(database, todo)
-    assert migrate.applied(database).keys() == {17, 18, 19}
+    assert migrate.applied(database).keys() == {m.version for m in todo if m.version < 99}
     database.close()
 
 
@@ -173,7 +182,8 @@ def test_a_failing_migration_leaves_postgresql_as_it_was(migrations, pg_url):
                                              r'applied: relation "nowhere" does not exist'):
         migrate.apply(database, todo)
     assert not database.table_exists("notes")
-    assert migrate.applied(database).keys() == {17, 18, 19}
+    assert migrate.applied(database).keys() == {
+        m.version for m in migrate.discover(migrations, "postgresql") if m.version < 99}
     database.close()
 
 
@@ -190,14 +200,13 @@ def test_a_changed_baseline_is_refused(migrations, pg_url):
 
 def test_migrate_on_the_command_line(run_cli, pg_url):
     run_cli.db = pg_url
+    labels = [m.label for m in migrate.discover(dialect="postgresql")]
+    assert labels[:3] == ["017_baseline", "018_notify_waiting_runs", "019_create_workers"]
     result = run_cli("migrate", "--check")
     assert (result.exit_code, result.stdout) == (
-        3, "3 pending: 017_baseline, 018_notify_waiting_runs, 019_create_workers\n")
-    assert run_cli.ok("migrate", "--dry-run") == ("would apply 017_baseline\n"
-                                                  "would apply 018_notify_waiting_runs\n"
-                                                  "would apply 019_create_workers\n")
-    assert run_cli.ok("migrate") == ("applied 017_baseline\napplied 018_notify_waiting_runs\n"
-                                         "applied 019_create_workers\n")
+        3, f"{len(labels)} pending: {', '.join(labels)}\n")
+    assert run_cli.ok("migrate", "--dry-run") == "".join(f"would apply {x}\n" for x in labels)
+    assert run_cli.ok("migrate") == "".join(f"applied {x}\n" for x in labels)
     assert run_cli.ok("migrate") == "up to date\n"
     assert run_cli.ok("migrate", "--check") == "up to date\n"
     database = postgres.open_database(pg_url)
