@@ -291,7 +291,9 @@ def test_017_moves_huey_messages_into_due_rows_and_drops_hueys_tables(fresh):
     assert sql("INSERT INTO tasks (job_id, scheduled_for, due_at, created_at) VALUES "
                "(1, ?, ?, ?)", (NOW, NOW, NOW)).lastrowid == 21
 
-    # The next start recovers the interrupted run, and the worker claims in due order.
+    # The next start (on the current schema) recovers the interrupted run, and the worker
+    # claims in due order.
+    migrate.apply(fresh, migrate.plan(fresh, all_migrations))
     from edgeworker import models, recovery
     from edgeworker.clock import from_text
     from edgeworker.ledger import Ledger
