@@ -450,9 +450,11 @@ def status(obj: Context, as_json: bool) -> None:
             click.echo("")
             table([[w["name"], w["host"], w["pid"], show_time(w["started_at"]),
                     show_time(w["last_heartbeat"]), w["version"],
-                    f"stopped {show_time(w['stopped_at'])}" if w["stopped_at"] else w["state"]]
+                    f"stopped {show_time(w['stopped_at'])}" if w["stopped_at"] else w["state"],
+                    ",".join(w["tags"]) or "-"]
                    for w in d["workers"]],
-                  ["WORKER", "HOST", "PID", "STARTED", "LAST HEARTBEAT", "VERSION", "STATE"])
+                  ["WORKER", "HOST", "PID", "STARTED", "LAST HEARTBEAT", "VERSION", "STATE",
+                   "TAGS"])
         if not d["jobs"]:
             click.echo("no jobs")
             return
@@ -465,10 +467,20 @@ def status(obj: Context, as_json: bool) -> None:
                     if j["last_status"] else "-")
             rows.append([j["name"], j["schedule"], state or next_run(j), last, c["succeeded"],
                          c["failed"], c["cancelled"], c["running"], c["created"]])
-        table(rows, ["JOB", "SCHEDULE", "NEXT RUN", "LAST RESULT", "OK", "FAILED", "CANCELLED",
-                     "RUNNING", "WAITING"])
+        table(*with_run_on(d["jobs"], rows, [
+            "JOB", "SCHEDULE", "NEXT RUN", "LAST RESULT", "OK", "FAILED", "CANCELLED", "RUNNING",
+            "WAITING"]))
 
     emit(data, as_json, render)
+
+
+def with_run_on(jobs: list[dict], rows: list[list], headers: list[str]) -> tuple[list, list]:
+    """A table of jobs with a RUN ON column after the schedule, where a job has run_on."""
+    if not any(j["run_on"] for j in jobs):
+        return rows, headers
+    at = headers.index("SCHEDULE") + 1
+    return ([[*row[:at], ",".join(j["run_on"]) or "-", *row[at:]]
+             for j, row in zip(jobs, rows, strict=True)], [*headers[:at], "RUN ON", *headers[at:]])
 
 
 def clock_line(view: dict) -> str:
@@ -511,10 +523,41 @@ def jobs_list(obj: Context, as_json: bool) -> None:
         if not rows:
             click.echo("no jobs")
             return
-        table([[j["name"], j["kind"], j["schedule"],
-                "paused" if j["paused"] else ("yes" if j["enabled"] else "no"),
-                next_run(j), j["source"], j["target"]] for j in rows],
-              ["NAME", "KIND", "SCHEDULE", "ENABLED", "NEXT RUN", "SOURCE", "TARGET"])
+        table(*with_run_on(rows, [[j["name"], j["kind"], j["schedule"],
+                                   "paused" if j["paused"] else ("yes" if j["enabled"] else "no"),
+                                   next_run(j), j["source"], j["target"]] for j in rows],
+                           ["NAME", "KIND", "SCHEDULE", "ENABLED", "NEXT RUN", "SOURCE",
+                            "TARGET"]))
+
+    emit(data, as_json, render)
+
+
+@jobs.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def jobs_show(obj: Context, name: str, as_json: bool) -> None:
+    """Show one job: its settings, next run, and which workers take its runs."""
+    from edgeworker import report
+    from edgeworker.clock import utcnow
+    from edgeworker.db import worker_pid
+
+    obj.open(readonly=True)
+    data = report.job_detail(name, utcnow(), worker_pid(obj.db_path))
+
+    def render(j: dict) -> None:
+        state = "paused" if j["paused"] else ("yes" if j["enabled"] else "no")
+        last = (f"{j['last_status']} {show_time(j['last_finished_at'])}"
+                if j["last_status"] else "-")
+        for key, shown in (("name", j["name"]), ("kind", j["kind"]), ("target", j["target"]),
+                           ("schedule", j["schedule"]), ("enabled", state),
+                           ("source", j["source"]),
+                           ("run on", ", ".join(j["run_on"]) or "any worker"),
+                           ("next run", next_run(j)), ("last result", last),
+                           ("taken by", ", ".join(j["claimed_by"]) or "-")):
+            click.echo(f"{key:16}{shown}")
+        if j["waiting"]:
+            click.echo(f"{'waiting':16}{j['waiting']}")
 
     emit(data, as_json, render)
 
@@ -552,6 +595,8 @@ def jobs_list(obj: Context, as_json: bool) -> None:
               help="Ping URL/start, URL, URL/fail (healthchecks.io style) for each run.")
 @click.option("--alert-after", metavar="DURATION",
               help="Run --on-failure (status overdue) when no run succeeded for this long.")
+@click.option("--run-on", "run_on", multiple=True, metavar="TAG",
+              help="Only workers with this tag ([worker] tags) run it (repeat: any of them).")
 @click.option("--disabled", is_flag=True, help="Add the job disabled.")
 @pass_ctx
 def jobs_add(obj: Context, name: str, **options: Any) -> None:
@@ -565,9 +610,9 @@ def jobs_add(obj: Context, name: str, **options: Any) -> None:
     keys = {"callable_": "callable", "max_attempts": "max_attempts",
             "catch_up_limit": "catch_up_limit"}
     for option, value in options.items():
-        if value is None or option in ("env", "disabled"):
+        if value is None or option in ("env", "disabled") or value == ():
             continue
-        raw[keys.get(option, option)] = value
+        raw[keys.get(option, option)] = list(value) if isinstance(value, tuple) else value
     if options["env"]:
         env = {}
         for item in options["env"]:

@@ -65,6 +65,11 @@ class Rule:
     hint: str = ""  # added to a bad value's message, e.g. ', or "off"'
 
 
+def is_tag(text: str) -> bool:
+    """Whether `text` can be a tag: a worker's name that can is one of its tags too."""
+    return bool(_TAG.fullmatch(text))
+
+
 def setting(default: Any = MISSING, kind: str = "", low: float = 0, high: float = LONGEST,
             **rule: Any) -> Any:
     """A dataclass field that is also a key of the file, checked by `Rule(kind, low, high, ...)`."""

@@ -23,6 +23,7 @@ import peewee
 
 from edgeworker import postgres, schedule
 from edgeworker.clock import from_text, to_text
+from edgeworker.config import is_tag
 from edgeworker.errors import Conflict, NotFound, ScheduleError
 from edgeworker.models import (
     FINISHED,
@@ -121,9 +122,11 @@ class Ledger:
         self.postgres = isinstance(database, peewee.PostgresqlDatabase)
         self.worker = worker or worker_identity()
         # This worker claims runs of jobs without run_on, and of those whose run_on holds one
-        # of its tags ([worker] tags), each looked for as stored: a JSON string.
+        # of its tags ([worker] tags, and its name where that is a valid tag: `run_on =
+        # ["gateway-2"]`), each looked for as stored: a JSON string.
         self.tags = tuple(sorted(set(tags)))
-        self.tag_params = {f"g{i}": json.dumps(tag) for i, tag in enumerate(self.tags)}
+        claims = sorted(set(tags) | ({self.worker} if is_tag(self.worker) else set()))
+        self.tag_params = {f"g{i}": json.dumps(tag) for i, tag in enumerate(claims)}
         self.jobs: dict[int, tuple[tuple, Job]] = {}  # job id -> (row, model), see _job
         # Rows this worker claimed and has not seen finish: where its running runs are (sql.py)
         self.mine: set[int] = set()
@@ -287,11 +290,11 @@ class Ledger:
         params.update(self.tag_params)
         if self.postgres:
             name = "claim_pick" if name == "claim" else name
-            return pg_claiming(name, len(self.tags)), params
+            return pg_claiming(name, len(self.tag_params)), params
         with self.mine_lock:
             mine = list(self.mine)
         params.update((f"r{i}", task_id) for i, task_id in enumerate(mine))
-        return claiming(name, len(mine), len(self.tags)), params
+        return claiming(name, len(mine), len(self.tag_params)), params
 
     def _done(self, task_id: int) -> None:
         with self.mine_lock:

@@ -24,6 +24,7 @@ from edgeworker.models import (
     TaskStatus,
     Worker,
     by_job,
+    tags_of,
 )
 
 SILENT_AFTER = 3  # heartbeats missed: a worker that has not stopped is silent
@@ -94,6 +95,7 @@ def job_row(job: Job, now: datetime, counts: dict[str, int] | None = None) -> di
         "on_retry": job.on_retry,
         "ping_url": job.ping_url,
         "alert_after_seconds": job.alert_after_seconds,
+        "run_on": list(job.run_on_tags),  # [] any worker
         "next_run_at": next_run,
         "overdue": next_run is not None and next_run < to_text(now),
         "running": running,
@@ -295,8 +297,35 @@ def workers(now: datetime, running_pid: int | None, limit: int = 20) -> list[dic
                       "started_at": _when(row.started_at),
                       "last_heartbeat": _when(row.last_heartbeat),
                       "heartbeat_seconds": row.heartbeat_seconds, "version": row.version,
-                      "stopped_at": _when(row.stopped_at), "state": state})
+                      "stopped_at": _when(row.stopped_at), "state": state,
+                      "tags": list(tags_of(row.tags))})
     return views
+
+
+def claims(run_on: list[str], worker: dict) -> bool:
+    """Whether a worker (a `workers` view) takes a job's runs: the job has no run_on, or it
+    shares a tag with the worker's tags or name (as `Ledger` claims)."""
+    from edgeworker.config import is_tag
+
+    own = set(worker["tags"]) | ({worker["name"]} if is_tag(worker["name"]) else set())
+    return not run_on or bool(own & set(run_on))
+
+
+def job_detail(name: str, now: datetime, running_pid: int | None) -> dict:
+    """A job (`jobs show`): its row as `jobs` gives it, the live workers that take its runs
+    (`claimed_by`), and, when its next run cannot start for want of one, why (`waiting`)."""
+    found = _jobs_query().where(Job.name == name).first()
+    if found is None:
+        raise NotFound(f'no job named "{name}" (see `edgeworker jobs list`)')
+    row = job_row(found, now)
+    live = [w for w in workers(now, running_pid) if w["state"] == "up"]
+    row["claimed_by"] = [w["name"] for w in live if claims(row["run_on"], w)]
+    row["waiting"] = None
+    if row["run_on"] and not row["claimed_by"]:
+        shown = "; ".join(f"{w['name']} ({', '.join(w['tags']) or 'no tags'})" for w in live)
+        row["waiting"] = (f"no live worker carries a tag of run_on ({', '.join(row['run_on'])})"
+                          + (f"; workers up: {shown}" if shown else "; no worker is up"))
+    return row
 
 
 def last_day(now: datetime) -> dict:

@@ -104,21 +104,22 @@ def test_status_lists_the_workers(migrated_any):
     from edgeworker.models import bind
 
     database = bind(open_database(migrated_any.db))
-    Ledger(database, worker="b:9:1").register(T0, 30.0)
+    Ledger(database, worker="b:9:1", tags=("site-a", "gw")).register(T0, 30.0)
     Ledger(database, worker="b:9:2").stopped(T0)  # no row: nothing to mark
     database.close()
     [view] = json.loads(migrated_any.ok("status", "--json"))["workers"]
     assert view == {"name": "b:9:1", "host": socket.gethostname(), "pid": os.getpid(),
                     "started_at": "2026-03-01T12:00:00.000000Z",
                     "last_heartbeat": "2026-03-01T12:00:00.000000Z", "heartbeat_seconds": 30.0,
-                    "version": __version__, "stopped_at": None, "state": "silent"}
+                    "version": __version__, "stopped_at": None, "state": "silent",
+                    "tags": ["gw", "site-a"]}
     lines = migrated_any.ok("status").splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("WORKER"))
     assert lines[header].split() == ["WORKER", "HOST", "PID", "STARTED", "LAST", "HEARTBEAT",
-                                     "VERSION", "STATE"]
+                                     "VERSION", "STATE", "TAGS"]
     row = lines[header + 1].split()
     assert row[:3] == ["b:9:1", socket.gethostname(), str(os.getpid())]
-    assert row[-2:] == [__version__, "silent"]
+    assert row[-3:] == [__version__, "silent", "gw,site-a"]
 
 
 def _workers(worker: WorkerProcess) -> list[dict]:
