@@ -136,8 +136,8 @@ class Ledger:
 
     def _create(self, job: Job, slot: datetime, due: datetime, origin: str,
                 now: datetime) -> Task | None:
-        """A new waiting run; None when the job's scheduled run for this slot is there already
-        (another worker created it: PostgreSQL's tasks_slot, see sql.py "create")."""
+        """A new waiting run; None when a scheduled one is there already (another worker created
+        the job's next run: PostgreSQL's tasks_next_run, see sql.py "create")."""
         # An overdue scheduled run (catch-up) is due when it is created: it waits behind work
         # that fell due before it, so a flood of catch-up runs cannot hold back another job's.
         if origin == "schedule":
@@ -550,27 +550,18 @@ class Ledger:
                 due = schedule.due_at(job, slot)
             if (slot, due) != (task.scheduled_for, task.due_at):
                 changes.append((task, slot, due))
-        return self._move(changes, now)
+        return self._move(changes)
 
-    def _move(self, changes: list[tuple[Task, datetime, datetime]], now: datetime) -> int:
+    def _move(self, changes: list[tuple[Task, datetime, datetime]]) -> int:
         """Give waiting tasks a new slot and due time, in one transaction. A task that changed
-        meanwhile (a worker claimed it) is left alone; one whose new slot is its job's waiting
-        run already (PostgreSQL's tasks_slot: another worker's) is cancelled, as a second run of
-        that slot."""
+        meanwhile (a worker claimed it) is left alone."""
         moved = 0
         with self.db.atomic():
             for task, slot, due in changes:
-                unchanged = ((Task.id == task.id) & (Task.status == S.CREATED)
-                             & (Task.attempt == task.attempt)
-                             & (Task.scheduled_for == task.scheduled_for))
-                try:
-                    with self.db.atomic():
-                        moved += Task.update(scheduled_for=slot, due_at=due).where(
-                            unchanged).execute()
-                except peewee.IntegrityError:
-                    Task.update(status=S.CANCELLED, finished_at=now,
-                                error=f"its slot moved to {to_text(slot)}, which another run "
-                                      "of the job has").where(unchanged).execute()
+                moved += Task.update(scheduled_for=slot, due_at=due).where(
+                    (Task.id == task.id) & (Task.status == S.CREATED)
+                    & (Task.attempt == task.attempt)
+                    & (Task.scheduled_for == task.scheduled_for)).execute()
         return moved
 
     def _calendar_runs(self) -> list[tuple[Task, Job]]:
@@ -590,7 +581,7 @@ class Ledger:
         for task, job in self._calendar_runs():
             slot = schedule.next_run(job, task.scheduled_for - timedelta(microseconds=1), now)
             changes.append((task, slot, schedule.due_at(job, slot)))
-        return self._move(changes, now)
+        return self._move(changes)
 
     # -- operators' rules ---------------------------------------------------------------------
     # What an operator may do to a run (`tasks retry`, `tasks cancel`): a refusal is a Conflict

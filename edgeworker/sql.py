@@ -34,7 +34,8 @@ def columns(model) -> str:
 # `running` rows among all waiting ones instead cost a scan of the queue per claim.
 CLAIMABLE = """FROM tasks t JOIN jobs j ON j.id = t.job_id
     WHERE t.finished_at IS NULL AND t.status = 'created' AND j.enabled AND NOT j.paused
-      AND {run_on} AND NOT (:hold AND j.cron IS NOT NULL AND t.origin = 'schedule' AND t.attempt = 0)
+      AND {run_on}
+      AND NOT (:hold AND j.cron IS NOT NULL AND t.origin = 'schedule' AND t.attempt = 0)
       AND t.job_id NOT IN (SELECT job_id FROM tasks WHERE id IN ({mine})
                            AND status = 'running' AND job_id IS NOT NULL)"""
 
@@ -43,8 +44,8 @@ TASK_COLUMNS = columns(Task)
 STATEMENTS = {
     "job": f"SELECT {columns(Job)} FROM jobs WHERE id = ?",
     "task": f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?",
-    # A scheduled run that is there already (PostgreSQL's tasks_slot: another worker made it)
-    # is not made twice: no row comes back.
+    # A job's next scheduled run, when it has one already (PostgreSQL's tasks_next_run: another
+    # worker made it), is not made twice: no row comes back.
     "create": "INSERT INTO tasks (job_id, status, origin, scheduled_for, due_at, attempt, "
               "recovered_count, created_at) VALUES (?, 'created', ?, ?, ?, 0, 0, ?) "
               "ON CONFLICT DO NOTHING RETURNING id",
