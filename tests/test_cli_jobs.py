@@ -97,7 +97,7 @@ def test_add_rejects_bad_name_and_duplicates(migrated):
            "remove it first or choose another name\n")
 
 
-@pytest.mark.parametrize("command", ["remove", "pause", "resume", "run"])
+@pytest.mark.parametrize("command", ["remove", "pause", "resume", "run", "show"])
 def test_unknown_job(migrated, command):
     result = migrated("jobs", command, "ghost")
     assert (result.exit_code, result.stderr) == (
