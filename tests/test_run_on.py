@@ -120,7 +120,7 @@ def test_the_claim_takes_only_runs_for_the_workers_tags(any_database):
     # what is left waits for its tag: an idle worker does not see it due, nor wake for it (its
     # next is its own job's next run, an hour on)
     assert not site_a.due(later) and site_a.next_due() > later
-    named = Task.get((Task.job == Job.get(Job.name == "named").id))
+    named = Task.get(Task.job == Job.get(Job.name == "named").id)
     assert (named.status, named.due_at < later) == ("created", True)
     # a worker's name that is a valid tag is one of its tags (stable worker names)
     assert claims_all(Ledger(any_database, worker="gateway-2"), later) == ["named"]
