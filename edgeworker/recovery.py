@@ -140,11 +140,16 @@ def recover_running_tasks(ledger: Ledger, todo: Plan, now: datetime) -> None:
 
 
 def recover_jobs(ledger: Ledger, todo: Plan, now: datetime) -> None:
+    """Schedule the jobs the plan found without a run; `todo.schedule` keeps those scheduled
+    (not one another worker scheduled meanwhile, nor one whose schedule gives no time)."""
+    scheduled = []
     for job in todo.schedule:
         try:
-            ledger.schedule_next(job, ledger.last_slot(job.id), now)
+            if ledger.schedule_next(job, ledger.last_slot(job.id), now) is not None:
+                scheduled.append(job)
         except ScheduleError as exc:  # one job's schedule must not stop the worker's start
             logger.error("%s; the job is not scheduled until it is changed", exc)
+    todo.schedule = scheduled
 
 
 def end_leftovers(table: ProcessTable) -> int:

@@ -69,10 +69,12 @@ def test_recoveries_at_once_schedule_a_job_once(any_database):
             # the job lost its waiting run (as after downtime): each worker's start recovers it
             Task.delete().where((Task.job == job.id) & Task.finished_at.is_null()).execute()
             later = now + timedelta(minutes=round_)
-            at_once(any_database, *[
+            plans = at_once(any_database, *[
                 lambda ledger=ledger, later=later: recovery.recover(ledger, later, table)
                 for ledger in ledgers])
             assert len(waiting_slots(job.id)) == 1, round_
+            # and the recoveries' records say that one of them scheduled it
+            assert sorted(plan.counts()["scheduled"] for plan in plans) == [0, 1]
     finally:
         table.close()
 
