@@ -885,9 +885,6 @@ def serve(obj: Context, listen: str, auth_file: Path | None, hash_user: str | No
                                 confirmation_prompt=sys.stdin.isatty(), err=True)
         click.echo(f"{hash_user}:{web.hash_password(password)}")
         return
-    if obj.on_server:
-        raise ConfigError("serve: the status page reads an SQLite file only, not yet a "
-                          "PostgreSQL database")
     logs.setup(obj.config.worker.log_format, "debug" if obj.debug else "info")
     settings = obj.config.worker
     site = web.Site(obj.db_path, workers=settings.workers, busy_alert=settings.busy_alert)
