@@ -29,8 +29,6 @@ BATCH = 500  # rows a round trip (psycopg2's execute_batch page, edgeworker.post
 
 def check_source(path: Path, busy_timeout: float = 5.0) -> peewee.Database:
     """The source opened read-only, or a one-line DatabaseError saying why it cannot be copied."""
-    if postgres.is_url(path):
-        raise DatabaseError(f"--copy-from {path}: copies from an SQLite file only")
     path = Path(path)
     if not path.exists():
         raise DatabaseError(f"{path}: no such file (--copy-from names the SQLite database to "

@@ -132,14 +132,15 @@ def test_a_worker_made_database_is_copied_and_a_worker_goes_on_from_it(tmp_path,
         box.start().wait_running()
         box.cli("jobs", "run", "ok")
         box.cli("jobs", "run", "bad")
-        box.wait_tasks("job = 'ok' AND status = 'succeeded'")
-        box.wait_tasks("job = 'bad' AND status = 'failed' AND attempt = 2")
+        box.wait_tasks("job = 'ok' AND status = 'succeeded'", timeout=30)
+        box.wait_tasks("job = 'bad' AND status = 'failed' AND attempt = 2", timeout=30)
         wait_for(lambda: box.query("SELECT count(*) FROM outbox")[0][0]
                  and box.query("SELECT count(*) FROM hook_runs")[0][0],
-                 what="a ping in the outbox and a hook's record", log=box.log)
+                 timeout=30, what="a ping in the outbox and a hook's record", log=box.log)
         box.cli("jobs", "run", "slow")
-        [slow] = box.wait_tasks("job = 'slow' AND status = 'running'")
-        wait_for(lambda: (tmp_path / "ran").exists(), what="the slow run to start", log=box.log)
+        [slow] = box.wait_tasks("job = 'slow' AND status = 'running'", timeout=30)
+        wait_for(lambda: (tmp_path / "ran").exists(), 30, what="the slow run to start",
+                 log=box.log)
         box.kill()  # SIGKILL: the slow run stays `running`, its worker gone
         box.end_leftovers()
     later = int(box.cli("jobs", "run", "later").stdout.split()[2])
@@ -175,14 +176,15 @@ def test_a_worker_made_database_is_copied_and_a_worker_goes_on_from_it(tmp_path,
 
     with Worker(tmp_path, jobs, url=pg_url, name="server") as server:
         server.start().wait_running()
-        [recovered] = server.wait_tasks("id = %s AND status = 'succeeded'", params=(slow["id"],))
+        [recovered] = server.wait_tasks("id = %s AND status = 'succeeded'", params=(slow["id"],),
+                                          timeout=30)
         assert (recovered["recovered_count"], recovered["attempt"]) == (1, 2)
         assert (tmp_path / "ran").read_text().splitlines() == [f"{slow['id']} 0",
                                                                f"{slow['id']} 1"]
-        server.wait_tasks("id = %s AND status = 'succeeded'", params=(due_now,))
+        server.wait_tasks("id = %s AND status = 'succeeded'", params=(due_now,), timeout=30)
         assert server.cli("jobs", "run", "later").returncode == 0
         [new] = server.wait_tasks("job = 'later' AND status = 'succeeded' AND id > %s",
-                                  params=(highest,))
+                                  params=(highest,), timeout=30)
         assert new["id"] == highest + 1
         assert server.stop() == 0
     assert digest(box.db) == before
@@ -209,7 +211,7 @@ def cli(run_cli, pg_url):
 
 
 def refused(cli, source: Path, url: str, *args: str) -> str:
-    before, tables = digest(source) if source.exists() else None, pg_tables(url)
+    before, tables = digest(source) if source.is_file() else None, pg_tables(url)
     line = error_line(cli("migrate", "--copy-from", str(source), *args))
     assert pg_tables(url) == tables
     if before is not None:
@@ -255,6 +257,11 @@ def test_a_missing_source_is_refused(cli, tmp_path, pg_url):
     assert refused(cli, missing, pg_url) == (
         f"Error: {missing}: no such file (--copy-from names the SQLite database to copy)")
     assert not missing.exists()
+
+
+def test_a_directory_is_refused(cli, tmp_path, pg_url):
+    assert refused(cli, tmp_path, pg_url) == (
+        f"Error: {tmp_path}: is a directory, not a database file")
 
 
 def test_a_file_that_is_not_an_edgeworker_database_is_refused(cli, tmp_path, pg_url):

@@ -62,7 +62,7 @@ def test_the_status_page_serves_a_postgresql_database(tmp_path, pg_url):
         worker.start().wait_running()
         wait_for(lambda: worker.count("j.name = 'broken' AND t.status = 'failed'") >= 1
                  and worker.count("j.name = 'ok' AND t.status = 'succeeded'") >= 1,
-                 what="a failed and a succeeded run", log=worker.log)
+                 30, what="a failed and a succeeded run", log=worker.log)
         server = ServeProcess(db=pg_url, log_dir=tmp_path)
         try:
             for path, needle in [("/", "Workers"), ("/jobs", "every second"),
