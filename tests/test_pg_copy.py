@@ -358,3 +358,16 @@ def test_text_with_a_nul_character_is_copied_as_a_replacement_character(cli, sou
     cli.ok("migrate", "--copy-from", str(source))
     assert pg_rows(pg_url, "SELECT output FROM tasks WHERE id = 1") == [("a\ufffdb",)]
 
+
+
+def test_a_target_with_another_programs_tables_needs_force(cli, source, pg_url):
+    con = psycopg2.connect(pg_url)
+    con.autocommit = True
+    con.cursor().execute("CREATE TABLE notes (x TEXT)")
+    con.close()
+    assert refused(cli, source, pg_url).startswith(
+        f"Error: {pg_url}: not an edgeworker database (it holds tables notes and no "
+        "schema_migrations); left untouched")
+    assert cli.ok("migrate", "--copy-from", str(source), "--force").splitlines()[-1].startswith(
+        "copied 1 jobs, 2 tasks")
+    assert "notes" in pg_tables(pg_url)
