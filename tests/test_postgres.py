@@ -180,12 +180,6 @@ def test_concurrent_claims_never_take_two_runs_of_one_job(pg_database, pg_url):
     second.db.close()
 
 
-def test_the_status_page_says_it_reads_sqlite_only(cli, pg_url):
-    cli.db = pg_url
-    assert error_line(cli("serve")) == ("Error: serve: the status page reads an SQLite file "
-                                        "only, not yet a PostgreSQL database")
-
-
 def test_metrics_render_from_postgresql(pg_database, tmp_path):
     pytest.importorskip("prometheus_client")
     from edgeworker.config import MetricsSettings
