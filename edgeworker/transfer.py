@@ -22,6 +22,7 @@ from pathlib import Path
 import peewee
 
 from edgeworker import db, migrate, models, postgres
+from edgeworker.clock import to_text, utcnow
 from edgeworker.errors import DatabaseError, MigrationError, WorkerRunning
 
 BATCH = 500  # rows a round trip (psycopg2's execute_batch page, edgeworker.postgres)
@@ -120,6 +121,14 @@ def _copy(source: peewee.Database, source_path: Path, target: peewee.Database, u
     return applied
 
 
+# A job's waiting scheduled runs after its first (the running one, else the earliest slot), which
+# PostgreSQL's key tasks_next_run refuses (migrations/postgresql/021): id -> the first one's id.
+SECOND_RUNS = ("SELECT id, kept FROM (SELECT id, row_number() OVER job AS n, "
+               "first_value(id) OVER job AS kept FROM tasks WHERE origin = 'schedule' "
+               "AND finished_at IS NULL AND job_id IS NOT NULL WINDOW job AS (PARTITION BY job_id "
+               "ORDER BY status = 'running' DESC, scheduled_for, id)) WHERE n > 1")
+
+
 def _copy_table(model, source: peewee.Database, target: peewee.Database) -> int:
     fields = model._meta.sorted_fields
     names = [field.column_name for field in fields]
@@ -129,11 +138,27 @@ def _copy_table(model, source: peewee.Database, target: peewee.Database) -> int:
     count = 0
     key = model._meta.primary_key.column_name
     cursor = target.cursor()
+    second = dict(source.execute_sql(SECOND_RUNS).fetchall()) if model is models.Task else {}
     for rows in _batches(source.execute_sql(
             f"SELECT {', '.join(names)} FROM {table} ORDER BY {key}")):
+        if second:
+            rows = [_cancel_second(names, row, second) for row in rows]
         cursor.executemany(insert, [_convert(fields, row) for row in rows])
         count += len(rows)
     return count
+
+
+def _cancel_second(names: list[str], row: tuple, second: dict[int, int]) -> tuple:
+    """A job's second waiting scheduled run is copied cancelled, saying why, as migration 021
+    cancels one on a PostgreSQL database."""
+    kept = second.get(row[names.index("id")])
+    if kept is None:
+        return row
+    changed = dict(zip(names, row, strict=True)) | {
+        "status": "cancelled", "finished_at": to_text(utcnow()),
+        "error": f"a second scheduled run of the job: task {kept} is its next run (copied by "
+                 "migrate --copy-from)"}
+    return tuple(changed[name] for name in names)
 
 
 def _batches(cursor) -> Iterator[list[tuple]]:

@@ -371,3 +371,20 @@ def test_a_target_with_another_programs_tables_needs_force(cli, source, pg_url):
     assert cli.ok("migrate", "--copy-from", str(source), "--force").splitlines()[-1].startswith(
         "copied 1 jobs, 2 tasks")
     assert "notes" in pg_tables(pg_url)
+
+
+def test_a_jobs_second_waiting_run_is_copied_cancelled(cli, source, pg_url):
+    """PostgreSQL holds one waiting scheduled run a job (tasks_next_run); a file may hold two
+    (written by hand, or by an old version): the second is copied cancelled, with the reason."""
+    con = sqlite3.connect(source)
+    con.execute("INSERT INTO tasks (id, job_id, status, origin, scheduled_for, due_at, "
+                "created_at) SELECT 3, job_id, 'created', 'schedule', '2000-01-01T00:00:00."
+                "000000Z', due_at, created_at FROM tasks WHERE id = 1")
+    con.commit()
+    con.close()
+    cli.ok("migrate", "--copy-from", str(source))
+    rows = pg_rows(pg_url, "SELECT id, origin, status, error FROM tasks ORDER BY id")
+    assert rows == [
+        (1, "schedule", "cancelled", "a second scheduled run of the job: task 3 is its next run "
+                                     "(copied by migrate --copy-from)"),
+        (2, "manual", "created", None), (3, "schedule", "created", None)]
