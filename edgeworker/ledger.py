@@ -199,7 +199,7 @@ class Ledger:
 
     def ensure_scheduled(self, job: Job, now: datetime, catch_up: bool = True) -> Task | None:
         """Give an active job its one pending scheduled run, if it has none (None: it had one,
-        or another worker created the same one meanwhile).
+        or another worker created it meanwhile).
 
         With `catch_up`, slots missed since its last scheduled run follow the job's catch-up
         policy (start-up after downtime); without, the next run is the next slot (a new or
