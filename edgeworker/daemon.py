@@ -352,6 +352,8 @@ class Daemon:
             trust.verify(config)
             verify_callables(config)
             report = sync_jobs(self.ledger, config.jobs, self.clock.now())
+            if config.worker.tags != self.ledger.tags:
+                self.ledger.retag(config.worker.tags)
         except (EdgeworkerError, peewee.DatabaseError) as exc:
             logger.error("reload failed, keeping the jobs as they were: %s", exc)
             return

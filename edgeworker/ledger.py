@@ -130,16 +130,25 @@ class Ledger:
         self.sql = statements_for(database)
         self.postgres = isinstance(database, peewee.PostgresqlDatabase)
         self.worker = worker or worker_identity()
-        # This worker claims runs of jobs without run_on, and of those whose run_on holds one
-        # of its tags ([worker] tags, and its name where that is a valid tag: `run_on =
-        # ["gateway-2"]`), each looked for as stored: a JSON string.
-        self.tags = tuple(sorted(set(tags)))
-        claims = sorted(set(tags) | ({self.worker} if is_tag(self.worker) else set()))
-        self.tag_params = {f"g{i}": json.dumps(tag) for i, tag in enumerate(claims)}
+        self._tag(tags)
         self.jobs: dict[int, tuple[tuple, Job]] = {}  # job id -> (row, model), see _job
         # Rows this worker claimed and has not seen finish: where its running runs are (sql.py)
         self.mine: set[int] = set()
         self.mine_lock = threading.Lock()
+
+    def _tag(self, tags: tuple[str, ...]) -> None:
+        """This worker claims runs of jobs without run_on, and of those whose run_on holds one
+        of its tags ([worker] tags, and its name where that is a valid tag: `run_on =
+        ["gateway-2"]`), each looked for as stored: a JSON string."""
+        self.tags = tuple(sorted(set(tags)))
+        claims = sorted(set(tags) | ({self.worker} if is_tag(self.worker) else set()))
+        self.tag_params = {f"g{i}": json.dumps(tag) for i, tag in enumerate(claims)}
+
+    def retag(self, tags: tuple[str, ...]) -> None:
+        """New tags for this worker (a reload changed [worker] tags): its next claims use them,
+        and its workers row shows them."""
+        self._tag(tags)
+        Worker.update(tags=tags_text(self.tags)).where(Worker.name == self.worker).execute()
 
     # -- creating runs ------------------------------------------------------------------------
 

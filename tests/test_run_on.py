@@ -4,6 +4,7 @@ the claim that passes over a run no tag of the worker's matches, and what shows 
 from __future__ import annotations
 
 import json
+import signal
 import threading
 from datetime import timedelta
 
@@ -188,4 +189,20 @@ def test_a_worker_with_tags_runs_its_jobs_and_not_another_sites(tmp_path):
                 f"{view['name']} (site-a)") in shown
         mine = worker.cli("jobs", "show", "mine").stdout.splitlines()
         assert f"taken by        {view['name']}" in mine
+        assert worker.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_a_reload_gives_the_worker_its_new_tags(tmp_path):
+    jobs = ('[[jobs]]\nname = "a"\ncommand = "true"\nevery = "1s"\nrun_on = ["site-a"]\n\n'
+            '[[jobs]]\nname = "b"\ncommand = "true"\nevery = "1s"\nrun_on = ["site-b"]\n')
+    with WorkerProcess(tmp_path, 'tags = ["site-a"]\n\n' + jobs) as worker:
+        worker.start().wait_running()
+        worker.wait_tasks("job = 'a' AND status = 'succeeded'", count=2)  # b was due as often
+        assert worker.tasks("job = 'b' AND status != 'created'") == []
+        worker.config.write_text(worker.config.read_text().replace('"site-a"', '"site-b"'))
+        worker.send(signal.SIGHUP)
+        worker.wait_tasks("job = 'b' AND status = 'succeeded'")
+        [view] = json.loads(worker.cli("status", "--json").stdout)["workers"]
+        assert view["tags"] == ["site-b"]
         assert worker.stop() == 0
