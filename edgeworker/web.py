@@ -345,9 +345,10 @@ def render_overview(d: dict) -> str:
                       f"{when(day['since'])}, by state now)</span>"),
     ])
     body += "<h2>Workers</h2>" + table(
-        ["Worker", "Host", "Pid", "Started", "Last heartbeat", "Version", "State"],
+        ["Worker", "Host", "Pid", "Started", "Last heartbeat", "Version", "State", "Tags"],
         [[e(w["name"]), e(w["host"]), e(w["pid"]), when(w["started_at"]),
-          when(w["last_heartbeat"]), e(w["version"]), worker_state(w)] for w in d["workers"]],
+          when(w["last_heartbeat"]), e(w["version"]), worker_state(w),
+          e(", ".join(w["tags"])) or "-"] for w in d["workers"]],
         "none yet (no worker has started)")
     return page("Overview", body)
 
@@ -435,6 +436,7 @@ def render_job(d: dict) -> str:
             ("Schedule", f"{e(schedule_words(j))} <span class='muted'>({e(j['schedule'])})"
                          "</span>"),
             ("Next run", next_run(j)),
+            ("Runs on", e(", ".join(j["run_on"])) if j["run_on"] else "any worker"),
             ("Runs", f"{e(j['kind'])}: {e(j['target'])}"),
             ("Attempts", e(j["max_attempts"])),
             ("Timeout", e(duration(j["timeout_seconds"]) if j["timeout_seconds"] else "none")),

@@ -162,7 +162,9 @@ def test_the_overview_lists_the_workers_as_status_does(served, worker_db):
     assert "<h2>Workers</h2>" in body
     assert (f"<td>{view['name']}</td><td>{socket.gethostname()}</td>"
             f"<td>{worker_db.proc.pid}</td>") in body
-    assert '<span class="s up">up</span>' in body
+    assert '<span class="s up">up</span></td><td>-</td>' in body  # no [worker] tags
+    _, body, _ = served.get("/jobs/ok")
+    assert "<dt>Runs on</dt><dd>any worker</dd>" in body
 
 
 def test_times_are_in_the_boxs_zone_with_utc_on_hover(worker_db):
