@@ -162,11 +162,11 @@ class Daemon:
         self.huey.storage.paused = lambda: self.fenced
         self.notifier.status("starting: syncing jobs and recovering tasks")
         with dbmod.translate_errors(self.db_path):
+            if postgres.is_url(self.db_path):
+                self.check_name()  # before anything is written
             if self.config.path is not None:
                 report = sync_jobs(self.ledger, self.config.jobs, self.clock.now())
                 logger.info("synced jobs from %s: %s", self.config.path, report.summary())
-            if postgres.is_url(self.db_path):
-                self.check_name()
             self.recovery = recovery.recover(self.ledger, self.clock.now(), self.processes)
             logger.info("%s", self.recovery.line())
             self.alert_recovery()
@@ -488,7 +488,7 @@ class Daemon:
         logger.error("no heartbeat written for %s, longer than the lease (%s): other workers may "
                      "be recovering this worker's runs; it stops claiming and ends its %s "
                      "running run(s) unrecorded until it reaches the database again",
-                     span(silent).lstrip("+"), span(self.lease).lstrip("+"), busy)
+                     span(silent).lstrip("+"), format_duration(self.lease), busy)
 
     def unfence(self) -> bool:
         """After a heartbeat was written again while fenced: once the ended runs are over,
