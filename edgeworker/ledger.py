@@ -440,8 +440,9 @@ class Ledger:
             total += deleted
             if deleted < batch:
                 break
-        # Workers last seen before `before`: stopped, silent, or (SQLite: one worker at a time)
-        # any other life, which wrote no heartbeat.
+        # Workers (one row a name) last seen before `before`: stopped, silent, or (SQLite: one
+        # worker at a time) any other name, which wrote no heartbeat. A running task of a name
+        # whose row is gone holds no lease: a live worker recovers it (recovery.recover_expired).
         seen = (Worker.stopped_at < before) | (Worker.stopped_at.is_null()
                                                 & (Worker.last_heartbeat < before))
         gone = seen & (Worker.name != self.worker)
