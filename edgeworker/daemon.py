@@ -503,7 +503,6 @@ class Daemon:
             self.fenced = False
         logger.warning("reached the database again: registered again and taking work; %s",
                        todo.line())
-        self.huey.storage.watch()  # idle threads look at the queue again
         return True
 
     def status_line(self) -> str:
