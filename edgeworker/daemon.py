@@ -206,10 +206,11 @@ class Daemon:
                             f"on {self.db_path} for {left:.0f}s more and may still run; stop "
                             "it, wait, or give this one another name ([worker] name, --name)")
 
-    def alert_recovery(self) -> None:
-        """Runs that recovery ended `failed` had their final outcome: their on_failure hooks
-        and pings run once the alerts thread starts."""
-        failed = [(task, why) for task, status, why in self.recovery.close
+    def alert_recovery(self, todo: recovery.Plan | None = None) -> None:
+        """Runs that recovery (the start's, or `todo`: a lease recovery's) ended `failed` had
+        their final outcome: their on_failure hooks and pings run (once the alerts thread
+        starts)."""
+        failed = [(task, why) for task, status, why in (todo or self.recovery).close
                   if status == models.TaskStatus.FAILED]
         if not failed:
             return
@@ -467,6 +468,7 @@ class Daemon:
             if todo is not None:
                 logger.warning("took the running tasks of worker(s) %s, whose lease expired: "
                                "%s", ", ".join(todo.owners), todo.line())
+                self.alert_recovery(todo)
 
     def check_lease(self, now: float) -> None:
         """Fence this worker when it has not written a heartbeat for its lease (monotonic time
@@ -503,6 +505,7 @@ class Daemon:
             self.fenced = False
         logger.warning("reached the database again: registered again and taking work; %s",
                        todo.line())
+        self.alert_recovery(todo)
         return True
 
     def status_line(self) -> str:
