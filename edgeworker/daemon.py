@@ -111,6 +111,10 @@ class Daemon:
 
     def start(self):
         trust.verify(self.config)  # before anything is created or imported
+        if postgres.is_url(self.db_path) and not self.config.worker.heartbeat_seconds(True):
+            raise self.config.error(
+                "[worker] heartbeat: cannot be off on PostgreSQL, where it renews the worker's "
+                "lease (without it, other workers take its runs)", "worker", 0, "heartbeat")
         self.install_signal_handlers()
         self.lock = dbmod.worker_lock(self.db_path, self.name).acquire()
         creating = not postgres.is_url(self.db_path) and not self.db_path.exists()

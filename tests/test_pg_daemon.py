@@ -265,3 +265,15 @@ def test_a_worker_cut_off_past_its_lease_ends_its_run_and_recovers_it_when_back(
     finally:
         pg_server.start_again()
         pg_server.drop_database(url.split("/")[-1].split("?")[0])
+
+
+def test_a_command_printing_nul_characters_succeeds_with_its_output_kept(tmp_path, pg_url):
+    # PostgreSQL's text cannot hold NUL: each is kept as U+FFFD instead of the outcome being lost
+    # (and the run retried although it succeeded).
+    jobs = '[[jobs]]\nname = "nul"\ncommand = ["printf", "a\\\\000b"]\nevery = "1h"\n'
+    with PgWorker(tmp_path, pg_url, jobs) as worker:
+        worker.start().wait_running()
+        worker.cli("jobs", "run", "nul")
+        [done] = worker.wait_tasks("status <> 'created' AND status <> 'running'")
+        assert (done["status"], done["attempt"], done["output"]) == ("succeeded", 1, "a\ufffdb")
+        assert worker.stop() == 0
