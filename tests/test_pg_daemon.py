@@ -277,3 +277,12 @@ def test_a_command_printing_nul_characters_succeeds_with_its_output_kept(tmp_pat
         [done] = worker.wait_tasks("status <> 'created' AND status <> 'running'")
         assert (done["status"], done["attempt"], done["output"]) == ("succeeded", 1, "a\ufffdb")
         assert worker.stop() == 0
+
+
+def test_a_worker_without_a_heartbeat_is_refused_on_postgresql(tmp_path, pg_url):
+    worker = PgWorker(tmp_path, pg_url, 'heartbeat = "off"\n')
+    result = subprocess.run(worker.command("run", "--migrate"), capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (
+        1, f"Error: {worker.config}:3: [worker] heartbeat: cannot be off on PostgreSQL, where it "
+           "renews the worker's lease (without it, other workers take its runs)\n")
