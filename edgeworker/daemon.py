@@ -645,9 +645,11 @@ class Daemon:
         return not self.threads.alive()
 
     def _stop_now(self, why: str) -> int:
+        # Counted first: a run that sees the abort ends its command itself and leaves the table.
+        killed = len(self.processes.running)
         self.abort.set()  # the runs see it: killed by the stop, not failed (runners.Interrupted)
         self.worker.abort.set()
-        killed = self.processes.kill_all()
+        self.processes.kill_all()
         logger.warning("stopping at once (%s): killed %s running command(s); their tasks run "
                        "again at the next start", why, killed)
         self.close()
