@@ -69,6 +69,7 @@ HEALTH_CHECK_INTERVAL = consumer.HEALTH_CHECK_INTERVAL
 HELD_CHECK_INTERVAL = 1.0
 PRUNE_INTERVAL = 3600.0
 QUIET_CHECK = 60.0
+EXPIRY_CHECK = 5.0  # at most this long between looks for workers whose lease expired
 STALL = MAX_IDLE + 30.0  # an idle worker thread that has not looped for this long is stuck
 
 
@@ -102,6 +103,7 @@ class Daemon:
         self.heartbeat: float | None = None  # seconds between heartbeats; None: none
         self.lease: float | None = None  # PostgreSQL: how long a heartbeat holds this worker's runs
         self.beaten = 0.0  # monotonic: when the last heartbeat that was written was sent
+        self.next_expiry_check = 0.0  # monotonic: the next look for expired leases
         self.fenced = False  # the lease may have expired: no claims, runs ended unrecorded
         self.fence_lock = threading.Lock()
         self.worker: IntervalJobWorker | None = None
@@ -442,6 +444,7 @@ class Daemon:
             self.check_quiet()
             self.tick()
             self.beat()
+            self.take_expired()
         except Exception as exc:
             logger.error("housekeeping failed: %s", exc)
         if self.metrics is not None:
@@ -451,12 +454,14 @@ class Daemon:
                      bound and min(60.0, max(0.5, bound / 2)))
         interval = min(filter(None, intervals), default=PRUNE_INTERVAL)
         heartbeat = self.next_heartbeat if self.heartbeat else self.next_prune
+        expiry = self.next_expiry_check if self.lease else self.next_prune
         return min(interval, self.next_prune - time.monotonic(),
-                   self.next_quiet - time.monotonic(), heartbeat - time.monotonic())
+                   self.next_quiet - time.monotonic(), heartbeat - time.monotonic(),
+                   expiry - time.monotonic())
 
     def beat(self) -> None:
-        """The workers row's heartbeat: at most one write a `[worker] heartbeat`; on PostgreSQL,
-        then the running tasks of workers whose lease expired are recovered."""
+        """The workers row's heartbeat: at most one write a `[worker] heartbeat` (on PostgreSQL,
+        it renews this worker's lease)."""
         if not self.heartbeat or time.monotonic() < self.next_heartbeat:
             return
         self.next_heartbeat = time.monotonic() + self.heartbeat
@@ -465,14 +470,21 @@ class Daemon:
         if not self.ledger.heartbeat(self.clock.now()):  # its row was pruned: write it again
             self.ledger.register(self.clock.now(), self.heartbeat, self.lease)
         self.beaten = sent
-        if self.fenced and not self.unfence():
+        if self.fenced:
+            self.unfence()
+
+    def take_expired(self) -> None:
+        """PostgreSQL: recover the running tasks of workers whose lease expired, looked for (a
+        read) every EXPIRY_CHECK seconds at most, so that a dead worker's runs start again
+        within about a lease of its last heartbeat."""
+        if not self.lease or self.fenced or time.monotonic() < self.next_expiry_check:
             return
-        if self.lease:
-            todo = recovery.recover_expired(self.ledger, self.clock.now(), self.processes)
-            if todo is not None:
-                logger.warning("took the running tasks of worker(s) %s, whose lease expired: "
-                               "%s", ", ".join(todo.owners), todo.line())
-                self.alert_recovery(todo)
+        self.next_expiry_check = time.monotonic() + min(EXPIRY_CHECK, self.heartbeat)
+        todo = recovery.recover_expired(self.ledger, self.clock.now(), self.processes)
+        if todo is not None:
+            logger.warning("took the running tasks of worker(s) %s, whose lease expired: %s",
+                           ", ".join(todo.owners), todo.line())
+            self.alert_recovery(todo)
 
     def check_lease(self, now: float) -> None:
         """Fence this worker when it has not written a heartbeat for its lease (monotonic time
