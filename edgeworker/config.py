@@ -34,6 +34,7 @@ from edgeworker.errors import ConfigError
 
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _TAG = _JOB_NAME  # a worker's tag, or one a job runs on
+_WORKER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 _CALLABLE = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 # SQLite takes its busy timeout in milliseconds as a 32-bit int; Python turns more than ~24 days
@@ -45,6 +46,7 @@ NEVER_YEARS = 8
 CRON_HELP = '(minute hour day-of-month month day-of-week, e.g. "*/5 * * * *")'
 
 DEFAULT_HEARTBEAT = 30.0  # [worker] heartbeat on PostgreSQL
+DEFAULT_LEASE = 60.0  # [worker] lease
 
 CATCH_UP_POLICIES = ("skip", "once", "all")
 DURABILITY_LEVELS = ("full", "normal")
@@ -117,6 +119,9 @@ class WorkerSettings:
     """The [worker] table."""
 
     database: Path | str | None = setting(None, "database")  # a file, or a postgresql:// URL
+    # What the worker is called on its database (tasks.worker, the workers row, its lock);
+    # None: the host name. Two workers on one PostgreSQL database need two names.
+    name: str | None = setting(None, "worker_name")
     workers: int = setting(2, "int", 1, 64)
     tags: tuple[str, ...] = setting((), "tags")  # this worker runs jobs whose run_on has one
     durability: str = setting("full", "choice", choices=DURABILITY_LEVELS)
@@ -147,6 +152,17 @@ class WorkerSettings:
     # SQLite (one worker, behind a lock: an idle worker writes nothing), see heartbeat_seconds.
     heartbeat: float | None = setting(None, "duration", 1.0, 3600.0, words=(("off", 0.0),),
                                       hint=', or "off"')
+    # PostgreSQL: a worker not heard from (by the server's clock) for this long has lost its
+    # running tasks to the live workers, which recover them. Longer than the heartbeat.
+    lease: float = setting(DEFAULT_LEASE, "duration", 2.0, 86400.0)
+
+    def lease_seconds(self, on_server: bool) -> float | None:
+        """The lease in effect: PostgreSQL's, with a heartbeat to renew it; else None."""
+        return self.lease if self.heartbeat_seconds(on_server) and on_server else None
+
+    def worker_name(self) -> str:
+        """The name in effect: `name`, or the host name."""
+        return self.name or default_worker_name()
 
     def heartbeat_seconds(self, on_server: bool) -> float | None:
         """The heartbeat interval in effect, or None for none."""
@@ -281,7 +297,22 @@ def _section(name: str, raw: Any, where: _Where, base: Path) -> Any:
     def fail(key: str, message: str) -> ConfigError:
         return where.error(f"[{name}] {key}: {message}", name, 0, key)
 
-    return _SECTIONS[name](**_load(_rules(_SECTIONS[name]), raw, fail, base))
+    values = _load(_rules(_SECTIONS[name]), raw, fail, base)
+    if name == "worker":
+        _lease(values, fail)
+    return _SECTIONS[name](**values)
+
+
+def _lease(values: dict[str, Any], fail) -> None:
+    """The lease must outlast the heartbeat that renews it (PostgreSQL's default heartbeat
+    where none is given)."""
+    heartbeat = values.get("heartbeat")
+    beat = DEFAULT_HEARTBEAT if heartbeat is None else heartbeat
+    lease = values.get("lease", DEFAULT_LEASE)
+    if beat and lease <= beat:
+        key = "lease" if "lease" in values else "heartbeat"
+        raise fail(key, f"the lease ({format_duration(lease)}) must be longer than the heartbeat "
+                        f"({format_duration(beat)}) that renews it")
 
 
 def _job_table(raw: Any, where: _Where, index: int, base: Path) -> JobSpec:
@@ -387,6 +418,8 @@ def _value(rule: Rule, value: Any, base: Path) -> Any:
                     isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
                 raise ValueError('must be a table of strings, e.g. env = { LANG = "C" }')
             return tuple(sorted(value.items()))
+        case "worker_name":
+            check_worker_name(value)
         case "name":
             if not isinstance(value, str) or not _JOB_NAME.fullmatch(value):
                 raise ValueError(f"{value!r} is not a valid job name (letters, digits, '_', '.', "
@@ -413,6 +446,22 @@ def _value(rule: Rule, value: Any, base: Path) -> Any:
             _timezone(value)
         case _:
             raise AssertionError(f"no kind {rule.kind!r}")
+    return value
+
+
+def default_worker_name() -> str:
+    """The host name, as far as it makes a valid worker name."""
+    import socket
+
+    host = re.sub(r"[^A-Za-z0-9_.@-]", "-", socket.gethostname())[:64].lstrip("_.@-")
+    return host or "worker"
+
+
+def check_worker_name(value: Any) -> str:
+    """A ValueError unless `value` is a valid worker name."""
+    if not isinstance(value, str) or not _WORKER_NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not a valid worker name (letters, digits, '_', '.', '@', "
+                         "'-'; at most 64 characters, starting with a letter or digit)")
     return value
 
 

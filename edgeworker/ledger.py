@@ -15,7 +15,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -23,7 +22,7 @@ import peewee
 
 from edgeworker import postgres, schedule
 from edgeworker.clock import from_text, to_text
-from edgeworker.config import is_tag
+from edgeworker.config import default_worker_name, is_tag
 from edgeworker.errors import Conflict, NotFound, ScheduleError
 from edgeworker.models import (
     FINISHED,
@@ -31,12 +30,13 @@ from edgeworker.models import (
     UNFINISHED,
     ClockState,
     Job,
+    Recovery,
     Task,
     TaskStatus,
     Worker,
     tags_text,
 )
-from edgeworker.sql import claiming, pg_claiming, statements_for
+from edgeworker.sql import claiming, pg_claiming, server_now, statements_for
 
 logger = logging.getLogger("edgeworker.ledger")
 
@@ -48,17 +48,6 @@ def _model(model, row: tuple):
     """A model instance from a row of `SELECT sql.columns(model)`, converted field by field."""
     return model(**{field.name: None if value is None else field.python_value(value)
                     for field, value in zip(model._meta.sorted_fields, row, strict=True)})
-
-
-def worker_identity() -> str:
-    """`<boot id>:<pid>:<start>`: tells a crash (same boot) from a power cut (new boot) in the
-    record, and one life of the worker from the next even where the pid repeats (containers)."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as handle:
-            boot = handle.read().strip()[:8]
-    except OSError:
-        boot = "noboot"
-    return f"{boot}:{os.getpid()}:{int(time.time())}"
 
 
 def _plan_inputs(job: Job) -> tuple:
@@ -129,7 +118,7 @@ class Ledger:
         self.db = database
         self.sql = statements_for(database)
         self.postgres = isinstance(database, peewee.PostgresqlDatabase)
-        self.worker = worker or worker_identity()
+        self.worker = worker or default_worker_name()  # tasks.worker, the workers row
         self._tag(tags)
         self.jobs: dict[int, tuple[tuple, Job]] = {}  # job id -> (row, model), see _job
         # Rows this worker claimed and has not seen finish: where its running runs are (sql.py)
@@ -371,8 +360,7 @@ class Ledger:
                 status.value, finished and to_text(finished), to_text(due), outcome.exit_code,
                 outcome.error, outcome.output, task.id, task.attempt)).rowcount
             if not changed:
-                logger.info("task %s was changed by someone else while it ran; "
-                            "its outcome is not recorded", task.id)
+                self._not_recorded(task)
             elif not retry and following is not None and job is not None and job.active:
                 self._create(job, *following, "schedule", now)
             following_run = None if claim_next is None else self._claim(now, claim_next, job)
@@ -383,6 +371,19 @@ class Ledger:
         task.status, task.finished_at, task.due_at = status.value, finished, due
         task.exit_code, task.error, task.output = outcome.exit_code, outcome.error, outcome.output
         return task, following_run
+
+    def _not_recorded(self, task: Task) -> None:
+        """A finish whose compare-and-set found the run changed: say by whom, in one line."""
+        takers = (Recovery.select(Recovery.worker, Recovery.task_ids)
+                  .where((Recovery.worker != self.worker) & Recovery.task_ids.is_null(False))
+                  .order_by(Recovery.id.desc()).tuples())  # at most recovery.KEEP_RECORDS
+        taker = next((w for w, ids in takers if str(task.id) in ids.split(",")), None)
+        if taker is not None:
+            logger.warning("task %s was recovered by %s after this worker's lease expired; its "
+                           "result is dropped", task.id, taker)
+        else:
+            logger.info("task %s was changed by someone else while it ran; its outcome is not "
+                        "recorded", task.id)
 
     def _end_plan(self, job: Job, task: Task, outcome: Outcome,
                   now: datetime) -> tuple[tuple[datetime, datetime] | None, float]:
@@ -476,8 +477,9 @@ class Ledger:
             total += deleted
             if deleted < batch:
                 break
-        # Workers last seen before `before`: stopped, silent, or (SQLite: one worker at a time)
-        # any other life, which wrote no heartbeat.
+        # Workers (one row a name) last seen before `before`: stopped, silent, or (SQLite: one
+        # worker at a time) any other name, which wrote no heartbeat. A running task of a name
+        # whose row is gone holds no lease: a live worker recovers it (recovery.recover_expired).
         seen = (Worker.stopped_at < before) | (Worker.stopped_at.is_null()
                                                 & (Worker.last_heartbeat < before))
         gone = seen & (Worker.name != self.worker)
@@ -488,19 +490,26 @@ class Ledger:
 
     # -- the workers table: who runs on this database ------------------------------------------
 
-    def register(self, now: datetime, heartbeat: float | None) -> None:
-        """Record this worker's life (by its name, `self.worker`): started now, not stopped."""
+    def register(self, now: datetime, heartbeat: float | None,
+                 lease: float | None = None) -> None:
+        """Record this worker's life under its name (`self.worker`): started now, not stopped,
+        heard from now by the database server's clock (its lease starts)."""
         from edgeworker import __version__
+        from edgeworker.processes import boot_id
 
         row = {Worker.host: socket.gethostname(), Worker.pid: os.getpid(),
                Worker.started_at: now, Worker.last_heartbeat: now,
                Worker.heartbeat_seconds: heartbeat, Worker.version: __version__,
-               Worker.stopped_at: None, Worker.tags: tags_text(self.tags)}
+               Worker.stopped_at: None, Worker.tags: tags_text(self.tags),
+               Worker.boot_id: boot_id(),
+               Worker.beat_at: peewee.SQL(server_now(self.db)), Worker.lease_seconds: lease}
         (Worker.insert({Worker.name: self.worker, **row})
          .on_conflict(conflict_target=[Worker.name], update=row).execute())
 
-    def heartbeat(self, now: datetime) -> None:
-        Worker.update(last_heartbeat=now).where(Worker.name == self.worker).execute()
+    def heartbeat(self, now: datetime) -> bool:
+        """Renew this worker's lease; False if its row is gone (pruned: register again)."""
+        return bool(self.db.execute_sql(self.sql["heartbeat"], (to_text(now),
+                                                                self.worker)).rowcount)
 
     def stopped(self, now: datetime) -> None:
         Worker.update(last_heartbeat=now, stopped_at=now).where(

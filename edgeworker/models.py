@@ -189,6 +189,8 @@ class Recovery(BaseModel):
     cancelled = peewee.IntegerField()
     scheduled = peewee.IntegerField()
     ended = peewee.IntegerField(default=0)  # processes of interrupted runs, still alive
+    recovered_from = peewee.TextField(null=True)  # whose running tasks it took: names, ", "
+    task_ids = peewee.TextField(null=True)  # the running tasks it recovered: ids, ","
 
     class Meta:
         table_name = "recoveries"
@@ -242,7 +244,8 @@ class HookRun(BaseModel):
 
 
 class Worker(BaseModel):
-    """One life of a worker on this database (name: `Ledger.worker`, what tasks.worker records)."""
+    """A worker on this database, one row a name (`Ledger.worker`, what tasks.worker records),
+    describing its current or last life."""
 
     name = peewee.TextField(unique=True)
     host = peewee.TextField()
@@ -253,6 +256,9 @@ class Worker(BaseModel):
     version = peewee.TextField()
     stopped_at = UtcDateTimeField(null=True)  # a graceful stop
     tags = peewee.TextField(null=True)  # [worker] tags (`tags_text`); NULL: none
+    boot_id = peewee.TextField(null=True)  # the host's boot: a crash or a power cut before
+    beat_at = peewee.FloatField(null=True)  # the last heartbeat by the database server's clock
+    lease_seconds = peewee.FloatField(null=True)  # NULL: no lease (SQLite)
 
     class Meta:
         table_name = "workers"

@@ -1,6 +1,8 @@
 """Start-up recovery, the seed's protocol made exact. It runs once per start, before the consumer
 takes any work, while this process holds the single-instance lock (so every task found `running`
-belongs to a worker that is gone).
+belongs to a worker that is gone; on PostgreSQL, the lock of its name, and only that name's
+running tasks are its to recover). On PostgreSQL a live worker also recovers, in its
+housekeeping, the running tasks of workers whose lease expired (`recover_expired`), the same way.
 
 0. Leftover processes: whatever a dead worker's runs left alive (found by their records, process
    groups, cgroups and environment; see `edgeworker.processes`) is ended, SIGTERM then SIGKILL,
@@ -22,6 +24,7 @@ transaction with multi-row writes: a crash during recovery leaves the database a
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,7 +32,7 @@ from datetime import datetime
 from edgeworker import schedule
 from edgeworker.errors import ScheduleError
 from edgeworker.ledger import Ledger
-from edgeworker.models import IS_UNFINISHED, Job, Recovery, Task, TaskStatus
+from edgeworker.models import IS_UNFINISHED, Job, Recovery, Task, TaskStatus, Worker
 from edgeworker.processes import ProcessTable
 from edgeworker.report import recovery_line
 
@@ -38,6 +41,9 @@ logger = logging.getLogger("edgeworker.recovery")
 S = TaskStatus
 KEEP_RECORDS = 100
 LEFTOVER_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a dead worker's leftovers
+# pg_advisory_xact_lock(int, int), "ewrc": held by a recovery's transaction on PostgreSQL, so
+# that two workers never recover one task (a start-up's and another's lease recovery).
+RECOVERY_LOCK = (0x65777263, 0)
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,7 @@ class Plan:
     close: list[tuple[Task, TaskStatus, str]] = field(default_factory=list)
     schedule: list[Job] = field(default_factory=list)  # active jobs without a pending run
     ended: int = 0  # processes of interrupted runs that were still alive (and were ended)
+    owners: list[str] = field(default_factory=list)  # whose running tasks (lease recovery)
 
     def counts(self) -> dict[str, int]:
         return {
@@ -110,26 +117,41 @@ class Plan:
         return recovery_line({**self.counts(), "ended": self.ended})
 
 
-def plan(ledger: Ledger, now: datetime) -> Plan:
-    """What recovery would do, changing nothing."""
+def plan(ledger: Ledger, now: datetime, owners: set[str] | None = None,
+         lease: bool = False) -> Plan:
+    """What recovery would do, changing nothing. `owners`: only the running tasks recorded under
+    these worker names are recovered (PostgreSQL, where other workers' runs are alive: a worker's
+    own name at its start, expired workers' names in housekeeping); None: every running task (a
+    SQLite file's one worker). With `lease`, only those running tasks are looked at, and only
+    their jobs get a pending scheduled run (housekeeping, beside live workers)."""
     result = Plan()
     # Only the columns validity needs, as plain rows: a Job model instance costs ~20 us to build,
     # most of recovering 10,000 tasks of 10,000 jobs. Jobs to schedule are read in full below.
     jobs = {job.id: job for job in Job.select(*VALIDITY_COLUMNS).objects(JobFacts)}
     will_run: set[int] = set()  # jobs with a scheduled run that stays pending
+    taken: set[int] = set()  # jobs of the running tasks looked at
     # No ORDER BY: with one, SQLite walks the whole table in id order instead of the small index.
     unfinished = (Task.select(Task.id, Task.job, Task.status, Task.origin, Task.attempt,
-                              Task.scheduled_for, Task.due_at).where(IS_UNFINISHED))
+                              Task.scheduled_for, Task.due_at, Task.worker).where(IS_UNFINISHED))
     for task in sorted(unfinished, key=lambda t: t.id):
+        running = task.status == S.RUNNING
+        if (owners is not None and running and task.worker not in owners) or \
+                (lease and not running):
+            if task.origin == "schedule":  # its worker (or a later recovery) plans the next
+                will_run.add(task.job_id)
+            continue
+        if running:
+            taken.add(task.job_id)
         verdict = is_task_valid(task, jobs.get(task.job_id), now)
         if not verdict.valid:
             result.close.append((task, verdict.status, verdict.reason))
             continue
         if task.origin == "schedule":
             will_run.add(task.job_id)
-        if task.status == S.RUNNING:
+        if running:
             result.recover.append(task)
-    todo = [job.id for job in jobs.values() if job.active and job.id not in will_run]
+    todo = [job.id for job in jobs.values() if job.active and job.id not in will_run
+            and (not lease or job.id in taken)]
     result.schedule = list(Job.select().where(Job.id.in_(todo)).order_by(Job.id)) if todo else []
     return result
 
@@ -152,9 +174,10 @@ def recover_jobs(ledger: Ledger, todo: Plan, now: datetime) -> None:
     todo.schedule = scheduled
 
 
-def end_leftovers(table: ProcessTable) -> int:
-    """End what a dead worker's runs left alive; call only while holding the worker lock."""
-    return table.end_leftovers(LEFTOVER_GRACE)
+def end_leftovers(table: ProcessTable, only=None) -> int:
+    """End what a dead worker's runs left alive (`only`: those runs, (task, attempt) pairs);
+    call only while holding the worker lock."""
+    return table.end_leftovers(LEFTOVER_GRACE, only)
 
 
 def count_leftovers(database) -> int:
@@ -186,26 +209,97 @@ def wait_stopped(database, task_id: int, attempt: int, timeout: float = 10.0) ->
     return True
 
 
+def running_of(owners: set[str]) -> set[tuple[int, int]]:
+    """The runs (task, attempt) recorded as running under these worker names."""
+    return set(Task.select(Task.id, Task.attempt).where(
+        IS_UNFINISHED & (Task.status == S.RUNNING) & Task.worker.in_(list(owners))).tuples())
+
+
+def record(ledger: Ledger, todo: Plan, now: datetime, started: float) -> None:
+    """The recovery row: what it did, who did it, and whose running tasks it took (which)."""
+    taken = todo.recover + [t for t, _, _ in todo.close if t.status == S.RUNNING]
+    owners = ", ".join(sorted({t.worker for t in taken if t.worker})) or None
+    ids = ",".join(str(t.id) for t in sorted(todo.recover, key=lambda t: t.id)) or None
+    Recovery.create(started_at=now, duration_ms=(time.perf_counter() - started) * 1000,
+                    worker=ledger.worker, ended=todo.ended, recovered_from=owners, task_ids=ids,
+                    **todo.counts())
+    oldest_kept = (Recovery.select(Recovery.id).order_by(Recovery.id.desc())
+                   .offset(KEEP_RECORDS - 1).limit(1).scalar())
+    if oldest_kept:
+        Recovery.delete().where(Recovery.id < oldest_kept).execute()
+
+
 def recover(ledger: Ledger, now: datetime, table: ProcessTable | None = None) -> Plan:
     """End the leftovers of interrupted runs, then run the whole recovery in one transaction and
-    record what it did."""
+    record what it did. On PostgreSQL, where workers of other names may run, only the running
+    tasks of this worker's name are recovered (its previous life's, at once) and only their
+    processes ended; those of other names are theirs, or are taken when their lease expires
+    (`recover_expired`)."""
+    owners = {ledger.worker} if ledger.postgres else None
     own = table is None
     table = table or ProcessTable.for_database(ledger.db.database)
     try:
-        ended = end_leftovers(table)
+        ended = end_leftovers(table, None if owners is None else running_of(owners))
     finally:
         if own:
             table.close()
     started = time.perf_counter()
     with ledger.db.atomic():
-        todo = plan(ledger, now)
+        if ledger.postgres:
+            ledger.db.execute_sql("SELECT pg_advisory_xact_lock(%s, %s)", RECOVERY_LOCK)
+        todo = plan(ledger, now, owners)
         todo.ended = ended
         recover_running_tasks(ledger, todo, now)
         recover_jobs(ledger, todo, now)
-        Recovery.create(started_at=now, duration_ms=(time.perf_counter() - started) * 1000,
-                        worker=ledger.worker, ended=ended, **todo.counts())
-        oldest_kept = (Recovery.select(Recovery.id).order_by(Recovery.id.desc())
-                       .offset(KEEP_RECORDS - 1).limit(1).scalar())
-        if oldest_kept:
-            Recovery.delete().where(Recovery.id < oldest_kept).execute()
+        record(ledger, todo, now, started)
+    return todo
+
+
+def expired(ledger: Ledger) -> list[str]:
+    """The worker names whose running tasks no lease holds any more (PostgreSQL)."""
+    rows = ledger.db.execute_sql(ledger.sql["expired"], {"worker": ledger.worker}).fetchall()
+    return sorted(name for (name,) in rows)
+
+
+def recover_expired(ledger: Ledger, now: datetime,
+                    table: ProcessTable | None = None) -> Plan | None:
+    """A live worker's housekeeping on PostgreSQL: recover the running tasks of workers whose
+    lease expired (by the server's clock), through the same plan, validity checks and recovery
+    message as a start. One transaction holding RECOVERY_LOCK (tried, not waited for: another
+    worker recovering now does it), with the expiry looked at again inside it, so that two
+    workers never recover one task. What those runs left on this host is ended first; on
+    another host it cannot be (the worker there ends its runs when it finds its lease lost).
+    Returns the plan, or None when there was nothing to do."""
+    if not expired(ledger):
+        return None
+    started = time.perf_counter()
+    with ledger.db.atomic():
+        if not ledger.db.execute_sql("SELECT pg_try_advisory_xact_lock(%s, %s)",
+                                     RECOVERY_LOCK).fetchone()[0]:
+            return None
+        owners = expired(ledger)
+        if not owners:
+            return None
+        hosts = dict(Worker.select(Worker.name, Worker.host)
+                     .where(Worker.name.in_(owners)).tuples())
+        here = socket.gethostname()
+        local = {name for name in owners if hosts.get(name) == here}
+        if local and table is not None:
+            ended = end_leftovers(table, running_of(local))
+        else:
+            ended = 0
+        todo = plan(ledger, now, set(owners), lease=True)
+        todo.ended, todo.owners = ended, owners
+        recover_running_tasks(ledger, todo, now)
+        recover_jobs(ledger, todo, now)
+        record(ledger, todo, now, started)
+    for name in owners:
+        if name in local:
+            continue
+        ids = [t.id for t in todo.recover if t.worker == name]
+        logger.warning('worker "%s"%s lost its lease: its runs of task(s) %s, if any of their '
+                       "processes are left there, cannot be ended from here (that worker ends "
+                       "them when it finds its lease lost)", name,
+                       f" on {hosts[name]}" if name in hosts else "",
+                       ", ".join(map(str, ids)) or "-")
     return todo

@@ -41,6 +41,11 @@ CLAIMABLE = """FROM tasks t JOIN jobs j ON j.id = t.job_id
 
 TASK_COLUMNS = columns(Task)
 
+# The database's clock in seconds since the epoch: leases are judged by it (workers.beat_at),
+# never by a worker's own clock (a box without a real-time clock; hosts that disagree).
+SERVER_NOW = "(julianday('now') - 2440587.5) * 86400.0"
+PG_SERVER_NOW = "extract(epoch FROM now())"
+
 STATEMENTS = {
     "job": f"SELECT {columns(Job)} FROM jobs WHERE id = ?",
     "task": f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?",
@@ -88,6 +93,8 @@ STATEMENTS = {
              "WHERE finished_at IS NULL AND status = 'created'",
     "waiting": f"SELECT {TASK_COLUMNS} FROM tasks WHERE finished_at IS NULL AND status = 'created' "
                "ORDER BY due_at, id LIMIT ?",
+    "heartbeat": "UPDATE workers SET last_heartbeat = ?, "
+                 f"beat_at = {SERVER_NOW} WHERE name = ?",
 }
 
 # The statements that look for claimable runs, by how many claimed rows they are given.
@@ -147,6 +154,15 @@ POSTGRESQL = {name: _placeholders(text) for name, text in STATEMENTS.items()} | 
     # A limit of -1 (SQLite's "no limit") is NULL to PostgreSQL.
     "waiting": f"SELECT {TASK_COLUMNS} FROM tasks WHERE finished_at IS NULL "
                "AND status = 'created' ORDER BY due_at, id LIMIT nullif(%s, -1)",
+    "heartbeat": f"UPDATE workers SET last_heartbeat = %s, beat_at = {PG_SERVER_NOW} "
+                 "WHERE name = %s",
+    # Names under which runs are recorded running whose worker holds no lease now, by the
+    # server's clock: its heartbeat is older than its lease, or it has none (no row; a row copied
+    # from a SQLite file or written before leases).
+    "expired": "SELECT DISTINCT t.worker FROM tasks t WHERE t.finished_at IS NULL "
+               "AND t.status = 'running' AND t.worker <> %(worker)s AND NOT EXISTS ("
+               "SELECT 1 FROM workers w WHERE w.name = t.worker "
+               f"AND w.beat_at + w.lease_seconds > {PG_SERVER_NOW})",
     "newest_times": "SELECT greatest(coalesce(finished_at, ''), coalesce(started_at, ''), "
                     "created_at) FROM tasks WHERE id > %s ORDER BY id DESC LIMIT 64",
 }
@@ -159,6 +175,10 @@ def pg_claiming(name: str, tags: int = 0) -> str:
     """`name` (one of PG_CLAIMING) for a worker with `tags` tags."""
     return POSTGRESQL[name].replace("{run_on}", _placeholders(_run_on(tags)).replace(
         "instr(", "strpos("))
+
+
+def server_now(database: peewee.Database) -> str:
+    return PG_SERVER_NOW if isinstance(database, peewee.PostgresqlDatabase) else SERVER_NOW
 
 
 def statements_for(database: peewee.Database) -> dict[str, str]:

@@ -324,9 +324,10 @@ def render_overview(d: dict) -> str:
     if w["alert"]:
         worker += f'<br><span class="warn">{e(w["alert"])}</span>'
     rec = d["last_recovery"]
-    from edgeworker.report import recovery_line
+    from edgeworker.report import recovery_line, recovery_who
 
-    recovery = (f"{when(rec['at'])}: {e(recovery_line(rec))} ({rec['duration_ms']:g} ms)" if rec
+    recovery = (f"{when(rec['at'])}: {e(recovery_line(rec))} ({rec['duration_ms']:g} ms)"
+                f"{e(recovery_who(rec))}" if rec
                 else "none yet (no worker has started)")
     from edgeworker.cli import clock_line
 
@@ -544,9 +545,10 @@ class Site:
 
     def overview(self, now: datetime) -> dict:
         from edgeworker import report
-        from edgeworker.db import worker_pid
+        from edgeworker.db import running_workers, worker_pid
 
-        pid = worker_pid(self.path)
+        running = running_workers(self.path)
+        pid = worker_pid(self.path) if running is None else next(iter(running.values()), None)
         if self.on_server:  # the server's disk is not this box's
             size_bytes = self.database.execute_sql(
                 "SELECT pg_database_size(current_database())").fetchone()[0]
@@ -557,11 +559,15 @@ class Site:
             usage = shutil.disk_usage(self.path.parent)
             disk = {"free_bytes": usage.free, "total_bytes": usage.total}
         worker = report.worker(pid)
-        worker["alert"] = pid and report.all_busy(pid, self.workers, self.busy_alert, now) or None
+        names = list(running) if running is not None else [
+            n for n in [report.worker_name(pid)] if n]
+        worker["names"] = names
+        worker["alert"] = next(filter(None, (report.all_busy(n, self.workers, self.busy_alert, now)
+                                             for n in names)), None)
         return {"database": str(self.path), "database_bytes": size_bytes, "disk": disk,
                 "worker": worker, "last_recovery": report.last_recovery(),
                 "clock": report.clock(now, pid is not None), "last_24h": report.last_day(now),
-                "workers": report.workers(now, pid)}
+                "workers": report.workers(now, pid, running=running)}
 
     def with_database(self, read: Callable[[], object]) -> object:
         """Run `read` in one read transaction on a fresh read-only connection."""

@@ -298,6 +298,7 @@ def test_017_moves_huey_messages_into_due_rows_and_drops_hueys_tables(fresh):
     from edgeworker.clock import from_text
     from edgeworker.ledger import Ledger
 
+    migrate.apply(fresh, migrate.plan(fresh, all_migrations))
     models.bind(fresh)
     ledger = Ledger(fresh, worker="new:1")
     plan = recovery.recover(ledger, from_text(NOW))

@@ -246,7 +246,7 @@ def test_a_worker_on_the_source_is_refused(cli, source, pg_url):
 
 def test_a_worker_on_the_target_is_refused(cli, source, pg_url):
     cli.ok("migrate")
-    with postgres.WorkerLock(pg_url):
+    with postgres.WorkerLock(pg_url, "gw"):
         assert refused(cli, source, pg_url) == (
             f"Error: a worker (pid {os.getpid()}) is running on {pg_url}; stop it before copying")
     assert pg_rows(pg_url, "SELECT count(*) FROM jobs") == [(0,)]
