@@ -135,6 +135,27 @@ def test_two_workers_of_different_names_share_one_database(tmp_path, pg_url):
             assert before["finished_at"] <= after["started_at"]
 
 
+
+def test_jobs_pinned_by_run_on_run_only_on_the_workers_that_carry_their_tag(tmp_path, pg_url):
+    # Each worker takes only its site's runs (and untagged ones), on one shared database.
+    jobs = ''.join(f'[[jobs]]\nname = "{site}-job"\ncommand = "true"\nevery = "1s"\n'
+                   f'run_on = ["{site}"]\n' for site in ("site-a", "site-b"))
+    jobs += '[[jobs]]\nname = "anywhere"\ncommand = "true"\nevery = "1s"\n'
+    with PgWorker(tmp_path, pg_url, f'name = "gw-a"\ntags = ["site-a"]\n{jobs}',
+                  name="a") as first, \
+            PgWorker(tmp_path, pg_url, f'name = "gw-b"\ntags = ["site-b"]\n{jobs}',
+                     name="b") as second:
+        first.start().wait_running()
+        second.start().wait_running()
+        for site in ("site-a", "site-b"):
+            first.wait_tasks(f"status = 'succeeded' AND job = '{site}-job'", count=2, timeout=30)
+        first.wait_tasks("status = 'succeeded' AND job = 'anywhere'", count=2, timeout=30)
+        assert first.stop() == 0 and second.stop() == 0
+    ran = {(t["job"], t["worker"]) for t in first.tasks("status = 'succeeded'")}
+    assert {("site-a-job", "gw-a"), ("site-b-job", "gw-b")} <= ran
+    assert not ran & {("site-a-job", "gw-b"), ("site-b-job", "gw-a")}
+
+
 LEASED = 'heartbeat = "1s"\nlease = "3s"\n'
 
 
