@@ -49,27 +49,35 @@ def columns(environ) -> int:
 
 
 def render() -> dict[str, str]:
-    """Every page, as click prints it on a wide terminal: the program's, each group's and each
-    command's, keyed by the command's words."""
-    import click
-    from click.testing import CliRunner
+    """Every page, as the program prints it on a wide terminal: the program's, each group's and
+    each command's, keyed by the command's words."""
+    import contextlib
+    import io
 
     from edgeworker.cli import cli
 
-    runner = CliRunner()
     pages = {}
+    saved = {name: os.environ.pop(name, None)
+             for name in ("COLUMNS", "EDGEWORKER_CONFIG", "EDGEWORKER_DB")}
+    os.environ["COLUMNS"] = str(WIDE)
 
-    def visit(command: click.Command, words: list[str]) -> None:
-        result = runner.invoke(cli, [*words, "--help"], prog_name="edgeworker",
-                               env={"COLUMNS": str(WIDE), "EDGEWORKER_CONFIG": None,
-                                    "EDGEWORKER_DB": None})
-        if result.exit_code != 0:
-            raise RuntimeError(f"edgeworker {' '.join(words)} --help: {result.output}")
-        pages[" ".join(words)] = result.stdout
+    def visit(command, words: list[str]) -> None:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = cli.main([*words, "--help"], prog_name="edgeworker", standalone_mode=False)
+        if code != 0:
+            raise RuntimeError(f"edgeworker {' '.join(words)} --help: exit code {code}")
+        pages[" ".join(words)] = out.getvalue()
         for name, sub in getattr(command, "commands", {}).items():
             visit(sub, [*words, name])
 
-    visit(cli, [])
+    try:
+        visit(cli, [])
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
     return pages
 
 
