@@ -1,5 +1,5 @@
 """The `edgeworker` program's entry point. What a box runs most goes around click and the command
-tree (they cost most of a CLI call's start-up, on a small box ~10x a bare interpreter, and 2 MB
+tree (they cost most of a CLI call's start-up, on a small box ~10x a bare interpreter, and 1.2 MiB
 of a worker's memory): `--version`, a help page of a built program (`edgeworker.helppages`), and
 `run`, the worker, when its arguments are plain. Anything else, a usage error included, is
 click's (`edgeworker.cli`)."""
