@@ -32,10 +32,13 @@ STDLIB_ARGS := import importlib.util as u, sys; skip = set(sys.argv[1:]); \
 	        + n for n, s in specs if s))
 
 # The host's PyInstaller arguments; packaging/build-in-root passes the same ones in an ARM root.
+# packaging/prepare-build writes the help pages and the run-time hooks into PYI_EXTRA.
+PYI_EXTRA := build/pyinstaller-extra
 PYI_ARGS = --onedir --strip --name edgeworker --add-data '$(CURDIR)/migrations:migrations' \
 	$$($(BIN)/python -c '$(STDLIB_ARGS)' $(STDLIB_SKIP)) \
 	$(addprefix --exclude-module=,$(PYI_EXCLUDE)) --hidden-import=prometheus_client \
-	edgeworker/__main__.py
+	--additional-hooks-dir '$(CURDIR)/$(PYI_EXTRA)/hooks' \
+	--add-data '$(CURDIR)/$(PYI_EXTRA)/help-pages:edgeworker' edgeworker/__main__.py
 export STDLIB_ARGS STDLIB_SKIP
 export PYI_EXCLUDE_ARGS := $(addprefix --exclude-module=,$(PYI_EXCLUDE))
 
@@ -82,7 +85,8 @@ binary: build-worker ## Same as build-worker
 
 # One analysis makes both the one-file binary and the unpacked build.
 $(BINARY) $(UNPACKED)/edgeworker &: $(VENV)/.installed-build $(WORKER_SOURCES) \
-		packaging/onefile-exe.spec
+		packaging/onefile-exe.spec packaging/prepare-build
+	$(BIN)/python packaging/prepare-build $(PYI_EXTRA)
 	$(BIN)/pyi-makespec --specpath build/pyinstaller $(PYI_ARGS) >/dev/null
 	cat packaging/onefile-exe.spec >> build/pyinstaller/edgeworker.spec
 	$(BIN)/pyinstaller --noconfirm --clean --log-level WARN --distpath build/host \
@@ -97,7 +101,7 @@ build-worker-unpacked: $(UNPACKED)/edgeworker ## Build the unpacked build that m
 # One build per architecture in its Debian root: build/release-ARCH/edgeworker-onefile and the
 # unpacked build/release-ARCH/edgeworker/ (what the package installs).
 build/release-%/edgeworker/edgeworker: $(WORKER_SOURCES) packaging/build-in-root \
-		packaging/onefile-exe.spec
+		packaging/onefile-exe.spec packaging/prepare-build
 	packaging/build-in-root $* build/release-$*
 
 build-worker-arm64: dist/edgeworker-linux-arm64 ## As root: dist/edgeworker-linux-arm64, one file, built under qemu

@@ -96,8 +96,8 @@ def measure(quick: bool = False) -> tuple[list[Figure], dict]:
 
     rss, written, wakeups = stat("rss_mib"), stat("written_per_min"), stat("wakeups_per_s")
     figures = [
-        Figure("5", f"idle worker RSS after {settle:g} s", "MiB", rss, target="≤ 24 MB",
-               met=rss.median * 1.048576 <= 24),
+        Figure("5", f"idle worker RSS after {settle:g} s", "MiB", rss,
+               target="≤ 24 MB (22.9 MiB)", met=rss.median * 1.048576 <= 24),
         Figure("5", "idle worker bytes written per minute (write_bytes)", "B/min", written,
                target="0", met=written.high == 0, digits=0),
         Figure("5", "idle worker database files' growth per minute", "B/min",

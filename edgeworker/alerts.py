@@ -36,7 +36,6 @@ import queue
 import shlex
 import shutil
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -298,6 +297,8 @@ class Alerts:
         if directory is not None:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         started = time.monotonic()
+        import tempfile  # here: an idle worker without hooks keeps it (and random) out of memory
+
         with tempfile.NamedTemporaryFile("w", encoding="utf-8", errors="replace", dir=directory,
                                          prefix=STDIN_PREFIX) as stdin:
             stdin.write(hook.stdin)

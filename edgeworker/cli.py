@@ -8,21 +8,19 @@ imported inside the commands, so that `--help` and `--version` start fast on a s
 
 from __future__ import annotations
 
-import io
 import os
-import select
-import signal
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
-from edgeworker import __version__
-from edgeworker.errors import ConfigError, DatabaseError, EdgeworkerError
+from edgeworker import __version__, entry
+from edgeworker.entry import output_closed, reader_gone
+from edgeworker.errors import ConfigError, EdgeworkerError, explain
 
-DEFAULT_CONFIG = Path("edgeworker.toml")
-DEFAULT_DB = Path("edgeworker.db")
+DEFAULT_CONFIG = Path(entry.DEFAULT_CONFIG)
+DEFAULT_DB = Path(entry.DEFAULT_DB)
 # SQLite's integers are 64-bit: a larger number on the command line is a usage error, not an
 # OverflowError deep inside a query.
 INT64_MAX = 2**63 - 1
@@ -62,10 +60,7 @@ class Context:
         if self._config is None:
             from edgeworker.config import load_config
 
-            path = self.config_option
-            if path is None and DEFAULT_CONFIG.is_file():
-                path = DEFAULT_CONFIG
-            self._config = load_config(path)
+            self._config = load_config(entry.config_file(self.config_option))
         return self._config
 
     @property
@@ -128,10 +123,6 @@ class EdgeworkerGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except EdgeworkerError as exc:
-            if _debug(ctx):
-                raise
-            raise UserError(str(exc), exc.exit_code) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
@@ -139,56 +130,13 @@ class EdgeworkerGroup(click.Group):
                 output_closed()
             if _debug(ctx):
                 raise
-            translated = _translate(ctx, exc)
-            raise UserError(translated or f"internal error: {type(exc).__name__}: {exc} "
-                                          "(run with --debug for the traceback)") from None
-
-
-def reader_gone() -> bool:
-    """Has the reader of our stdout closed its end? (A pipe polls as an error then.)"""
-    try:
-        poller = select.poll()
-        poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _, events in poller.poll(0))
-    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
-        return False
-
-
-def output_closed() -> NoReturn:
-    """Whoever read our output is gone (`edgeworker status | head -1`): end quietly, killed by
-    SIGPIPE as `git log` or `cat` are (status 141 in a shell), rather than with an error."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())  # nothing left to flush at exit
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGPIPE)
-    sys.exit(128 + signal.SIGPIPE)  # not reached
+            obj = ctx.find_object(Context)
+            raise UserError(*explain(exc, lambda: obj.db_path if obj else DEFAULT_DB)) from None
 
 
 def _debug(ctx: click.Context) -> bool:
     obj = ctx.find_object(Context)
     return bool(obj and obj.debug)
-
-
-def _translate(ctx: click.Context, exc: Exception) -> str | None:
-    """Database errors raised outside an explicit translation still read as one line."""
-    import sqlite3
-
-    import peewee
-
-    if isinstance(exc, (peewee.DatabaseError, sqlite3.DatabaseError)):
-        from edgeworker.db import translate_errors
-
-        obj = ctx.find_object(Context)
-        try:
-            with translate_errors(obj.db_path if obj else DEFAULT_DB):
-                raise exc
-        except DatabaseError as translated:
-            return str(translated)
-        except Exception:
-            return None
-    if isinstance(exc, OSError):
-        return f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
-    return None
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -378,15 +326,11 @@ def _worker_name(ctx: click.Context, param: click.Parameter, value: str | None) 
 def run(obj: Context, apply_migrations: bool, workers: int | None, log_format: str | None,
         name: str | None) -> None:
     """Run the worker in the foreground (what systemd starts)."""
-    from edgeworker import logs
-    from edgeworker.daemon import Daemon
-
-    config = obj.config
-    logs.setup(log_format or config.worker.log_format,
-               "debug" if obj.debug else config.worker.log_level)
-    code = Daemon(config, obj.db_path, apply_migrations=apply_migrations, workers=workers,
-                  name=name).run()
-    raise click.exceptions.Exit(code)
+    # Plain arguments do not come here: edgeworker.entry runs the worker without click.
+    raise click.exceptions.Exit(entry.run({
+        "config_path": obj.config_option, "db_path": obj.db_option, "debug": obj.debug,
+        "apply_migrations": apply_migrations, "workers": workers, "log_format": log_format,
+        "name": name}))
 
 
 @cli.command()

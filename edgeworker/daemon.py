@@ -38,7 +38,6 @@ from edgeworker.errors import EdgeworkerError, WorkerRunning
 from edgeworker.jobs import sync_jobs
 from edgeworker.ledger import Ledger
 from edgeworker.libc import release_startup_memory
-from edgeworker.metrics import TextfileMetrics
 from edgeworker.models import FINISHED, Task
 from edgeworker.notify import Notifier
 from edgeworker.processes import ProcessTable
@@ -89,7 +88,7 @@ class Daemon:
         self.threads = consumer.Threads()
         self.next_prune = time.monotonic()  # first look at once: the connection opens at start
         self.notifier = Notifier()
-        self.metrics: TextfileMetrics | None = None
+        self.metrics = None  # TextfileMetrics, with [metrics] textfile
         self.ready = False
         self.consumer = None
         self.busy_alert: str | None = None
@@ -140,6 +139,8 @@ class Daemon:
         self.ledger = Ledger(database, self.name, tags=self.config.worker.tags)
         self.huey = EdgeHuey(self.ledger)
         if self.config.metrics.textfile is not None:
+            from edgeworker.metrics import TextfileMetrics
+
             self.metrics = TextfileMetrics(self.config.metrics, self.ledger)
         with dbmod.translate_errors(self.db_path):
             self.clock = WorkerClock(self.ledger.high_water(), clock_synchronised,

@@ -194,6 +194,54 @@ def test_a_callable_from_python_path_runs_in_the_binary(box):
     assert box.stop() == 0
 
 
+@pytest.mark.timeout(60, func_only=True)
+def test_pyinstallers_run_time_hooks_apply_when_a_job_imports_their_module(box):
+    # The build runs PyInstaller's hooks for inspect, multiprocessing and pkgutil at the module's
+    # first import, inspect's at its first getsourcefile (packaging/prepare-build); a job sees
+    # each module patched as before.
+    lib = box.root / "lib"
+    lib.mkdir()
+    (lib / "frozen.py").write_text(
+        "import sys\n"
+        "def check(ctx):\n"
+        "    before = 'pkgutil' in sys.modules or 'zipfile' in sys.modules\n"
+        "    import inspect, multiprocessing, multiprocessing.spawn, pkgutil\n"
+        "    assert inspect.getsourcefile(check) == __file__\n"
+        "    frozen = {m.name for m in pkgutil.iter_modules()}\n"
+        "    ctx.logger.info('%s %s %s %s %s', before, inspect.getsourcefile.__name__,\n"
+        "                    multiprocessing.freeze_support.__name__,\n"
+        "                    multiprocessing.process.ORIGINAL_DIR,\n"
+        "                    {'json', 'edgeworker'} <= frozen)\n")
+    box.write_config('python_path = ["lib"]\n\n[[jobs]]\nname = "frozen"\n'
+                     'callable = "frozen:check"\nevery = "1h"\n')
+    box.start("--migrate")
+    wait_for(lambda: "edgeworker running" in box.read_log(), 20, log=box.read_log)
+    assert box.run("--config", str(box.config), "jobs", "run", "frozen").returncode == 0
+    [(_, _, status, output)] = box.wait_tasks("tasks.origin = 'manual' AND status != 'created' "
+                                              "AND status != 'running'")
+    assert (status, output) == ("succeeded",
+                                "INFO False _pyi_getsourcefile _freeze_support None True\n")
+    assert box.stop() == 0
+
+
+@pytest.mark.timeout(60, func_only=True)
+def test_help_pages_are_clicks(box):
+    import sys
+
+    def program(args: list[str], columns: str, command: list[str]) -> str:
+        result = subprocess.run([*command, *args], capture_output=True, text=True, timeout=30,
+                                cwd=box.root, env={**box.env, "COLUMNS": columns})
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    unpacked = REPO / "dist" / "unpacked" / "edgeworker" / "edgeworker"
+    for args in (["--help"], ["jobs", "add", "--help"], ["run", "-h"]):
+        for columns in ("100", "60"):  # a page; click's rendering for a narrow terminal
+            source = program(args, columns, [sys.executable, "-m", "edgeworker"])
+            assert program(args, columns, ["edgeworker"]) == source
+            assert program(args, columns, [str(unpacked)]) == source
+
+
 @pytest.mark.timeout(30, func_only=True)
 def test_bad_input_is_one_error_line(box):
     missing = box.run("--config", "nowhere.toml", "migrate")

@@ -38,3 +38,16 @@ def test_models_does_not_import_config():
 
 def test_durations_imports_nothing_from_edgeworker():
     assert edgeworker_imports("durations") == set()
+
+
+def test_the_worker_imports_only_what_an_idle_worker_needs():
+    """`edgeworker run`'s modules (entry.run imports these) leave out the command line, cron,
+    metrics, OpenSSL, and what only a hook or a metrics file uses."""
+    code = ("import sys\nsys.modules['_hashlib'] = None  # as edgeworker.entry.main does\n"
+            "import edgeworker.entry, edgeworker.config, edgeworker.logs, edgeworker.daemon\n"
+            "print(sorted(m for m in ('click', 'edgeworker.cli', 'croniter', 'prometheus_client',\n"
+            "    'edgeworker.metrics', 'ssl', '_ssl', 'tempfile', 'random')\n"
+            "    if m in sys.modules), sys.modules['_hashlib'])\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert (result.returncode, result.stderr, result.stdout) == (0, "", "[] None\n")
