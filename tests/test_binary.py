@@ -153,6 +153,18 @@ def test_migrate_run_an_interval_job_and_stop_with_sigterm(box):
     assert list(box.tmp.iterdir()) == []
 
 
+def test_the_binary_runs_on_postgresql(box, pg_url):
+    # The driver is in the binary: a box (or site server) that moves to PostgreSQL keeps it.
+    box.write_config('[[jobs]]\nname = "tick"\ncommand = "true"\nevery = "1h"\n')
+    where = ("--config", str(box.config), "--db", pg_url)
+    migrated = box.run(*where, "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert box.run(*where, "migrate", "--check").stdout == "up to date\n"
+    status = box.run(*where, "status")
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith(f"database  {pg_url} (PostgreSQL)\n")
+
+
 @pytest.mark.timeout(60, func_only=True)
 def test_ctrl_c_is_one_graceful_stop(box):
     box.write_config('[[jobs]]\nname = "slow"\ncommand = "sh -c \'sleep 1; echo done\'"\n'
