@@ -373,11 +373,14 @@ def verify_callables(config: Config) -> None:
                                    "callable") from None
 
 
+_TAIL_FORMAT = logging.Formatter("%(levelname)s %(message)s")
+
+
 class _TailHandler(logging.Handler):
     def __init__(self, tail: Tail):
         super().__init__()
         self.tail = tail
-        self.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        self.setFormatter(_TAIL_FORMAT)
 
     def emit(self, record: logging.LogRecord) -> None:
         self.tail.write((self.format(record) + "\n").encode("utf-8", errors="replace"))
