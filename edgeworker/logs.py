@@ -51,7 +51,8 @@ class OneLine(logging.Filter):
             record.stack_info = None
         message = record.getMessage()
         if "\n" in message:
-            record.msg, record.args = " | ".join(message.strip().splitlines()), None
+            message = " | ".join(message.strip().splitlines())
+        record.msg, record.args = message, None  # formatted once: the formatter reuses it
         return True
 
 

@@ -407,9 +407,21 @@ def _failure(exc: BaseException) -> str:
     return trace.getvalue().rstrip()
 
 
+_handlers = threading.local()
+
+
+def _tail_handler(tail: Tail) -> _TailHandler:
+    """This thread's handler, writing to `tail` now (one per thread: a run at a time)."""
+    handler = getattr(_handlers, "handler", None)
+    if handler is None:
+        handler = _handlers.handler = _TailHandler(tail)
+    handler.tail = tail
+    return handler
+
+
 def run_callable(fn: Callable, ctx: TaskContext, timeout: float | None) -> Result:
     tail = Tail()
-    handler = _TailHandler(tail)
+    handler = _tail_handler(tail)
     if ctx.logger.level == logging.NOTSET:
         ctx.logger.setLevel(logging.INFO)  # a task's info lines belong in its output
     ctx.logger.addHandler(handler)
