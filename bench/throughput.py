@@ -254,7 +254,7 @@ def run_huey(directory: Path, n: int, count_commits: bool, profile: bool = False
     if count_commits:
         conn.execute("PRAGMA wal_autocheckpoint = 0")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    commits = {}
+    commits = {"page_size": conn.execute("PRAGMA page_size").fetchone()[0]}
     meter = Meter(path)
 
     meter.mark("start")

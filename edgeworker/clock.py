@@ -18,17 +18,19 @@ from datetime import UTC, datetime
 
 logger = logging.getLogger("edgeworker.clock")
 
-_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
-
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
 def to_text(moment: datetime) -> str:
-    if moment.tzinfo is None:
-        raise ValueError("naive datetime: edgeworker keeps every time zone-aware")
-    return moment.astimezone(UTC).strftime(_FORMAT)
+    """`2026-11-29T13:47:13.123456Z`: isoformat, C code, twice as fast as strftime (and four
+    digits for a year before 1000, where strftime printed fewer)."""
+    if moment.tzinfo is not UTC:
+        if moment.tzinfo is None:
+            raise ValueError("naive datetime: edgeworker keeps every time zone-aware")
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def from_text(text: str) -> datetime:

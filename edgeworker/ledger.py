@@ -45,9 +45,19 @@ CRON_STEP_RULE = 3 * 3600.0  # cron's rule: a smaller step neither repeats nor s
 
 
 def _model(model, row: tuple):
-    """A model instance from a row of `SELECT sql.columns(model)`, converted field by field."""
-    return model(**{field.name: None if value is None else field.python_value(value)
-                    for field, value in zip(model._meta.sorted_fields, row, strict=True)})
+    """A model instance from a row of `SELECT sql.columns(model)`, converted field by field: the
+    instance peewee's constructor makes, without its per-field attribute protocol (on the run
+    path, building a run's model cost more than the statement that read it)."""
+    return _instance(model, {field.name: None if value is None else field.python_value(value)
+                             for field, value in zip(model._meta.sorted_fields, row,
+                                                     strict=True)})
+
+
+def _instance(model, data: dict):
+    """`model(**data)`, for values that are the fields' Python values already."""
+    instance = model.__new__(model)
+    instance.__data__, instance._dirty, instance.__rel__ = data, set(data), {}
+    return instance
 
 
 def _plan_inputs(job: Job) -> tuple:
@@ -154,8 +164,9 @@ class Ledger:
         if row is None:
             logger.debug("job %s's run for %s was there already", job.name, to_text(slot))
             return None
-        return Task(id=row[0], job=job.id, status=S.CREATED, origin=origin,
-                    scheduled_for=slot, due_at=due, attempt=0, recovered_count=0, created_at=now)
+        return _instance(Task, {"id": row[0], "job": job.id, "status": S.CREATED,
+                                "origin": origin, "scheduled_for": slot, "due_at": due,
+                                "attempt": 0, "recovered_count": 0, "created_at": now})
 
     def _get(self, model, key: int):
         row = self.db.execute_sql(self.sql[model._meta.name], (key,)).fetchone()

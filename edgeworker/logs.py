@@ -51,7 +51,8 @@ class OneLine(logging.Filter):
             record.stack_info = None
         message = record.getMessage()
         if "\n" in message:
-            record.msg, record.args = " | ".join(message.strip().splitlines()), None
+            message = " | ".join(message.strip().splitlines())
+        record.msg, record.args = message, None  # formatted once: the formatter reuses it
         return True
 
 
@@ -102,4 +103,6 @@ def setup(log_format: str = "text", level: str = "info") -> None:
     root.setLevel(level.upper())
     # huey's consumer announces itself at length at INFO; edgeworker says what matters.
     logging.getLogger("huey").setLevel(logging.WARNING)
+    # No line shows a thread or process: not looked up for each record (a third of its cost).
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     threading.excepthook = _log_thread_death

@@ -373,11 +373,14 @@ def verify_callables(config: Config) -> None:
                                    "callable") from None
 
 
+_TAIL_FORMAT = logging.Formatter("%(levelname)s %(message)s")
+
+
 class _TailHandler(logging.Handler):
     def __init__(self, tail: Tail):
         super().__init__()
         self.tail = tail
-        self.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        self.setFormatter(_TAIL_FORMAT)
 
     def emit(self, record: logging.LogRecord) -> None:
         self.tail.write((self.format(record) + "\n").encode("utf-8", errors="replace"))
@@ -404,9 +407,21 @@ def _failure(exc: BaseException) -> str:
     return trace.getvalue().rstrip()
 
 
+_handlers = threading.local()
+
+
+def _tail_handler(tail: Tail) -> _TailHandler:
+    """This thread's handler, writing to `tail` now (one per thread: a run at a time)."""
+    handler = getattr(_handlers, "handler", None)
+    if handler is None:
+        handler = _handlers.handler = _TailHandler(tail)
+    handler.tail = tail
+    return handler
+
+
 def run_callable(fn: Callable, ctx: TaskContext, timeout: float | None) -> Result:
     tail = Tail()
-    handler = _TailHandler(tail)
+    handler = _tail_handler(tail)
     if ctx.logger.level == logging.NOTSET:
         ctx.logger.setLevel(logging.INFO)  # a task's info lines belong in its output
     ctx.logger.addHandler(handler)

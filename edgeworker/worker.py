@@ -96,9 +96,10 @@ class IntervalJobWorker:
         logger.info("task %s job %s attempt %s started%s", task.id, job.name, task.attempt,
                     recovered, extra=fields)
         self.tell("started", task, job)
+        env = task_environment(task, job, fields["recovered"])
         started = time.monotonic()
         try:
-            result = self.execute(run)
+            result = self.execute(run, env)
         except Interrupted:
             if self.fenced():
                 logger.warning("task %s job %s attempt %s ended unrecorded: this worker's lease "
@@ -125,7 +126,7 @@ class IntervalJobWorker:
             return
         if self.observe is not None:
             self.observe(finished)
-        self.tell("finished", finished, job, task_environment(task, job, run.recovered), result)
+        self.tell("finished", finished, job, env, result)
         fields.update(status=finished.status, duration=round(duration, 3),
                       exit_code=result.exit_code)
         succeeded = finished.status == "succeeded"
@@ -152,9 +153,10 @@ class IntervalJobWorker:
         return (read_env_file(worker_file) if worker_file else {},
                 read_env_file(Path(job.env_file)) if job.env_file else {})
 
-    def execute(self, run: ClaimedRun) -> Result:
+    def execute(self, run: ClaimedRun, env: dict[str, str] | None = None) -> Result:
+        """Run it, with its environment (`task_environment`) if worked out already."""
         task, job = run.task, run.job
-        env = task_environment(task, job, run.recovered)
+        env = env or task_environment(task, job, run.recovered)
         try:
             worker_secrets, job_secrets = self.secrets(job)
         except ConfigError as exc:

@@ -1,10 +1,10 @@
 """The worker's clock (edgeworker.clock.WorkerClock) with injected wall and monotonic clocks."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from edgeworker.clock import WorkerClock
+from edgeworker.clock import WorkerClock, from_text, to_text
 
 T0 = datetime(2026, 12, 2, 10, 0, tzinfo=UTC).timestamp()
 
@@ -128,3 +128,21 @@ def test_follow_wall_takes_a_clock_that_became_synchronised():
     assert step.moved == pytest.approx(-7200)
     assert clock.now() == at(T0 + 5) and clock.behind == 0
     assert clock.follow_wall() is None
+
+
+@pytest.mark.parametrize(("moment", "text"), [
+    (datetime(2026, 11, 29, 13, 47, 13, 123456, tzinfo=UTC), "2026-11-29T13:47:13.123456Z"),
+    (datetime(2026, 11, 29, 13, 47, 13, tzinfo=UTC), "2026-11-29T13:47:13.000000Z"),
+    (datetime(2026, 11, 29, 14, 47, 13, 5, tzinfo=timezone(timedelta(hours=1))),
+     "2026-11-29T13:47:13.000005Z"),
+    # fixed width before the year 1000 too (strftime's %Y gave "5-01-02...": out of order)
+    (datetime(5, 1, 2, 3, 4, 5, 6, tzinfo=UTC), "0005-01-02T03:04:05.000006Z"),
+])
+def test_the_stored_text_is_fixed_width_utc_and_reads_back(moment, text):
+    assert to_text(moment) == text
+    assert from_text(text) == moment
+
+
+def test_a_naive_time_is_refused():
+    with pytest.raises(ValueError, match="naive"):
+        to_text(datetime(2026, 11, 29, 13, 47, 13))

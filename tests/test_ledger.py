@@ -61,6 +61,16 @@ def test_a_claim_takes_a_run_once(ledger):
     assert messages(ledger) == [(2, None)]  # only the next scheduled run
 
 
+def test_a_claimed_run_is_the_model_peewee_reads(ledger):
+    """The claim builds its row's model without peewee's constructor: the same instance."""
+    add(ledger)
+    claimed = take(ledger).task
+    read = Task.get_by_id(claimed.id)
+    assert claimed.__data__ == read.__data__ and claimed.started_at.tzinfo is not None
+    assert claimed._dirty == set(Task(**read.__data__)._dirty) and claimed.__rel__ == {}
+    assert claimed.job == Task(**read.__data__).job == claimed.job_id  # the foreign key, too
+
+
 def test_dequeue_and_claim_commit_once(ledger, database):
     add(ledger)
     commits = Commits(database)

@@ -140,6 +140,20 @@ def test_callable_success_captures_its_log_lines():
     assert result.output == "INFO working on 1\nreturned: {'rows': 3}\n"
 
 
+def test_each_run_of_a_thread_keeps_its_own_log_lines_and_leaves_no_handler():
+    """A worker thread's runs share one log handler: each run's output has its lines only."""
+    def job(c):
+        c.logger.info("run %s", c.job)
+        logging.getLogger("edgeworker.job.other").info("to the other logger")
+
+    first = run_callable(job, ctx(), None)
+    second = run_callable(job, ctx(logger_name="edgeworker.job.other"), None)
+    assert first.output == "INFO run test\n"
+    assert second.output == "INFO run test\nINFO to the other logger\n"
+    assert logging.getLogger("edgeworker.job.test").handlers == []
+    assert logging.getLogger("edgeworker.job.other").handlers == []
+
+
 def test_callable_exception_fails_with_its_traceback():
     def job(c):
         raise RuntimeError("sensor offline")
