@@ -155,7 +155,7 @@ def test_migrate_run_an_interval_job_and_stop_with_sigterm(box):
 
 def test_the_binary_runs_on_postgresql(box, pg_url):
     # The driver is in the binary: a box (or site server) that moves to PostgreSQL keeps it.
-    box.write_config('[[jobs]]\nname = "tick"\ncommand = "true"\nevery = "1h"\n')
+    box.write_config('[[jobs]]\nname = "tick"\ncommand = "true"\nevery = "365d"\n')
     where = ("--config", str(box.config), "--db", pg_url)
     migrated = box.run(*where, "migrate")
     assert migrated.returncode == 0, migrated.stderr
@@ -168,7 +168,7 @@ def test_the_binary_runs_on_postgresql(box, pg_url):
 @pytest.mark.timeout(60, func_only=True)
 def test_ctrl_c_is_one_graceful_stop(box):
     box.write_config('[[jobs]]\nname = "slow"\ncommand = "sh -c \'sleep 1; echo done\'"\n'
-                     'every = "1h"\n')
+                     'every = "365d"\n')
     box.start("--migrate", new_session=True)
     wait_for(lambda: "edgeworker running" in box.read_log(), 20, log=box.read_log)
     assert box.run("--config", str(box.config), "jobs", "run", "slow").returncode == 0
@@ -194,7 +194,7 @@ def test_a_callable_from_python_path_runs_in_the_binary(box):
         "    mean = statistics.mean(float(r[0]) for r in rows)\n"
         "    ctx.logger.info('%s %s', urllib.parse.quote(ctx.job), mean)\n")
     box.write_config('python_path = ["lib"]\n\n[[jobs]]\nname = "sensors"\n'
-                     'callable = "sensors:read"\nevery = "1h"\n')
+                     'callable = "sensors:read"\nevery = "365d"\n')
     assert box.run("--config", str(box.config), "migrate").returncode == 0
     box.start()
     wait_for(lambda: "edgeworker running" in box.read_log(), 20, log=box.read_log)
@@ -225,7 +225,7 @@ def test_pyinstallers_run_time_hooks_apply_when_a_job_imports_their_module(box):
         "                    multiprocessing.process.ORIGINAL_DIR,\n"
         "                    {'json', 'edgeworker'} <= frozen)\n")
     box.write_config('python_path = ["lib"]\n\n[[jobs]]\nname = "frozen"\n'
-                     'callable = "frozen:check"\nevery = "1h"\n')
+                     'callable = "frozen:check"\nevery = "365d"\n')
     box.start("--migrate")
     wait_for(lambda: "edgeworker running" in box.read_log(), 20, log=box.read_log)
     assert box.run("--config", str(box.config), "jobs", "run", "frozen").returncode == 0
@@ -259,7 +259,7 @@ def test_bad_input_is_one_error_line(box):
     missing = box.run("--config", "nowhere.toml", "migrate")
     assert missing.returncode == 1
     assert missing.stderr == "Error: nowhere.toml: config file not found\n"
-    box.write_config('[[jobs]]\nname = "x"\ncallable = "numpy_sensors:read"\nevery = "1h"\n')
+    box.write_config('[[jobs]]\nname = "x"\ncallable = "numpy_sensors:read"\nevery = "365d"\n')
     unknown = box.run("--config", str(box.config), "run", "--migrate")
     assert unknown.returncode == 1
     assert unknown.stderr.splitlines()[-1] == (
@@ -272,7 +272,7 @@ def test_the_worker_pings_the_watchdog_that_systemd_set_for_the_bootloader(box):
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(str(box.root / "notify.sock"))
     listener.settimeout(0.1)
-    box.write_config('[[jobs]]\nname = "idle"\ncommand = "true"\nevery = "1h"\n')
+    box.write_config('[[jobs]]\nname = "idle"\ncommand = "true"\nevery = "365d"\n')
     # As systemd does: WATCHDOG_PID is the main process, which is the bootloader (exec keeps the
     # pid of the shell that sets it).
     box.start("--migrate", prefix=("sh", "-c", 'WATCHDOG_PID=$$ exec "$@"', "sh"),

@@ -137,7 +137,7 @@ def test_a_removed_jobs_history_keeps_its_name(migrated):
 
 def test_a_job_removed_from_the_config_keeps_its_name(migrated, tmp_path):
     config = tmp_path / "ew.toml"
-    config.write_text('[[jobs]]\nname = "c"\ncommand = "true"\nevery = "1h"\n')
+    config.write_text('[[jobs]]\nname = "c"\ncommand = "true"\nevery = "365d"\n')
     migrated.ok("jobs", "sync", config=config)
     config.write_text("")
     migrated.ok("jobs", "sync", config=config)

@@ -51,7 +51,7 @@ def test_failures_retry_with_backoff_then_fail(tmp_path):
 [[jobs]]
 name = "flaky"
 command = "sh -c 'echo attempt $EDGEWORKER_ATTEMPT of $EDGEWORKER_TASK_ID >> {out}; exit 3'"
-every = "1h"
+every = "365d"
 max_attempts = 3
 retry_delay = "100ms"
 '''
@@ -71,7 +71,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
 name = "stuck"
 command = "sleep 300 & echo $! >> {pids}; sh -c 'sleep 300' & echo $! >> {pids}; wait"
 shell = true
-every = "1h"
+every = "365d"
 timeout = "500ms"
 max_attempts = 1
 '''
@@ -96,7 +96,7 @@ def test_tasks_cancel_stops_a_running_commands_whole_tree(tmp_path):
 name = "busy"
 command = "sleep 300 & echo $! >> {pids}; setsid sh -c 'echo $$ >> {pids}; exec sleep 300' & wait"
 shell = true
-every = "1h"
+every = "365d"
 '''
     with WorkerProcess(tmp_path, config) as worker:
         worker.start().wait_running()
@@ -125,7 +125,7 @@ def test_output_is_captured_even_when_binary(tmp_path):
 [[jobs]]
 name = "noisy"
 command = ["sh", "-c", "printf 'text\\n'; head -c 100000 /dev/urandom; echo; echo tail >&2"]
-every = "1h"
+every = "365d"
 '''
     with WorkerProcess(tmp_path, config) as worker:
         worker.start().wait_running()
@@ -158,13 +158,13 @@ python_path = ["lib"]
 [[jobs]]
 name = "rec"
 callable = "mytasks:record"
-every = "1h"
+every = "365d"
 timeout = "10s"
 
 [[jobs]]
 name = "bad"
 callable = "mytasks:broken"
-every = "1h"
+every = "365d"
 max_attempts = 1
 '''
     with WorkerProcess(tmp_path, config) as worker:
@@ -180,7 +180,7 @@ max_attempts = 1
 
 
 def test_an_unknown_callable_stops_the_start(tmp_path):
-    config = '[[jobs]]\nname = "x"\ncallable = "nowhere_abc:run"\nevery = "1h"\n'
+    config = '[[jobs]]\nname = "x"\ncallable = "nowhere_abc:run"\nevery = "365d"\n'
     worker = WorkerProcess(tmp_path, config)
     result = subprocess.run(worker.command("run", "--migrate"), capture_output=True, text=True,
                             timeout=60)
@@ -196,7 +196,7 @@ def test_sigterm_is_graceful_a_running_task_finishes(tmp_path):
 [[jobs]]
 name = "slow"
 command = "sh -c 'echo start >> {out}; sleep 1; echo end >> {out}'"
-every = "1h"
+every = "365d"
 '''
     with WorkerProcess(tmp_path, config) as worker:
         worker.start().wait_running()
@@ -217,7 +217,7 @@ shutdown_timeout = "300ms"
 [[jobs]]
 name = "endless"
 command = "sleep 300"
-every = "1h"
+every = "365d"
 '''
     with WorkerProcess(tmp_path, config) as worker:
         worker.start().wait_running()
@@ -233,7 +233,7 @@ every = "1h"
 
 
 def test_a_second_signal_stops_at_once(tmp_path):
-    config = '[[jobs]]\nname = "endless"\ncommand = "sleep 300"\nevery = "1h"\n'
+    config = '[[jobs]]\nname = "endless"\ncommand = "sleep 300"\nevery = "365d"\n'
     with WorkerProcess(tmp_path, config) as worker:
         worker.start().wait_running()
         worker.cli("jobs", "run", "endless")
@@ -285,11 +285,11 @@ def test_jobs_run_wakes_an_idle_worker(tmp_path):
 
 
 def test_sighup_reloads_the_config(tmp_path):
-    config = '[[jobs]]\nname = "a"\ncommand = "true"\nevery = "1h"\n'
+    config = '[[jobs]]\nname = "a"\ncommand = "true"\nevery = "365d"\n'
     with WorkerProcess(tmp_path, config) as worker:
         worker.start().wait_running()
         worker.config.write_text(worker.config.read_text() +
-                                 '\n[[jobs]]\nname = "b"\ncommand = "true"\nevery = "1h"\n')
+                                 '\n[[jobs]]\nname = "b"\ncommand = "true"\nevery = "365d"\n')
         worker.send(signal.SIGHUP)
         wait_for(lambda: "1 added, 0 updated, 0 removed, 1 unchanged" in worker.log(),
                  log=worker.log)
@@ -390,7 +390,7 @@ def test_every_queued_run_wakes_the_worker(tmp_path):
 
 def test_retention_prunes_old_finished_tasks_at_start(tmp_path):
     config = ('[worker]\ndatabase = "ew.db"\nretention = "1d"\n\n'
-              '[[jobs]]\nname = "a"\ncommand = "true"\nevery = "1h"\n')
+              '[[jobs]]\nname = "a"\ncommand = "true"\nevery = "365d"\n')
     worker = WorkerProcess(tmp_path, config)
     worker.cli("migrate")
     worker.cli("jobs", "sync")
@@ -409,7 +409,7 @@ def test_retention_prunes_old_finished_tasks_at_start(tmp_path):
 
 
 def test_json_log_lines(tmp_path):
-    config = '[[jobs]]\nname = "j"\ncommand = "true"\nevery = "1h"\n'
+    config = '[[jobs]]\nname = "j"\ncommand = "true"\nevery = "365d"\n'
     with WorkerProcess(tmp_path, config) as worker:
         worker.start("--log-format", "json")
         wait_for(lambda: '"msg":"edgeworker running' in worker.log(), log=worker.log)

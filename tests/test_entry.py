@@ -50,7 +50,7 @@ def run_once(tmp_path: Path, config: str, job: str) -> tuple[str, str]:
 def test_an_interval_worker_loads_no_click_openssl_croniter_or_prometheus(tmp_path):
     (tmp_path / "probe.py").write_text(PROBE)
     config = ('[worker]\ndatabase = "ew.db"\npython_path = ["."]\n\n'
-              '[[jobs]]\nname = "tick"\ncommand = "true"\nevery = "1h"\n\n'
+              '[[jobs]]\nname = "tick"\ncommand = "true"\nevery = "365d"\n\n'
               '[[jobs]]\nname = "probe"\ncallable = "probe:loaded"\nevery = "24h"\n')
     maps, output = run_once(tmp_path, config, "probe")
     assert output == "INFO none\n"

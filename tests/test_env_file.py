@@ -90,7 +90,7 @@ def test_secrets_reach_the_run_and_nowhere_else(tmp_path):
         f'[worker]\ndatabase = "ew.db"\nenv_file = "{worker_env}"\n\n'
         f'[[jobs]]\nname = "upload"\nenv_file = "job.env"\nenv = {{ SHARED = "from-job" }}\n'
         f'command = ["sh", "-c", "echo $SHARED $TOKEN >> {seen}; echo uploaded"]\n'
-        'every = "1h"\nmax_attempts = 1\n'))
+        'every = "365d"\nmax_attempts = 1\n'))
     worker.start().wait_running()
     try:
         worker.cli("jobs", "run", "upload")
@@ -141,7 +141,7 @@ def test_a_callable_finds_the_values_in_its_context(tmp_path):
     private(tmp_path / "worker.env", "SHARED=from-worker\nTOKEN=worker\n")
     private(tmp_path / "job.env", f"TOKEN={SECRET}\n")
     config = ('[worker]\ndatabase = "ew.db"\npython_path = ["lib"]\nenv_file = "worker.env"\n\n'
-              '[[jobs]]\nname = "rec"\ncallable = "mytasks:record"\nevery = "1h"\n'
+              '[[jobs]]\nname = "rec"\ncallable = "mytasks:record"\nevery = "365d"\n'
               'env_file = "job.env"\n')
     with WorkerProcess(tmp_path, config) as worker:
         worker.start().wait_running()

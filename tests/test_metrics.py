@@ -47,8 +47,8 @@ def value(path: Path, name: str, **labels: str) -> float | None:
 def test_counts_last_success_queue_and_recovery(tmp_path):
     textfile = tmp_path / "textfile" / "edgeworker.prom"
     textfile.parent.mkdir()
-    jobs = ('[[jobs]]\nname = "ok"\ncommand = "true"\nevery = "1h"\n\n'
-            '[[jobs]]\nname = "bad"\ncommand = "false"\nevery = "1h"\nmax_attempts = 1\n')
+    jobs = ('[[jobs]]\nname = "ok"\ncommand = "true"\nevery = "365d"\n\n'
+            '[[jobs]]\nname = "bad"\ncommand = "false"\nevery = "365d"\nmax_attempts = 1\n')
     with WorkerProcess(tmp_path, metrics_config(textfile, jobs)) as worker:
         worker.start().wait_running()
         for job in ("ok", "ok", "bad"):

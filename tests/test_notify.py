@@ -79,7 +79,7 @@ shutdown_timeout = "5s"
 [[jobs]]
 name = "long"
 command = "sh -c 'test -e {marker} || {{ touch {marker}; exec sleep 300; }}'"
-every = "1h"
+every = "365d"
 max_attempts = 2
 '''
     with WorkerProcess(tmp_path, config) as worker:
@@ -132,7 +132,7 @@ def test_nothing_is_sent_without_notify_socket(tmp_path, monkeypatch):
 def test_commands_cannot_notify_in_the_workers_name(tmp_path, notify_socket):
     # NotifyAccess=all accepts messages from any process of the unit: jobs must not have the socket.
     config = ('[[jobs]]\nname = "env"\ncommand = "sh -c \'echo ${NOTIFY_SOCKET-unset} '
-              '${WATCHDOG_USEC-unset} ${WATCHDOG_PID-unset}\'"\nevery = "1h"\n')
+              '${WATCHDOG_USEC-unset} ${WATCHDOG_PID-unset}\'"\nevery = "365d"\n')
     with WorkerProcess(tmp_path, config) as worker:
         worker.start(env={"NOTIFY_SOCKET": str(notify_socket.path),
                           "WATCHDOG_USEC": str(WATCHDOG_USEC), "WATCHDOG_PID": "1"})

@@ -53,7 +53,7 @@ def test_jobs_run_on_postgresql_and_sigterm_stops_the_worker(tmp_path, pg_url):
 
 
 def test_a_second_worker_on_the_same_database_is_refused(tmp_path, pg_url):
-    jobs = '[[jobs]]\nname = "idle"\ncommand = "true"\nevery = "1h"\n'
+    jobs = '[[jobs]]\nname = "idle"\ncommand = "true"\nevery = "365d"\n'
     with PgWorker(tmp_path, pg_url, jobs) as first:
         first.start().wait_running()
         second = PgWorker(tmp_path, pg_url, jobs, name="second")
@@ -291,7 +291,7 @@ def test_a_worker_cut_off_past_its_lease_ends_its_run_and_recovers_it_when_back(
 def test_a_command_printing_nul_characters_succeeds_with_its_output_kept(tmp_path, pg_url):
     # PostgreSQL's text cannot hold NUL: each is kept as U+FFFD instead of the outcome being lost
     # (and the run retried although it succeeded).
-    jobs = '[[jobs]]\nname = "nul"\ncommand = ["printf", "a\\\\000b"]\nevery = "1h"\n'
+    jobs = '[[jobs]]\nname = "nul"\ncommand = ["printf", "a\\\\000b"]\nevery = "365d"\n'
     with PgWorker(tmp_path, pg_url, jobs) as worker:
         worker.start().wait_running()
         worker.cli("jobs", "run", "nul")

@@ -234,7 +234,7 @@ every = "500ms"
 [[jobs]]
 name = "slow"
 command = ["sh", "-c", "sleep 2; echo finished"]
-every = "1h"
+every = "365d"
 '''
 
 TEST_TIMINGS = """\
@@ -362,7 +362,7 @@ def test_the_database_survives_a_restart_and_reload_rereads_the_config(sd):
 
     config = sd.path("/etc/edgeworker/edgeworker.toml")
     config.write_text(config.read_text() + '\n[[jobs]]\nname = "added"\ncommand = "true"\n'
-                                           'every = "1h"\n')
+                                           'every = "365d"\n')
     sd.systemctl("reload", UNIT, check=True)
     sd.wait_for(lambda: "1 added, 0 updated, 0 removed, 2 unchanged" in sd.journal(UNIT), 10,
                 "the reload in the journal")
@@ -408,7 +408,7 @@ database = "/var/lib/edgeworker/edgeworker.db"
 name = "escape"
 command = ["sh", "-c", "PREFIX setsid sh -c 'echo $$ > /var/lib/edgeworker/escapee; \
 exec sleep 300' & until [ -s /var/lib/edgeworker/escapee ]; do sleep 0.01; done"]
-every = "1h"
+every = "365d"
 '''
 
 DELEGATE = """\

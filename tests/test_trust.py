@@ -183,7 +183,7 @@ def test_run_refuses_and_leaves_nothing_behind(run_cli, tmp_path):
 
 
 def test_a_reload_that_finds_an_unsafe_file_keeps_the_running_config(tmp_path):
-    worker = WorkerProcess(tmp_path, '[[jobs]]\nname = "a"\ncommand = "true"\nevery = "1h"\n')
+    worker = WorkerProcess(tmp_path, '[[jobs]]\nname = "a"\ncommand = "true"\nevery = "365d"\n')
     worker.start().wait_running()
     try:
         worker.config.write_text(worker.config.read_text().replace('"a"', '"b"'))

@@ -184,7 +184,7 @@ def test_times_are_in_the_boxs_zone_with_utc_on_hover(worker_db):
 
 def test_the_overview_says_when_every_worker_thread_is_stuck(tmp_path):
     config = ('[worker]\ndatabase = "ew.db"\nworkers = 1\nbusy_alert = "200ms"\n\n'
-              '[[jobs]]\nname = "hang"\ncommand = ["sleep", "30"]\nevery = "1h"\n')
+              '[[jobs]]\nname = "hang"\ncommand = ["sleep", "30"]\nevery = "365d"\n')
     with WorkerProcess(tmp_path, config) as worker:
         worker.start().wait_running()
         worker.cli("jobs", "run", "hang")

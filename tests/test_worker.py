@@ -48,7 +48,7 @@ def gone(pid: int) -> bool:
 
 
 def test_a_callable_that_exits_or_interrupts_fails_and_its_job_runs_again(tmp_path):
-    jobs = "".join(f'[[jobs]]\nname = "{name}"\ncallable = "myjobs:{name}"\nevery = "1h"\n'
+    jobs = "".join(f'[[jobs]]\nname = "{name}"\ncallable = "myjobs:{name}"\nevery = "365d"\n'
                    "max_attempts = 1\n" for name in ("leave", "interrupt", "escape"))
     with callable_worker(tmp_path, jobs, "workers = 1") as worker:
         worker.start().wait_running()
@@ -65,7 +65,7 @@ def test_a_callable_that_exits_or_interrupts_fails_and_its_job_runs_again(tmp_pa
 
 def test_an_isolated_callable_is_stopped_at_its_timeout(tmp_path):
     pids = tmp_path / "pids"
-    jobs = ('[[jobs]]\nname = "hang"\ncallable = "myjobs:hang"\nevery = "1h"\nisolate = true\n'
+    jobs = ('[[jobs]]\nname = "hang"\ncallable = "myjobs:hang"\nevery = "365d"\nisolate = true\n'
             'timeout = "1s"\nmax_attempts = 1\n')
     with callable_worker(tmp_path, jobs, "workers = 1") as worker:
         worker.start(env={"PID_FILE": str(pids)}).wait_running()
@@ -80,7 +80,7 @@ def test_an_isolated_callable_is_stopped_at_its_timeout(tmp_path):
 
 def test_sigterm_stops_an_isolated_callable_and_it_runs_again_at_the_next_start(tmp_path):
     pids = tmp_path / "pids"
-    jobs = '[[jobs]]\nname = "hang"\ncallable = "myjobs:hang"\nevery = "1h"\nisolate = true\n'
+    jobs = '[[jobs]]\nname = "hang"\ncallable = "myjobs:hang"\nevery = "365d"\nisolate = true\n'
     with callable_worker(tmp_path, jobs, 'shutdown_timeout = "500ms"') as worker:
         worker.start(env={"PID_FILE": str(pids)}).wait_running()
         worker.cli("jobs", "run", "hang")
