@@ -34,6 +34,7 @@ import json
 import random
 import re
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -74,7 +75,7 @@ RUNNING = "edgeworker running"
 
 def worker_settings(name: str) -> str:
     """The [worker] keys that make several workers share one database with leases."""
-    return (f'heartbeat = "{HEARTBEAT}s"\n')
+    return f'name = "{name}"\nheartbeat = "{HEARTBEAT}s"\n'
 
 
 def config_text(url: str, ledgers: Path, name: str) -> str:
@@ -107,7 +108,7 @@ class Life:
 
 @dataclass
 class Held:
-    """A run a killed worker held: when it was claimed again (or closed), and by whom."""
+    """A run a killed worker held, and when it was claimed again (or closed)."""
 
     task: int
     attempt: int
@@ -116,7 +117,6 @@ class Held:
     victim: str
     taken_at: int | None = None
     how: str | None = None  # "re-run" | "closed: <reason>" | "finished by a killed worker"
-    by: str | None = None  # tasks.worker of the claim that took it
 
 
 @dataclass
@@ -147,7 +147,9 @@ class Figures:
     held: int = 0  # runs a killed worker held
     rerun_s: list[float] = field(default_factory=list)
     over_bound: int = 0
-    by_another: int = 0  # held runs claimed again by another worker (by lease)
+    # tasks recovered: by a start of their worker's name, by another worker (its lease expired)
+    recovered_at_start: int = 0
+    recovered_by_lease: int = 0
     closed: Counter = field(default_factory=Counter)  # reason -> held runs closed instead
     unresolved: int = 0
     snapshots: int = 0
@@ -179,8 +181,9 @@ class Figures:
             ("tasks / runs seen by the jobs", f"{self.tasks} / {self.runs} ("
              + ", ".join(f"{n} by {w}" for w, n in sorted(self.runs_by.items())) + ")"),
             ("runs interrupted / re-runs", f"{self.interrupted} / {self.reruns}"),
-            ("runs a killed worker held", f"{self.held}: {self.by_another} taken by another "
-                                           f"worker, {sum(self.closed.values())} closed"
+            ("tasks recovered: at a start of their name / by lease",
+             f"{self.recovered_at_start} / {self.recovered_by_lease}"),
+            ("runs a killed worker held", f"{self.held}: {sum(self.closed.values())} closed"
                                            + "".join(f"; {n} {why}" for why, n in
                                                      sorted(self.closed.items()))),
             (f"claimed again after the kill (bound lease + {BOUND:g} s = {LEASE + BOUND:g} s)",
@@ -274,7 +277,7 @@ class Watcher(threading.Thread):
         todo = self.open()
         if not todo:
             return
-        rows = self.reader.query("SELECT id, attempt, status, error, worker FROM tasks "
+        rows = self.reader.query("SELECT id, attempt, status, error FROM tasks "
                                  "WHERE id = ANY(%s)", ([h.task for h in todo],))
         now = time.time_ns()
         found = {row[0]: row for row in rows}
@@ -282,9 +285,9 @@ class Watcher(threading.Thread):
             row = found.get(held.task)
             if row is None:
                 continue
-            _, attempt, status, error, worker = row
+            _, attempt, status, error = row
             if attempt > held.attempt:
-                held.how, held.by = "re-run", worker
+                held.how = "re-run"
             elif status in ("failed", "cancelled"):
                 held.how = f"closed: {error}"
             elif status == "succeeded":
@@ -346,6 +349,7 @@ class PgTorture:
         self.reader = Reader(url)
         self.watcher = Watcher(url)
         self.seen: dict[int, dict] = {}  # task id -> the strongest state a snapshot showed
+        self.recoveries: dict[int, tuple[str, set[str], list[int]]] = {}  # id -> who, whose, ids
         self.problems: list[str] = []
         self.began = time.monotonic()
 
@@ -379,6 +383,15 @@ class PgTorture:
                 return
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
+    def wait_until(self, predicate, timeout: float) -> bool:
+        """Pause until `predicate()` holds (True) or `timeout` seconds have passed (False)."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() >= deadline:
+                return False
+            self.pause(0.1)
+        return True
+
     def restart_due(self) -> None:
         for member in self.members:
             if member.alive():
@@ -392,7 +405,7 @@ class PgTorture:
                                          f"{member.log()[-1500:]}")
                 else:
                     self.figures.startup_refusals += 1
-                member.back_at = time.monotonic()
+                member.back_at = time.monotonic() + 0.5  # as systemd's RestartSec would
             if member.back_at is not None and time.monotonic() >= member.back_at:
                 member.start()
 
@@ -432,8 +445,7 @@ class PgTorture:
     def restart_server(self) -> None:
         """Restart PostgreSQL once the held runs are taken (so that no recovery time counts
         the restart), then wait until every running worker beats again."""
-        wait_for(lambda: not self.watcher.open(), LEASE + BOUND + 30,
-                 what="the held runs to be taken before the server's restart")
+        self.wait_until(lambda: not self.watcher.open(), LEASE + BOUND + 30)
         self.server.restart(self.restart_mode)
         back = time.time_ns()
         self.figures.server_restarts += 1
@@ -445,9 +457,8 @@ class PgTorture:
                      if from_text(beat).timestamp() * 1e9 > back}
             return [m for m in running if m.life.pid not in fresh and m.alive()]
 
-        deadline = time.monotonic() + 60
-        while (late := beating()) and time.monotonic() < deadline:
-            self.pause(0.05)
+        self.wait_until(lambda: not beating(), 60)
+        late = beating()
         self.figures.reconnect_s.append((time.time_ns() - back) / 1e9)
         for member in late:
             self.problems.append(f"{member.life.label} did not beat again within 60 s of the "
@@ -476,6 +487,13 @@ class PgTorture:
                 state["attempt"] = before["attempt"]
             self.seen[task_id] = state
         self.figures.snapshots += 1
+        self.read_recoveries()
+
+    def read_recoveries(self) -> None:
+        for rid, worker, owners, ids in self.reader.query(
+                "SELECT id, worker, recovered_from, task_ids FROM recoveries"):
+            self.recoveries[rid] = (worker, set((owners or "").split(", ")) - {""},
+                                    [int(i) for i in ids.split(",")] if ids else [])
 
     def given_back(self) -> set[int]:
         return {int(task) for member in self.members
@@ -515,15 +533,17 @@ class PgTorture:
         for member in self.members:
             wait_for(lambda m=member: m.running() or not m.alive(), 60,
                      what=f"{member.name} to start", log=member.process.log)
-        with_deadline = time.monotonic() + LEASE + BOUND + 30
-        while self.watcher.open() and time.monotonic() < with_deadline:
-            self.pause(0.1)
+        self.wait_until(lambda: not self.watcher.open(), LEASE + BOUND + 30)
         time.sleep(seconds)
         for member in self.members:
             if member.alive():
                 member.process.send(signal.SIGTERM)
-        for member in self.members:
-            code = member.process.stop(signal.SIGTERM, timeout=60)
+        for member in self.members:  # one signal each: a second one stops at once
+            try:
+                code = member.process.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                code = "nothing: still running after 60 s"
+                member.process.kill()
             member.life.ended = time.time_ns()
             if code != 0:
                 self.problems.append(f"{member.life.label}: graceful stop exited {code}:\n"
@@ -554,6 +574,12 @@ class PgTorture:
             self.problems.append(f"the watcher failed: {self.watcher.error!r}")
         tasks = self.read_tasks()
         f.tasks = len(tasks)
+        self.read_recoveries()
+        for worker, owners, ids in self.recoveries.values():
+            if worker in owners:
+                f.recovered_at_start += len(ids)
+            else:
+                f.recovered_by_lease += len(ids)
         lives = {life.label: life for m in self.members for life in m.lives}
 
         # lost committed states: the snapshots', then the workers' logs'
@@ -663,9 +689,6 @@ class PgTorture:
                                          f"{len(slots)} tasks")
 
         # recovery: each run a killed worker held, claimed again within the bound
-        pids = {life.pid: life.name for life in lives.values()}
-        owners = {name: pids.get(pid, name) for name, pid in
-                  self.reader.query("SELECT name, pid FROM workers")}
         for held in self.watcher.held.values():
             f.held += 1
             if held.taken_at is None:
@@ -679,8 +702,6 @@ class PgTorture:
                 f.closed[held.how.removeprefix("closed: ")] += 1
             elif held.how != "re-run":
                 self.problems.append(f"task {held.task}: {held.how}")
-            elif owners.get(held.by, held.by) != held.victim.split(".")[0]:
-                f.by_another += 1
             if seconds > LEASE + BOUND:
                 f.over_bound += 1
                 self.problems.append(f"task {held.task} attempt {held.attempt} (held by "
