@@ -322,8 +322,7 @@ class Ledger:
                 status.value, finished and to_text(finished), to_text(due), outcome.exit_code,
                 outcome.error, outcome.output, task.id, task.attempt)).rowcount
             if not changed:
-                logger.info("task %s was changed by someone else while it ran; "
-                            "its outcome is not recorded", task.id)
+                self._not_recorded(task)
             elif not retry and following is not None and job is not None and job.active:
                 self._create(job, *following, "schedule", now)
             following_run = None if claim_next is None else self._claim(now, claim_next, job)
@@ -334,6 +333,17 @@ class Ledger:
         task.status, task.finished_at, task.due_at = status.value, finished, due
         task.exit_code, task.error, task.output = outcome.exit_code, outcome.error, outcome.output
         return task, following_run
+
+    def _not_recorded(self, task: Task) -> None:
+        """A finish whose compare-and-set found the run changed: say by whom, in one line."""
+        taker = self.db.execute_sql(self.sql["taken_by"], (self.worker,
+                                                           f"%,{task.id},%")).fetchone()
+        if taker is not None:
+            logger.warning("task %s was recovered by %s after this worker's lease expired; its "
+                           "result is dropped", task.id, taker[0])
+        else:
+            logger.info("task %s was changed by someone else while it ran; its outcome is not "
+                        "recorded", task.id)
 
     def _end_plan(self, job: Job, task: Task, outcome: Outcome,
                   now: datetime) -> tuple[tuple[datetime, datetime] | None, float]:
