@@ -54,8 +54,8 @@ from edgeworker.postgres import driver  # noqa: E402
 
 NAMES = ("w1", "w2", "w3")
 THREADS = 2  # [worker] workers of each
-LEASE = 2.0
-HEARTBEAT = 1.0
+LEASE = 2.0  # the shortest allowed
+HEARTBEAT = 1.0  # the most often allowed
 BOUND = 5.0  # a killed worker's runs are claimed again within LEASE + BOUND of the kill
 # job name -> (every, catch_up, seconds a run sleeps): the long ones so that kills land in runs
 JOBS = {
@@ -71,11 +71,12 @@ STARTED = re.compile(r"task (\d+) job (\S+) attempt (\d+) started")
 SUCCEEDED = re.compile(r"task (\d+) job (\S+) attempt (\d+) succeeded")
 GIVEN_BACK = re.compile(r"task (\d+): given back unstarted")
 RUNNING = "edgeworker running"
+FENCED = "other workers may be recovering this worker's runs"  # daemon.fence
 
 
 def worker_settings(name: str) -> str:
     """The [worker] keys that make several workers share one database with leases."""
-    return f'name = "{name}"\nheartbeat = "{HEARTBEAT}s"\n'
+    return f'name = "{name}"\nheartbeat = "{HEARTBEAT:g}s"\nlease = "{LEASE:g}s"\n'
 
 
 def config_text(url: str, ledgers: Path, name: str) -> str:
@@ -84,7 +85,10 @@ def config_text(url: str, ledgers: Path, name: str) -> str:
     for job, (every, catch_up, sleep) in JOBS.items():
         ledger = ledgers / f"{job}.ledger"
         who = "$EDGEWORKER_TASK_ID $EDGEWORKER_ATTEMPT $EDGEWORKER_RECOVERED $TORTURE_LIFE"
-        script = (f'echo "{who} start $(date +%s%N)" >> {ledger}; sleep {sleep}; '
+        # A SIGTERM (the run stopped by its worker) is noted as the run's end too; a SIGKILL
+        # (its worker killed) leaves the run without an end.
+        script = (f'trap \'echo "{who} term $(date +%s%N)" >> {ledger}; exit 143\' TERM; '
+                  f'echo "{who} start $(date +%s%N)" >> {ledger}; sleep {sleep}; '
                   f'echo "{who} end $(date +%s%N)" >> {ledger}')
         lines.append(f'[[jobs]]\nname = "{job}"\ncommand = {json.dumps(script)}\nshell = true\n'
                      f'every = "{every}"\ncatch_up = "{catch_up}"\ncatch_up_limit = 100000\n'
@@ -127,7 +131,8 @@ class Run:
     recovered: str
     life: str
     start: int
-    end: int | None = None
+    end: int | None = None  # ns: its end, or when a SIGTERM ended it
+    finished: bool = False  # it ran to its end
 
 
 @dataclass
@@ -159,7 +164,9 @@ class Figures:
     overlaps: int = 0
     over_attempts: int = 0
     not_told: int = 0  # re-runs without EDGEWORKER_RECOVERED=1
-    cut_short: int = 0  # runs without an end whose worker was not killed
+    fences: int = 0  # a live worker that wrote no heartbeat for its lease ended its runs
+    fenced_runs: int = 0
+    cut_short: int = 0  # runs ended early whose worker was neither killed nor fenced
     stuck: int = 0
     orphans: int = 0
     seconds: float = 0.0
@@ -195,7 +202,9 @@ class Figures:
             ("double runs / overlapping runs of a job", f"{self.double_runs} / {self.overlaps}"),
             ("runs beyond a task's attempts", self.over_attempts),
             ("re-runs not told they recover", self.not_told),
-            ("runs cut short with their worker alive", self.cut_short),
+            ("self-fencing: times / runs ended (no heartbeat for a lease)",
+             f"{self.fences} / {self.fenced_runs}"),
+            ("runs ended early by a worker neither killed nor fenced", self.cut_short),
             ("stuck / unclaimable", f"{self.stuck} / {self.orphans}"),
             ("worker starts refused while the server was away", self.startup_refusals),
             ("seconds", f"{self.seconds:.0f}"),
@@ -550,11 +559,21 @@ class PgTorture:
                                      f"{member.log()[-1500:]}")
         self.figures.seconds = time.monotonic() - self.began
 
+    def life_log(self, life: Life) -> str:
+        member = next(m for m in self.members if m.name == life.name)
+        later = member.lives.index(life) + 1
+        end = member.lives[later].log_offset if later < len(member.lives) else None
+        return member.process.log()[life.log_offset:end]
+
+    def fences(self, life: Life) -> int:
+        return self.life_log(life).count(FENCED)
+
     def ledger_runs(self) -> list[Run]:
         runs: list[Run] = []
         for job in JOBS:
             path = self.ledgers / f"{job}.ledger"
             open_runs: dict[tuple[int, int, str], Run] = {}
+            ended: set[tuple[int, int, str]] = set()
             for line in path.read_text().splitlines() if path.exists() else []:
                 task, attempt, recovered, life, what, ns = line.split()
                 key = (int(task), int(attempt), life)
@@ -562,7 +581,11 @@ class PgTorture:
                     open_runs[key] = Run(job, key[0], key[1], recovered, life, int(ns))
                     runs.append(open_runs[key])
                 elif key in open_runs:
-                    open_runs.pop(key).end = int(ns)
+                    run = open_runs.pop(key)
+                    run.end, run.finished = int(ns), what == "end"
+                    ended.add(key)
+                elif what == "term" and key in ended:
+                    pass  # stopped after its end, before it exited
                 else:
                     self.problems.append(f"{job}: an end without a start: {line}")
         return sorted(runs, key=lambda r: r.start)
@@ -574,13 +597,14 @@ class PgTorture:
             self.problems.append(f"the watcher failed: {self.watcher.error!r}")
         tasks = self.read_tasks()
         f.tasks = len(tasks)
+        lives = {life.label: life for m in self.members for life in m.lives}
+        f.fences = sum(self.fences(life) for life in lives.values())
         self.read_recoveries()
         for worker, owners, ids in self.recoveries.values():
             if worker in owners:
                 f.recovered_at_start += len(ids)
             else:
                 f.recovered_by_lease += len(ids)
-        lives = {life.label: life for m in self.members for life in m.lives}
 
         # lost committed states: the snapshots', then the workers' logs'
         given_back = self.given_back()
@@ -636,12 +660,18 @@ class PgTorture:
             return run.end if run.end is not None else lives[run.life].ended
 
         for run in runs:
-            if run.end is None:
+            if not run.finished:
                 f.interrupted += 1
-                if not lives[run.life].killed:
+                life = lives[run.life]
+                if life.killed:
+                    pass
+                elif self.fences(life):  # its lease may have expired: its runs were ended
+                    f.fenced_runs += 1
+                else:
                     f.cut_short += 1
                     self.problems.append(f"{run.job}: task {run.task} attempt {run.attempt} "
-                                         f"ended early in {run.life}, which was not killed")
+                                         f"ended early in {run.life}, which was neither killed "
+                                         "nor fenced")
             if run.attempt > 1 and run.recovered != "1":
                 f.not_told += 1
                 self.problems.append(f"{run.job}: task {run.task} attempt {run.attempt} ran "
@@ -661,7 +691,7 @@ class PgTorture:
                 f.over_attempts += 1
                 self.problems.append(f"task {task_id} ran {len(task_runs)} times in "
                                      f"{row['attempt']} attempts")
-            if task_runs[-1].end is None and row["status"] not in ("failed", "cancelled"):
+            if not task_runs[-1].finished and row["status"] not in ("failed", "cancelled"):
                 self.problems.append(f"task {task_id} was interrupted and never run to the end "
                                      f"again; it is {row['status']}")
             if row["status"] in ("failed", "cancelled") and not row["error"]:
