@@ -143,7 +143,7 @@ class Figures:
     policies: Counter = field(default_factory=Counter)
     server_restarts: int = 0
     reconnect_s: list[float] = field(default_factory=list)
-    startup_refusals: int = 0  # a worker starting while the server was away, exited 1
+    failed_starts: Counter = field(default_factory=Counter)  # a start that exited: why
     tasks: int = 0
     runs: int = 0
     runs_by: Counter = field(default_factory=Counter)  # worker name -> runs
@@ -206,7 +206,8 @@ class Figures:
              f"{self.fences} / {self.fenced_runs}"),
             ("runs ended early by a worker neither killed nor fenced", self.cut_short),
             ("stuck / unclaimable", f"{self.stuck} / {self.orphans}"),
-            ("worker starts refused while the server was away", self.startup_refusals),
+            ("worker starts that failed", sum(self.failed_starts.values()))] + [
+             (f"  {n} x", why) for why, n in sorted(self.failed_starts.items())] + [
             ("seconds", f"{self.seconds:.0f}"),
         ]
         width = max(len(name) for name, _ in rows)
@@ -369,8 +370,9 @@ class PgTorture:
         self.watcher.start()
         for member in self.members:
             member.start()
-        for member in self.members:
-            wait_for(member.running, 60, what=f"{member.name} to start", log=member.process.log)
+        if not self.wait_until(lambda: all(m.running() for m in self.members), 60):
+            raise AssertionError("the workers did not start:\n" + "\n".join(
+                m.process.log()[-1500:] for m in self.members))
         restart_at = events // 2 if events >= 2 else None
         for number in range(events):
             self.pause(self.random.uniform(0.3, 1.5))
@@ -413,7 +415,12 @@ class PgTorture:
                     self.problems.append(f"{life.label} exited by itself ({code}):\n"
                                          f"{member.log()[-1500:]}")
                 else:
-                    self.figures.startup_refusals += 1
+                    errors = [line for line in member.log().splitlines()
+                              if line.startswith("Error: ")]
+                    why = errors[-1] if errors else f"exited {code}"
+                    self.figures.failed_starts[why] += 1
+                    if "internal error" in why:
+                        self.problems.append(f"{life.label} failed to start: {why}")
                 member.back_at = time.monotonic() + 0.5  # as systemd's RestartSec would
             if member.back_at is not None and time.monotonic() >= member.back_at:
                 member.start()
