@@ -103,11 +103,12 @@ class Life:
     label: str  # "w2.3": the third process named w2 (the jobs see it as $TORTURE_LIFE)
     name: str
     pid: int
-    log_offset: int
+    log_offset: int  # bytes: where its lines begin in the name's log file
     started: int  # ns
     ended: int | None = None
     killed: bool = False
     owners: tuple[str, ...] = ()  # what tasks.worker holds for its claims
+    running_at: float | None = None  # monotonic: when it was first seen past its start-up
 
 
 @dataclass
@@ -331,17 +332,31 @@ class Member:
         return self.process.proc is not None and self.process.proc.poll() is None
 
     def start(self) -> None:
-        offset = len(self.process.log())
+        path = self.process.log_path
+        offset = path.stat().st_size if path.exists() else 0
         label = f"{self.name}.{len(self.lives) + 1}"
         self.process.start(env={"TORTURE_LIFE": label})
         self.lives.append(Life(label, self.name, self.process.proc.pid, offset, time.time_ns()))
         self.back_at = None
 
     def log(self) -> str:
-        return self.process.log()[self.life.log_offset:] if self.life else ""
+        if self.life is None:
+            return ""
+        with open(self.process.log_path, "rb") as handle:
+            handle.seek(self.life.log_offset)
+            return handle.read().decode(errors="replace")
 
     def running(self) -> bool:
-        return RUNNING in self.log()
+        if self.life is None:
+            return False
+        if self.life.running_at is None and RUNNING in self.log():
+            self.life.running_at = time.monotonic()
+        return self.life.running_at is not None
+
+    def established(self) -> bool:
+        """Running for long enough to have written a heartbeat (and recovered expired leases)."""
+        return (self.alive() and self.running()
+                and time.monotonic() - self.life.running_at >= 1.5 * HEARTBEAT)
 
 
 class PgTorture:
@@ -406,6 +421,7 @@ class PgTorture:
     def restart_due(self) -> None:
         for member in self.members:
             if member.alive():
+                member.running()  # notes when it got past its start-up
                 continue
             life = member.life
             if life is not None and life.ended is None:  # it exited by itself
@@ -430,14 +446,18 @@ class PgTorture:
         rows = self.reader.query("SELECT name FROM workers WHERE pid = %s", (life.pid,))
         return tuple(row[0] for row in rows)
 
+    def eligible(self) -> list[Member]:
+        """The workers that may be killed now: any live one, as long as another worker stays
+        that has written a heartbeat (so that some worker can recover by lease)."""
+        return [m for m in self.members if m.alive() and any(
+            o.established() for o in self.members if o is not m)]
+
     def kill(self) -> None:
-        alive = [m for m in self.members if m.alive()]
-        if not alive:
-            self.pause(0.1)
-            return self.kill()
-        victim = self.random.choice(alive)
-        policy = (self.random.choices(list(POLICIES), list(POLICIES.values()))[0]
-                  if len(alive) > 1 else "at once")
+        if not self.wait_until(self.eligible, 60):
+            self.problems.append("no worker could be killed for 60 s: none stayed running")
+            return
+        victim = self.random.choice(self.eligible())
+        policy = self.random.choices(list(POLICIES), list(POLICIES.values()))[0]
         in_startup = not victim.running()
         life = victim.life
         victim.process.kill()
@@ -570,7 +590,10 @@ class PgTorture:
         member = next(m for m in self.members if m.name == life.name)
         later = member.lives.index(life) + 1
         end = member.lives[later].log_offset if later < len(member.lives) else None
-        return member.process.log()[life.log_offset:end]
+        with open(member.process.log_path, "rb") as handle:
+            handle.seek(life.log_offset)
+            text = handle.read(None if end is None else end - life.log_offset)
+        return text.decode(errors="replace")
 
     def fences(self, life: Life) -> int:
         return self.life_log(life).count(FENCED)
@@ -789,6 +812,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--restart-mode", choices=["fast", "immediate"], default="immediate")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="work in DIR (a new directory) and keep it")
     parser.add_argument("--workers", type=int, default=len(NAMES), choices=range(1, 4))
     args = parser.parse_args()
     try:
@@ -799,9 +824,14 @@ def main() -> None:
     if reason:
         sys.exit(f"Error: {reason}")
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    with tempfile.TemporaryDirectory(prefix="edgeworker-torture-pg-") as tmp:
-        figures, problems = run_torture(Path(tmp), args.events, seed, args.restart_mode,
+    if args.keep is not None:  # the ledgers and the workers' logs, to look at afterwards
+        args.keep.mkdir(parents=True)
+        figures, problems = run_torture(args.keep, args.events, seed, args.restart_mode,
                                         args.workers)
+    else:
+        with tempfile.TemporaryDirectory(prefix="edgeworker-torture-pg-") as tmp:
+            figures, problems = run_torture(Path(tmp), args.events, seed, args.restart_mode,
+                                            args.workers)
     print(figures.table())
     if problems:
         print(f"\n{len(problems)} problem(s) (seed {seed}):", *problems[:40], sep="\n")
