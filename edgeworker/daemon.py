@@ -162,11 +162,11 @@ class Daemon:
         self.huey.storage.paused = lambda: self.fenced
         self.notifier.status("starting: syncing jobs and recovering tasks")
         with dbmod.translate_errors(self.db_path):
+            if postgres.is_url(self.db_path):
+                self.check_name()  # before anything is written
             if self.config.path is not None:
                 report = sync_jobs(self.ledger, self.config.jobs, self.clock.now())
                 logger.info("synced jobs from %s: %s", self.config.path, report.summary())
-            if postgres.is_url(self.db_path):
-                self.check_name()
             self.recovery = recovery.recover(self.ledger, self.clock.now(), self.processes)
             logger.info("%s", self.recovery.line())
             self.alert_recovery()
@@ -206,10 +206,11 @@ class Daemon:
                             f"on {self.db_path} for {left:.0f}s more and may still run; stop "
                             "it, wait, or give this one another name ([worker] name, --name)")
 
-    def alert_recovery(self) -> None:
-        """Runs that recovery ended `failed` had their final outcome: their on_failure hooks
-        and pings run once the alerts thread starts."""
-        failed = [(task, why) for task, status, why in self.recovery.close
+    def alert_recovery(self, todo: recovery.Plan | None = None) -> None:
+        """Runs that recovery (the start's, or `todo`: a lease recovery's) ended `failed` had
+        their final outcome: their on_failure hooks and pings run (once the alerts thread
+        starts)."""
+        failed = [(task, why) for task, status, why in (todo or self.recovery).close
                   if status == models.TaskStatus.FAILED]
         if not failed:
             return
@@ -467,6 +468,7 @@ class Daemon:
             if todo is not None:
                 logger.warning("took the running tasks of worker(s) %s, whose lease expired: "
                                "%s", ", ".join(todo.owners), todo.line())
+                self.alert_recovery(todo)
 
     def check_lease(self, now: float) -> None:
         """Fence this worker when it has not written a heartbeat for its lease (monotonic time
@@ -488,7 +490,7 @@ class Daemon:
         logger.error("no heartbeat written for %s, longer than the lease (%s): other workers may "
                      "be recovering this worker's runs; it stops claiming and ends its %s "
                      "running run(s) unrecorded until it reaches the database again",
-                     span(silent).lstrip("+"), span(self.lease).lstrip("+"), busy)
+                     span(silent).lstrip("+"), format_duration(self.lease), busy)
 
     def unfence(self) -> bool:
         """After a heartbeat was written again while fenced: once the ended runs are over,
@@ -503,7 +505,7 @@ class Daemon:
             self.fenced = False
         logger.warning("reached the database again: registered again and taking work; %s",
                        todo.line())
-        self.huey.storage.watch()  # idle threads look at the queue again
+        self.alert_recovery(todo)
         return True
 
     def status_line(self) -> str:

@@ -29,6 +29,7 @@ from edgeworker.models import (
     UNFINISHED,
     ClockState,
     Job,
+    Recovery,
     Task,
     TaskStatus,
     Worker,
@@ -336,11 +337,13 @@ class Ledger:
 
     def _not_recorded(self, task: Task) -> None:
         """A finish whose compare-and-set found the run changed: say by whom, in one line."""
-        taker = self.db.execute_sql(self.sql["taken_by"], (self.worker,
-                                                           f"%,{task.id},%")).fetchone()
+        takers = (Recovery.select(Recovery.worker, Recovery.task_ids)
+                  .where((Recovery.worker != self.worker) & Recovery.task_ids.is_null(False))
+                  .order_by(Recovery.id.desc()).tuples())  # at most recovery.KEEP_RECORDS
+        taker = next((w for w, ids in takers if str(task.id) in ids.split(",")), None)
         if taker is not None:
             logger.warning("task %s was recovered by %s after this worker's lease expired; its "
-                           "result is dropped", task.id, taker[0])
+                           "result is dropped", task.id, taker)
         else:
             logger.info("task %s was changed by someone else while it ran; its outcome is not "
                         "recorded", task.id)
@@ -437,8 +440,9 @@ class Ledger:
             total += deleted
             if deleted < batch:
                 break
-        # Workers last seen before `before`: stopped, silent, or (SQLite: one worker at a time)
-        # any other life, which wrote no heartbeat.
+        # Workers (one row a name) last seen before `before`: stopped, silent, or (SQLite: one
+        # worker at a time) any other name, which wrote no heartbeat. A running task of a name
+        # whose row is gone holds no lease: a live worker recovers it (recovery.recover_expired).
         seen = (Worker.stopped_at < before) | (Worker.stopped_at.is_null()
                                                 & (Worker.last_heartbeat < before))
         gone = seen & (Worker.name != self.worker)

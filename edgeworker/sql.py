@@ -88,9 +88,6 @@ STATEMENTS = {
              "WHERE finished_at IS NULL AND status = 'created'",
     "waiting": f"SELECT {TASK_COLUMNS} FROM tasks WHERE finished_at IS NULL AND status = 'created' "
                "ORDER BY due_at, id LIMIT ?",
-    # Who recovered a task from another worker (a finish that found it taken).
-    "taken_by": "SELECT worker FROM recoveries WHERE worker <> ? "
-                "AND ',' || task_ids || ',' LIKE ? ORDER BY id DESC LIMIT 1",
     "heartbeat": "UPDATE workers SET last_heartbeat = ?, "
                  f"beat_at = {SERVER_NOW} WHERE name = ?",
 }

@@ -94,10 +94,18 @@ class Server:
     def restart(self, mode: str = "fast") -> None:
         """Stop the server (its connections end) and start it again. `mode` is pg_ctl's:
         "fast", or "immediate" (as a crash: the next start recovers from the WAL)."""
+        self.halt(mode)
+        self._start()
+
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the server (its connections end); `start_again` brings it back."""
         self._check(self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w",
                               "stop"), "pg_ctl stop")
         self.started = False
-        self._start()
+
+    def start_again(self) -> None:
+        if not self.started:
+            self._start()
 
     def connect(self, dbname: str):
         import psycopg2
