@@ -456,7 +456,8 @@ class PgTorture:
         if not self.wait_until(self.eligible, 60):
             self.problems.append("no worker could be killed for 60 s: none stayed running")
             return
-        victim = self.random.choice(self.eligible())
+        eligible = self.eligible()  # those past their start-up hold runs: three times as likely
+        victim = self.random.choices(eligible, [3 if m.running() else 1 for m in eligible])[0]
         policy = self.random.choices(list(POLICIES), list(POLICIES.values()))[0]
         in_startup = not victim.running()
         life = victim.life
