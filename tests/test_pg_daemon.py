@@ -265,3 +265,31 @@ def test_a_worker_cut_off_past_its_lease_ends_its_run_and_recovers_it_when_back(
     finally:
         pg_server.start_again()
         pg_server.drop_database(url.split("/")[-1].split("?")[0])
+
+
+def test_a_worker_stopping_gracefully_keeps_its_lease_while_its_run_finishes(tmp_path, pg_url):
+    """SIGTERM lets a run finish (up to shutdown_timeout, here longer than the lease): the worker
+    goes on renewing its lease meanwhile, so that no other worker takes the run from it (on
+    another host: runs it a second time at once)."""
+    ran = tmp_path / "ran"
+    jobs = f'''shutdown_timeout = "30s"
+[[jobs]]
+name = "slow"
+command = ["sh", "-c", "echo $EDGEWORKER_ATTEMPT start >> {ran}; sleep 6; \
+echo $EDGEWORKER_ATTEMPT end >> {ran}"]
+cron = "0 0 1 1 *"
+timezone = "UTC"
+'''
+    with PgWorker(tmp_path, pg_url, f'name = "gw-a"\n{LEASED}{jobs}', "a") as a, \
+            PgWorker(tmp_path, pg_url, f'name = "gw-b"\n{LEASED}{jobs}', "b") as b:
+        a.start().wait_running()
+        a.cli("jobs", "run", "slow")
+        [task] = a.wait_tasks("status = 'running' AND worker = 'gw-a'")
+        wait_for(lambda: ran.exists() and ran.read_text(), what="the run to start", log=a.log)
+        b.start().wait_running()
+        assert a.stop(signal.SIGTERM) == 0  # after its run's end, 6 s: twice the lease
+        assert b.stop() == 0
+    [row] = a.tasks(f"id = {task['id']}")
+    assert (row["status"], row["worker"], row["attempt"]) == ("succeeded", "gw-a", 1)
+    assert ran.read_text().splitlines() == ["1 start", "1 end"]
+    assert "took the running tasks" not in b.log()
