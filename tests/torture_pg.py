@@ -453,6 +453,8 @@ class PgTorture:
             o.established() for o in self.members if o is not m)]
 
     def kill(self) -> None:
+        if self.random.random() < 0.75:  # mostly while two workers run (hold runs): not start-ups
+            self.wait_until(lambda: sum(m.established() for m in self.members) >= 2, 5)
         if not self.wait_until(self.eligible, 60):
             self.problems.append("no worker could be killed for 60 s: none stayed running")
             return
