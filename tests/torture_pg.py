@@ -86,11 +86,13 @@ def config_text(url: str, ledgers: Path, name: str) -> str:
         ledger = ledgers / f"{job}.ledger"
         who = "$EDGEWORKER_TASK_ID $EDGEWORKER_ATTEMPT $EDGEWORKER_RECOVERED $TORTURE_LIFE"
         # A SIGTERM (the run stopped by its worker) is noted as the run's end too; a SIGKILL
-        # (its worker killed) leaves the run without an end.
-        script = (f'trap \'echo "{who} term $(date +%s%N)" >> {ledger}; exit 143\' TERM; '
-                  f'echo "{who} start $(date +%s%N)" >> {ledger}; sleep {sleep}; '
-                  f'echo "{who} end $(date +%s%N)" >> {ledger}')
-        lines.append(f'[[jobs]]\nname = "{job}"\ncommand = {json.dumps(script)}\nshell = true\n'
+        # (its worker killed) leaves the run without an end. bash's clock needs no child, which
+        # a signal could end before it tells the time.
+        now = "${EPOCHREALTIME/./}000"
+        script = (f'trap \'echo "{who} term {now}" >> {ledger}; exit 143\' TERM; '
+                  f'echo "{who} start {now}" >> {ledger}; sleep {sleep}; '
+                  f'echo "{who} end {now}" >> {ledger}')
+        lines.append(f'[[jobs]]\nname = "{job}"\ncommand = {json.dumps(["bash", "-c", script])}\n'
                      f'every = "{every}"\ncatch_up = "{catch_up}"\ncatch_up_limit = 100000\n'
                      'max_attempts = 50\nretry_delay = "100ms"\n')
     return "\n".join(lines)
@@ -448,9 +450,10 @@ class PgTorture:
 
     def eligible(self) -> list[Member]:
         """The workers that may be killed now: any live one, as long as another worker stays
-        that has written a heartbeat (so that some worker can recover by lease)."""
-        return [m for m in self.members if m.alive() and any(
-            o.established() for o in self.members if o is not m)]
+        that has written a heartbeat (so that some worker can recover by lease); a lone worker
+        (a torture of one) comes back at once."""
+        return [m for m in self.members if m.alive() and (len(self.members) == 1 or any(
+            o.established() for o in self.members if o is not m))]
 
     def kill(self) -> None:
         if self.random.random() < 0.75:  # mostly while two workers run (hold runs): not start-ups
@@ -460,7 +463,8 @@ class PgTorture:
             return
         eligible = self.eligible()  # those past their start-up hold runs: three times as likely
         victim = self.random.choices(eligible, [3 if m.running() else 1 for m in eligible])[0]
-        policy = self.random.choices(list(POLICIES), list(POLICIES.values()))[0]
+        policy = (self.random.choices(list(POLICIES), list(POLICIES.values()))[0]
+                  if len(self.members) > 1 else "at once")
         in_startup = not victim.running()
         life = victim.life
         victim.process.kill()
@@ -608,6 +612,9 @@ class PgTorture:
             open_runs: dict[tuple[int, int, str], Run] = {}
             ended: set[tuple[int, int, str]] = set()
             for line in path.read_text().splitlines() if path.exists() else []:
+                if len(line.split()) != 6:
+                    self.problems.append(f"{job}: a torn ledger line: {line!r}")
+                    continue
                 task, attempt, recovered, life, what, ns = line.split()
                 key = (int(task), int(attempt), life)
                 if what == "start":
