@@ -267,6 +267,27 @@ def test_a_worker_cut_off_past_its_lease_ends_its_run_and_recovers_it_when_back(
         pg_server.drop_database(url.split("/")[-1].split("?")[0])
 
 
+def test_a_command_printing_nul_characters_succeeds_with_its_output_kept(tmp_path, pg_url):
+    # PostgreSQL's text cannot hold NUL: each is kept as U+FFFD instead of the outcome being lost
+    # (and the run retried although it succeeded).
+    jobs = '[[jobs]]\nname = "nul"\ncommand = ["printf", "a\\\\000b"]\nevery = "1h"\n'
+    with PgWorker(tmp_path, pg_url, jobs) as worker:
+        worker.start().wait_running()
+        worker.cli("jobs", "run", "nul")
+        [done] = worker.wait_tasks("status <> 'created' AND status <> 'running'")
+        assert (done["status"], done["attempt"], done["output"]) == ("succeeded", 1, "a\ufffdb")
+        assert worker.stop() == 0
+
+
+def test_a_worker_without_a_heartbeat_is_refused_on_postgresql(tmp_path, pg_url):
+    worker = PgWorker(tmp_path, pg_url, 'heartbeat = "off"\n')
+    result = subprocess.run(worker.command("run", "--migrate"), capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (
+        1, f"Error: {worker.config}:3: [worker] heartbeat: cannot be off on PostgreSQL, where it "
+           "renews the worker's lease (without it, other workers take its runs)\n")
+
+
 def test_a_worker_stopping_gracefully_keeps_its_lease_while_its_run_finishes(tmp_path, pg_url):
     """SIGTERM lets a run finish (up to shutdown_timeout, here longer than the lease): the worker
     goes on renewing its lease meanwhile, so that no other worker takes the run from it (on
