@@ -32,13 +32,18 @@ def test_ten_events_on_three_workers_lose_nothing_and_run_nothing_twice(tmp_path
     assert set(figures.runs_by) == set(NAMES)  # every worker ran some
 
 
-def test_the_checks_find_a_lost_state_a_double_run_and_an_untold_rerun(tmp_path):
+def test_the_checks_find_a_lost_state_a_double_run_an_untold_rerun_and_more(tmp_path):
     with private_torture(tmp_path, seed=7, workers=1) as torture:
         torture.run(2)  # a kill, the server's restart
         assert torture.problems == []
         finished = next(t for t in torture.seen.values() if t["status"] == "succeeded")
         torture.reader.query("UPDATE tasks SET status = 'created', finished_at = NULL "
                              "WHERE id = %s RETURNING id", (finished["id"],))
+        torture.reader.query(  # a recovery of a run that was never recovered
+            "INSERT INTO recoveries (started_at, duration_ms, worker, recovered, failed, "
+            "cancelled, scheduled, ended, recovered_from, task_ids) VALUES (%s, 1, 'w2', 1, 0, "
+            "0, 0, 0, 'w1', %s) RETURNING id",
+            (finished["finished_at"], str(finished["id"])))
         ledger = torture.ledgers / "long.ledger"
         task, attempt, _, life, _, start = ledger.read_text().split("\n")[0].split()
         with ledger.open("a") as out:  # the first run again, inside the first; an attempt 99
@@ -50,4 +55,5 @@ def test_the_checks_find_a_lost_state_a_double_run_and_an_untold_rerun(tmp_path)
     # lost: as the snapshots saw it, and as the worker logged it
     assert (figures.lost_states, figures.double_runs, figures.not_told) == (2, 1, 1)
     assert figures.overlaps >= 1 and figures.over_attempts == 1
+    assert figures.recovered_twice == 1
     assert f"task {finished['id']} finished succeeded at attempt" in "\n".join(torture.problems)

@@ -158,6 +158,7 @@ class Figures:
     # tasks recovered: by a start of their worker's name, by another worker (its lease expired)
     recovered_at_start: int = 0
     recovered_by_lease: int = 0
+    recovered_twice: int = 0  # a task in more recovery rows than it was recovered
     closed: Counter = field(default_factory=Counter)  # reason -> held runs closed instead
     unresolved: int = 0
     snapshots: int = 0
@@ -193,6 +194,7 @@ class Figures:
             ("runs interrupted / re-runs", f"{self.interrupted} / {self.reruns}"),
             ("tasks recovered: at a start of their name / by lease",
              f"{self.recovered_at_start} / {self.recovered_by_lease}"),
+            ("tasks recovered twice (in more recovery rows than resets)", self.recovered_twice),
             ("runs a killed worker held", f"{self.held}: {sum(self.closed.values())} closed"
                                            + "".join(f"; {n} {why}" for why, n in
                                                      sorted(self.closed.items()))),
@@ -512,10 +514,10 @@ class PgTorture:
     def read_tasks(self) -> dict[int, dict]:
         rows = self.reader.query(
             "SELECT t.id, t.job_id, j.name, t.origin, t.scheduled_for, t.created_at, t.status, "
-            "t.attempt, t.finished_at, t.error, t.due_at, t.worker "
+            "t.attempt, t.finished_at, t.error, t.due_at, t.worker, t.recovered_count "
             "FROM tasks t LEFT JOIN jobs j ON j.id = t.job_id")
         keys = ("id", "job_id", "job", "origin", "scheduled_for", "created_at", "status",
-                "attempt", "finished_at", "error", "due_at", "worker")
+                "attempt", "finished_at", "error", "due_at", "worker", "recovered_count")
         return {row[0]: dict(zip(keys, row, strict=True)) for row in rows}
 
     def snapshot(self) -> None:
@@ -640,11 +642,19 @@ class PgTorture:
         lives = {life.label: life for m in self.members for life in m.lives}
         f.fences = sum(self.fences(life) for life in lives.values())
         self.read_recoveries()
+        listed: Counter = Counter()
         for worker, owners, ids in self.recoveries.values():
+            listed.update(ids)
             if worker in owners:
                 f.recovered_at_start += len(ids)
             else:
                 f.recovered_by_lease += len(ids)
+        for task_id, times in listed.items():  # two recoveries of one run: one did nothing
+            row = tasks.get(task_id)
+            if row is not None and times > row["recovered_count"]:
+                f.recovered_twice += 1
+                self.problems.append(f"task {task_id} is in {times} recoveries' rows, recovered "
+                                     f"{row['recovered_count']} times")
 
         # lost committed states: the snapshots', then the workers' logs'
         given_back = self.given_back()
