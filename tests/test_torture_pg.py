@@ -22,7 +22,9 @@ def postgresql():
 
 
 def test_ten_events_on_three_workers_lose_nothing_and_run_nothing_twice(tmp_path):
-    figures, problems = run_torture(tmp_path, events=10, seed=20261202)
+    # `make torture-pg` holds the runs a killed worker held to lease + 5 s (taken within 4 s
+    # here); a test on a machine busy with others' gets more room, not a coin toss
+    figures, problems = run_torture(tmp_path, events=10, seed=20261202, bound=20.0)
     print(figures.table())
     assert problems == []
     assert (figures.kills, figures.server_restarts) == (9, 1)

@@ -174,6 +174,7 @@ class Figures:
     stuck: int = 0
     orphans: int = 0
     seconds: float = 0.0
+    bound: float = BOUND
 
     @staticmethod
     def spread(values: list[float]) -> str:
@@ -198,7 +199,8 @@ class Figures:
             ("runs a killed worker held", f"{self.held}: {sum(self.closed.values())} closed"
                                            + "".join(f"; {n} {why}" for why, n in
                                                      sorted(self.closed.items()))),
-            (f"claimed again after the kill (bound lease + {BOUND:g} s = {LEASE + BOUND:g} s)",
+            (f"claimed again after the kill (bound lease + {self.bound:g} s = "
+             f"{LEASE + self.bound:g} s)",
              f"{self.spread(self.rerun_s)}; over the bound {self.over_bound}, never "
              f"{self.unresolved}"),
             ("committed states checked (snapshots)", f"{self.states_checked} "
@@ -365,7 +367,8 @@ class Member:
 
 class PgTorture:
     def __init__(self, workdir: Path, server: pgserver.Server, url: str, seed: int | None = None,
-                 restart_mode: str = "immediate", workers: int = len(NAMES)):
+                 restart_mode: str = "immediate", workers: int = len(NAMES),
+                 bound: float = BOUND):
         self.workdir = workdir
         self.server = server
         self.url = url
@@ -373,7 +376,7 @@ class PgTorture:
         self.random = random.Random(seed)
         self.ledgers = workdir / "ledgers"
         self.ledgers.mkdir(exist_ok=True)
-        self.figures = Figures()
+        self.figures = Figures(bound=bound)
         self.members = [Member(self, name) for name in NAMES[:workers]]
         self.reader = Reader(url)
         self.watcher = Watcher(url)
@@ -782,7 +785,7 @@ class PgTorture:
                 f.closed[held.how.removeprefix("closed: ")] += 1
             elif held.how != "re-run":
                 self.problems.append(f"task {held.task}: {held.how}")
-            if seconds > LEASE + BOUND:
+            if seconds > LEASE + f.bound:
                 f.over_bound += 1
                 self.problems.append(f"task {held.task} attempt {held.attempt} (held by "
                                      f"{held.victim}, back {held.policy}) taken after "
@@ -802,13 +805,13 @@ class PgTorture:
 
 @contextlib.contextmanager
 def private_torture(workdir: Path, seed: int | None = None, restart_mode: str = "immediate",
-                    workers: int = len(NAMES)) -> Iterator[PgTorture]:
+                    workers: int = len(NAMES), bound: float = BOUND) -> Iterator[PgTorture]:
     """A torture on a database of a private server of its own (it restarts it); at the end
     nothing is left of either."""
     server = pgserver.Server(committed_survives_crash=True).start()
     try:
         url = server.url(server.create_database("torture"))
-        torture = PgTorture(workdir, server, url, seed, restart_mode, workers)
+        torture = PgTorture(workdir, server, url, seed, restart_mode, workers, bound)
         try:
             yield torture
         finally:
@@ -818,11 +821,12 @@ def private_torture(workdir: Path, seed: int | None = None, restart_mode: str = 
 
 
 def run_torture(workdir: Path, events: int, seed: int | None = None,
-                restart_mode: str = "immediate",
-                workers: int = len(NAMES)) -> tuple[Figures, list[str]]:
+                restart_mode: str = "immediate", workers: int = len(NAMES),
+                bound: float = BOUND) -> tuple[Figures, list[str]]:
     """The whole torture; returns the figures and the problems found (none when every check
-    holds)."""
-    with private_torture(workdir, seed, restart_mode, workers) as torture:
+    holds). `bound`: seconds beyond the lease within which a killed worker's runs must be
+    taken again."""
+    with private_torture(workdir, seed, restart_mode, workers, bound) as torture:
         figures = torture.run(events)
         return figures, torture.problems
 
