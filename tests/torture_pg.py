@@ -1,29 +1,34 @@
 """Kill torture on PostgreSQL: three workers on one database, SIGKILLed at random, the server
-restarted once; then the checks.
+crashed once; then the checks.
 
-Four interval jobs run shell commands that append `<task> <attempt> <recovered> <life> start|end
-<ns>` lines to a ledger file per job: what the world saw, `<life>` naming the worker process that
-ran it. Each event SIGKILLs a random live worker, which comes back under its name at once, or
-only once its lease has expired, or after a while longer, so that another worker must recover
-its runs by lease (the last live worker always comes back at once). One event restarts
-PostgreSQL (`pg_ctl stop -m immediate`, the server's crash, then a start). After every event the
-tasks are read through a connection of the torture's own (a snapshot), and a watcher notes when
-each run a killed worker held is claimed again. After the last event every worker runs, the
-runs settle, each worker stops gracefully, and `check()` verifies:
+Four interval jobs run bash commands that append `<task> <attempt> <recovered> <life>
+start|end|term <ns>` lines to a ledger file per job: what the world saw, `<life>` naming the
+worker process that ran it (`term`: a SIGTERM ended the run). Each event SIGKILLs a random live
+worker (mostly while two run, so that kills land in runs; never leaving the database without a
+worker that has written a heartbeat), which comes back under its name at once (its start
+recovers its runs), a little after its lease expired (it races the others' lease recovery), or a
+while later (another worker must recover its runs). One event crashes PostgreSQL (`pg_ctl stop
+-m immediate`, then a start). After every event the tasks and recovery rows are read through a
+connection of the torture's own (a snapshot), and a watcher notes when each run a killed worker
+held is claimed again. After the last event every worker runs, the runs settle, each worker
+stops gracefully, and `check()` verifies:
 
 - lost committed states: every state a snapshot or a worker's log showed committed is still
   there (a finished task keeps its outcome, an attempt never goes back, a task id always names
   the same run);
 - double runs: no run (task, attempt) ran twice, no task ran more often than its attempts, no two
   runs of one job overlapped (a run without an end was killed, and the next began after the
-  kill), and every re-run was told it is a recovery (the jobs never fail);
+  kill), every re-run was told it is a recovery (the jobs never fail), and no task is in more
+  recovery rows than it was recovered;
 - recovery: every run a killed worker held was claimed again, or closed with a stated reason,
   within lease + 5 s of the kill (`figures.rerun_s`);
+- a run ended early only by its worker's kill or self-fencing, and a start failed only with a
+  one-line error (never an internal one);
 - as in the SQLite torture (tests/torture.py): nothing left running, every waiting run
   claimable, one pending scheduled run per job, no slot twice, every slot of a catch_up = "all"
   job.
 
-`make torture-pg` runs 100 events; `python tests/torture_pg.py --events N [--seed S]`.
+`make torture-pg` runs 100 events (SEED=, EVENTS=); `python tests/torture_pg.py --help`.
 """
 
 from __future__ import annotations
@@ -189,7 +194,8 @@ class Figures:
             ("events", f"{self.events}: {self.kills} SIGKILLs ({self.kills_in_startup} during "
                        f"start-up; comes back {policies}), {self.server_restarts} server "
                        "restart(s)"),
-            ("workers back on the server after its restart", self.spread(self.reconnect_s)),
+            ("every running worker beating again after the server's restart",
+             self.spread(self.reconnect_s)),
             ("tasks / runs seen by the jobs", f"{self.tasks} / {self.runs} ("
              + ", ".join(f"{n} by {w}" for w, n in sorted(self.runs_by.items())) + ")"),
             ("runs interrupted / re-runs", f"{self.interrupted} / {self.reruns}"),
