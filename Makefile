@@ -61,7 +61,7 @@ RELEASE_BINARIES := dist/edgeworker-linux-amd64 dist/edgeworker-linux-arm64 \
 	dist/edgeworker-linux-armv7
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install uninstall run test test-task-recovery torture lint migrate \
+.PHONY: help venv install uninstall run test test-task-recovery torture torture-pg lint migrate \
 	migrate-remove-current-task-id test-huey build-worker binary run-worker bench bench-smoke \
 	build-worker-arm64 build-worker-armv7 build-worker-unpacked test-arm deb dist clean clean-cache
 
@@ -206,6 +206,9 @@ test-task-recovery: venv ## Crash torture: SIGKILL a running worker 200 times, c
 torture: venv ## Power-cut torture: 100 cuts with durability "full", 100 with "normal"
 	$(BIN)/python tests/torture.py powercut --cuts $(or $(CUTS),100)
 	$(BIN)/python tests/torture.py powercut --cuts $(or $(CUTS),100) --durability normal
+
+torture-pg: venv ## Kill torture on PostgreSQL: 3 workers on one database, 100 events (SIGKILLs, a server crash)
+	$(BIN)/python tests/torture_pg.py --events $(or $(EVENTS),100) $(if $(SEED),--seed $(SEED))
 
 bench: venv $(UNPACKED)/edgeworker $(BINARY) ## Benchmarks beside raw huey and of the installed build: one table, bench/results.json (about 6 minutes)
 	$(BIN)/python -m bench

@@ -489,6 +489,20 @@ class Daemon:
                            ", ".join(todo.owners), todo.line())
             self.alert_recovery(todo)
 
+    def renew(self) -> None:
+        """While stopping, runs finish but the housekeeper (and `beat`) has stopped: keep the
+        lease here, so that no other worker takes those runs; fence them if it cannot be kept."""
+        self.check_lease(time.monotonic())
+        if not self.lease or time.monotonic() < self.next_heartbeat:
+            return
+        self.next_heartbeat = time.monotonic() + self.heartbeat
+        sent = time.monotonic()
+        try:
+            if self.ledger.heartbeat(self.clock.now()):
+                self.beaten = sent
+        except (peewee.DatabaseError, peewee.InterfaceError) as exc:
+            logger.error("cannot renew the lease while stopping: %s", exc)
+
     def check_lease(self, now: float) -> None:
         """Fence this worker when it has not written a heartbeat for its lease (monotonic time
         since the last one was sent, which is no later than the server dated it): other workers
@@ -654,6 +668,7 @@ class Daemon:
         while time.monotonic() < deadline:
             if not self.threads.alive():
                 return True
+            self.renew()
             self._wait_for_signal(min(0.1, deadline - time.monotonic()))
             if any(s != signal.SIGHUP for s in self.signals):
                 return False

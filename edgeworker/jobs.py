@@ -19,6 +19,9 @@ from edgeworker.models import Job, tags_text
 
 # The columns a JobSpec sets; a change in one of SCHEDULE_COLUMNS replans the pending run.
 SCHEDULE_COLUMNS = ("every_seconds", "cron", "timezone", "jitter_seconds")
+# pg_advisory_xact_lock(int, int), "ewsj": held by a sync's transaction on PostgreSQL, where
+# workers starting at once sync the same config: one at a time, each sees the others' jobs.
+SYNC_LOCK = (0x6577736A, 0)
 
 
 def spec_columns(spec: JobSpec) -> dict:
@@ -107,9 +110,12 @@ class SyncReport:
 
 
 def sync_jobs(ledger: Ledger, specs: tuple[JobSpec, ...], now: datetime) -> SyncReport:
-    """Make the config-sourced jobs match `specs`, in one transaction."""
+    """Make the config-sourced jobs match `specs`, in one transaction (on PostgreSQL, one sync
+    at a time)."""
     report = SyncReport()
     with ledger.db.atomic():
+        if ledger.postgres:
+            ledger.db.execute_sql("SELECT pg_advisory_xact_lock(%s, %s)", SYNC_LOCK)
         # Only the jobs a sync may touch: the config's, and any that a spec's name clashes with
         # (not every `jobs add` job: reading 10,000 Job rows costs ~150 ms at each start).
         names = [spec.name for spec in specs]

@@ -546,11 +546,12 @@ class Ledger:
         clock facts (`ClockState` fields)."""
         last_id = self.db.execute_sql(self.sql["last_id"]).fetchone()[0] or 0
         with self.db.atomic():
-            state = ClockState.get_or_none(ClockState.id == 1)
-            if state is None:
-                state = ClockState(id=1, high_water=now)
-                state.save(force_insert=True)
-            elif correct or now > state.high_water:
+            # Workers starting at once on PostgreSQL: the row is made once, then changed by one
+            # at a time.
+            ClockState.insert(id=1, high_water=now).on_conflict_ignore().execute()
+            query = ClockState.select().where(ClockState.id == 1)
+            state = (query.for_update() if self.postgres else query).get()
+            if correct or now > state.high_water:
                 state.high_water = now
             state.high_water_task = last_id
             for name, value in fields.items():

@@ -38,7 +38,12 @@ def unavailable() -> str | None:
 
 
 class Server:
-    def __init__(self):
+    """`committed_survives_crash`: every commit is in the WAL before it returns
+    (synchronous_commit on), so that an immediate stop (the server's crash) loses no committed
+    transaction; the OS does not crash here, so fsync stays off. Off by default: faster."""
+
+    def __init__(self, committed_survives_crash: bool = False):
+        self.synchronous_commit = "on" if committed_survives_crash else "off"
         self.root = Path(tempfile.mkdtemp(prefix="edgeworker-pg-"))
         self.data = self.root / "data"
         self.socket_dir = self.root / "socket"
@@ -79,20 +84,22 @@ class Server:
 
     def _start(self) -> None:
         options = (f"-c listen_addresses='' -c unix_socket_directories='{self.socket_dir}' "
-                   "-c fsync=off -c full_page_writes=off -c synchronous_commit=off "
+                   "-c fsync=off -c full_page_writes=off "
+                   f"-c synchronous_commit={self.synchronous_commit} "
                    "-c max_connections=50")
         self._check(self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
                               "-o", options, "-w", "-t", "60", "start"), "pg_ctl start")
         self.started = True
 
-    def restart(self) -> None:
-        """Stop the server (its connections end) and start it again."""
-        self.halt()
+    def restart(self, mode: str = "fast") -> None:
+        """Stop the server (its connections end) and start it again. `mode` is pg_ctl's:
+        "fast", or "immediate" (as a crash: the next start recovers from the WAL)."""
+        self.halt(mode)
         self._start()
 
-    def halt(self) -> None:
+    def halt(self, mode: str = "fast") -> None:
         """Stop the server (its connections end); `start_again` brings it back."""
-        self._check(self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w",
+        self._check(self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w",
                               "stop"), "pg_ctl stop")
         self.started = False
 
