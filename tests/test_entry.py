@@ -15,7 +15,8 @@ PROBE = """\
 import sys
 
 def loaded(ctx):
-    found = [m for m in ("_hashlib", "croniter", "prometheus_client") if m in sys.modules]
+    found = [m for m in ("_hashlib", "croniter", "prometheus_client", "psycopg")
+             if sys.modules.get(m)]
     ctx.logger.info(" ".join(found) or "none")
 """
 
