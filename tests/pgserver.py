@@ -1,6 +1,8 @@
 """A private PostgreSQL server for the tests: Debian's `postgresql` package, a fresh cluster in a
 temporary directory, reachable only through its own socket directory (`listen_addresses = ''`),
 stopped and removed at the end. Run as root, initdb and the server run as the `postgres` user.
+The tests' server skips fsync (`durable=False`); the benchmarks' (`bench/pg.py`) keeps
+PostgreSQL's durable defaults.
 
 Local connections are trusted, except for the role `PASSWORD_ROLE`, which must give
 `PASSWORD` (scram-sha-256): the tests of wrong and missing credentials.
@@ -37,8 +39,13 @@ def unavailable() -> str | None:
     return None
 
 
+# What the tests' server gives up for speed: their data need not survive a crash of the machine.
+NOT_DURABLE = "-c fsync=off -c full_page_writes=off -c synchronous_commit=off "
+
+
 class Server:
-    def __init__(self):
+    def __init__(self, durable: bool = False):
+        self.durable = durable
         self.root = Path(tempfile.mkdtemp(prefix="edgeworker-pg-"))
         self.data = self.root / "data"
         self.socket_dir = self.root / "socket"
@@ -79,8 +86,7 @@ class Server:
 
     def _start(self) -> None:
         options = (f"-c listen_addresses='' -c unix_socket_directories='{self.socket_dir}' "
-                   "-c fsync=off -c full_page_writes=off -c synchronous_commit=off "
-                   "-c max_connections=50")
+                   + ("" if self.durable else NOT_DURABLE) + "-c max_connections=50")
         self._check(self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
                               "-o", options, "-w", "-t", "60", "start"), "pg_ctl start")
         self.started = True
@@ -117,6 +123,9 @@ class Server:
             conn.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         finally:
             conn.close()
+
+    def postmaster_pid(self) -> int:
+        return int((self.data / "postmaster.pid").read_text().split()[0])
 
     def stop(self) -> None:
         if self.started:

@@ -1,0 +1,626 @@
+"""PostgreSQL: no-op throughput of 1, 2 and 4 worker processes beside huey's `PostgresHuey`, a
+dead worker's run recovered when its lease expires, and what idle workers write.
+
+One private server for the whole script (`tests/pgserver.py`, with PostgreSQL's durable defaults:
+fsync, synchronous_commit and full_page_writes on), a fresh database for every run.
+
+- Throughput: N no-op runs queued in one transaction, drained by C worker processes (C = 1, 2, 4)
+  that were started before and wait idle, each with one worker thread. The clock runs from the
+  queueing transaction's commit to the end of the last run; CPU time is the worker processes'
+  (/proc/PID/stat, children included) and the server's (the postmaster and all its processes,
+  exited ones included), per task.
+  - edgeworker: `edgeworker run` processes (`workers = 1`, each with its own `[worker] name`);
+    the N runs are manual runs as `edgeworker jobs run` queues them (`Ledger.run_now`), spread
+    over 64 callable jobs `bench.jobs:noop`: a job has one run at a time, so one job's runs
+    would be drained one by one however many workers there are. Its end: the latest
+    `finished_at`.
+  - huey: C processes, each huey's `Consumer(workers=1)` (thread worker, its defaults, INFO lines
+    as `huey_consumer` logs them) over `PostgresHuey` with a no-op task; N messages (huey's own
+    `serialize_task`) inserted in one transaction with one `pg_notify`, the rows and the
+    notification `PostgresStorage.enqueue` sends for one. Its end: the last SIGNAL_COMPLETE.
+  Beside them, enqueueing one run a transaction from one producer, no worker running.
+- Recovery: two workers with `[worker] lease` L (heartbeat L/5); the one running a long command
+  is SIGKILLed; the time until the other starts the recovered run (the command's own timestamp),
+  from the kill and from the dead worker's last heartbeat, less L.
+- Idle: C idle workers for a window; per worker per minute: WAL bytes (pg_current_wal_flush_lsn),
+  commit records in that WAL (pg_waldump: the write transactions) and transactions counted by
+  the server (pg_stat_database.xact_commit: read-only ones included, flushed by the backends at
+  most every second, so ± a few), beside the heartbeat's one write an interval.
+
+Skipped, with the reason, where no PostgreSQL server can be started (tests/pgserver.py), or where
+psycopg 3 (which `PostgresHuey` needs) or huey's `PostgresHuey` is missing. A feature that the
+worker does not have yet (several workers on one database, leases) is left out with a note.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from bench.common import (
+    REPO,
+    Figure,
+    Stat,
+    WorkerProcess,
+    pgserver,
+    scratch_dir,
+    side_by_side,
+    wait_for,
+)
+
+COUNTS = (1, 2, 4)
+JOBS = 64
+NEVER = 'cron = "0 0 1 1 *"\ntimezone = "UTC"\n'  # no slot of its own while a benchmark runs
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def unavailable() -> str | None:
+    """Why this script cannot run here, or None."""
+    reason = pgserver.unavailable()
+    if reason:
+        return reason
+    if importlib.util.find_spec("psycopg") is None:
+        return ("huey's PostgresHuey (the baseline) needs psycopg 3: "
+                "pip install 'psycopg[binary]'")
+    import huey
+
+    if not hasattr(huey, "PostgresHuey"):
+        return f"huey {huey.__version__} has no PostgresHuey"
+    return None
+
+
+def worker_settings() -> set[str]:
+    """The keys of [worker] this edgeworker knows."""
+    from edgeworker.config import WorkerSettings
+
+    return {f.name for f in fields(WorkerSettings)}
+
+
+# -- the server --------------------------------------------------------------------------------
+
+def ticks(pid: int) -> tuple[int, int, int]:
+    """(ppid, own CPU ticks, waited-for children's CPU ticks) from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as handle:
+        data = handle.read()
+    after = data[data.rindex(")") + 2:].split()  # field 3 (state) onwards
+    return int(after[1]), int(after[11]) + int(after[12]), int(after[13]) + int(after[14])
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds of a process and of its children it has waited for."""
+    _, own, children = ticks(pid)
+    return (own + children) / TICK
+
+
+class Cluster:
+    """The private server, with what the benchmarks read from it."""
+
+    def __init__(self):
+        from edgeworker.postgres import driver
+
+        driver()  # psycopg2, which importing edgeworker keeps out of sys.modules
+        self.server = pgserver.Server(durable=True)
+        self.names: dict[str, str] = {}  # URL -> database
+
+    def start(self) -> Cluster:
+        self.server.start()
+        self.postmaster = self.server.postmaster_pid()
+        return self
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def database(self) -> str:
+        name = self.server.create_database("bench")
+        url = self.server.url(name)
+        self.names[url] = name
+        return url
+
+    def drop(self, url: str) -> None:
+        self.server.drop_database(self.names.pop(url))
+
+    def cpu(self) -> float:
+        """CPU seconds of the server: the postmaster, its processes, and those that exited."""
+        _, own, children = ticks(self.postmaster)
+        total = own + children
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    ppid, own, children = ticks(int(entry))
+                except (FileNotFoundError, ProcessLookupError, ValueError):
+                    continue
+                if ppid == self.postmaster:
+                    total += own + children
+        return total / TICK
+
+    def one(self, sql: str, params: tuple = (), dbname: str = "postgres"):
+        conn = self.server.connect(dbname)
+        try:
+            conn.autocommit = True
+            cursor = conn.cursor()
+            cursor.execute(sql, params)
+            return cursor.fetchone()[0]
+        finally:
+            conn.close()
+
+    def flushed_lsn(self) -> int:
+        text = self.one("SELECT pg_current_wal_flush_lsn()::text")
+        high, low = text.split("/")
+        return (int(high, 16) << 32) + int(low, 16)
+
+    def transactions(self, url: str) -> int:
+        return self.one("SELECT xact_commit FROM pg_stat_database WHERE datname = %s",
+                        (self.names[url],))
+
+    def wal_records(self, start: int, end: int) -> dict[str, int]:
+        """Commit records and full-page images in the WAL between two positions (pg_waldump)."""
+        lsn = [f"{x >> 32:X}/{x & 0xFFFFFFFF:X}" for x in (start, end)]
+        result = subprocess.run(
+            [str(pgserver.BIN / "pg_waldump"), "-p", str(self.server.data / "pg_wal"), "-s",
+             lsn[0], "-e", lsn[1]], capture_output=True, text=True, timeout=60)
+        lines = result.stdout.splitlines()
+        return {"records": len(lines),
+                "commits": sum("rmgr: Transaction" in line and "desc: COMMIT" in line
+                               for line in lines),
+                "full_pages": sum(line.count(" FPW") for line in lines)}
+
+
+# -- edgeworker's workers ----------------------------------------------------------------------
+
+def migrated(url: str):
+    """The database opened in this process, migrated, with the models bound to it."""
+    from edgeworker import db as dbmod
+    from edgeworker import migrate, models
+
+    database = dbmod.open_database(url, create=True)
+    migrate.apply(database, migrate.plan(database, migrate.for_database(database)))
+    models.bind(database)
+    return database
+
+
+def worker_config(url: str, name: str | None, jobs: str, extra: str = "") -> str:
+    named = f'name = "{name}"\n' if name is not None else ""
+    return (f'[worker]\ndatabase = "{url}"\nworkers = 1\npython_path = ["{REPO}"]\n{named}'
+            f"{extra}{jobs}")
+
+
+def start_workers(directory: Path, url: str, count: int, jobs: str,
+                  extra: str = "") -> list[WorkerProcess]:
+    """`count` `edgeworker run` processes on the database, each running (in turn: their start-up
+    syncs the same config)."""
+    named = "name" in worker_settings()
+    workers = []
+    for i in range(count):
+        name = f"bench-{i}" if named else None
+        worker = WorkerProcess(directory, worker_config(url, name, jobs, extra), name=f"w{i}")
+        workers.append(worker)
+        worker.start().wait_running(60)
+    return workers
+
+
+def stop_workers(workers: list[WorkerProcess]) -> None:
+    codes = [worker.stop() for worker in workers]
+    if any(codes):
+        raise RuntimeError(f"a worker exited {codes}:\n{workers[codes.index(max(codes))].log()}")
+
+
+def kill_workers(workers: list[WorkerProcess]) -> None:
+    for worker in workers:
+        worker.kill()
+
+
+def noop_jobs() -> str:
+    return "".join(f'[[jobs]]\nname = "noop-{i:02d}"\ncallable = "bench.jobs:noop"\n{NEVER}'
+                   for i in range(JOBS))
+
+
+def drain_edgeworker(cluster: Cluster, count: int, n: int) -> dict:
+    from peewee import fn
+
+    from edgeworker.clock import utcnow
+    from edgeworker.ledger import Ledger
+    from edgeworker.models import Job, Task
+
+    url = cluster.database()
+    directory = scratch_dir("pg-ew")
+    database = migrated(url)
+    workers = []
+    try:
+        workers = start_workers(directory, url, count, noop_jobs())
+        ledger = Ledger(database, worker="bench")
+        jobs = list(Job.select().where(Job.name.startswith("noop-")).order_by(Job.name))
+        assert len(jobs) == JOBS, len(jobs)
+        time.sleep(0.5)  # start-up's last writes
+        worker_cpu = [process_cpu(w.proc.pid) for w in workers]
+        now = utcnow()
+        with database.atomic():
+            for i in range(n):
+                ledger.run_now(jobs[i % JOBS], now)
+        committed, server_cpu = time.time(), cluster.cpu()
+        succeeded = (Task.origin == "manual") & (Task.status == "succeeded")
+
+        def done() -> bool:
+            if Task.select().where((Task.origin == "manual") & (Task.status != "succeeded")
+                                   & Task.finished_at.is_null(False)).exists():
+                raise RuntimeError(f"a run did not succeed:\n{workers[0].log()[-3000:]}")
+            return Task.select().where(succeeded).count() >= n
+
+        wait_for(done, timeout=600, interval=0.05, what=f"{n} runs to succeed")
+        server_cpu = cluster.cpu() - server_cpu
+        worker_cpu = sum(process_cpu(w.proc.pid) - c for w, c in zip(workers, worker_cpu,
+                                                                         strict=True))
+        last = Task.select(fn.max(Task.finished_at)).where(succeeded).scalar()  # a datetime
+        stop_workers(workers)
+    finally:
+        kill_workers(workers)
+        database.close()
+        cluster.drop(url)
+        shutil.rmtree(directory, ignore_errors=True)
+    return {"n": n, "count": count, "seconds": last.timestamp() - committed,
+            "worker_cpu": worker_cpu, "server_cpu": server_cpu}
+
+
+# -- huey's --------------------------------------------------------------------------------------
+
+def huey_storage():
+    """huey's storage module, with psycopg 3: importing edgeworker keeps psycopg out of
+    sys.modules (edgeworker/__init__.py), so a huey imported after it found none."""
+    if sys.modules.get("psycopg", False) is None:
+        del sys.modules["psycopg"]
+    import huey.storage
+    import psycopg
+
+    huey.storage.psycopg = psycopg
+    return huey.storage
+
+
+def make_huey(url: str):
+    huey_storage()
+    from huey import PostgresHuey
+
+    huey = PostgresHuey("bench", dsn=url)
+
+    @huey.task(name="noop")
+    def noop():
+        return None
+
+    return huey, noop
+
+
+def consumer(url: str) -> None:
+    """A huey consumer process (`python -m bench.pg consumer URL`): runs until SIGINT, then
+    prints how many tasks it completed and when the last one ended."""
+    from huey.consumer import Consumer
+    from huey.signals import SIGNAL_COMPLETE
+
+    handler = logging.StreamHandler()  # as huey_consumer logs by default
+    handler.setFormatter(logging.Formatter(
+        "[%(asctime)s] %(levelname)s:%(name)s:%(threadName)s:%(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
+    huey, _ = make_huey(url)
+    done = {"count": 0, "last": 0.0}
+
+    @huey.signal(SIGNAL_COMPLETE)
+    def complete(signal_name, task):
+        done["count"] += 1
+        done["last"] = time.time()
+
+    print("consumer running", file=sys.stderr, flush=True)
+    Consumer(huey, workers=1).run()  # as huey_consumer runs it, until SIGINT (graceful)
+    sys.stdout.write(json.dumps(done))
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def drain_huey(cluster: Cluster, count: int, n: int) -> dict:
+    url = cluster.database()
+    directory = scratch_dir("pg-huey")
+    huey, noop = make_huey(url)
+    storage = huey.storage
+    procs = []
+    try:
+        for i in range(count):
+            with open(directory / f"c{i}.log", "wb") as log:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "bench.pg", "consumer", url], stdout=subprocess.PIPE,
+                    stderr=log, cwd=REPO))
+        for i, proc in enumerate(procs):
+            path = directory / f"c{i}.log"
+            wait_for(lambda p=path, c=proc: "consumer running" in p.read_text()
+                     or c.poll() is not None, timeout=60, what="huey's consumer to start")
+            if proc.poll() is not None:
+                raise RuntimeError(f"huey's consumer exited:\n{path.read_text()[-3000:]}")
+        time.sleep(0.5)
+        worker_cpu = [process_cpu(p.pid) for p in procs]
+        messages = [(storage.name, huey.serialize_task(noop.s()), 0) for _ in range(n)]
+        conn = storage.conn
+        with conn.transaction():
+            cursor = conn.cursor()
+            cursor.executemany(f"INSERT INTO {storage.table_task} (queue, data, priority) "
+                               "VALUES (%s, %s, %s)", messages)
+            cursor.execute("SELECT pg_notify(%s, %s)", (storage.channel, ""))
+        committed, server_cpu = time.time(), cluster.cpu()
+        wait_for(lambda: huey.pending_count() == 0, timeout=600, interval=0.05,
+                 what="huey's queue to empty")
+        time.sleep(0.2)  # the last dequeued tasks end (a no-op: well under a millisecond)
+        server_cpu = cluster.cpu() - server_cpu
+        worker_cpu = sum(process_cpu(p.pid) - c for p, c in zip(procs, worker_cpu, strict=True))
+        reports = []
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=60)
+            reports.append(json.loads(out))
+        completed = sum(r["count"] for r in reports)
+        if completed != n:
+            raise RuntimeError(f"huey completed {completed} of {n} tasks")
+        last = max(r["last"] for r in reports)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        storage.close()
+        cluster.drop(url)
+        shutil.rmtree(directory, ignore_errors=True)
+    return {"n": n, "count": count, "seconds": last - committed, "worker_cpu": worker_cpu,
+            "server_cpu": server_cpu}
+
+
+# -- enqueueing one at a time ------------------------------------------------------------------
+
+def cpu_self() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def enqueue_each(cluster: Cluster, contender: str, n: int) -> dict:
+    """`n` runs queued one a transaction by this process, no worker running."""
+    url = cluster.database()
+    try:
+        if contender == "edgeworker":
+            from edgeworker.clock import utcnow
+            from edgeworker.config import JobSpec
+            from edgeworker.jobs import add_job
+            from edgeworker.ledger import Ledger
+
+            database = migrated(url)
+            ledger = Ledger(database, worker="bench")
+            job = add_job(ledger, JobSpec(name="noop", kind="callable", target="bench.jobs:noop",
+                                          every=86400.0), utcnow())
+            enqueue, close = (lambda: ledger.run_now(job, utcnow())), database.close
+        else:
+            huey, noop = make_huey(url)
+            enqueue, close = noop, huey.storage.close
+        enqueue()  # the connection is open, the statements known
+        began, cpu, server = time.perf_counter(), cpu_self(), cluster.cpu()
+        for _ in range(n):
+            enqueue()
+        result = {"n": n, "seconds": time.perf_counter() - began, "cpu": cpu_self() - cpu,
+                  "server_cpu": cluster.cpu() - server}
+        close()
+    finally:
+        cluster.drop(url)
+    return result
+
+
+# -- recovery by lease -------------------------------------------------------------------------
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                found += [int(x) for x in handle.read().split()]
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def recovery_run(cluster: Cluster, lease: float) -> dict:
+    """Two workers; SIGKILL the one running a long command; when does the other start it?"""
+    from edgeworker.clock import utcnow
+    from edgeworker.ledger import Ledger
+    from edgeworker.models import Job, Worker
+
+    url = cluster.database()
+    directory = scratch_dir("pg-lease")
+    stamps = directory / "stamps"
+    job = ('[[jobs]]\nname = "hold"\ncommand = ["sh", "-c", "echo $EDGEWORKER_RECOVERED '
+           f'$(date +%s.%N) >> {stamps}; [ $EDGEWORKER_RECOVERED = 1 ] || exec sleep 600"]\n'
+           f"max_attempts = 3\n{NEVER}")
+    heartbeat = max(1.0, lease / 5)
+    database = migrated(url)
+    workers = []
+
+    def lines(recovered: str) -> list[float]:
+        text = stamps.read_text() if stamps.exists() else ""
+        return [float(line.split()[1]) for line in text.splitlines()
+                if line.split()[:1] == [recovered]]
+
+    try:
+        workers = start_workers(directory, url, 2, job,
+                                f'lease = "{lease:g}s"\nheartbeat = "{heartbeat:g}s"\n')
+        Ledger(database, worker="bench").run_now(Job.get(Job.name == "hold"), utcnow())
+        wait_for(lambda: lines("0"), timeout=30, what="the run to start")
+        victim = wait_for(lambda: next((w for w in workers if children(w.proc.pid)), None),
+                          timeout=10, what="the worker running the command")
+        killed = time.time()
+        victim.kill()
+        [started] = wait_for(lambda: lines("1"), timeout=lease + 60,
+                             what="the recovered run to start", log=workers[0].log)
+        row = Worker.get(Worker.pid == victim.proc.pid)
+        beat = row.last_heartbeat.timestamp()
+        stop_workers([w for w in workers if w is not victim])
+    finally:
+        kill_workers(workers)
+        database.close()
+        cluster.drop(url)
+        shutil.rmtree(directory, ignore_errors=True)
+    return {"lease": lease, "heartbeat": heartbeat, "after_kill": started - killed,
+            "after_heartbeat": started - beat}
+
+
+# -- idle workers --------------------------------------------------------------------------------
+
+def idle_run(cluster: Cluster, count: int, heartbeat: float | None, settle: float,
+             window: float) -> dict:
+    url = cluster.database()
+    directory = scratch_dir("pg-idle")
+    job = f'[[jobs]]\nname = "daily"\ncallable = "bench.jobs:noop"\n{NEVER}'
+    extra = f'heartbeat = "{heartbeat:g}s"\n' if heartbeat else ""
+    database = migrated(url)
+    database.close()
+    workers = []
+    try:
+        workers = start_workers(directory, url, count, job, extra)
+        time.sleep(settle)
+        lsn, transactions, began = cluster.flushed_lsn(), cluster.transactions(url), time.time()
+        time.sleep(window)
+        end, transactions = cluster.flushed_lsn(), cluster.transactions(url) - transactions
+        seconds = time.time() - began
+        records = cluster.wal_records(lsn, end)
+        stop_workers(workers)
+    finally:
+        kill_workers(workers)
+        cluster.drop(url)
+        shutil.rmtree(directory, ignore_errors=True)
+    per = 60 / seconds / count  # per worker per minute
+    return {"count": count, "heartbeat": heartbeat, "window": seconds,
+            "wal_bytes": (end - lsn) * per, "commits": records["commits"] * per,
+            "full_pages": records["full_pages"] * per, "records": records["records"] * per,
+            "transactions": transactions * per}
+
+
+# -- the figures -----------------------------------------------------------------------------------
+
+def throughput_figures(runs: dict[str, list[dict]], count: int) -> list[Figure]:
+    def values(contender: str, f) -> list[float]:
+        return [f(r) for r in runs[contender]]
+
+    def ratio(f) -> Stat:
+        return Stat.of([a / b for a, b in zip(values("edgeworker", f), values("huey", f),
+                                               strict=True)])
+
+    def line(what: str, unit: str, f, digits: int, target: str = "", goal=None) -> Figure:
+        r = ratio(f)
+        return Figure("13", what, unit, Stat.of(values("edgeworker", f)),
+                      Stat.of(values("huey", f)), "huey", r, target,
+                      goal(r.median) if goal else None, digits)
+
+    workers = f"{count} worker{'s' if count > 1 else ''}"
+    return [
+        line(f"PostgreSQL: no-op tasks/s, {workers} (processes), queued then drained",
+             "tasks/s", lambda r: r["n"] / r["seconds"], 0),
+        line(f"PostgreSQL: CPU per task, {workers}: worker processes", "ms",
+             lambda r: r["worker_cpu"] / r["n"] * 1e3, 2),
+        line(f"PostgreSQL: CPU per task, {workers}: the server", "ms",
+             lambda r: r["server_cpu"] / r["n"] * 1e3, 2),
+    ]
+
+
+def measure(quick: bool = False) -> tuple[list[Figure], dict]:
+    reason = unavailable()
+    if reason:
+        return [], {"skipped": reason}
+    settings = worker_settings()
+    notes = []
+    counts = COUNTS if "name" in settings else (1,)
+    if "name" not in settings:
+        notes.append("pg: 2 and 4 workers left out: one worker per database ([worker] name "
+                     "not there yet)")
+    if quick:
+        counts = counts[:2]
+    n, repeats, each = (20, 1, 10) if quick else (1000, 3, 300)
+    raw: dict = {"n": n, "repeats": repeats, "throughput": {}, "notes": notes}
+    figures: list[Figure] = []
+    cluster = Cluster().start()
+    try:
+        for count in counts:
+            runs = side_by_side(repeats, {
+                "edgeworker": lambda c=count: drain_edgeworker(cluster, c, n),
+                "huey": lambda c=count: drain_huey(cluster, c, n)})
+            raw["throughput"][count] = runs
+            figures += throughput_figures(runs, count)
+        runs = side_by_side(repeats, {c: (lambda c=c: enqueue_each(cluster, c, each))
+                                      for c in ("edgeworker", "huey")})
+        raw["enqueue"] = runs
+        rates = {c: [r["n"] / r["seconds"] for r in runs[c]] for c in runs}
+        figures.append(Figure(
+            "13", "PostgreSQL: enqueue, one run a transaction (jobs run; huey: a call)",
+            "tasks/s", Stat.of(rates["edgeworker"]), Stat.of(rates["huey"]), "huey",
+            Stat.of([a / b for a, b in zip(rates["edgeworker"], rates["huey"], strict=True)]),
+            digits=0))
+
+        if "lease" in settings:
+            lease = 2.0 if quick else 5.0
+            runs = [recovery_run(cluster, lease) for _ in range(repeats)]
+            raw["recovery"] = runs
+            figures += [
+                Figure("13", f"PostgreSQL: SIGKILL → recovered run starts (lease {lease:g} s)",
+                       "s", Stat.of([r["after_kill"] for r in runs]), digits=2),
+                Figure("13", "PostgreSQL: the same, less the lease", "s",
+                       Stat.of([r["after_kill"] - lease for r in runs]), target="≤ 5 s",
+                       met=max(r["after_kill"] - lease for r in runs) <= 5, digits=2),
+                Figure("13", "PostgreSQL: dead worker's last heartbeat → recovered run, less "
+                       "the lease", "s", Stat.of([r["after_heartbeat"] - lease for r in runs]),
+                       digits=2),
+            ]
+        else:
+            notes.append("pg: lease-expiry recovery left out: no [worker] lease yet")
+
+        idle = [(1, None, 60.0), (4, None, 60.0), (4, 5.0, 30.0)]
+        settle = 5.0
+        if quick:
+            idle, settle = [(1, 1.0, 1.5)], 0.5
+        raw["idle"] = []
+        for count, heartbeat, window in idle:
+            if count > 1 and "name" not in settings:
+                notes.append(f"pg: {count} idle workers left out: one worker per database")
+                continue
+            r = idle_run(cluster, count, heartbeat, settle, window)
+            raw["idle"].append(r)
+            beat = heartbeat or 30.0  # config.DEFAULT_HEARTBEAT on PostgreSQL
+            what = (f"PostgreSQL idle, {count} worker{'s' if count > 1 else ''}, heartbeat "
+                    f"{beat:g} s ({window:g} s): per worker per minute,")
+            expected = 60 / beat
+            figures += [
+                Figure("13", f"{what} WAL bytes", "B", Stat.of([r["wal_bytes"]]), digits=0),
+                Figure("13", f"{what} commits (WAL commit records)", "commits",
+                       Stat.of([r["commits"]]), target=f"≈ {expected:g} (1 a heartbeat)",
+                       met=r["commits"] <= expected + 60 / r["window"], digits=1),
+                Figure("13", f"{what} transactions (read-only included)", "txn",
+                       Stat.of([r["transactions"]]), digits=1),
+            ]
+    finally:
+        cluster.stop()
+    return figures, raw
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["consumer"]:
+        consumer(argv[1])
+        return
+    from bench.common import render_table
+
+    figures, raw = measure("--quick" in argv)
+    if "skipped" in raw:
+        print(f"pg: skipped: {raw['skipped']}")
+        return
+    print(render_table(figures))
+    for note in raw["notes"]:
+        print(note)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
