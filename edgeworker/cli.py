@@ -108,7 +108,7 @@ class Context:
         if "ledger" not in self._cache:
             from edgeworker.ledger import Ledger
 
-            self._cache["ledger"] = Ledger(self.open())
+            self._cache["ledger"] = Ledger(self.open(), self.config.worker.worker_name())
         return self._cache["ledger"]
 
     def close(self) -> None:
@@ -321,14 +321,26 @@ def check_config(obj: Context) -> None:
 
 # -- run / recover ------------------------------------------------------------------------------
 
+def _worker_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from edgeworker.config import check_worker_name
+
+    try:
+        return None if value is None else check_worker_name(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @cli.command()
 @click.option("--migrate", "apply_migrations", is_flag=True,
               help="Create the database or apply pending migrations first.")
 @click.option("--workers", type=click.IntRange(1, 64), help="Worker threads [default: config].")
 @click.option("--log-format", type=click.Choice(["text", "json"]),
               help="Log lines on stderr [default: config, else text].")
+@click.option("--name", callback=_worker_name, envvar="EDGEWORKER_NAME", show_envvar=True,
+              help="The worker's name on its database [default: config, else the host name].")
 @pass_ctx
-def run(obj: Context, apply_migrations: bool, workers: int | None, log_format: str | None) -> None:
+def run(obj: Context, apply_migrations: bool, workers: int | None, log_format: str | None,
+        name: str | None) -> None:
     """Run the worker in the foreground (what systemd starts)."""
     from edgeworker import logs
     from edgeworker.daemon import Daemon
@@ -336,7 +348,8 @@ def run(obj: Context, apply_migrations: bool, workers: int | None, log_format: s
     config = obj.config
     logs.setup(log_format or config.worker.log_format,
                "debug" if obj.debug else config.worker.log_level)
-    code = Daemon(config, obj.db_path, apply_migrations=apply_migrations, workers=workers).run()
+    code = Daemon(config, obj.db_path, apply_migrations=apply_migrations, workers=workers,
+                  name=name).run()
     raise click.exceptions.Exit(code)
 
 
@@ -354,12 +367,12 @@ def recover(obj: Context, dry_run: bool, as_json: bool) -> None:
     ledger = obj.ledger()
     now = obj.now()
     pid = worker_pid(obj.db_path)
-    if dry_run:
-        todo = recovery.plan(ledger, now)
+    if dry_run:  # PostgreSQL: what a start of this worker name would recover
+        todo = recovery.plan(ledger, now, {ledger.worker} if ledger.postgres else None)
         if pid is None:
             todo.ended = recovery.count_leftovers(obj.db_path)
     else:
-        with worker_lock(obj.db_path):
+        with worker_lock(obj.db_path, ledger.worker):
             todo = recovery.recover(ledger, now)
     job_names = report.job_names()
     data = {
@@ -406,29 +419,36 @@ def status(obj: Context, as_json: bool) -> None:
     """What ran, what runs next, what was recovered."""
     from edgeworker import report
     from edgeworker.clock import utcnow
-    from edgeworker.db import worker_pid
+    from edgeworker.db import running_workers, worker_pid
 
     obj.open(readonly=True)
     ledger = obj.ledger()
-    pid = worker_pid(obj.db_path)
+    running = running_workers(obj.db_path)
+    pid = worker_pid(obj.db_path) if running is None else next(iter(running.values()), None)
+    names = list(running) if running is not None else [n for n in [report.worker_name(pid)] if n]
     settings = obj.config.worker
+    alerts = [report.all_busy(n, settings.workers, settings.busy_alert, utcnow()) for n in names]
     data = {
         "database": str(obj.db_path),
         "durability": None if obj.on_server else settings.durability,  # SQLite's setting
         "worker": {"running": pid is not None, "pid": pid if pid and pid > 0 else None,
-                   "alert": pid and report.all_busy(pid, settings.workers, settings.busy_alert,
-                                                    utcnow()) or None},
+                   "names": names, "alert": next(filter(None, alerts), None)},
         "queue": report.queue_depth(ledger.db, utcnow()),
         "pings": report.pings(),
         "last_recovery": report.last_recovery(),
         "clock": report.clock(utcnow(), pid is not None),
-        "workers": report.workers(utcnow(), pid),
+        "workers": report.workers(utcnow(), pid, running=running),
         "jobs": report.jobs(utcnow(), with_counts=True),
     }
 
     def render(d: dict) -> None:
-        worker = (f"running (pid {d['worker']['pid']})" if d["worker"]["running"]
-                  else "not running")
+        names = d["worker"]["names"]
+        if len(names) > 1:
+            worker = f"{len(names)} running: {', '.join(names)}"
+        elif d["worker"]["running"]:
+            worker = f"running (pid {d['worker']['pid']})"
+        else:
+            worker = "not running"
         kind = f"durability {d['durability']}" if d["durability"] else "PostgreSQL"
         click.echo(f"database  {d['database']} ({kind})")
         click.echo(f"worker    {worker}")
@@ -442,7 +462,7 @@ def status(obj: Context, as_json: bool) -> None:
         rec = d["last_recovery"]
         if rec:
             click.echo(f"recovery  {show_time(rec['at'])}: {report.recovery_line(rec)} "
-                       f"({rec['duration_ms']:g} ms)")
+                       f"({rec['duration_ms']:g} ms){report.recovery_who(rec)}")
         else:
             click.echo("recovery  none yet (no worker has started)")
         click.echo(f"clock     {clock_line(d['clock'])}")
@@ -774,7 +794,8 @@ def tasks_cancel(obj: Context, task_id: int) -> None:
         click.echo(f"cancelled task {task_id} (job {name}): it had not started")
         return
     try:
-        with worker_lock(obj.db_path):  # no worker: end what the dead one left of this run
+        # no worker of its name runs: end what the dead one left of this run on this host
+        with worker_lock(obj.db_path, task.worker or obj.config.worker.worker_name()):
             ended = recovery.end_leftovers_of(obj.db_path, task.id, task.attempt)
         click.echo(f"cancelled task {task_id} (job {name}): no worker was running it; ended "
                    f"{ended} leftover process{'' if ended == 1 else 'es'}")

@@ -33,6 +33,7 @@ from edgeworker.durations import LONGEST, format_duration, parse_duration
 from edgeworker.errors import ConfigError
 
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_WORKER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 _CALLABLE = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 # SQLite takes its busy timeout in milliseconds as a 32-bit int; Python turns more than ~24 days
@@ -109,6 +110,9 @@ class WorkerSettings:
     """The [worker] table."""
 
     database: Path | str | None = setting(None, "database")  # a file, or a postgresql:// URL
+    # What the worker is called on its database (tasks.worker, the workers row, its lock);
+    # None: the host name. Two workers on one PostgreSQL database need two names.
+    name: str | None = setting(None, "worker_name")
     workers: int = setting(2, "int", 1, 64)
     durability: str = setting("full", "choice", choices=DURABILITY_LEVELS)
     busy_timeout: float = setting(5.0, "duration", high=LONGEST_BUSY_TIMEOUT, positive=True)
@@ -138,6 +142,10 @@ class WorkerSettings:
     # SQLite (one worker, behind a lock: an idle worker writes nothing), see heartbeat_seconds.
     heartbeat: float | None = setting(None, "duration", 1.0, 3600.0, words=(("off", 0.0),),
                                       hint=', or "off"')
+
+    def worker_name(self) -> str:
+        """The name in effect: `name`, or the host name."""
+        return self.name or default_worker_name()
 
     def heartbeat_seconds(self, on_server: bool) -> float | None:
         """The heartbeat interval in effect, or None for none."""
@@ -368,6 +376,8 @@ def _value(rule: Rule, value: Any, base: Path) -> Any:
                     isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
                 raise ValueError('must be a table of strings, e.g. env = { LANG = "C" }')
             return tuple(sorted(value.items()))
+        case "worker_name":
+            check_worker_name(value)
         case "name":
             if not isinstance(value, str) or not _JOB_NAME.fullmatch(value):
                 raise ValueError(f"{value!r} is not a valid job name (letters, digits, '_', '.', "
@@ -394,6 +404,22 @@ def _value(rule: Rule, value: Any, base: Path) -> Any:
             _timezone(value)
         case _:
             raise AssertionError(f"no kind {rule.kind!r}")
+    return value
+
+
+def default_worker_name() -> str:
+    """The host name, as far as it makes a valid worker name."""
+    import socket
+
+    host = re.sub(r"[^A-Za-z0-9_.@-]", "-", socket.gethostname())[:64].lstrip("_.@-")
+    return host or "worker"
+
+
+def check_worker_name(value: Any) -> str:
+    """A ValueError unless `value` is a valid worker name."""
+    if not isinstance(value, str) or not _WORKER_NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not a valid worker name (letters, digits, '_', '.', '@', "
+                         "'-'; at most 64 characters, starting with a letter or digit)")
     return value
 
 

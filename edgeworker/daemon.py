@@ -62,8 +62,9 @@ STALL = MAX_IDLE + 30.0  # an idle worker thread that has not looped for this lo
 
 class Daemon:
     def __init__(self, config: Config, db_path: Path | str, *, apply_migrations: bool = False,
-                 workers: int | None = None):
+                 workers: int | None = None, name: str | None = None):
         self.config = config
+        self.name = name or config.worker.worker_name()
         self.db_path = db_path if postgres.is_url(db_path) else Path(db_path)
         self.apply_migrations = apply_migrations
         self.workers = workers or config.worker.workers
@@ -94,7 +95,7 @@ class Daemon:
     def start(self):
         trust.verify(self.config)  # before anything is created or imported
         self.install_signal_handlers()
-        self.lock = dbmod.worker_lock(self.db_path).acquire()
+        self.lock = dbmod.worker_lock(self.db_path, self.name).acquire()
         creating = not postgres.is_url(self.db_path) and not self.db_path.exists()
         try:
             database = self.open_database()
@@ -113,7 +114,7 @@ class Daemon:
 
     def _start(self, database):
         logger.info("%s", self.processes.describe())
-        self.ledger = Ledger(database)
+        self.ledger = Ledger(database, self.name)
         self.huey = EdgeHuey(self.ledger)
         if self.config.metrics.textfile is not None:
             self.metrics = TextfileMetrics(self.config.metrics, self.ledger)
@@ -295,8 +296,8 @@ class Daemon:
         for signum in SIGNALS:  # huey's consumer installed its own
             signal.signal(signum, _noted)
         self.alerts.start()
-        logger.info("edgeworker running: %s worker thread(s) on %s (pid %s)", self.workers,
-                    self.db_path, os.getpid())
+        logger.info('edgeworker running: worker "%s", %s worker thread(s) on %s (pid %s)',
+                    self.name, self.workers, self.db_path, os.getpid())
         self.notifier.ready(self.status_line())
         self.ready = True  # the housekeeper pings only from here on
         next_health = time.monotonic() + HEALTH_CHECK_INTERVAL

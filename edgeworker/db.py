@@ -376,15 +376,24 @@ class WorkerLock:
         self.release(remove=exc_type is not None)
 
 
-def worker_lock(database: Path | str) -> WorkerLock | postgres.WorkerLock:
-    """The single-instance lock of a database: a file lock beside a SQLite file, an advisory lock
-    on a PostgreSQL database (edgeworker.postgres.WorkerLock)."""
-    return postgres.WorkerLock(database) if postgres.is_url(database) else WorkerLock(database)
+def worker_lock(database: Path | str, name: str) -> WorkerLock | postgres.WorkerLock:
+    """The lock a worker holds: a file lock beside a SQLite file (one worker a file, whatever its
+    name), an advisory lock of the worker's name on a PostgreSQL database (one worker a name,
+    edgeworker.postgres.WorkerLock)."""
+    if postgres.is_url(database):
+        return postgres.WorkerLock(database, name)
+    return WorkerLock(database)
+
+
+def running_workers(database: Path | str) -> dict[str, int] | None:
+    """PostgreSQL: the running workers' names -> pids (edgeworker.postgres.running_workers);
+    None for a SQLite file (one worker: `worker_pid`)."""
+    return postgres.running_workers(database) if postgres.is_url(database) else None
 
 
 def worker_pid(database: Path | str) -> int | None:
-    """The pid of the worker holding the lock on `database` (-1 if unreadable), or None when
-    none runs."""
+    """The pid of the worker holding the lock on `database` (-1 if unreadable; on PostgreSQL,
+    one of those running), or None when none runs."""
     if postgres.is_url(database):
         return postgres.worker_pid(database)
     path = Path(f"{database}.lock")

@@ -14,7 +14,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -22,6 +21,7 @@ import peewee
 
 from edgeworker import postgres, schedule
 from edgeworker.clock import from_text, to_text
+from edgeworker.config import default_worker_name
 from edgeworker.errors import Conflict, NotFound, ScheduleError
 from edgeworker.models import (
     FINISHED,
@@ -33,7 +33,7 @@ from edgeworker.models import (
     TaskStatus,
     Worker,
 )
-from edgeworker.sql import claiming, statements_for
+from edgeworker.sql import claiming, server_now, statements_for
 
 logger = logging.getLogger("edgeworker.ledger")
 
@@ -45,17 +45,6 @@ def _model(model, row: tuple):
     """A model instance from a row of `SELECT sql.columns(model)`, converted field by field."""
     return model(**{field.name: None if value is None else field.python_value(value)
                     for field, value in zip(model._meta.sorted_fields, row, strict=True)})
-
-
-def worker_identity() -> str:
-    """`<boot id>:<pid>:<start>`: tells a crash (same boot) from a power cut (new boot) in the
-    record, and one life of the worker from the next even where the pid repeats (containers)."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as handle:
-            boot = handle.read().strip()[:8]
-    except OSError:
-        boot = "noboot"
-    return f"{boot}:{os.getpid()}:{int(time.time())}"
 
 
 def _plan_inputs(job: Job) -> tuple:
@@ -116,7 +105,7 @@ class Ledger:
         self.db = database
         self.sql = statements_for(database)
         self.postgres = isinstance(database, peewee.PostgresqlDatabase)
-        self.worker = worker or worker_identity()
+        self.worker = worker or default_worker_name()  # tasks.worker, the workers row
         self.jobs: dict[int, tuple[tuple, Job]] = {}  # job id -> (row, model), see _job
         # Rows this worker claimed and has not seen finish: where its running runs are (sql.py)
         self.mine: set[int] = set()
@@ -450,19 +439,25 @@ class Ledger:
 
     # -- the workers table: who runs on this database ------------------------------------------
 
-    def register(self, now: datetime, heartbeat: float | None) -> None:
-        """Record this worker's life (by its name, `self.worker`): started now, not stopped."""
+    def register(self, now: datetime, heartbeat: float | None,
+                 lease: float | None = None) -> None:
+        """Record this worker's life under its name (`self.worker`): started now, not stopped,
+        heard from now by the database server's clock (its lease starts)."""
         from edgeworker import __version__
+        from edgeworker.processes import boot_id
 
         row = {Worker.host: socket.gethostname(), Worker.pid: os.getpid(),
                Worker.started_at: now, Worker.last_heartbeat: now,
                Worker.heartbeat_seconds: heartbeat, Worker.version: __version__,
-               Worker.stopped_at: None}
+               Worker.stopped_at: None, Worker.boot_id: boot_id(),
+               Worker.beat_at: peewee.SQL(server_now(self.db)), Worker.lease_seconds: lease}
         (Worker.insert({Worker.name: self.worker, **row})
          .on_conflict(conflict_target=[Worker.name], update=row).execute())
 
-    def heartbeat(self, now: datetime) -> None:
-        Worker.update(last_heartbeat=now).where(Worker.name == self.worker).execute()
+    def heartbeat(self, now: datetime) -> bool:
+        """Renew this worker's lease; False if its row is gone (pruned: register again)."""
+        return bool(self.db.execute_sql(self.sql["heartbeat"], (to_text(now),
+                                                                self.worker)).rowcount)
 
     def stopped(self, now: datetime) -> None:
         Worker.update(last_heartbeat=now, stopped_at=now).where(

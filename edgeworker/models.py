@@ -174,6 +174,8 @@ class Recovery(BaseModel):
     cancelled = peewee.IntegerField()
     scheduled = peewee.IntegerField()
     ended = peewee.IntegerField(default=0)  # processes of interrupted runs, still alive
+    recovered_from = peewee.TextField(null=True)  # whose running tasks it took: names, ", "
+    task_ids = peewee.TextField(null=True)  # the running tasks it recovered: ids, ","
 
     class Meta:
         table_name = "recoveries"
@@ -227,7 +229,8 @@ class HookRun(BaseModel):
 
 
 class Worker(BaseModel):
-    """One life of a worker on this database (name: `Ledger.worker`, what tasks.worker records)."""
+    """A worker on this database, one row a name (`Ledger.worker`, what tasks.worker records),
+    describing its current or last life."""
 
     name = peewee.TextField(unique=True)
     host = peewee.TextField()
@@ -237,6 +240,9 @@ class Worker(BaseModel):
     heartbeat_seconds = peewee.FloatField(null=True)  # NULL: it writes no heartbeat
     version = peewee.TextField()
     stopped_at = UtcDateTimeField(null=True)  # a graceful stop
+    boot_id = peewee.TextField(null=True)  # the host's boot: a crash or a power cut before
+    beat_at = peewee.FloatField(null=True)  # the last heartbeat by the database server's clock
+    lease_seconds = peewee.FloatField(null=True)  # NULL: no lease (SQLite)
 
     class Meta:
         table_name = "workers"

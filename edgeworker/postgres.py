@@ -6,9 +6,9 @@ The URL is libpq's URI form (`postgresql://user@host:port/dbname`, a socket dire
 libpq's reason. Transactions are PostgreSQL's READ COMMITTED; SQLite's lock types, which the
 ledger asks for (`atomic("IMMEDIATE")`), mean nothing here.
 
-Also here: the claim's two steps (`claim`, over `sql.POSTGRESQL`), the worker's single-instance
-lock (a session advisory lock, `WorkerLock`), and what heals: a connection the server dropped is
-opened again by the next statement.
+Also here: the claim's two steps (`claim`, over `sql.POSTGRESQL`), the lock of a worker name (a
+session advisory lock, `WorkerLock`: one worker a name), and what heals: a connection the server
+dropped is opened again by the next statement.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import os
 import re
 import select
 import sys
+import zlib
 from collections.abc import Iterator
 
 import peewee
@@ -178,53 +179,90 @@ def open_database(url: str, *, busy_timeout: float = 5.0, readonly: bool = False
     return db
 
 
-# pg_try_advisory_lock(int, int): "edge", "wk". Advisory locks belong to one database.
-LOCK_KEY = (0x65646765, 0x776B)
+# pg_try_advisory_lock(int, int): the first key "ewnm" (a worker name's lock), the second a hash
+# of the name. Advisory locks belong to one database; pg_locks shows them with objsubid 2.
+NAME_LOCKS = 0x65776E6D
 HELD = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
         "AND pid = pg_backend_pid() AND classid = %s AND objid = %s AND objsubid = 2")
+HOLDERS = ("SELECT l.objid, a.application_name FROM pg_locks l "
+           "LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+           "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objsubid = 2 "
+           "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())")
 LOCK_HOLDER = re.compile(r"edgeworker worker \(pid (\d+)\)")
+RETAKE_BACKOFF = (0.1, 0.5, 1.0, 2.0, 5.0)  # seconds between tries to connect again
+
+
+def name_key(name: str) -> tuple[int, int]:
+    """The advisory lock key of a worker name: (NAME_LOCKS, crc32 of the name as int4)."""
+    value = zlib.crc32(name.encode())
+    return NAME_LOCKS, value - (1 << 32) if value >= 1 << 31 else value
 
 
 class WorkerLock:
-    """The single-instance lock on a PostgreSQL database: a session advisory lock, held on a
-    connection of its own for the worker's lifetime (the server drops it when that connection
-    ends, however the worker ends). Until workers hold leases, recovery relies on it, as on
-    SQLite: every `running` task belongs to a worker that is gone."""
+    """A worker name's lock on a PostgreSQL database: a session advisory lock keyed by the name,
+    held on a connection of its own for the worker's lifetime (the server drops it when that
+    connection ends, however the worker ends). Workers of different names run side by side; a
+    second worker of one name is refused, so the running tasks recorded under a name whose lock
+    is free belong to a worker that is gone (start-up recovery), and those of a name whose lease
+    ran out are taken by the live workers (edgeworker.recovery.recover_expired)."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, name: str):
         self.url = check_url(url)
+        self.name = name
+        self.key = name_key(name)
         self.db: PostgresDatabase | None = None
+        self.lost = 0  # failed tries to take the lock again since the server went away
+
+    def _session(self) -> PostgresDatabase:
+        return PostgresDatabase(self.url, application_name=f"edgeworker worker (pid {os.getpid()})",
+                                connect_timeout=5)
 
     def acquire(self) -> WorkerLock:
-        db = PostgresDatabase(self.url, application_name=f"edgeworker worker (pid {os.getpid()})")
+        db = self._session()
         with translate_errors(self.url):
             db.connect()
-            got = db.execute_sql("SELECT pg_try_advisory_lock(%s, %s)", LOCK_KEY).fetchone()[0]
+            got = db.execute_sql("SELECT pg_try_advisory_lock(%s, %s)", self.key).fetchone()[0]
         if not got:
             db.close()
-            pid = worker_pid(self.url)
+            pid = running_workers(self.url, {self.name}).get(self.name)
             holder = f" (pid {pid})" if pid and pid > 0 else ""
-            raise WorkerRunning(f"another worker{holder} is running on {self.url}; stop it first")
+            raise WorkerRunning(f'another worker named "{self.name}"{holder} is running on '
+                                f"{self.url}; stop it first, or give this one another name "
+                                "([worker] name, --name)")
         self.db = db
         return self
 
     def keep(self) -> bool:
         """Still hold the lock, taking it again if the server dropped its session (a restart).
-        False when another worker took it meanwhile: this one must stop. While the server
-        cannot be reached, True (nobody else can take it either)."""
-        for _ in range(2):  # a statement that finds the connection dropped fails; the next
-            try:           # connects again
-                if self.db.execute_sql(HELD, LOCK_KEY).fetchone()[0]:
-                    return True
-                got = self.db.execute_sql("SELECT pg_try_advisory_lock(%s, %s)",
-                                          LOCK_KEY).fetchone()[0]
-            except (peewee.DatabaseError, peewee.InterfaceError):
-                continue
-            if got:
-                logger.warning("took the worker lock on %s again: the server had ended its "
-                               "session", self.url)
-            return got
-        return True
+        False when another worker of this name took it meanwhile: this one must stop. While the
+        server cannot be reached, True (nobody else can take it either) and `lost` is set: the
+        caller asks again soon (`retake_in`)."""
+        try:
+            if self.db.execute_sql(HELD, self.key).fetchone()[0]:
+                self.lost = 0
+                return True
+        except (peewee.DatabaseError, peewee.InterfaceError):
+            pass
+        with contextlib.suppress(peewee.DatabaseError, peewee.InterfaceError):
+            self.db.close()
+        try:
+            self.db.connect()
+            got = self.db.execute_sql("SELECT pg_try_advisory_lock(%s, %s)",
+                                      self.key).fetchone()[0]
+        except (peewee.DatabaseError, peewee.InterfaceError):
+            self.lost += 1
+            return True
+        if got:
+            self.lost = 0
+            logger.warning('took the lock of worker name "%s" on %s again: the server had '
+                           "ended its session", self.name, self.url)
+        return got
+
+    def retake_in(self) -> float | None:
+        """Seconds until `keep` should look again while the lock is lost (back-off), or None."""
+        if not self.lost:
+            return None
+        return RETAKE_BACKOFF[min(self.lost, len(RETAKE_BACKOFF)) - 1]
 
     def release(self, remove: bool = False) -> None:
         if self.db is not None:
@@ -239,26 +277,32 @@ class WorkerLock:
         self.release()
 
 
-def worker_pid(url: str) -> int | None:
-    """The pid of the worker holding the database's lock (-1 if it cannot be read; it may run on
-    another host), or None when none runs."""
+def running_workers(url: str, names: set[str] | None = None) -> dict[str, int]:
+    """The workers running on the database: each worker name whose lock is held -> the pid
+    holding it (-1 if it cannot be read; it may run on another host). Names are those of the
+    workers table and `names`; a lock of a name found in neither shows as `#<key>`."""
     db = PostgresDatabase(check_url(url), application_name="edgeworker")
     try:
         with translate_errors(url):
             db.connect()
-            row = db.execute_sql(
-                "SELECT a.application_name FROM pg_locks l "
-                "LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s "
-                "AND l.objid = %s AND l.objsubid = 2 AND l.database = "
-                "(SELECT oid FROM pg_database WHERE datname = current_database())",
-                LOCK_KEY).fetchone()
+            held = db.execute_sql(HOLDERS, (NAME_LOCKS,)).fetchall()
+            known = set(names or ())
+            if held and "workers" in db.get_tables():
+                known |= {name for (name,) in db.execute_sql("SELECT name FROM workers")}
     finally:
         db.close()
-    if row is None:
-        return None
-    match = LOCK_HOLDER.fullmatch(row[0] or "")
-    return int(match.group(1)) if match else -1
+    by_key = {name_key(name)[1] % (1 << 32): name for name in known}
+    running = {}
+    for objid, application in held:
+        match = LOCK_HOLDER.fullmatch(application or "")
+        running[by_key.get(objid, f"#{objid}")] = int(match.group(1)) if match else -1
+    return running
+
+
+def worker_pid(url: str) -> int | None:
+    """The pid of a worker running on the database (-1 if it cannot be read), or None when none
+    runs."""
+    return next(iter(running_workers(url).values()), None)
 
 
 CHANNEL = "edgeworker"  # migrations/postgresql/018_notify_waiting_runs.sql

@@ -64,6 +64,7 @@ GATE = ('read -r _ cg || exit 125; exec 3<&0 </dev/null; '
         '>/dev/null 2>&1 & ); exec "$@" 3<&-')
 WATCHER = f"/bin/sh\0-c\0{GATE}\0".encode()
 POLL = 0.02
+Runs = tuple[int, int] | set[tuple[int, int]] | frozenset[tuple[int, int]] | None  # (task, attempt)
 
 
 def database_key(database: Path | str) -> str:
@@ -455,16 +456,17 @@ class ProcessTable:
                 found.append((path, record))
         return found
 
-    def leftovers(self, only: tuple[int, int] | None = None) -> tuple[dict[int, int], list[Path]]:
+    def leftovers(self, only: Runs = None) -> tuple[dict[int, int], list[Path]]:
         """Live processes of runs that no live worker supervises: {pid: start time}, and their
-        cgroups. Call only while holding the database's worker lock, or with `only` naming one
-        run (task_id, attempt)."""
+        cgroups. Call only while holding the database's worker lock, or with `only` naming the
+        runs, (task_id, attempt) or a set of them, that no live worker supervises."""
+        only = {only} if isinstance(only, tuple) else only
         boot = boot_id()
         pids: dict[int, int] = {}
         cgroups: list[Path] = []
         groups: set[int] = set()
         for _, record in self.records():
-            if only is not None and (record.task_id, record.attempt) != only:
+            if only is not None and (record.task_id, record.attempt) not in only:
                 continue
             if record.boot != boot:
                 continue
@@ -480,9 +482,9 @@ class ProcessTable:
             for pid in _cgroup_pids(cgroup):
                 if (stat := _stat(pid)) and stat[0] != "Z":
                     pids[pid] = stat[2]
-        marker = f"{RUN_VAR}={self.key}:".encode()
-        if only is not None:
-            marker += f"{only[0]}:{only[1]}\0".encode()
+        prefix = f"{RUN_VAR}={self.key}:".encode()
+        markers = [prefix] if only is None else [prefix + f"{task}:{attempt}\0".encode()
+                                                 for task, attempt in sorted(only)]
         me = os.getpid()
         for pid in _pids():
             if pid == me or pid in pids:
@@ -490,11 +492,11 @@ class ProcessTable:
             stat = _stat(pid)
             if stat is None or stat[0] == "Z":
                 continue
-            if stat[1] in groups or _environ_has(pid, marker):
+            if stat[1] in groups or any(_environ_has(pid, m) for m in markers):
                 pids[pid] = stat[2]
         return pids, cgroups
 
-    def end_leftovers(self, grace: float, only: tuple[int, int] | None = None) -> int:
+    def end_leftovers(self, grace: float, only: Runs = None) -> int:
         """End every process a dead worker's runs left (SIGTERM, `grace`, SIGKILL), remove their
         cgroups and records; returns how many processes were alive."""
         pids, cgroups = self.leftovers(only)
@@ -513,8 +515,9 @@ class ProcessTable:
         for cgroup in cgroups:
             _cgroup_kill(cgroup)
             _cgroup_remove(cgroup)
+        only = {only} if isinstance(only, tuple) else only
         for path, record in self.records():
-            if only is None or (record.task_id, record.attempt) == only:
+            if only is None or (record.task_id, record.attempt) in only:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
         return len(pids)

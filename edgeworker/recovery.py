@@ -38,6 +38,9 @@ logger = logging.getLogger("edgeworker.recovery")
 S = TaskStatus
 KEEP_RECORDS = 100
 LEFTOVER_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a dead worker's leftovers
+# pg_advisory_xact_lock(int, int), "ewrc": held by a recovery's transaction on PostgreSQL, so
+# that two workers never recover one task (a start-up's and another's lease recovery).
+RECOVERY_LOCK = (0x65777263, 0)
 
 
 @dataclass(frozen=True)
@@ -110,26 +113,41 @@ class Plan:
         return recovery_line({**self.counts(), "ended": self.ended})
 
 
-def plan(ledger: Ledger, now: datetime) -> Plan:
-    """What recovery would do, changing nothing."""
+def plan(ledger: Ledger, now: datetime, owners: set[str] | None = None,
+         lease: bool = False) -> Plan:
+    """What recovery would do, changing nothing. `owners`: only the running tasks recorded under
+    these worker names are recovered (PostgreSQL, where other workers' runs are alive: a worker's
+    own name at its start, expired workers' names in housekeeping); None: every running task (a
+    SQLite file's one worker). With `lease`, only those running tasks are looked at, and only
+    their jobs get a pending scheduled run (housekeeping, beside live workers)."""
     result = Plan()
     # Only the columns validity needs, as plain rows: a Job model instance costs ~20 us to build,
     # most of recovering 10,000 tasks of 10,000 jobs. Jobs to schedule are read in full below.
     jobs = {job.id: job for job in Job.select(*VALIDITY_COLUMNS).objects(JobFacts)}
     will_run: set[int] = set()  # jobs with a scheduled run that stays pending
+    taken: set[int] = set()  # jobs of the running tasks looked at
     # No ORDER BY: with one, SQLite walks the whole table in id order instead of the small index.
     unfinished = (Task.select(Task.id, Task.job, Task.status, Task.origin, Task.attempt,
-                              Task.scheduled_for, Task.due_at).where(IS_UNFINISHED))
+                              Task.scheduled_for, Task.due_at, Task.worker).where(IS_UNFINISHED))
     for task in sorted(unfinished, key=lambda t: t.id):
+        running = task.status == S.RUNNING
+        if (owners is not None and running and task.worker not in owners) or \
+                (lease and not running):
+            if task.origin == "schedule":  # its worker (or a later recovery) plans the next
+                will_run.add(task.job_id)
+            continue
+        if running:
+            taken.add(task.job_id)
         verdict = is_task_valid(task, jobs.get(task.job_id), now)
         if not verdict.valid:
             result.close.append((task, verdict.status, verdict.reason))
             continue
         if task.origin == "schedule":
             will_run.add(task.job_id)
-        if task.status == S.RUNNING:
+        if running:
             result.recover.append(task)
-    todo = [job.id for job in jobs.values() if job.active and job.id not in will_run]
+    todo = [job.id for job in jobs.values() if job.active and job.id not in will_run
+            and (not lease or job.id in taken)]
     result.schedule = list(Job.select().where(Job.id.in_(todo)).order_by(Job.id)) if todo else []
     return result
 
@@ -147,9 +165,10 @@ def recover_jobs(ledger: Ledger, todo: Plan, now: datetime) -> None:
             logger.error("%s; the job is not scheduled until it is changed", exc)
 
 
-def end_leftovers(table: ProcessTable) -> int:
-    """End what a dead worker's runs left alive; call only while holding the worker lock."""
-    return table.end_leftovers(LEFTOVER_GRACE)
+def end_leftovers(table: ProcessTable, only=None) -> int:
+    """End what a dead worker's runs left alive (`only`: those runs, (task, attempt) pairs);
+    call only while holding the worker lock."""
+    return table.end_leftovers(LEFTOVER_GRACE, only)
 
 
 def count_leftovers(database) -> int:
@@ -181,26 +200,47 @@ def wait_stopped(database, task_id: int, attempt: int, timeout: float = 10.0) ->
     return True
 
 
+def running_of(owners: set[str]) -> set[tuple[int, int]]:
+    """The runs (task, attempt) recorded as running under these worker names."""
+    return set(Task.select(Task.id, Task.attempt).where(
+        IS_UNFINISHED & (Task.status == S.RUNNING) & Task.worker.in_(list(owners))).tuples())
+
+
+def record(ledger: Ledger, todo: Plan, now: datetime, started: float) -> None:
+    """The recovery row: what it did, who did it, and whose running tasks it took (which)."""
+    taken = todo.recover + [t for t, _, _ in todo.close if t.status == S.RUNNING]
+    owners = ", ".join(sorted({t.worker for t in taken if t.worker})) or None
+    ids = ",".join(str(t.id) for t in sorted(todo.recover, key=lambda t: t.id)) or None
+    Recovery.create(started_at=now, duration_ms=(time.perf_counter() - started) * 1000,
+                    worker=ledger.worker, ended=todo.ended, recovered_from=owners, task_ids=ids,
+                    **todo.counts())
+    oldest_kept = (Recovery.select(Recovery.id).order_by(Recovery.id.desc())
+                   .offset(KEEP_RECORDS - 1).limit(1).scalar())
+    if oldest_kept:
+        Recovery.delete().where(Recovery.id < oldest_kept).execute()
+
+
 def recover(ledger: Ledger, now: datetime, table: ProcessTable | None = None) -> Plan:
     """End the leftovers of interrupted runs, then run the whole recovery in one transaction and
-    record what it did."""
+    record what it did. On PostgreSQL, where workers of other names may run, only the running
+    tasks of this worker's name are recovered (its previous life's, at once) and only their
+    processes ended; those of other names are theirs, or are taken when their lease expires
+    (`recover_expired`)."""
+    owners = {ledger.worker} if ledger.postgres else None
     own = table is None
     table = table or ProcessTable.for_database(ledger.db.database)
     try:
-        ended = end_leftovers(table)
+        ended = end_leftovers(table, None if owners is None else running_of(owners))
     finally:
         if own:
             table.close()
     started = time.perf_counter()
     with ledger.db.atomic():
-        todo = plan(ledger, now)
+        if ledger.postgres:
+            ledger.db.execute_sql("SELECT pg_advisory_xact_lock(%s, %s)", RECOVERY_LOCK)
+        todo = plan(ledger, now, owners)
         todo.ended = ended
         recover_running_tasks(ledger, todo, now)
         recover_jobs(ledger, todo, now)
-        Recovery.create(started_at=now, duration_ms=(time.perf_counter() - started) * 1000,
-                        worker=ledger.worker, ended=ended, **todo.counts())
-        oldest_kept = (Recovery.select(Recovery.id).order_by(Recovery.id.desc())
-                       .offset(KEEP_RECORDS - 1).limit(1).scalar())
-        if oldest_kept:
-            Recovery.delete().where(Recovery.id < oldest_kept).execute()
+        record(ledger, todo, now, started)
     return todo

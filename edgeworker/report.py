@@ -214,6 +214,17 @@ def recovery_line(counts: dict) -> str:
             f"ended {ended} leftover process{'' if ended == 1 else 'es'}")
 
 
+def recovery_who(record: dict) -> str:
+    """Who recovered whose runs, as a tail for `recovery_line`: "" when a worker recovered its
+    own name's (or nothing)."""
+    source = record.get("recovered_from")
+    if not source or source == record.get("worker"):
+        return ""
+    ids = record.get("task_ids") or []
+    which = f" (task{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))})" if ids else ""
+    return f"; {record['worker']} took the runs of {source}{which}"
+
+
 def clock(now: datetime, worker_running: bool) -> dict:
     """The clock as the worker sees it: synchronised or not, the last step, held cron jobs."""
     from edgeworker.clock import clock_synchronised, time_daemon
@@ -249,36 +260,52 @@ def last_recovery() -> dict | None:
     if record is None:
         return None
     return {"at": to_text(record.started_at), "duration_ms": round(record.duration_ms, 1),
-            "worker": record.worker, "recovered": record.recovered,
+            "worker": record.worker, "recovered_from": record.recovered_from,
+            "task_ids": [int(i) for i in (record.task_ids or "").split(",") if i],
+            "recovered": record.recovered,
             "failed": record.failed, "cancelled": record.cancelled,
             "scheduled": record.scheduled, "ended": record.ended}
 
 
+def worker_name(pid: int | None) -> str | None:
+    """The name of the worker running on this host as `pid` (its workers row), or None."""
+    import socket
+
+    if not pid or pid < 0:
+        return None
+    row = (Worker.select(Worker.name).where((Worker.pid == pid)
+                                            & (Worker.host == socket.gethostname())
+                                            & Worker.stopped_at.is_null())
+           .order_by(Worker.started_at.desc()).first())
+    return row and row.name
+
+
 def worker(pid: int | None) -> dict:
-    """Whether a worker runs (`pid` from edgeworker.db.worker_pid) and since when: a worker
-    records its start-up recovery under `<boot id>:<pid>:<start>`. A stopped one is shown with
-    the last time it left a trace (a recovery, a run started or finished)."""
+    """Whether a worker runs (`pid` from edgeworker.db.worker_pid) and since when (its workers
+    row). A stopped one is shown with the last time it left a trace (a recovery, a run started
+    or finished)."""
     view = {"running": pid is not None, "pid": pid if pid and pid > 0 else None, "since": None,
             "last_seen": None}
-    recent = list(Recovery.select(Recovery.started_at, Recovery.worker)
-                  .order_by(Recovery.id.desc()).limit(10))
     if pid is not None:
-        started = next((r.started_at for r in recent if r.worker.split(":")[1:2] == [str(pid)]),
-                       None)
-        view["since"] = _when(started)
+        name = worker_name(pid)
+        row = name and Worker.get_or_none(Worker.name == name)
+        view["since"] = _when(row.started_at) if row else None
         return view
+    recent = Recovery.select(Recovery.started_at).order_by(Recovery.id.desc()).first()
     newest = (Task.select(peewee.fn.MAX(peewee.fn.COALESCE(Task.finished_at, Task.started_at)))
               .where(Task.id.in_(Task.select(Task.id).order_by(Task.id.desc()).limit(100))))
-    seen = [t for t in (newest.scalar(), recent[0].started_at if recent else None) if t]
+    seen = [t for t in (newest.scalar(), recent.started_at if recent else None) if t]
     view["last_seen"] = max(_text(t) for t in seen) if seen else None
     return view
 
 
-def workers(now: datetime, running_pid: int | None, limit: int = 20) -> list[dict]:
-    """The newest workers (one row a life, edgeworker.models.Worker), each `up`, `stopped` (it
+def workers(now: datetime, running_pid: int | None, limit: int = 20,
+            running: dict[str, int] | None = None) -> list[dict]:
+    """The newest workers (one row a name, edgeworker.models.Worker), each `up`, `stopped` (it
     stopped gracefully) or `silent` (neither stopped nor heard from for SILENT_AFTER
     heartbeats). One that writes no heartbeat (SQLite's default) is up while it holds the lock
-    (`running_pid`, from edgeworker.db.worker_pid, on this host)."""
+    (`running_pid`, from edgeworker.db.worker_pid, on this host); on PostgreSQL, one whose
+    name's lock is held (`running`, from edgeworker.db.running_workers) is up."""
     import socket
 
     host = socket.gethostname()
@@ -286,6 +313,8 @@ def workers(now: datetime, running_pid: int | None, limit: int = 20) -> list[dic
     for row in Worker.select().order_by(Worker.id.desc()).limit(limit):
         if row.stopped_at is not None:
             state = "stopped"
+        elif running is not None and row.name in running:
+            state = "up"
         elif row.heartbeat_seconds:
             late = (now - row.last_heartbeat).total_seconds()
             state = "up" if late <= SILENT_AFTER * row.heartbeat_seconds else "silent"
@@ -361,16 +390,17 @@ def failures(limit: int = 50, before: int | None = None) -> dict:
             "next_before": rows[-1]["id"] if len(found) > limit else None}
 
 
-def all_busy(pid: int, workers: int, bound: float | None, now: datetime) -> str | None:
-    """Whether the live worker `pid` has had every one of its `workers` threads on one run for
+def all_busy(name: str | None, workers: int, bound: float | None,
+             now: datetime) -> str | None:
+    """Whether the live worker `name` has had every one of its `workers` threads on one run for
     longer than `bound` (read from its `running` rows: the worker writes nothing extra)."""
-    if bound is None or pid <= 0:
+    if bound is None or not name:
         return None
     # No ORDER BY: with one, SQLite walks every task ever in id order instead of the small
     # partial index of unfinished ones (tests/test_report.py counts the work).
     ids = sorted(task_id for (task_id,) in Task.select(Task.id).where(
         IS_UNFINISHED & (Task.status == TaskStatus.RUNNING)
-        & Task.worker.contains(f":{pid}:")
+        & (Task.worker == name)
         & (Task.started_at < now - timedelta(seconds=bound))).tuples())
     if len(ids) < workers:
         return None

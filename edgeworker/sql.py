@@ -39,6 +39,11 @@ CLAIMABLE = """FROM tasks t JOIN jobs j ON j.id = t.job_id
 
 TASK_COLUMNS = columns(Task)
 
+# The database's clock in seconds since the epoch: leases are judged by it (workers.beat_at),
+# never by a worker's own clock (a box without a real-time clock; hosts that disagree).
+SERVER_NOW = "(julianday('now') - 2440587.5) * 86400.0"
+PG_SERVER_NOW = "extract(epoch FROM now())"
+
 STATEMENTS = {
     "job": f"SELECT {columns(Job)} FROM jobs WHERE id = ?",
     "task": f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?",
@@ -83,6 +88,8 @@ STATEMENTS = {
              "WHERE finished_at IS NULL AND status = 'created'",
     "waiting": f"SELECT {TASK_COLUMNS} FROM tasks WHERE finished_at IS NULL AND status = 'created' "
                "ORDER BY due_at, id LIMIT ?",
+    "heartbeat": "UPDATE workers SET last_heartbeat = ?, "
+                 f"beat_at = {SERVER_NOW} WHERE name = ?",
 }
 
 # The statements that look for claimable runs, by how many claimed rows they are given.
@@ -133,10 +140,16 @@ POSTGRESQL = {name: _placeholders(text) for name, text in STATEMENTS.items()} | 
     # A limit of -1 (SQLite's "no limit") is NULL to PostgreSQL.
     "waiting": f"SELECT {TASK_COLUMNS} FROM tasks WHERE finished_at IS NULL "
                "AND status = 'created' ORDER BY due_at, id LIMIT nullif(%s, -1)",
+    "heartbeat": f"UPDATE workers SET last_heartbeat = %s, beat_at = {PG_SERVER_NOW} "
+                 "WHERE name = %s",
     "newest_times": "SELECT greatest(coalesce(finished_at, ''), coalesce(started_at, ''), "
                     "created_at) FROM tasks WHERE id > %s ORDER BY id DESC LIMIT 64",
 }
 del POSTGRESQL["claim"]
+
+
+def server_now(database: peewee.Database) -> str:
+    return PG_SERVER_NOW if isinstance(database, peewee.PostgresqlDatabase) else SERVER_NOW
 
 
 def statements_for(database: peewee.Database) -> dict[str, str]:

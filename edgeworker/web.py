@@ -323,9 +323,10 @@ def render_overview(d: dict) -> str:
     if w["alert"]:
         worker += f'<br><span class="warn">{e(w["alert"])}</span>'
     rec = d["last_recovery"]
-    from edgeworker.report import recovery_line
+    from edgeworker.report import recovery_line, recovery_who
 
-    recovery = (f"{when(rec['at'])}: {e(recovery_line(rec))} ({rec['duration_ms']:g} ms)" if rec
+    recovery = (f"{when(rec['at'])}: {e(recovery_line(rec))} ({rec['duration_ms']:g} ms)"
+                f"{e(recovery_who(rec))}" if rec
                 else "none yet (no worker has started)")
     from edgeworker.cli import clock_line
 
@@ -543,7 +544,9 @@ class Site:
                          if p.exists())
         disk = shutil.disk_usage(self.path.parent)
         worker = report.worker(pid)
-        worker["alert"] = pid and report.all_busy(pid, self.workers, self.busy_alert, now) or None
+        name = report.worker_name(pid)
+        worker["names"] = [name] if name else []
+        worker["alert"] = report.all_busy(name, self.workers, self.busy_alert, now)
         return {"database": str(self.path), "database_bytes": size_bytes,
                 "disk": {"free_bytes": disk.free, "total_bytes": disk.total},
                 "worker": worker, "last_recovery": report.last_recovery(),

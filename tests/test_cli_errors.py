@@ -205,3 +205,12 @@ def test_a_closed_output_pipe_ends_quietly(migrated):
         finally:
             os.close(write_end)
         assert (result.returncode, result.stderr) == (-signal.SIGPIPE, ""), args
+
+
+def test_a_bad_worker_name_is_a_usage_error(run_cli):
+    result = run_cli("run", "--name", "a/b")
+    assert result.exit_code == 2
+    assert result.stderr.endswith("'a/b' is not a valid worker name (letters, digits, '_', '.', "
+                                  "'@', '-'; at most 64 characters, starting with a letter or "
+                                  "digit)\n")
+    assert not run_cli.db.exists()

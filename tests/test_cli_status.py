@@ -21,7 +21,7 @@ def test_status_json_has_stable_keys(migrated):
     assert data["pings"] == {"waiting": 0, "oldest": None, "last_error": None}
     assert data["last_recovery"] is None
     assert data["workers"] == []
-    assert data["worker"] == {"running": False, "pid": None, "alert": None}
+    assert data["worker"] == {"running": False, "pid": None, "names": [], "alert": None}
     assert data["queue"] == {"ready": 0, "scheduled": 1}
     assert data["durability"] == (None if on_server(migrated) else "full")  # SQLite's setting
     [job] = data["jobs"]

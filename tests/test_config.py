@@ -325,3 +325,14 @@ def test_the_database_is_a_file_or_a_postgresql_url():
     assert error_of('[worker]\n\ndatabase = "postgresql://ew:hunter2@db/ew"\n') == (
         "/etc/edgeworker/edgeworker.toml:3: [worker] database: the PostgreSQL URL holds a "
         "password; take it out and put it in ~/.pgpass, $PGPASSFILE or $PGPASSWORD")
+
+
+def test_the_worker_name_defaults_to_the_host_name_and_is_checked():
+    import socket
+
+    assert load_config(None).worker.worker_name() == socket.gethostname()
+    assert parse_config('[worker]\nname = "site-a.gw1"\n').worker.worker_name() == "site-a.gw1"
+    assert error_of('[worker]\nname = "two words"\n') == (
+        "/etc/edgeworker/edgeworker.toml:2: [worker] name: 'two words' is not a valid worker "
+        "name (letters, digits, '_', '.', '@', '-'; at most 64 characters, starting with a "
+        "letter or digit)")

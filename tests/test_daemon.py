@@ -13,6 +13,7 @@ import pytest
 from workerproc import WorkerProcess, wait_for
 
 from edgeworker import migrate
+from edgeworker.config import default_worker_name
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -255,7 +256,8 @@ def test_a_second_worker_on_the_same_database_is_refused(tmp_path):
         assert second.stderr == (f"Error: another worker (pid {worker.proc.pid}) is running on "
                                  f"{worker.db}; stop it first\n")
         status = json.loads(worker.cli("status", "--json").stdout)
-        assert status["worker"] == {"running": True, "pid": worker.proc.pid, "alert": None}
+        assert status["worker"] == {"running": True, "pid": worker.proc.pid,
+                                    "names": [default_worker_name()], "alert": None}
         worker.stop()
 
 

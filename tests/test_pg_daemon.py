@@ -10,6 +10,8 @@ import subprocess
 import pytest
 from workerproc import WorkerProcess, wait_for
 
+from edgeworker import postgres
+from edgeworker.config import default_worker_name
 from edgeworker.db import worker_pid
 
 psycopg2 = pytest.importorskip("psycopg2")
@@ -58,8 +60,9 @@ def test_a_second_worker_on_the_same_database_is_refused(tmp_path, pg_url):
         result = subprocess.run(second.command("run"), capture_output=True, text=True,
                                 timeout=60, cwd=tmp_path)
         assert (result.returncode, result.stderr) == (
-            1, f"Error: another worker (pid {first.proc.pid}) is running on {pg_url}; stop it "
-               "first\n")
+            1, f'Error: another worker named "{default_worker_name()}" (pid {first.proc.pid}) is '
+               f"running on {pg_url}; stop it first, or give this one another name ([worker] "
+               "name, --name)\n")
         assert first.stop() == 0
 
 
@@ -108,3 +111,25 @@ def test_the_worker_goes_on_after_the_server_restarts(tmp_path, pg_server):
         assert "connection" in worker.log()  # what it met, logged once per kind of trouble
     finally:
         pg_server.drop_database(url.split("/")[-1].split("?")[0])
+
+
+def test_two_workers_of_different_names_share_one_database(tmp_path, pg_url):
+    # One worker thread each, and two jobs whose runs outlast their period: each worker holds
+    # at most one run at a time, so both must take runs.
+    jobs = ''.join(f'[[jobs]]\nname = "{j}"\ncommand = "sleep 0.5"\nevery = "1s"\n' for j in "xy")
+    with PgWorker(tmp_path, pg_url, f'name = "gw-a"\n{jobs}', name="a") as first, \
+            PgWorker(tmp_path, pg_url, f'name = "gw-b"\n{jobs}', name="b") as second:
+        first.start("--workers", "1").wait_running()
+        second.start("--workers", "1").wait_running()
+        for name in ("gw-a", "gw-b"):
+            first.wait_tasks(f"status = 'succeeded' AND worker = '{name}'", timeout=30)
+        running = worker_pid(pg_url) and postgres.running_workers(pg_url)
+        assert running == {"gw-a": first.proc.pid, "gw-b": second.proc.pid}
+        status = first.cli("status").stdout
+        assert "worker    2 running: gw-a, gw-b" in status.splitlines()
+        assert first.stop() == 0 and second.stop() == 0
+    # never two runs of one job at once: each job's runs follow each other
+    for job in "xy":
+        runs = first.tasks(f"job = '{job}' AND status = 'succeeded'")
+        for before, after in zip(runs, runs[1:], strict=False):
+            assert before["finished_at"] <= after["started_at"]

@@ -159,7 +159,7 @@ def test_the_sqlite_text_of_a_differing_migration_fails_on_postgresql(migrations
     with pytest.raises(MigrationError, match="099_resume_all.sql failed, nothing of it was "
                                              "applied: column \"paused\" is of type boolean"):
         migrate.apply(database, todo)
-    assert migrate.applied(database).keys() == {17, 18, 19}
+    assert migrate.applied(database).keys() == {17, 18, 19, 20}
     database.close()
 
 
@@ -173,7 +173,7 @@ def test_a_failing_migration_leaves_postgresql_as_it_was(migrations, pg_url):
                                              r'applied: relation "nowhere" does not exist'):
         migrate.apply(database, todo)
     assert not database.table_exists("notes")
-    assert migrate.applied(database).keys() == {17, 18, 19}
+    assert migrate.applied(database).keys() == {17, 18, 19, 20}
     database.close()
 
 
@@ -192,12 +192,15 @@ def test_migrate_on_the_command_line(run_cli, pg_url):
     run_cli.db = pg_url
     result = run_cli("migrate", "--check")
     assert (result.exit_code, result.stdout) == (
-        3, "3 pending: 017_baseline, 018_notify_waiting_runs, 019_create_workers\n")
+        3, "4 pending: 017_baseline, 018_notify_waiting_runs, 019_create_workers, "
+           "020_worker_leases\n")
     assert run_cli.ok("migrate", "--dry-run") == ("would apply 017_baseline\n"
                                                   "would apply 018_notify_waiting_runs\n"
-                                                  "would apply 019_create_workers\n")
+                                                  "would apply 019_create_workers\n"
+                                                  "would apply 020_worker_leases\n")
     assert run_cli.ok("migrate") == ("applied 017_baseline\napplied 018_notify_waiting_runs\n"
-                                         "applied 019_create_workers\n")
+                                         "applied 019_create_workers\n"
+                                         "applied 020_worker_leases\n")
     assert run_cli.ok("migrate") == "up to date\n"
     assert run_cli.ok("migrate", "--check") == "up to date\n"
     database = postgres.open_database(pg_url)

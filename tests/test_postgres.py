@@ -15,7 +15,7 @@ from edgeworker import db as dbmod
 from edgeworker import migrate, postgres
 from edgeworker.cli import cli as main
 from edgeworker.clock import utcnow
-from edgeworker.config import JobSpec
+from edgeworker.config import JobSpec, default_worker_name
 from edgeworker.errors import DatabaseError, WorkerRunning
 from edgeworker.jobs import add_job
 from edgeworker.ledger import Ledger, Outcome
@@ -134,23 +134,27 @@ def test_a_read_only_connection_cannot_write(pg_database, pg_url):
     reader.close()
 
 
-def test_one_worker_lock_per_database(pg_database, pg_url):
+def test_one_worker_a_name_on_a_database(pg_database, pg_url):
     assert dbmod.worker_pid(pg_url) is None
-    with dbmod.worker_lock(pg_url):
-        assert dbmod.worker_pid(pg_url) == os.getpid()
+    with dbmod.worker_lock(pg_url, "gw1"), dbmod.worker_lock(pg_url, "gw2"):
+        assert postgres.running_workers(pg_url, {"gw1", "gw2"}) == {"gw1": os.getpid(),
+                                                                    "gw2": os.getpid()}
         with pytest.raises(WorkerRunning) as refused:
-            dbmod.worker_lock(pg_url).acquire()
-        assert str(refused.value) == (f"another worker (pid {os.getpid()}) is running on "
-                                      f"{pg_url}; stop it first")
+            dbmod.worker_lock(pg_url, "gw1").acquire()
+        assert str(refused.value) == (
+            f'another worker named "gw1" (pid {os.getpid()}) is running on {pg_url}; stop it '
+            "first, or give this one another name ([worker] name, --name)")
     assert dbmod.worker_pid(pg_url) is None
 
 
 def test_migrate_and_recover_wait_for_no_worker(cli, pg_url):
     cli.db = pg_url
     cli.ok("migrate")
-    with dbmod.worker_lock(pg_url):
-        assert error_line(cli("recover")) == (f"Error: another worker (pid {os.getpid()}) is "
-                                              f"running on {pg_url}; stop it first")
+    name = default_worker_name()
+    with dbmod.worker_lock(pg_url, name):
+        assert error_line(cli("recover")) == (
+            f'Error: another worker named "{name}" (pid {os.getpid()}) is running on {pg_url}; '
+            "stop it first, or give this one another name ([worker] name, --name)")
         assert "worker    running (pid" in cli.ok("status")
 
 
@@ -260,14 +264,14 @@ def test_threads_claiming_at_once_run_each_task_once_and_each_job_once_at_a_time
 
 
 def test_the_worker_lock_is_taken_again_after_a_server_restart(pg_database, pg_url, pg_server):
-    with dbmod.worker_lock(pg_url) as lock:
+    with dbmod.worker_lock(pg_url, "gw") as lock:
         assert lock.keep()
         pg_server.restart()  # the lock's session ends with the server
         assert dbmod.worker_pid(pg_url) is None
         assert lock.keep()  # taken again
         assert dbmod.worker_pid(pg_url) == os.getpid()
         pg_server.restart()
-        with dbmod.worker_lock(pg_url):  # another worker was quicker this time
+        with dbmod.worker_lock(pg_url, "gw"):  # another worker of the name was quicker
             assert not lock.keep()
 
 

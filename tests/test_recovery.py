@@ -49,7 +49,7 @@ def queued(ledger):
 def test_a_running_task_gets_a_recovery_message_and_the_worker_resets_it(ledger):
     add(ledger, max_attempts=3, catch_up="once")
     task = start_run(ledger)
-    plan = recovery.recover(Ledger(ledger.db, worker="new:2"), utcnow())
+    plan = recovery.recover(Ledger(ledger.db, worker="dead:1"), utcnow())
     assert plan.counts()["recovered"] == 1
     assert (task.id, 1) in queued(ledger)  # waiting again, to re-run attempt 1
     run = ledger.claim(utcnow())
@@ -239,7 +239,7 @@ def test_leftovers_of_an_interrupted_run_are_ended_before_it_is_requeued(ledger,
     table = WatchedTable.for_database(database.database)
     table.ledger = ledger
     try:
-        plan = recovery.recover(Ledger(ledger.db, worker="new:2"), utcnow(), table)
+        plan = recovery.recover(Ledger(ledger.db, worker="dead:1"), utcnow(), table)
     finally:
         tree.proc.wait()
         table.close()
@@ -258,3 +258,20 @@ def test_a_start_without_leftovers_ends_nothing(ledger):
     plan = recovery.recover(ledger, utcnow())
     assert plan.ended == 0
     assert "ended 0 leftover processes" in plan.line()
+
+
+def test_a_start_recovers_its_own_names_runs_and_on_postgresql_only_those(ledger):
+    add(ledger, name="a")
+    add(ledger, name="b")
+    mine = start_run(ledger)  # by "dead:1", the name of the worker that starts again below
+    other = claim_next(Ledger(ledger.db, worker="gw-b")).task  # a worker of another name
+    plan = recovery.recover(Ledger(ledger.db, worker="dead:1"), utcnow())
+    if ledger.postgres:  # gw-b may be alive: its runs are its own, or its lease's
+        assert [t.id for t in plan.recover] == [mine.id]
+        assert Task.get_by_id(other.id).status == "running"
+        expected = ("dead:1", [mine.id])
+    else:  # one worker a file: every running task is a dead worker's
+        assert [t.id for t in plan.recover] == [mine.id, other.id]
+        expected = ("dead:1, gw-b", [mine.id, other.id])
+    last = report.last_recovery()
+    assert (last["worker"], (last["recovered_from"], last["task_ids"])) == ("dead:1", expected)

@@ -1,5 +1,6 @@
 """The job summaries of `status` and `jobs list`: one query for all jobs, through indexes."""
 
+import os
 from datetime import timedelta
 
 import peewee
@@ -88,7 +89,7 @@ def status_page_views(now):
     return {
         "overview": lambda: (report.last_day(now), report.worker(None), report.worker(4242),
                              report.last_recovery(), report.clock(now, False),
-                             report.all_busy(4242, 2, 3600, now)),
+                             report.all_busy("gw", 2, 3600, now)),
         "jobs": lambda: report.jobs_with_outcomes(now),
         "job": lambda: report.job("j000", now),
         "run": lambda: report.task(Task.select(peewee.fn.MIN(Task.id)).scalar()),
@@ -157,14 +158,13 @@ def test_a_jobs_page_and_failures_page_by_page(database):
     assert {t["status"] for t in failed["tasks"] + more["tasks"]} == {"failed"}
 
 
-def test_worker_since_its_recovery_and_last_seen_when_down(database):
-    from edgeworker.models import Recovery
+def test_worker_since_its_start_and_last_seen_when_down(database):
+    from edgeworker.ledger import Ledger
 
     now = utcnow()
-    Recovery.create(started_at=now - timedelta(hours=1), duration_ms=1, worker="b00t:4242:1",
-                    recovered=0, failed=0, cancelled=0, scheduled=0)
-    assert report.worker(4242)["since"] == to_text(now - timedelta(hours=1))
-    assert report.worker(99)["since"] is None
+    Ledger(database, worker="gw").register(now - timedelta(hours=1), None)  # this process
+    assert report.worker(os.getpid())["since"] == to_text(now - timedelta(hours=1))
+    assert report.worker(os.getpid() + 1)["since"] is None
     add_jobs(1)
     down = report.worker(None)
     assert down["running"] is False and down["last_seen"] >= to_text(now)
