@@ -45,6 +45,7 @@ import subprocess
 import sys
 import time
 from dataclasses import fields
+from importlib import import_module
 from pathlib import Path
 
 from bench.common import (
@@ -105,16 +106,21 @@ def process_cpu(pid: int) -> float:
 class Cluster:
     """The private server, with what the benchmarks read from it."""
 
-    def __init__(self):
+    def __init__(self, profiling: bool = False):
         from edgeworker.postgres import driver
 
         driver()  # psycopg2, which importing edgeworker keeps out of sys.modules
-        self.server = pgserver.Server(durable=True)
+        self.profiling = profiling  # pg_stat_statements on: `python -m bench.pg statements`
+        self.server = pgserver.Server(durable=True, settings=(
+            "shared_preload_libraries=pg_stat_statements", "pg_stat_statements.track_planning=on")
+            if profiling else ())
         self.names: dict[str, str] = {}  # URL -> database
 
     def start(self) -> Cluster:
         self.server.start()
         self.postmaster = self.server.postmaster_pid()
+        if self.profiling:
+            self.one("CREATE EXTENSION pg_stat_statements")
         return self
 
     def stop(self) -> None:
@@ -149,9 +155,33 @@ class Cluster:
             conn.autocommit = True
             cursor = conn.cursor()
             cursor.execute(sql, params)
-            return cursor.fetchone()[0]
+            return cursor.fetchone()[0] if cursor.description else None
         finally:
             conn.close()
+
+    def mark(self) -> int:
+        """Where the WAL is (and, profiling, statistics of statements start from zero)."""
+        if self.profiling:
+            self.one("SELECT pg_stat_statements_reset()")
+        return self.flushed_lsn()
+
+    def collect(self, url: str, mark: int) -> dict:
+        """The WAL written since `mark`: bytes, commit records, full-page images (and,
+        profiling, the statements run in the database)."""
+        end = self.flushed_lsn()
+        found = {"wal_bytes": end - mark, **self.wal_records(mark, end)}
+        if self.profiling:
+            conn = self.server.connect("postgres")
+            try:
+                cursor = conn.cursor()
+                cursor.execute("SELECT calls, total_exec_time, total_plan_time, rows, query FROM "
+                               "pg_stat_statements JOIN pg_database d ON d.oid = dbid "
+                               "WHERE datname = %s ORDER BY total_exec_time DESC",
+                               (self.names[url],))
+                found["statements"] = cursor.fetchall()
+            finally:
+                conn.close()
+        return found
 
     def flushed_lsn(self) -> int:
         text = self.one("SELECT pg_current_wal_flush_lsn()::text")
@@ -246,7 +276,7 @@ def drain_edgeworker(cluster: Cluster, count: int, n: int) -> dict:
         with database.atomic():
             for i in range(n):
                 ledger.run_now(jobs[i % JOBS], now)
-        committed, server_cpu = time.time(), cluster.cpu()
+        committed, server_cpu, wal = time.time(), cluster.cpu(), cluster.mark()
         succeeded = (Task.origin == "manual") & (Task.status == "succeeded")
 
         def done() -> bool:
@@ -257,6 +287,7 @@ def drain_edgeworker(cluster: Cluster, count: int, n: int) -> dict:
 
         wait_for(done, timeout=600, interval=0.05, what=f"{n} runs to succeed")
         server_cpu = cluster.cpu() - server_cpu
+        wal = cluster.collect(url, wal)
         worker_cpu = sum(process_cpu(w.proc.pid) - c for w, c in zip(workers, worker_cpu,
                                                                          strict=True))
         last = Task.select(fn.max(Task.finished_at)).where(succeeded).scalar()  # a datetime
@@ -267,7 +298,7 @@ def drain_edgeworker(cluster: Cluster, count: int, n: int) -> dict:
         cluster.drop(url)
         shutil.rmtree(directory, ignore_errors=True)
     return {"n": n, "count": count, "seconds": last.timestamp() - committed,
-            "worker_cpu": worker_cpu, "server_cpu": server_cpu}
+            "worker_cpu": worker_cpu, "server_cpu": server_cpu, **wal}
 
 
 # -- huey's --------------------------------------------------------------------------------------
@@ -350,11 +381,12 @@ def drain_huey(cluster: Cluster, count: int, n: int) -> dict:
             cursor.executemany(f"INSERT INTO {storage.table_task} (queue, data, priority) "
                                "VALUES (%s, %s, %s)", messages)
             cursor.execute("SELECT pg_notify(%s, %s)", (storage.channel, ""))
-        committed, server_cpu = time.time(), cluster.cpu()
+        committed, server_cpu, wal = time.time(), cluster.cpu(), cluster.mark()
         wait_for(lambda: huey.pending_count() == 0, timeout=600, interval=0.05,
                  what="huey's queue to empty")
         time.sleep(0.2)  # the last dequeued tasks end (a no-op: well under a millisecond)
         server_cpu = cluster.cpu() - server_cpu
+        wal = cluster.collect(url, wal)
         worker_cpu = sum(process_cpu(p.pid) - c for p, c in zip(procs, worker_cpu, strict=True))
         reports = []
         for proc in procs:
@@ -374,7 +406,7 @@ def drain_huey(cluster: Cluster, count: int, n: int) -> dict:
         cluster.drop(url)
         shutil.rmtree(directory, ignore_errors=True)
     return {"n": n, "count": count, "seconds": last - committed, "worker_cpu": worker_cpu,
-            "server_cpu": server_cpu}
+            "server_cpu": server_cpu, **wal}
 
 
 # -- enqueueing one at a time ------------------------------------------------------------------
@@ -508,15 +540,15 @@ def throughput_figures(runs: dict[str, list[dict]], count: int) -> list[Figure]:
     def values(contender: str, f) -> list[float]:
         return [f(r) for r in runs[contender]]
 
-    def ratio(f) -> Stat:
-        return Stat.of([a / b for a, b in zip(values("edgeworker", f), values("huey", f),
-                                               strict=True)])
+    def ratio(f) -> Stat | None:
+        pairs = list(zip(values("edgeworker", f), values("huey", f), strict=True))
+        if not all(b for _, b in pairs):
+            return None  # a CPU time under one clock tick (--quick's sizes)
+        return Stat.of([a / b for a, b in pairs])
 
-    def line(what: str, unit: str, f, digits: int, target: str = "", goal=None) -> Figure:
-        r = ratio(f)
+    def line(what: str, unit: str, f, digits: int) -> Figure:
         return Figure("13", what, unit, Stat.of(values("edgeworker", f)),
-                      Stat.of(values("huey", f)), "huey", r, target,
-                      goal(r.median) if goal else None, digits)
+                      Stat.of(values("huey", f)), "huey", ratio(f), digits=digits)
 
     workers = f"{count} worker{'s' if count > 1 else ''}"
     return [
@@ -526,6 +558,10 @@ def throughput_figures(runs: dict[str, list[dict]], count: int) -> list[Figure]:
              lambda r: r["worker_cpu"] / r["n"] * 1e3, 2),
         line(f"PostgreSQL: CPU per task, {workers}: the server", "ms",
              lambda r: r["server_cpu"] / r["n"] * 1e3, 2),
+        line(f"PostgreSQL: WAL bytes per task, {workers} (the drain)", "B",
+             lambda r: r["wal_bytes"] / r["n"], 0),
+        line(f"PostgreSQL: commits per task, {workers} (WAL commit records, the drain)",
+             "commits", lambda r: r["commits"] / r["n"], 2),
     ]
 
 
@@ -607,9 +643,37 @@ def measure(quick: bool = False) -> tuple[list[Figure], dict]:
     return figures, raw
 
 
+def statements(argv: list[str]) -> None:
+    """`statements edgeworker|huey [WORKERS] [N]`: one drain on a server with
+    pg_stat_statements, and each statement the database ran during it: calls, execution and
+    planning time per task, rows per call (the benchmark's own polling included: `count(*)`)."""
+    contender = argv[0]
+    count = int(argv[1]) if len(argv) > 1 else 1
+    n = int(argv[2]) if len(argv) > 2 else 1000
+    cluster = Cluster(profiling=True).start()
+    try:
+        drain = drain_edgeworker if contender == "edgeworker" else drain_huey
+        r = drain(cluster, count, n)
+    finally:
+        cluster.stop()
+    print(f"{contender}, {count} worker(s), {n} tasks: {n / r['seconds']:,.0f} tasks/s; per "
+          f"task: server CPU {r['server_cpu'] / n * 1e3:.2f} ms, worker CPU "
+          f"{r['worker_cpu'] / n * 1e3:.2f} ms, WAL {r['wal_bytes'] / n:,.0f} B, "
+          f"{r['commits'] / n:.2f} commits, {r['full_pages'] / n:.2f} full-page images")
+    print(f"{'calls/task':>10} {'exec ms/task':>12} {'plan ms/task':>12} {'rows/call':>9}  "
+          "statement")
+    for calls, total, plan, rows, query in r["statements"]:
+        text = " ".join(query.split())
+        print(f"{calls / n:10.2f} {total / n:12.3f} {plan / n:12.3f} {rows / calls:9.2f}  "
+              f"{text[:140]}")
+
+
 def main(argv: list[str]) -> None:
-    if argv[:1] == ["consumer"]:
-        consumer(argv[1])
+    if argv[:1] == ["consumer"]:  # as bench.pg, not __main__: huey names a task by its module
+        import_module("bench.pg").consumer(argv[1])
+        return
+    if argv[:1] == ["statements"]:
+        import_module("bench.pg").statements(argv[1:])
         return
     from bench.common import render_table
 

@@ -44,8 +44,9 @@ NOT_DURABLE = "-c fsync=off -c full_page_writes=off -c synchronous_commit=off "
 
 
 class Server:
-    def __init__(self, durable: bool = False):
+    def __init__(self, durable: bool = False, settings: tuple[str, ...] = ()):
         self.durable = durable
+        self.settings = settings  # more `name=value` server settings
         self.root = Path(tempfile.mkdtemp(prefix="edgeworker-pg-"))
         self.data = self.root / "data"
         self.socket_dir = self.root / "socket"
@@ -86,7 +87,8 @@ class Server:
 
     def _start(self) -> None:
         options = (f"-c listen_addresses='' -c unix_socket_directories='{self.socket_dir}' "
-                   + ("" if self.durable else NOT_DURABLE) + "-c max_connections=50")
+                   + ("" if self.durable else NOT_DURABLE) + "-c max_connections=50"
+                   + "".join(f" -c {setting}" for setting in self.settings))
         self._check(self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
                               "-o", options, "-w", "-t", "60", "start"), "pg_ctl start")
         self.started = True
