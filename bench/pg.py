@@ -117,10 +117,14 @@ class Cluster:
         self.names: dict[str, str] = {}  # URL -> database
 
     def start(self) -> Cluster:
-        self.server.start()
-        self.postmaster = self.server.postmaster_pid()
-        if self.profiling:
-            self.one("CREATE EXTENSION pg_stat_statements")
+        try:
+            self.server.start()
+            self.postmaster = self.server.postmaster_pid()
+            if self.profiling:
+                self.one("CREATE EXTENSION pg_stat_statements")
+        except BaseException:
+            self.server.stop()  # a server that started is stopped, its directory removed
+            raise
         return self
 
     def stop(self) -> None:
@@ -491,8 +495,9 @@ def recovery_run(cluster: Cluster, lease: float) -> dict:
         victim.kill()
         [started] = wait_for(lambda: lines("1"), timeout=lease + 60,
                              what="the recovered run to start", log=workers[0].log)
-        row = Worker.get(Worker.pid == victim.proc.pid)
-        beat = row.last_heartbeat.timestamp()
+        row = Worker.get(Worker.name == f"bench-{workers.index(victim)}")
+        # its last heartbeat by the server's clock (the same machine's) where it is recorded
+        beat = getattr(row, "beat_at", None) or row.last_heartbeat.timestamp()
         stop_workers([w for w in workers if w is not victim])
     finally:
         kill_workers(workers)
