@@ -380,8 +380,8 @@ def recover(obj: Context, dry_run: bool, as_json: bool) -> None:
         "worker_running": pid is not None,
         "counts": todo.counts(),
         "ended": todo.ended,
-        "recover": [{"task_id": t.id, "job": job_names.get(t.job_id), "attempt": t.attempt}
-                    for t in todo.recover],
+        "recover": [{"task_id": t.id, "job": job_names.get(t.job_id), "attempt": t.attempt,
+                     "worker": t.worker} for t in todo.recover],
         "close": [{"task_id": t.id, "job": job_names.get(t.job_id), "status": status.value,
                    "reason": reason} for t, status, reason in todo.close],
         "schedule": [{"job": job.name,
@@ -397,7 +397,7 @@ def recover(obj: Context, dry_run: bool, as_json: bool) -> None:
                        "it recovered at its own start")
         for item in d["recover"]:
             click.echo(f"{verb}recover task {item['task_id']} (job {item['job']}, interrupted "
-                       f"attempt {item['attempt']})")
+                       f"attempt {item['attempt']} of worker {item['worker'] or '-'})")
         for item in d["close"]:
             action = "fail" if item["status"] == "failed" else "cancel"
             click.echo(f"{verb}{action} task {item['task_id']} (job {item['job'] or '-'}): "

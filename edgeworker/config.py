@@ -45,6 +45,7 @@ NEVER_YEARS = 8
 CRON_HELP = '(minute hour day-of-month month day-of-week, e.g. "*/5 * * * *")'
 
 DEFAULT_HEARTBEAT = 30.0  # [worker] heartbeat on PostgreSQL
+DEFAULT_LEASE = 60.0  # [worker] lease
 
 CATCH_UP_POLICIES = ("skip", "once", "all")
 DURABILITY_LEVELS = ("full", "normal")
@@ -142,6 +143,13 @@ class WorkerSettings:
     # SQLite (one worker, behind a lock: an idle worker writes nothing), see heartbeat_seconds.
     heartbeat: float | None = setting(None, "duration", 1.0, 3600.0, words=(("off", 0.0),),
                                       hint=', or "off"')
+    # PostgreSQL: a worker not heard from (by the server's clock) for this long has lost its
+    # running tasks to the live workers, which recover them. Longer than the heartbeat.
+    lease: float = setting(DEFAULT_LEASE, "duration", 2.0, 86400.0)
+
+    def lease_seconds(self, on_server: bool) -> float | None:
+        """The lease in effect: PostgreSQL's, with a heartbeat to renew it; else None."""
+        return self.lease if self.heartbeat_seconds(on_server) and on_server else None
 
     def worker_name(self) -> str:
         """The name in effect: `name`, or the host name."""
@@ -280,7 +288,22 @@ def _section(name: str, raw: Any, where: _Where, base: Path) -> Any:
     def fail(key: str, message: str) -> ConfigError:
         return where.error(f"[{name}] {key}: {message}", name, 0, key)
 
-    return _SECTIONS[name](**_load(_rules(_SECTIONS[name]), raw, fail, base))
+    values = _load(_rules(_SECTIONS[name]), raw, fail, base)
+    if name == "worker":
+        _lease(values, fail)
+    return _SECTIONS[name](**values)
+
+
+def _lease(values: dict[str, Any], fail) -> None:
+    """The lease must outlast the heartbeat that renews it (PostgreSQL's default heartbeat
+    where none is given)."""
+    heartbeat = values.get("heartbeat")
+    beat = DEFAULT_HEARTBEAT if heartbeat is None else heartbeat
+    lease = values.get("lease", DEFAULT_LEASE)
+    if beat and lease <= beat:
+        key = "lease" if "lease" in values else "heartbeat"
+        raise fail(key, f"the lease ({format_duration(lease)}) must be longer than the heartbeat "
+                        f"({format_duration(beat)}) that renews it")
 
 
 def _job_table(raw: Any, where: _Where, index: int, base: Path) -> JobSpec:

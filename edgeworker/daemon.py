@@ -20,7 +20,9 @@ import logging
 import os
 import select
 import signal
+import socket
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -32,7 +34,7 @@ from edgeworker import db as dbmod
 from edgeworker.alerts import Alerts
 from edgeworker.clock import ClockSetWatch, Step, WorkerClock, clock_synchronised, span, time_daemon
 from edgeworker.config import Config, format_duration, load_config
-from edgeworker.errors import EdgeworkerError
+from edgeworker.errors import EdgeworkerError, WorkerRunning
 from edgeworker.jobs import sync_jobs
 from edgeworker.ledger import Ledger
 from edgeworker.libc import release_startup_memory
@@ -48,6 +50,16 @@ from edgeworker.worker import IntervalJobWorker, task_environment
 logger = logging.getLogger("edgeworker.daemon")
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _noted(signum: int, frame) -> None:
@@ -88,6 +100,11 @@ class Daemon:
         self.alerts: Alerts | None = None
         self.next_quiet = 0.0  # monotonic: the next "gone quiet" check
         self.heartbeat: float | None = None  # seconds between heartbeats; None: none
+        self.lease: float | None = None  # PostgreSQL: how long a heartbeat holds this worker's runs
+        self.beaten = 0.0  # monotonic: when the last heartbeat that was written was sent
+        self.fenced = False  # the lease may have expired: no claims, runs ended unrecorded
+        self.fence_lock = threading.Lock()
+        self.worker: IntervalJobWorker | None = None
         self.next_heartbeat = 0.0  # monotonic
 
     # -- start-up ---------------------------------------------------------------------------
@@ -123,12 +140,12 @@ class Daemon:
                                      on_step=self._wake)
         self.alerts = Alerts(lambda: self.config.worker, self.clock.now, self.processes,
                              self.abort)
-        worker = IntervalJobWorker(self.ledger, self.abort, stopping=self.stop.is_set,
-                                   clock=self.clock.now,
-                                   observe=self.metrics and self.metrics.observe,
-                                   env_file=lambda: self.config.worker.env_file,
-                                   table=self.processes, alerts=self.alerts,
-                                   queue=self.huey.storage)
+        # The runs' abort: set by a shutdown's (self.abort) and by a fence; a new one after it.
+        worker = self.worker = IntervalJobWorker(
+            self.ledger, Flag(), stopping=self.stop.is_set, clock=self.clock.now,
+            observe=self.metrics and self.metrics.observe,
+            env_file=lambda: self.config.worker.env_file, table=self.processes,
+            alerts=self.alerts, queue=self.huey.storage, fenced=lambda: self.fenced)
 
         def handle(args, run) -> None:
             thread = self.threads.current()
@@ -142,8 +159,11 @@ class Daemon:
 
         self.huey.bind(handle, now=self.clock.now, hold=lambda: self.held_since is not None,
                        stop=self.stop, path=self.db_path)
+        self.huey.storage.paused = lambda: self.fenced
         self.notifier.status("starting: syncing jobs and recovering tasks")
         with dbmod.translate_errors(self.db_path):
+            if postgres.is_url(self.db_path):
+                self.check_name()  # before anything is written
             if self.config.path is not None:
                 report = sync_jobs(self.ledger, self.config.jobs, self.clock.now())
                 logger.info("synced jobs from %s: %s", self.config.path, report.summary())
@@ -151,8 +171,11 @@ class Daemon:
             logger.info("%s", self.recovery.line())
             self.alert_recovery()
             self.check_clock(starting=True)
-            self.heartbeat = self.config.worker.heartbeat_seconds(postgres.is_url(self.db_path))
-            self.ledger.register(self.clock.now(), self.heartbeat)
+            on_server = postgres.is_url(self.db_path)
+            self.heartbeat = self.config.worker.heartbeat_seconds(on_server)
+            self.lease = self.config.worker.lease_seconds(on_server)
+            self.beaten = time.monotonic()
+            self.ledger.register(self.clock.now(), self.heartbeat, self.lease)
             self.next_heartbeat = time.monotonic() + (self.heartbeat or 0)
         def close_thread() -> None:
             self.huey.storage.release()
@@ -161,6 +184,27 @@ class Daemon:
         self.consumer = consumer.build(self.huey, self.workers, self.threads, self.chores,
                                        close=close_thread)
         return self.consumer
+
+    def check_name(self) -> None:
+        """PostgreSQL: the name's lock is this worker's, yet its last life may still run (it
+        lost its lock's session to a server restart and has not taken it again, or its host is
+        cut off from the server). Its runs are its own while its lease holds: refuse to start
+        until then, unless it is provably gone (it ran on this host, in an earlier boot or as a
+        process that is gone)."""
+        from edgeworker.processes import boot_id
+
+        row = self.ledger.db.execute_sql(
+            "SELECT host, pid, boot_id, lease_seconds - (extract(epoch FROM now()) - beat_at) "
+            "FROM workers WHERE name = %s AND stopped_at IS NULL", (self.name,)).fetchone()
+        if row is None or row[3] is None or row[3] <= 0:
+            return
+        host, pid, boot, left = row
+        if host == socket.gethostname() and (boot != boot_id() or pid == os.getpid()
+                                             or not _alive(pid)):
+            return
+        raise WorkerRunning(f'a worker named "{self.name}" (pid {pid} on {host}) holds its lease '
+                            f"on {self.db_path} for {left:.0f}s more and may still run; stop "
+                            "it, wait, or give this one another name ([worker] name, --name)")
 
     def alert_recovery(self) -> None:
         """Runs that recovery ended `failed` had their final outcome: their on_failure hooks
@@ -305,7 +349,12 @@ class Daemon:
             wait = next_health - time.monotonic()
             if self.held_since is not None:
                 wait = min(wait, HELD_CHECK_INTERVAL)  # a stat and a syscall: is it synchronised?
-            self._wait_for_signal(wait)
+            if self.lease and not self.fenced:  # a heartbeat blocked (a partition) fences too
+                wait = min(wait, self.beaten + self.lease - time.monotonic())
+            retake = getattr(self.lock, "retake_in", lambda: None)()
+            if retake is not None:  # PostgreSQL restarted: take the name's lock again soon
+                wait = min(wait, retake)
+            session_ended = self._wait_for_signal(wait)
             stop = self._take_signals()
             if stop:
                 return self.shutdown(consumer)
@@ -315,22 +364,30 @@ class Daemon:
                 self.check_clock()
             except peewee.DatabaseError as exc:
                 logger.error("cannot re-plan after a clock change (%s); trying again", exc)
-            if time.monotonic() >= next_health:
+            self.check_lease(time.monotonic())
+            checked = time.monotonic() >= next_health
+            if checked:
                 next_health = time.monotonic() + HEALTH_CHECK_INTERVAL
                 consumer.check_worker_health()
+            if checked or retake is not None or session_ended:
                 if not self.lock.keep():  # PostgreSQL: taken by another worker after a restart
-                    logger.error("another worker took the lock on %s while the server was "
-                                 "away: stopping", self.db_path)
+                    logger.error('another worker named "%s" took its lock on %s while the '
+                                 "server was away: stopping", self.name, self.db_path)
                     return self.shutdown(consumer) or 1
 
-    def _wait_for_signal(self, timeout: float) -> None:
+    def _wait_for_signal(self, timeout: float) -> bool:
+        """Wait for a signal, a clock change or the timeout; True if the lock's session (on
+        PostgreSQL) has something to say: most likely that the server ended it."""
         watched = [self._signal_read] + ([self.clock_watch] if self.clock_watch.fd >= 0 else [])
-        select.select(watched, [], [], max(0.0, timeout))
+        session = getattr(self.lock, "fileno", lambda: -1)()
+        ready, _, _ = select.select(watched + ([session] if session >= 0 else []), [], [],
+                                    max(0.0, timeout))
         try:
             while data := os.read(self._signal_read, 64):
                 self.signals.extend(n for n in data if n in SIGNALS)
         except BlockingIOError:
             pass
+        return session >= 0 and session in ready
 
     def _take_signals(self) -> bool:
         pending, self.signals = self.signals, []
@@ -393,10 +450,60 @@ class Daemon:
                    self.next_quiet - time.monotonic(), heartbeat - time.monotonic())
 
     def beat(self) -> None:
-        """The workers row's heartbeat: at most one write a `[worker] heartbeat`."""
-        if self.heartbeat and time.monotonic() >= self.next_heartbeat:
-            self.next_heartbeat = time.monotonic() + self.heartbeat
-            self.ledger.heartbeat(self.clock.now())
+        """The workers row's heartbeat: at most one write a `[worker] heartbeat`; on PostgreSQL,
+        then the running tasks of workers whose lease expired are recovered."""
+        if not self.heartbeat or time.monotonic() < self.next_heartbeat:
+            return
+        self.next_heartbeat = time.monotonic() + self.heartbeat
+        sent = time.monotonic()
+        self.check_lease(sent)  # before it is renewed: a worker that was stopped (SIGSTOP)
+        if not self.ledger.heartbeat(self.clock.now()):  # its row was pruned: write it again
+            self.ledger.register(self.clock.now(), self.heartbeat, self.lease)
+        self.beaten = sent
+        if self.fenced and not self.unfence():
+            return
+        if self.lease:
+            todo = recovery.recover_expired(self.ledger, self.clock.now(), self.processes)
+            if todo is not None:
+                logger.warning("took the running tasks of worker(s) %s, whose lease expired: "
+                               "%s", ", ".join(todo.owners), todo.line())
+
+    def check_lease(self, now: float) -> None:
+        """Fence this worker when it has not written a heartbeat for its lease (monotonic time
+        since the last one was sent, which is no later than the server dated it): other workers
+        may be recovering its runs."""
+        if self.lease and not self.fenced and now - self.beaten >= self.lease:
+            self.fence(now - self.beaten)
+
+    def fence(self, silent: float) -> None:
+        """Stop claiming and end the running runs without recording them: their rows stay
+        running, for the worker that recovers them (or for this one's own recovery when it
+        reaches the database again, see `unfence`)."""
+        with self.fence_lock:
+            if self.fenced:
+                return
+            self.fenced = True
+            self.worker.abort.set()
+        busy = sum(1 for w in self.threads.workers.values() if w.busy_since is not None)
+        logger.error("no heartbeat written for %s, longer than the lease (%s): other workers may "
+                     "be recovering this worker's runs; it stops claiming and ends its %s "
+                     "running run(s) unrecorded until it reaches the database again",
+                     span(silent).lstrip("+"), format_duration(self.lease), busy)
+
+    def unfence(self) -> bool:
+        """After a heartbeat was written again while fenced: once the ended runs are over,
+        recover what of them nobody took (this name's running tasks), register again and take
+        work again. False while runs are still ending."""
+        if any(w.busy_since is not None for w in self.threads.workers.values()):
+            return False
+        todo = recovery.recover(self.ledger, self.clock.now(), self.processes)
+        self.ledger.register(self.clock.now(), self.heartbeat, self.lease)
+        with self.fence_lock:
+            self.worker.abort = Flag()
+            self.fenced = False
+        logger.warning("reached the database again: registered again and taking work; %s",
+                       todo.line())
+        return True
 
     def status_line(self) -> str:
         busy = sum(1 for w in self.threads.workers.values() if w.busy_since is not None)
@@ -509,6 +616,7 @@ class Daemon:
             logger.warning("shutdown timeout (%gs) over: stopping the running tasks",
                            self.config.worker.shutdown_timeout)
             self.abort.set()
+            self.worker.abort.set()
             if not self._join(consumer, time.monotonic() + KILL_GRACE + 2):
                 return self._stop_now("tasks did not stop")
         # Queued hooks and pings may finish within what is left of the shutdown timeout.
@@ -531,6 +639,7 @@ class Daemon:
 
     def _stop_now(self, why: str) -> int:
         self.abort.set()  # the runs see it: killed by the stop, not failed (runners.Interrupted)
+        self.worker.abort.set()
         killed = self.processes.kill_all()
         logger.warning("stopping at once (%s): killed %s running command(s); their tasks run "
                        "again at the next start", why, killed)

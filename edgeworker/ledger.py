@@ -29,6 +29,7 @@ from edgeworker.models import (
     UNFINISHED,
     ClockState,
     Job,
+    Recovery,
     Task,
     TaskStatus,
     Worker,
@@ -322,8 +323,7 @@ class Ledger:
                 status.value, finished and to_text(finished), to_text(due), outcome.exit_code,
                 outcome.error, outcome.output, task.id, task.attempt)).rowcount
             if not changed:
-                logger.info("task %s was changed by someone else while it ran; "
-                            "its outcome is not recorded", task.id)
+                self._not_recorded(task)
             elif not retry and following is not None and job is not None and job.active:
                 self._create(job, *following, "schedule", now)
             following_run = None if claim_next is None else self._claim(now, claim_next, job)
@@ -334,6 +334,19 @@ class Ledger:
         task.status, task.finished_at, task.due_at = status.value, finished, due
         task.exit_code, task.error, task.output = outcome.exit_code, outcome.error, outcome.output
         return task, following_run
+
+    def _not_recorded(self, task: Task) -> None:
+        """A finish whose compare-and-set found the run changed: say by whom, in one line."""
+        takers = (Recovery.select(Recovery.worker, Recovery.task_ids)
+                  .where((Recovery.worker != self.worker) & Recovery.task_ids.is_null(False))
+                  .order_by(Recovery.id.desc()).tuples())  # at most recovery.KEEP_RECORDS
+        taker = next((w for w, ids in takers if str(task.id) in ids.split(",")), None)
+        if taker is not None:
+            logger.warning("task %s was recovered by %s after this worker's lease expired; its "
+                           "result is dropped", task.id, taker)
+        else:
+            logger.info("task %s was changed by someone else while it ran; its outcome is not "
+                        "recorded", task.id)
 
     def _end_plan(self, job: Job, task: Task, outcome: Outcome,
                   now: datetime) -> tuple[tuple[datetime, datetime] | None, float]:
@@ -427,8 +440,9 @@ class Ledger:
             total += deleted
             if deleted < batch:
                 break
-        # Workers last seen before `before`: stopped, silent, or (SQLite: one worker at a time)
-        # any other life, which wrote no heartbeat.
+        # Workers (one row a name) last seen before `before`: stopped, silent, or (SQLite: one
+        # worker at a time) any other name, which wrote no heartbeat. A running task of a name
+        # whose row is gone holds no lease: a live worker recovers it (recovery.recover_expired).
         seen = (Worker.stopped_at < before) | (Worker.stopped_at.is_null()
                                                 & (Worker.last_heartbeat < before))
         gone = seen & (Worker.name != self.worker)

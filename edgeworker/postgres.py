@@ -258,6 +258,12 @@ class WorkerLock:
                            "ended its session", self.name, self.url)
         return got
 
+    def fileno(self) -> int:
+        """The lock session's socket (-1 without one): readable when the server ends the
+        session (a restart), so that the worker takes the lock again at once."""
+        conn = self.db._state.conn if self.db is not None else None
+        return conn.fileno() if conn is not None and not conn.closed else -1
+
     def retake_in(self) -> float | None:
         """Seconds until `keep` should look again while the lock is lost (back-off), or None."""
         if not self.lost:

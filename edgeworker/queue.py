@@ -68,6 +68,7 @@ class TaskStorage(BaseStorage):
         self.now: Callable[[], datetime] = utcnow
         self.hold: Callable[[], bool] = lambda: False  # cron runs wait for the clock
         self.stop: Flag | None = None
+        self.paused: Callable[[], bool] = lambda: False  # no claims (a lease lost: daemon.fence)
         self.path: Path | None = None
         self.claimed: dict[int, ClaimedRun] = {}  # claimed, not yet picked up by its thread
         self.trouble = Reminder(logger)  # one for all worker threads: logged once
@@ -94,6 +95,11 @@ class TaskStorage(BaseStorage):
         """Claim the next due run and return its message; or wait until one may be due and
         return None (huey's worker then looks at its stop flag and calls again)."""
         if self.stop is not None and self.stop.is_set():
+            return None
+        if self.paused():
+            self.release()
+            if self.stop is not None:
+                self.stop.wait(0.5)
             return None
         local = self.local
         run, local.next = getattr(local, "next", None), None
@@ -132,7 +138,7 @@ class TaskStorage(BaseStorage):
     def want_next(self) -> bool | None:
         """Should this thread claim its next run as it records an outcome? None if not (it
         stops), else whether cron runs are held."""
-        if self.stop is not None and self.stop.is_set():
+        if (self.stop is not None and self.stop.is_set()) or self.paused():
             return None
         return self.hold()
 

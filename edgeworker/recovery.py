@@ -22,6 +22,7 @@ transaction with multi-row writes: a crash during recovery leaves the database a
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,7 +30,7 @@ from datetime import datetime
 from edgeworker import schedule
 from edgeworker.errors import ScheduleError
 from edgeworker.ledger import Ledger
-from edgeworker.models import IS_UNFINISHED, Job, Recovery, Task, TaskStatus
+from edgeworker.models import IS_UNFINISHED, Job, Recovery, Task, TaskStatus, Worker
 from edgeworker.processes import ProcessTable
 from edgeworker.report import recovery_line
 
@@ -100,6 +101,7 @@ class Plan:
     close: list[tuple[Task, TaskStatus, str]] = field(default_factory=list)
     schedule: list[Job] = field(default_factory=list)  # active jobs without a pending run
     ended: int = 0  # processes of interrupted runs that were still alive (and were ended)
+    owners: list[str] = field(default_factory=list)  # whose running tasks (lease recovery)
 
     def counts(self) -> dict[str, int]:
         return {
@@ -243,4 +245,54 @@ def recover(ledger: Ledger, now: datetime, table: ProcessTable | None = None) ->
         recover_running_tasks(ledger, todo, now)
         recover_jobs(ledger, todo, now)
         record(ledger, todo, now, started)
+    return todo
+
+
+def expired(ledger: Ledger) -> list[str]:
+    """The worker names whose running tasks no lease holds any more (PostgreSQL)."""
+    rows = ledger.db.execute_sql(ledger.sql["expired"], {"worker": ledger.worker}).fetchall()
+    return sorted(name for (name,) in rows)
+
+
+def recover_expired(ledger: Ledger, now: datetime,
+                    table: ProcessTable | None = None) -> Plan | None:
+    """A live worker's housekeeping on PostgreSQL: recover the running tasks of workers whose
+    lease expired (by the server's clock), through the same plan, validity checks and recovery
+    message as a start. One transaction holding RECOVERY_LOCK (tried, not waited for: another
+    worker recovering now does it), with the expiry looked at again inside it, so that two
+    workers never recover one task. What those runs left on this host is ended first; on
+    another host it cannot be (the worker there ends its runs when it finds its lease lost).
+    Returns the plan, or None when there was nothing to do."""
+    if not expired(ledger):
+        return None
+    started = time.perf_counter()
+    with ledger.db.atomic():
+        if not ledger.db.execute_sql("SELECT pg_try_advisory_xact_lock(%s, %s)",
+                                     RECOVERY_LOCK).fetchone()[0]:
+            return None
+        owners = expired(ledger)
+        if not owners:
+            return None
+        hosts = dict(Worker.select(Worker.name, Worker.host)
+                     .where(Worker.name.in_(owners)).tuples())
+        here = socket.gethostname()
+        local = {name for name in owners if hosts.get(name) == here}
+        if local and table is not None:
+            ended = end_leftovers(table, running_of(local))
+        else:
+            ended = 0
+        todo = plan(ledger, now, set(owners), lease=True)
+        todo.ended, todo.owners = ended, owners
+        recover_running_tasks(ledger, todo, now)
+        recover_jobs(ledger, todo, now)
+        record(ledger, todo, now, started)
+    for name in owners:
+        if name in local:
+            continue
+        ids = [t.id for t in todo.recover if t.worker == name]
+        logger.warning('worker "%s"%s lost its lease: its runs of task(s) %s, if any of their '
+                       "processes are left there, cannot be ended from here (that worker ends "
+                       "them when it finds its lease lost)", name,
+                       f" on {hosts[name]}" if name in hosts else "",
+                       ", ".join(map(str, ids)) or "-")
     return todo

@@ -65,7 +65,7 @@ class IntervalJobWorker:
                  observe: Callable[[Task], None] | None = None,
                  env_file: Callable[[], Path | None] = lambda: None,
                  table: ProcessTable | None = None, alerts: Alerts | None = None,
-                 queue=None):
+                 queue=None, fenced: Callable[[], bool] = lambda: False):
         self.ledger = ledger
         # huey's storage (edgeworker.queue.TaskStorage): with it, recording an outcome also
         # claims this thread's next due run, in the same commit
@@ -77,6 +77,9 @@ class IntervalJobWorker:
         self.clock = clock
         self.observe = observe  # told each recorded outcome (the metrics count them)
         self.env_file = env_file  # `[worker] env_file` of the config loaded now (reloads)
+        # PostgreSQL: this worker's lease may have expired (no heartbeat written for as long):
+        # its runs may be recovered elsewhere; they are ended (`abort`) and not recorded.
+        self.fenced = fenced
 
     def work(self, args: IntervalJobArgs, run: ClaimedRun | None) -> None:
         if run is None:
@@ -84,6 +87,11 @@ class IntervalJobWorker:
         task, job = run.task, run.job
         fields = {"task_id": task.id, "job": job.name, "attempt": task.attempt,
                   "recovered": run.recovered}
+        if self.fenced():
+            logger.warning("task %s job %s attempt %s not started: this worker's lease may have "
+                           "expired; it stays running for recovery", task.id, job.name,
+                           task.attempt, extra=fields)
+            return
         recovered = " (recovered)" if run.recovered else ""
         logger.info("task %s job %s attempt %s started%s", task.id, job.name, task.attempt,
                     recovered, extra=fields)
@@ -92,8 +100,14 @@ class IntervalJobWorker:
         try:
             result = self.execute(run)
         except Interrupted:
-            logger.warning("task %s job %s attempt %s interrupted by shutdown: it runs again at "
-                           "the next start", task.id, job.name, task.attempt, extra=fields)
+            if self.fenced():
+                logger.warning("task %s job %s attempt %s ended unrecorded: this worker's lease "
+                               "may have expired, and another worker recovers it", task.id,
+                               job.name, task.attempt, extra=fields)
+            else:
+                logger.warning("task %s job %s attempt %s interrupted by shutdown: it runs again "
+                               "at the next start", task.id, job.name, task.attempt,
+                               extra=fields)
             return
         except BaseException as exc:  # noqa: BLE001 - a run ends with an outcome, whatever it is
             result = Result(False, None, f"{type(exc).__name__}: {exc}", "")
@@ -102,6 +116,8 @@ class IntervalJobWorker:
                                             result.output))
         if finished is None:
             return
+        if (finished.attempt, finished.recovered_count) != (task.attempt, task.recovered_count):
+            return  # recovered by another worker meanwhile (the ledger said so): not this run's
         if finished.status == "cancelled":
             logger.warning("task %s job %s attempt %s cancelled while it ran (%s); its outcome "
                            "is not recorded", task.id, job.name, task.attempt, finished.error,

@@ -34,7 +34,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(migrated):
     before = snapshot(migrated.db)
     out = migrated.ok("recover", "--dry-run")
     assert out.splitlines() == [
-        "would recover task 2 (job a, interrupted attempt 1)",
+        "would recover task 2 (job a, interrupted attempt 1 of worker dead:1)",
         "would have recovered 1, failed 0, cancelled 0, scheduled 0, ended 0 "
         "leftover processes",
     ]
@@ -42,7 +42,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(migrated):
     data = json.loads(migrated.ok("recover", "--dry-run", "--json"))
     assert data["counts"] == {"recovered": 1, "failed": 0, "cancelled": 0,
                               "scheduled": 0}
-    assert data["recover"] == [{"task_id": 2, "job": "a", "attempt": 1}]
+    assert data["recover"] == [{"task_id": 2, "job": "a", "attempt": 1, "worker": "dead:1"}]
 
 
 def test_recover_does_it_and_records_it(migrated):

@@ -336,3 +336,19 @@ def test_the_worker_name_defaults_to_the_host_name_and_is_checked():
         "/etc/edgeworker/edgeworker.toml:2: [worker] name: 'two words' is not a valid worker "
         "name (letters, digits, '_', '.', '@', '-'; at most 64 characters, starting with a "
         "letter or digit)")
+
+
+def test_the_lease_must_outlast_the_heartbeat():
+    assert parse_config('[worker]\nheartbeat = "1s"\nlease = "3s"\n').worker.lease == 3.0
+    assert load_config(None).worker.lease_seconds(on_server=True) == 60.0
+    assert load_config(None).worker.lease_seconds(on_server=False) is None
+    assert parse_config('[worker]\nheartbeat = "off"\n').worker.lease_seconds(True) is None
+    assert error_of('[worker]\nlease = "20s"\n') == (
+        "/etc/edgeworker/edgeworker.toml:2: [worker] lease: the lease (20s) must be longer than "
+        "the heartbeat (30s) that renews it")
+    assert error_of('[worker]\nlease = "2m"\nheartbeat = "5m"\n') == (
+        "/etc/edgeworker/edgeworker.toml:2: [worker] lease: the lease (2m) must be longer than "
+        "the heartbeat (5m) that renews it")
+    assert error_of('[worker]\nheartbeat = "2m"\n') == (
+        "/etc/edgeworker/edgeworker.toml:2: [worker] heartbeat: the lease (1m) must be longer "
+        "than the heartbeat (2m) that renews it")

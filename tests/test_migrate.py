@@ -291,11 +291,13 @@ def test_017_moves_huey_messages_into_due_rows_and_drops_hueys_tables(fresh):
     assert sql("INSERT INTO tasks (job_id, scheduled_for, due_at, created_at) VALUES "
                "(1, ?, ?, ?)", (NOW, NOW, NOW)).lastrowid == 21
 
-    # The next start recovers the interrupted run, and the worker claims in due order.
+    # The next start (migrated to the end) recovers the interrupted run, and the worker claims
+    # in due order.
     from edgeworker import models, recovery
     from edgeworker.clock import from_text
     from edgeworker.ledger import Ledger
 
+    migrate.apply(fresh, migrate.plan(fresh, all_migrations))
     models.bind(fresh)
     ledger = Ledger(fresh, worker="new:1")
     plan = recovery.recover(ledger, from_text(NOW))

@@ -133,3 +133,105 @@ def test_two_workers_of_different_names_share_one_database(tmp_path, pg_url):
         runs = first.tasks(f"job = '{job}' AND status = 'succeeded'")
         for before, after in zip(runs, runs[1:], strict=False):
             assert before["finished_at"] <= after["started_at"]
+
+
+LEASED = 'heartbeat = "1s"\nlease = "3s"\n'
+
+
+def slow_job(ran) -> str:
+    """A manual-only job whose first attempt outlasts the test and whose recovery is quick."""
+    return f'''[[jobs]]
+name = "slow"
+command = ["sh", "-c", "echo $EDGEWORKER_TASK_ID $EDGEWORKER_ATTEMPT $EDGEWORKER_RECOVERED \
+>> {ran}; [ $EDGEWORKER_RECOVERED = 1 ] || sleep 60"]
+cron = "0 0 1 1 *"
+timezone = "UTC"
+max_attempts = 3
+'''
+
+
+QUICK = '[[jobs]]\nname = "quick"\ncommand = "true"\ncron = "0 0 1 1 *"\ntimezone = "UTC"\n'
+
+
+def recoveries(url: str) -> list[tuple]:
+    con = psycopg2.connect(url)
+    try:
+        cursor = con.cursor()
+        cursor.execute("SELECT worker, recovered_from, task_ids, recovered FROM recoveries "
+                       "WHERE recovered_from IS NOT NULL ORDER BY id")
+        return cursor.fetchall()
+    finally:
+        con.close()
+
+
+def test_a_killed_workers_run_is_recovered_by_another_after_its_lease(tmp_path, pg_url):
+    ran = tmp_path / "ran"
+    with PgWorker(tmp_path, pg_url, f'name = "gw-a"\n{LEASED}{slow_job(ran)}', "a") as a, \
+            PgWorker(tmp_path, pg_url, f'name = "gw-b"\n{LEASED}{slow_job(ran)}', "b") as b:
+        a.start().wait_running()
+        a.cli("jobs", "run", "slow")
+        [task] = a.wait_tasks("status = 'running' AND worker = 'gw-a'")
+        wait_for(lambda: ran.exists() and ran.read_text(), what="the run to start", log=a.log)
+        b.start().wait_running()
+        a.stop(signal.SIGKILL)  # in the middle of its run; gw-b takes it once the lease is over
+        [done] = b.wait_tasks(f"id = {task['id']} AND status = 'succeeded'", timeout=30)
+        assert b.stop() == 0
+    assert (done["worker"], done["attempt"], done["recovered_count"]) == ("gw-b", 2, 1)
+    assert ran.read_text().splitlines() == [f"{task['id']} 1 0", f"{task['id']} 2 1"]
+    assert recoveries(pg_url) == [("gw-b", "gw-a", str(task["id"]), 1)]
+    assert "took the running tasks of worker(s) gw-a, whose lease expired: recovered 1" in b.log()
+    assert f"gw-b took the runs of gw-a (task {task['id']})" in b.cli("status").stdout
+
+
+def test_a_worker_stopped_past_its_lease_drops_its_run_and_goes_on(tmp_path, pg_url):
+    ran = tmp_path / "ran"
+    jobs = slow_job(ran) + QUICK
+    with PgWorker(tmp_path, pg_url, f'name = "gw-a"\n{LEASED}{jobs}', "a") as a, \
+            PgWorker(tmp_path, pg_url, f'name = "gw-b"\n{LEASED}{jobs}', "b") as b:
+        a.start().wait_running()
+        a.cli("jobs", "run", "slow")
+        [task] = a.wait_tasks("status = 'running' AND worker = 'gw-a'")
+        wait_for(lambda: ran.exists() and ran.read_text(), what="the run to start", log=a.log)
+        b.start().wait_running()
+        a.send(signal.SIGSTOP)  # alive, but silent: its lease runs out
+        try:
+            b.wait_tasks(f"id = {task['id']} AND status = 'succeeded'", timeout=30)
+        finally:
+            a.send(signal.SIGCONT)
+        wait_for(lambda: "reached the database again" in a.log(), timeout=30,
+                 what="gw-a to take work again", log=a.log)
+        assert b.stop() == 0
+        a.cli("jobs", "run", "quick")  # and gw-a takes work again
+        a.wait_tasks("job = 'quick' AND status = 'succeeded' AND worker = 'gw-a'")
+        assert a.proc.poll() is None and a.stop() == 0
+    [row] = a.tasks(f"id = {task['id']}")
+    assert (row["status"], row["worker"], row["attempt"], row["recovered_count"]) == (
+        "succeeded", "gw-b", 2, 1)  # recorded once, by gw-b
+    assert ran.read_text().splitlines()[:2] == [f"{task['id']} 1 0", f"{task['id']} 2 1"]
+    log = a.log()
+    assert "longer than the lease (3s)" in log
+    assert (f"task {task['id']} job slow attempt 1 ended unrecorded" in log
+            or f"task {task['id']} was recovered by gw-b" in log)
+
+
+def test_a_second_worker_of_one_name_is_refused_while_the_first_is_away(tmp_path, pg_server):
+    url = pg_server.url(pg_server.create_database())
+    jobs = '[[jobs]]\nname = "tick"\ncommand = "true"\nevery = "1s"\n'
+    try:
+        with PgWorker(tmp_path, url, f'name = "gw"\n{jobs}') as first:
+            first.start().wait_running()
+            second = PgWorker(tmp_path, url, f'name = "gw"\n{jobs}', name="second")
+            pg_server.restart()  # the first's lock session ends; its lease does not
+            result = subprocess.run(second.command("run"), capture_output=True, text=True,
+                                    timeout=60, cwd=tmp_path)
+            assert result.returncode == 1, result.stderr
+            error = result.stderr.splitlines()[-1]  # after the log lines of its start
+            assert error.startswith(('Error: a worker named "gw" (pid '
+                                     f"{first.proc.pid} on ",
+                                     'Error: another worker named "gw" (pid '
+                                     f"{first.proc.pid}) is running")), result.stderr
+            wait_for(lambda: worker_pid(url) == first.proc.pid, timeout=30,
+                     what="the first to take its lock again", log=first.log)
+            assert first.proc.poll() is None and first.stop() == 0
+    finally:
+        pg_server.drop_database(url.split("/")[-1].split("?")[0])

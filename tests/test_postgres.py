@@ -12,14 +12,14 @@ import pytest
 from commits import Commits
 
 from edgeworker import db as dbmod
-from edgeworker import migrate, postgres
+from edgeworker import migrate, postgres, recovery, report
 from edgeworker.cli import cli as main
 from edgeworker.clock import utcnow
 from edgeworker.config import JobSpec, default_worker_name
 from edgeworker.errors import DatabaseError, WorkerRunning
 from edgeworker.jobs import add_job
 from edgeworker.ledger import Ledger, Outcome
-from edgeworker.models import Task
+from edgeworker.models import Job, Recovery, Task, Worker
 from edgeworker.sql import POSTGRESQL
 
 MIGRATED = "".join(f"applied {m.label}\n" for m in migrate.discover(dialect="postgresql"))
@@ -308,3 +308,114 @@ def test_an_idle_thread_is_woken_by_a_commit_not_by_its_timeout(pg_database, pg_
     waiter.join(20)
     assert woken == [True, False]
     watch.close()
+
+
+def lease_lapses(database, name: str, seconds: float = 10.0) -> None:
+    """Date a worker's last heartbeat `seconds` earlier by the server's clock: what not being
+    heard from for that long leaves (no sleep)."""
+    database.execute_sql("UPDATE workers SET beat_at = beat_at - %s WHERE name = %s",
+                         (seconds, name))
+
+
+def test_a_lease_is_judged_by_the_servers_clock(pg_database):
+    now = utcnow()
+    a, b = Ledger(pg_database, worker="gw-a"), Ledger(pg_database, worker="gw-b")
+    add(a, "j", now)
+    a.register(now - timedelta(days=400), 1.0, 2.0)  # its own clock is far behind: no matter
+    b.register(now, 1.0, 2.0)
+    run = a.claim(now + timedelta(days=1))
+    assert recovery.expired(b) == []  # heard from just now, by the server
+    lease_lapses(pg_database, "gw-a", 1.0)
+    assert recovery.expired(b) == []  # within its lease
+    lease_lapses(pg_database, "gw-a", 1.5)
+    assert recovery.expired(b) == ["gw-a"]
+    assert recovery.expired(a) == []  # a worker never takes its own name's runs
+    a.heartbeat(now)  # back in time: its lease holds again
+    assert recovery.expired(b) == []
+    a.register(now, None, None)  # no heartbeat, no lease: it holds its runs until it stops
+    lease_lapses(pg_database, "gw-a", 1e6)
+    assert recovery.expired(b) == []
+    a.stopped(now)
+    assert recovery.expired(b) == ["gw-a"]
+    Worker.delete().where(Worker.name == "gw-a").execute()  # a name with no row holds nothing
+    assert recovery.expired(b) == ["gw-a"] and run.task.worker == "gw-a"
+
+
+def test_a_live_worker_recovers_an_expired_workers_runs_once(pg_database, caplog):
+    now = utcnow()
+    a, b = Ledger(pg_database, worker="gw-a"), Ledger(pg_database, worker="gw-b")
+    job = add(a, "j", now)
+    a.register(now, 1.0, 2.0)
+    b.register(now, 1.0, 2.0)
+    run = a.claim(now + timedelta(days=1))
+    assert recovery.recover_expired(b, now) is None  # gw-a holds its lease
+    lease_lapses(pg_database, "gw-a")
+    todo = recovery.recover_expired(b, now)
+    assert ([t.id for t in todo.recover], todo.owners) == ([run.task.id], ["gw-a"])
+    assert recovery.recover_expired(b, now) is None  # nothing left to take
+    last = report.last_recovery()
+    assert (last["worker"], last["recovered_from"], last["task_ids"]) == (
+        "gw-b", "gw-a", [run.task.id])
+    assert "; gw-b took the runs of gw-a (task " in report.recovery_who(last)
+    again = b.claim(now + timedelta(days=1))  # the recovery message: the same row, re-run
+    assert (again.task.id, again.recovered, again.task.attempt) == (run.task.id, True, 2)
+    assert again.args.recovering_attempt == 1 and again.task.worker == "gw-b"
+    # gw-a comes back with its run's outcome: its compare-and-set on attempt 1 fails
+    with caplog.at_level("INFO", "edgeworker.ledger"):
+        a.finish(run, Outcome(True, 0, None, "late"), now)
+    assert caplog.messages[-1] == (f"task {run.task.id} was recovered by gw-b after this "
+                                   "worker's lease expired; its result is dropped")
+    b.finish(again, Outcome(True, 0, None, "ok"), now)
+    done = Task.get_by_id(run.task.id)
+    assert (done.status, done.output, done.attempt) == ("succeeded", "ok", 2)
+    pending = Task.select().where((Task.job == job.id) & Task.finished_at.is_null())
+    assert [t.origin for t in pending] == ["schedule"]  # the chain goes on, once
+
+
+def test_a_recovered_run_with_no_attempt_left_still_leaves_its_job_one_next_run(pg_database):
+    now = utcnow()
+    a, b = Ledger(pg_database, worker="gw-a"), Ledger(pg_database, worker="gw-b")
+    job = add(a, "j", now)
+    Job.update(max_attempts=1).where(Job.id == job.id).execute()
+    a.register(now, 1.0, 2.0)
+    b.register(now, 1.0, 2.0)
+    run = a.claim(now + timedelta(days=1))
+    lease_lapses(pg_database, "gw-a")
+    todo = recovery.recover_expired(b, now)
+    assert [(t.id, status.value) for t, status, _ in todo.close] == [(run.task.id, "failed")]
+    assert todo.counts()["scheduled"] == 1
+    pending = Task.select().where((Task.job == job.id) & Task.finished_at.is_null())
+    assert [(t.origin, t.status) for t in pending] == [("schedule", "created")]
+
+
+@pytest.mark.timeout(60)
+def test_workers_racing_to_recover_recover_each_task_once(pg_database, pg_url):
+    import threading
+
+    now = utcnow()
+    dead = Ledger(pg_database, worker="gw-dead")
+    jobs = [add(dead, f"j{n}", now) for n in range(20)]
+    dead.register(now, 1.0, 2.0)
+    runs = [dead.claim(now + timedelta(days=1)) for _ in jobs]
+    lease_lapses(pg_database, "gw-dead")
+    barrier = threading.Barrier(4)
+    plans = []
+
+    def live(n: int) -> None:
+        ledger = Ledger(pg_database, worker=f"gw-{n}")  # a connection of its own (per thread)
+        try:
+            barrier.wait()
+            plans.append(recovery.recover_expired(ledger, now))
+        finally:
+            pg_database.close()
+
+    threads = [threading.Thread(target=live, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    taken = [t.id for todo in plans if todo is not None for t in todo.recover]
+    assert sorted(taken) == sorted(r.task.id for r in runs)
+    rows = Recovery.select().where(Recovery.recovered_from == "gw-dead")
+    assert sum(r.recovered for r in rows) == len(runs)
+    assert [t.recovered_count for t in Task.select().where(Task.recovered_count > 0)] == [1] * 20
