@@ -19,9 +19,10 @@ fsync, synchronous_commit and full_page_writes on), a fresh database for every r
     `serialize_task`) inserted in one transaction with one `pg_notify`, the rows and the
     notification `PostgresStorage.enqueue` sends for one. Its end: the last SIGNAL_COMPLETE.
   Beside them, enqueueing one run a transaction from one producer, no worker running.
-- Recovery: two workers with `[worker] lease` L (heartbeat L/5); the one running a long command
-  is SIGKILLed; the time until the other starts the recovered run (the command's own timestamp),
-  from the kill and from the dead worker's last heartbeat, less L.
+- Recovery: two workers with `[worker] lease` L and `heartbeat` H (5 s and 1 s; 6 s and 3 s, the
+  defaults' ratio); the one running a long command is SIGKILLed; the time until the other starts
+  the recovered run (the command's own timestamp), from the kill and from the dead worker's last
+  heartbeat (`workers.beat_at`, the server's clock), less L.
 - Idle: C idle workers for a window; per worker per minute: WAL bytes (pg_current_wal_flush_lsn),
   commit records in that WAL (pg_waldump: the write transactions) and transactions counted by
   the server (pg_stat_database.xact_commit: read-only ones included, flushed by the backends at
@@ -463,7 +464,7 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def recovery_run(cluster: Cluster, lease: float) -> dict:
+def recovery_run(cluster: Cluster, lease: float, heartbeat: float) -> dict:
     """Two workers; SIGKILL the one running a long command; when does the other start it?"""
     from edgeworker.clock import utcnow
     from edgeworker.ledger import Ledger
@@ -475,7 +476,6 @@ def recovery_run(cluster: Cluster, lease: float) -> dict:
     job = ('[[jobs]]\nname = "hold"\ncommand = ["sh", "-c", "echo $EDGEWORKER_RECOVERED '
            f'$(date +%s.%N) >> {stamps}; [ $EDGEWORKER_RECOVERED = 1 ] || exec sleep 600"]\n'
            f"max_attempts = 3\n{NEVER}")
-    heartbeat = max(1.0, lease / 5)
     database = migrated(url)
     workers = []
 
@@ -604,19 +604,24 @@ def measure(quick: bool = False) -> tuple[list[Figure], dict]:
             digits=0))
 
         if "lease" in settings:
-            lease = 2.0 if quick else 5.0
-            runs = [recovery_run(cluster, lease) for _ in range(repeats)]
-            raw["recovery"] = runs
-            figures += [
-                Figure("13", f"PostgreSQL: SIGKILL → recovered run starts (lease {lease:g} s)",
-                       "s", Stat.of([r["after_kill"] for r in runs]), digits=2),
-                Figure("13", "PostgreSQL: the same, less the lease", "s",
-                       Stat.of([r["after_kill"] - lease for r in runs]), target="≤ 5 s",
-                       met=max(r["after_kill"] - lease for r in runs) <= 5, digits=2),
-                Figure("13", "PostgreSQL: dead worker's last heartbeat → recovered run, less "
-                       "the lease", "s", Stat.of([r["after_heartbeat"] - lease for r in runs]),
-                       digits=2),
-            ]
+            raw["recovery"] = []
+            # (lease, heartbeat): a heartbeat of a fifth of the lease, and the defaults' ratio
+            # (60 s and 30 s): a live worker looks for expired leases at its heartbeat
+            for lease, heartbeat in ([(2.0, 1.0)] if quick else [(5.0, 1.0), (6.0, 3.0)]):
+                runs = [recovery_run(cluster, lease, heartbeat) for _ in range(repeats)]
+                raw["recovery"].append(runs)
+                late = [r["after_kill"] - lease for r in runs]
+                setting = f"lease {lease:g} s, heartbeat {heartbeat:g} s"
+                figures += [
+                    Figure("13", f"PostgreSQL: SIGKILL → recovered run starts ({setting})", "s",
+                           Stat.of([r["after_kill"] for r in runs]), digits=2),
+                    Figure("13", f"PostgreSQL:   the same, less the lease ({setting})", "s",
+                           Stat.of(late), target="≤ 5 s (issue 13)", met=max(late) <= 5,
+                           digits=2),
+                    Figure("13", f"PostgreSQL:   from the dead worker's last heartbeat, less the "
+                           f"lease ({setting})", "s",
+                           Stat.of([r["after_heartbeat"] - lease for r in runs]), digits=2),
+                ]
         else:
             notes.append("pg: lease-expiry recovery left out: no [worker] lease yet")
 
