@@ -23,10 +23,11 @@ fsync, synchronous_commit and full_page_writes on), a fresh database for every r
   defaults' ratio); the one running a long command is SIGKILLed; the time until the other starts
   the recovered run (the command's own timestamp), from the kill and from the dead worker's last
   heartbeat (`workers.beat_at`, the server's clock), less L.
-- Idle: C idle workers for a window; per worker per minute: WAL bytes (pg_current_wal_flush_lsn),
-  commit records in that WAL (pg_waldump: the write transactions) and transactions counted by
-  the server (pg_stat_database.xact_commit: read-only ones included, flushed by the backends at
-  most every second, so ± a few), beside the heartbeat's one write an interval.
+- Idle: C idle workers for a window (started just after a CHECKPOINT, so that none falls in the
+  window); per worker per minute: WAL bytes (pg_current_wal_flush_lsn), commit records in that
+  WAL (pg_waldump: the write transactions) and transactions counted by the server
+  (pg_stat_database.xact_commit: read-only ones included, flushed by the backends at most every
+  second, so ± a few), beside the heartbeat's one write an interval.
 
 Skipped, with the reason, where no PostgreSQL server can be started (tests/pgserver.py), or where
 psycopg 3 (which `PostgresHuey` needs) or huey's `PostgresHuey` is missing. A feature that the
@@ -518,6 +519,10 @@ def idle_run(cluster: Cluster, count: int, heartbeat: float | None, settle: floa
     extra = f'heartbeat = "{heartbeat:g}s"\n' if heartbeat else ""
     database = migrated(url)
     database.close()
+    # The last checkpoint's full-page images fall before the window (the first change of each
+    # page after a checkpoint logs the whole page), and the next timed one (checkpoint_timeout,
+    # 5 min) after it: what the window sees is the workers' steady state.
+    cluster.one("CHECKPOINT")
     workers = []
     try:
         workers = start_workers(directory, url, count, job, extra)
