@@ -203,7 +203,7 @@ torture: venv ## Power-cut torture: 100 cuts with durability "full", 100 with "n
 	$(BIN)/python tests/torture.py powercut --cuts $(or $(CUTS),100)
 	$(BIN)/python tests/torture.py powercut --cuts $(or $(CUTS),100) --durability normal
 
-bench: venv $(UNPACKED)/edgeworker $(BINARY) ## Benchmarks beside raw huey and of the installed build: one table, bench/results.json (about 6 minutes)
+bench: venv $(UNPACKED)/edgeworker $(BINARY) ## Benchmarks beside raw huey and of the installed build: one table, bench/results.json (about 13 minutes, 6 of them PostgreSQL's)
 	$(BIN)/python -m bench
 
 bench-smoke: venv ## The benchmarks with tiny sizes: do the scripts still run? (seconds)

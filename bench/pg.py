@@ -24,10 +24,13 @@ fsync, synchronous_commit and full_page_writes on), a fresh database for every r
   the recovered run (the command's own timestamp), from the kill and from the dead worker's last
   heartbeat (`workers.beat_at`, the server's clock), less L.
 - Idle: C idle workers for a window (started just after a CHECKPOINT, so that none falls in the
-  window); per worker per minute: WAL bytes (pg_current_wal_flush_lsn), commit records in that
-  WAL (pg_waldump: the write transactions) and transactions counted by the server
-  (pg_stat_database.xact_commit: read-only ones included, flushed by the backends at most every
-  second, so ± a few), beside the heartbeat's one write an interval.
+  window); per worker per minute: the WAL of the transactions that changed the workers' database
+  (pg_waldump between two pg_current_wal_flush_lsn: their records' bytes and their commit
+  records, the write transactions; the server's own, such as autovacuum's after the databases
+  dropped before, left out) and the transactions the server counted (pg_stat_database
+  .xact_commit: read-only ones included, flushed by the backends at most every second, so ± a
+  few), beside the heartbeat's one write an interval.
+WAL bytes and commits per task of the drain are counted the same way.
 
 Skipped, with the reason, where no PostgreSQL server can be started (tests/pgserver.py), or where
 psycopg 3 (which `PostgresHuey` needs) or huey's `PostgresHuey` is missing. A feature that the
@@ -40,6 +43,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import resource
 import shutil
 import signal
@@ -172,10 +176,10 @@ class Cluster:
         return self.flushed_lsn()
 
     def collect(self, url: str, mark: int) -> dict:
-        """The WAL written since `mark`: bytes, commit records, full-page images (and,
-        profiling, the statements run in the database)."""
+        """The WAL written since `mark` (`wal_bytes`), and that of the database's transactions
+        (`wal_records`); profiling, the statements run in the database."""
         end = self.flushed_lsn()
-        found = {"wal_bytes": end - mark, **self.wal_records(mark, end)}
+        found = {"wal_bytes": end - mark, **self.wal_records(mark, end, self.names[url])}
         if self.profiling:
             conn = self.server.connect("postgres")
             try:
@@ -198,17 +202,31 @@ class Cluster:
         return self.one("SELECT xact_commit FROM pg_stat_database WHERE datname = %s",
                         (self.names[url],))
 
-    def wal_records(self, start: int, end: int) -> dict[str, int]:
-        """Commit records and full-page images in the WAL between two positions (pg_waldump)."""
+    def wal_records(self, start: int, end: int, database: str) -> dict[str, int]:
+        """The WAL between two positions (pg_waldump), of the transactions that changed a table
+        of `database`: their records' bytes, their commit records, full-page images. The
+        server's own writes (autovacuum after the databases dropped before, standby snapshots,
+        checkpoints) are counted only in `wal_bytes`."""
         lsn = [f"{x >> 32:X}/{x & 0xFFFFFFFF:X}" for x in (start, end)]
         result = subprocess.run(
             [str(pgserver.BIN / "pg_waldump"), "-p", str(self.server.data / "pg_wal"), "-s",
              lsn[0], "-e", lsn[1]], capture_output=True, text=True, timeout=60)
-        lines = result.stdout.splitlines()
-        return {"records": len(lines),
-                "commits": sum("rmgr: Transaction" in line and "desc: COMMIT" in line
-                               for line in lines),
-                "full_pages": sum(line.count(" FPW") for line in lines)}
+        oid = str(self.one("SELECT oid FROM pg_database WHERE datname = %s", (database,)))
+        records = []  # (transaction, total length, a COMMIT, full-page images, in the database)
+        for line in result.stdout.splitlines():
+            found = RECORD.search(line)
+            if found:
+                records.append((found["tx"], int(found["total"]), found["desc"] == "COMMIT",
+                                line.count(" FPW"), oid in RELATIONS.findall(line)))
+        ours = {tx for tx, _, _, _, here in records if here and tx != "0"}
+        mine = [r for r in records if r[0] in ours]
+        return {"bytes": sum(r[1] for r in mine), "commits": sum(r[2] for r in mine),
+                "full_pages": sum(r[3] for r in mine), "records": len(mine)}
+
+
+RECORD = re.compile(r"len \(rec/tot\):\s*\d+/\s*(?P<total>\d+), tx:\s*(?P<tx>\d+),.*? desc: "
+                    r"(?P<desc>\S+)")
+RELATIONS = re.compile(r"rel \d+/(\d+)/\d+")
 
 
 # -- edgeworker's workers ----------------------------------------------------------------------
@@ -527,11 +545,10 @@ def idle_run(cluster: Cluster, count: int, heartbeat: float | None, settle: floa
     try:
         workers = start_workers(directory, url, count, job, extra)
         time.sleep(settle)
-        lsn, transactions, began = cluster.flushed_lsn(), cluster.transactions(url), time.time()
+        transactions, began, mark = cluster.transactions(url), time.time(), cluster.mark()
         time.sleep(window)
-        end, transactions = cluster.flushed_lsn(), cluster.transactions(url) - transactions
+        found, transactions = cluster.collect(url, mark), cluster.transactions(url) - transactions
         seconds = time.time() - began
-        records = cluster.wal_records(lsn, end)
         stop_workers(workers)
     finally:
         kill_workers(workers)
@@ -539,9 +556,8 @@ def idle_run(cluster: Cluster, count: int, heartbeat: float | None, settle: floa
         shutil.rmtree(directory, ignore_errors=True)
     per = 60 / seconds / count  # per worker per minute
     return {"count": count, "heartbeat": heartbeat, "window": seconds,
-            "wal_bytes": (end - lsn) * per, "commits": records["commits"] * per,
-            "full_pages": records["full_pages"] * per, "records": records["records"] * per,
-            "transactions": transactions * per}
+            "transactions": transactions * per, "statements": found.pop("statements", []),
+            **{key: value * per for key, value in found.items()}}
 
 
 # -- the figures -----------------------------------------------------------------------------------
@@ -568,8 +584,8 @@ def throughput_figures(runs: dict[str, list[dict]], count: int) -> list[Figure]:
              lambda r: r["worker_cpu"] / r["n"] * 1e3, 2),
         line(f"PostgreSQL: CPU per task, {workers}: the server", "ms",
              lambda r: r["server_cpu"] / r["n"] * 1e3, 2),
-        line(f"PostgreSQL: WAL bytes per task, {workers} (the drain)", "B",
-             lambda r: r["wal_bytes"] / r["n"], 0),
+        line(f"PostgreSQL: WAL bytes per task, {workers} (the drain's transactions)", "B",
+             lambda r: r["bytes"] / r["n"], 0),
         line(f"PostgreSQL: commits per task, {workers} (WAL commit records, the drain)",
              "commits", lambda r: r["commits"] / r["n"], 2),
     ]
@@ -646,7 +662,8 @@ def measure(quick: bool = False) -> tuple[list[Figure], dict]:
                     f"{beat:g} s ({window:g} s): per worker per minute,")
             expected = 60 / beat
             figures += [
-                Figure("13", f"{what} WAL bytes", "B", Stat.of([r["wal_bytes"]]), digits=0),
+                Figure("13", f"{what} WAL bytes (its database's transactions)", "B",
+                       Stat.of([r["bytes"]]), digits=0),
                 Figure("13", f"{what} commits (WAL commit records)", "commits",
                        Stat.of([r["commits"]]), target=f"≈ {expected:g} (1 a heartbeat)",
                        met=r["commits"] <= expected + 60 / r["window"], digits=1),
@@ -661,11 +678,27 @@ def measure(quick: bool = False) -> tuple[list[Figure], dict]:
 def statements(argv: list[str]) -> None:
     """`statements edgeworker|huey [WORKERS] [N]`: one drain on a server with
     pg_stat_statements, and each statement the database ran during it: calls, execution and
-    planning time per task, rows per call (the benchmark's own polling included: `count(*)`)."""
+    planning time per task, rows per call (the benchmark's own polling included: `count(*)`).
+    `statements idle [WORKERS] [SECONDS]`: the same for idle workers (default heartbeat), per
+    worker per minute."""
     contender = argv[0]
     count = int(argv[1]) if len(argv) > 1 else 1
     n = int(argv[2]) if len(argv) > 2 else 1000
     cluster = Cluster(profiling=True).start()
+    if contender == "idle":
+        try:
+            r = idle_run(cluster, count, None, 5.0, n)
+        finally:
+            cluster.stop()
+        print(f"{count} idle worker(s), {r['window']:.0f} s; per worker per minute: WAL "
+              f"{r['bytes']:,.0f} B, {r['commits']:.1f} commits, {r['transactions']:.1f} "
+              "transactions")
+        print(f"{'calls/min':>10} {'exec ms/min':>12} {'rows/call':>9}  statement (per worker)")
+        per = 60 / r["window"] / count
+        for calls, total, _, rows, query in r["statements"]:
+            text = " ".join(query.split())
+            print(f"{calls * per:10.2f} {total * per:12.3f} {rows / calls:9.2f}  {text[:140]}")
+        return
     try:
         drain = drain_edgeworker if contender == "edgeworker" else drain_huey
         r = drain(cluster, count, n)
@@ -673,7 +706,7 @@ def statements(argv: list[str]) -> None:
         cluster.stop()
     print(f"{contender}, {count} worker(s), {n} tasks: {n / r['seconds']:,.0f} tasks/s; per "
           f"task: server CPU {r['server_cpu'] / n * 1e3:.2f} ms, worker CPU "
-          f"{r['worker_cpu'] / n * 1e3:.2f} ms, WAL {r['wal_bytes'] / n:,.0f} B, "
+          f"{r['worker_cpu'] / n * 1e3:.2f} ms, WAL {r['bytes'] / n:,.0f} B, "
           f"{r['commits'] / n:.2f} commits, {r['full_pages'] / n:.2f} full-page images")
     print(f"{'calls/task':>10} {'exec ms/task':>12} {'plan ms/task':>12} {'rows/call':>9}  "
           "statement")
