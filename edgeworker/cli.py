@@ -249,12 +249,22 @@ def next_run(job: dict) -> str:
               help="Apply migrations up to and including VERSION only.")
 @click.option("--force", is_flag=True,
               help="Add edgeworker's tables to a database that holds another program's.")
+@click.option("--copy-from", "copy_from", type=click.Path(path_type=Path), metavar="FILE",
+              help="Then copy this SQLite database's jobs and history into the (empty) "
+                   "PostgreSQL database.")
 @pass_ctx
-def migrate(obj: Context, check: bool, dry_run: bool, target: int | None, force: bool) -> None:
+def migrate(obj: Context, check: bool, dry_run: bool, target: int | None, force: bool,
+            copy_from: Path | None) -> None:
     """Create or upgrade the database schema."""
     from edgeworker import db
     from edgeworker import migrate as migrations
 
+    if copy_from is not None:
+        if check or dry_run or target is not None:
+            raise click.UsageError("--copy-from cannot be combined with --check, --dry-run or "
+                                   "--to")
+        _copy_from(obj, copy_from, force)
+        return
     creating = not obj.on_server and not obj.db_path.exists()
     if creating and (check or dry_run):
         todo = migrations.discover()
@@ -301,6 +311,32 @@ def _migrate(obj: Context, database, todo: list) -> None:
             click.echo(f"applied {m.label}")
     if not todo:
         click.echo("up to date")
+
+
+def _copy_from(obj: Context, source_path: Path, force: bool) -> None:
+    from edgeworker import db, transfer
+
+    if not obj.on_server:
+        raise ConfigError(f"--copy-from: the database to copy into must be PostgreSQL (a "
+                          f"postgresql:// URL in --db, $EDGEWORKER_DB or [worker] database), not "
+                          f"{obj.db_path}; to move an SQLite file, copy the file")
+    busy_timeout = obj.config.worker.busy_timeout
+    source = transfer.check_source(source_path, busy_timeout)
+    try:
+        target = db.open_database(obj.db_path, busy_timeout=busy_timeout, foreign=force)
+        try:
+            todo = transfer.check_target(target, obj.db_path)
+            # no worker of the config's name starts on it while the copy runs (any other sees
+            # the schema unmigrated, or the copy's rows once it commits)
+            with db.worker_lock(obj.db_path, obj.config.worker.worker_name()):
+                applied, counts = transfer.copy(source, source_path, target, obj.db_path, todo)
+        finally:
+            target.close()
+    finally:
+        source.close()
+    for m in applied:
+        click.echo(f"applied {m.label}")
+    click.echo(f"{transfer.summary(counts)} from {source_path}")
 
 
 @cli.command("check-config")
@@ -872,9 +908,6 @@ def serve(obj: Context, listen: str, auth_file: Path | None, hash_user: str | No
                                 confirmation_prompt=sys.stdin.isatty(), err=True)
         click.echo(f"{hash_user}:{web.hash_password(password)}")
         return
-    if obj.on_server:
-        raise ConfigError("serve: the status page reads an SQLite file only, not yet a "
-                          "PostgreSQL database")
     logs.setup(obj.config.worker.log_format, "debug" if obj.debug else "info")
     settings = obj.config.worker
     site = web.Site(obj.db_path, workers=settings.workers, busy_alert=settings.busy_alert)

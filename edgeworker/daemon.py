@@ -69,6 +69,7 @@ HEALTH_CHECK_INTERVAL = consumer.HEALTH_CHECK_INTERVAL
 HELD_CHECK_INTERVAL = 1.0
 PRUNE_INTERVAL = 3600.0
 QUIET_CHECK = 60.0
+EXPIRY_CHECK = 5.0  # at most this long between looks for workers whose lease expired
 STALL = MAX_IDLE + 30.0  # an idle worker thread that has not looped for this long is stuck
 
 
@@ -102,6 +103,7 @@ class Daemon:
         self.heartbeat: float | None = None  # seconds between heartbeats; None: none
         self.lease: float | None = None  # PostgreSQL: how long a heartbeat holds this worker's runs
         self.beaten = 0.0  # monotonic: when the last heartbeat that was written was sent
+        self.next_expiry_check = 0.0  # monotonic: the next look for expired leases
         self.fenced = False  # the lease may have expired: no claims, runs ended unrecorded
         self.fence_lock = threading.Lock()
         self.worker: IntervalJobWorker | None = None
@@ -111,6 +113,10 @@ class Daemon:
 
     def start(self):
         trust.verify(self.config)  # before anything is created or imported
+        if postgres.is_url(self.db_path) and not self.config.worker.heartbeat_seconds(True):
+            raise self.config.error(
+                "[worker] heartbeat: cannot be off on PostgreSQL, where it renews the worker's "
+                "lease (without it, other workers take its runs)", "worker", 0, "heartbeat")
         self.install_signal_handlers()
         self.lock = dbmod.worker_lock(self.db_path, self.name).acquire()
         creating = not postgres.is_url(self.db_path) and not self.db_path.exists()
@@ -206,10 +212,11 @@ class Daemon:
                             f"on {self.db_path} for {left:.0f}s more and may still run; stop "
                             "it, wait, or give this one another name ([worker] name, --name)")
 
-    def alert_recovery(self) -> None:
-        """Runs that recovery ended `failed` had their final outcome: their on_failure hooks
-        and pings run once the alerts thread starts."""
-        failed = [(task, why) for task, status, why in self.recovery.close
+    def alert_recovery(self, todo: recovery.Plan | None = None) -> None:
+        """Runs that recovery (the start's, or `todo`: a lease recovery's) ended `failed` had
+        their final outcome: their on_failure hooks and pings run (once the alerts thread
+        starts)."""
+        failed = [(task, why) for task, status, why in (todo or self.recovery).close
                   if status == models.TaskStatus.FAILED]
         if not failed:
             return
@@ -437,6 +444,7 @@ class Daemon:
             self.check_quiet()
             self.tick()
             self.beat()
+            self.take_expired()
         except Exception as exc:
             logger.error("housekeeping failed: %s", exc)
         if self.metrics is not None:
@@ -446,12 +454,14 @@ class Daemon:
                      bound and min(60.0, max(0.5, bound / 2)))
         interval = min(filter(None, intervals), default=PRUNE_INTERVAL)
         heartbeat = self.next_heartbeat if self.heartbeat else self.next_prune
+        expiry = self.next_expiry_check if self.lease else self.next_prune
         return min(interval, self.next_prune - time.monotonic(),
-                   self.next_quiet - time.monotonic(), heartbeat - time.monotonic())
+                   self.next_quiet - time.monotonic(), heartbeat - time.monotonic(),
+                   expiry - time.monotonic())
 
     def beat(self) -> None:
-        """The workers row's heartbeat: at most one write a `[worker] heartbeat`; on PostgreSQL,
-        then the running tasks of workers whose lease expired are recovered."""
+        """The workers row's heartbeat: at most one write a `[worker] heartbeat` (on PostgreSQL,
+        it renews this worker's lease)."""
         if not self.heartbeat or time.monotonic() < self.next_heartbeat:
             return
         self.next_heartbeat = time.monotonic() + self.heartbeat
@@ -460,13 +470,21 @@ class Daemon:
         if not self.ledger.heartbeat(self.clock.now()):  # its row was pruned: write it again
             self.ledger.register(self.clock.now(), self.heartbeat, self.lease)
         self.beaten = sent
-        if self.fenced and not self.unfence():
+        if self.fenced:
+            self.unfence()
+
+    def take_expired(self) -> None:
+        """PostgreSQL: recover the running tasks of workers whose lease expired, looked for (a
+        read) every EXPIRY_CHECK seconds at most, so that a dead worker's runs start again
+        within about a lease of its last heartbeat."""
+        if not self.lease or self.fenced or time.monotonic() < self.next_expiry_check:
             return
-        if self.lease:
-            todo = recovery.recover_expired(self.ledger, self.clock.now(), self.processes)
-            if todo is not None:
-                logger.warning("took the running tasks of worker(s) %s, whose lease expired: "
-                               "%s", ", ".join(todo.owners), todo.line())
+        self.next_expiry_check = time.monotonic() + min(EXPIRY_CHECK, self.heartbeat)
+        todo = recovery.recover_expired(self.ledger, self.clock.now(), self.processes)
+        if todo is not None:
+            logger.warning("took the running tasks of worker(s) %s, whose lease expired: %s",
+                           ", ".join(todo.owners), todo.line())
+            self.alert_recovery(todo)
 
     def check_lease(self, now: float) -> None:
         """Fence this worker when it has not written a heartbeat for its lease (monotonic time
@@ -503,6 +521,7 @@ class Daemon:
             self.fenced = False
         logger.warning("reached the database again: registered again and taking work; %s",
                        todo.line())
+        self.alert_recovery(todo)
         return True
 
     def status_line(self) -> str:
@@ -638,9 +657,11 @@ class Daemon:
         return not self.threads.alive()
 
     def _stop_now(self, why: str) -> int:
+        # Counted first: a run that sees the abort ends its command itself and leaves the table.
+        killed = len(self.processes.running)
         self.abort.set()  # the runs see it: killed by the stop, not failed (runners.Interrupted)
         self.worker.abort.set()
-        killed = self.processes.kill_all()
+        self.processes.kill_all()
         logger.warning("stopping at once (%s): killed %s running command(s); their tasks run "
                        "again at the next start", why, killed)
         self.close()

@@ -95,10 +95,19 @@ class ClaimedRun:
 
 @dataclass(frozen=True)
 class Outcome:
+    """What a run ended with. Text is stored without NUL characters (a command may print them;
+    PostgreSQL's text cannot hold them): each becomes U+FFFD, as on both back ends."""
+
     succeeded: bool
     exit_code: int | None = None
     error: str | None = None
     output: str | None = None
+
+    def __post_init__(self):
+        for name in ("error", "output"):
+            text = getattr(self, name)
+            if text and "\x00" in text:
+                object.__setattr__(self, name, text.replace("\x00", "\ufffd"))
 
 
 class Ledger:

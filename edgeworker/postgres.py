@@ -153,19 +153,25 @@ def heals(exc: BaseException) -> bool:
     return False
 
 
+def database(url: str, *, busy_timeout: float = 5.0, readonly: bool = False) -> PostgresDatabase:
+    """The database the URL names, not connected yet (`open_database` connects and checks)."""
+    # The busy timeout bounds waiting for a row or table lock, as SQLite's bounds its write lock,
+    # and for the server to answer a connection.
+    options = f"-c lock_timeout={int(busy_timeout * 1000)}"
+    if readonly:
+        options += " -c default_transaction_read_only=on"
+    return PostgresDatabase(check_url(url), connect_timeout=max(1, round(busy_timeout)),
+                            options=options, application_name="edgeworker",
+                            cursor_factory=_batching_cursor())
+
+
 def open_database(url: str, *, busy_timeout: float = 5.0, readonly: bool = False,
                   foreign: bool = False) -> PostgresDatabase:
     """Connect to the database the URL names. `readonly`: every transaction is read-only (the
     server refuses a write). A database that holds tables but not edgeworker's is refused unless
     `foreign`."""
     url = check_url(url)
-    # The busy timeout bounds waiting for a row or table lock, as SQLite's bounds its write lock,
-    # and for the server to answer a connection.
-    options = f"-c lock_timeout={int(busy_timeout * 1000)}"
-    if readonly:
-        options += " -c default_transaction_read_only=on"
-    db = PostgresDatabase(url, connect_timeout=max(1, round(busy_timeout)), options=options,
-                          application_name="edgeworker", cursor_factory=_batching_cursor())
+    db = database(url, busy_timeout=busy_timeout, readonly=readonly)
     with translate_errors(url):
         db.connect()
         tables = db.get_tables()

@@ -1,6 +1,8 @@
 """Start-up recovery, the seed's protocol made exact. It runs once per start, before the consumer
 takes any work, while this process holds the single-instance lock (so every task found `running`
-belongs to a worker that is gone).
+belongs to a worker that is gone; on PostgreSQL, the lock of its name, and only that name's
+running tasks are its to recover). On PostgreSQL a live worker also recovers, in its
+housekeeping, the running tasks of workers whose lease expired (`recover_expired`), the same way.
 
 0. Leftover processes: whatever a dead worker's runs left alive (found by their records, process
    groups, cgroups and environment; see `edgeworker.processes`) is ended, SIGTERM then SIGKILL,

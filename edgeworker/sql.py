@@ -143,13 +143,12 @@ POSTGRESQL = {name: _placeholders(text) for name, text in STATEMENTS.items()} | 
     "heartbeat": f"UPDATE workers SET last_heartbeat = %s, beat_at = {PG_SERVER_NOW} "
                  "WHERE name = %s",
     # Names under which runs are recorded running whose worker holds no lease now, by the
-    # server's clock: its heartbeat is older than its lease (or it has no row). A worker without
-    # a lease (heartbeat off) holds its runs until it stops.
+    # server's clock: its heartbeat is older than its lease, or it has none (no row; a row copied
+    # from a SQLite file or written before leases).
     "expired": "SELECT DISTINCT t.worker FROM tasks t WHERE t.finished_at IS NULL "
                "AND t.status = 'running' AND t.worker <> %(worker)s AND NOT EXISTS ("
-               "SELECT 1 FROM workers w WHERE w.name = t.worker AND ("
-               "(w.lease_seconds IS NULL AND w.stopped_at IS NULL) "
-               f"OR w.beat_at + w.lease_seconds > {PG_SERVER_NOW}))",
+               "SELECT 1 FROM workers w WHERE w.name = t.worker "
+               f"AND w.beat_at + w.lease_seconds > {PG_SERVER_NOW})",
     "newest_times": "SELECT greatest(coalesce(finished_at, ''), coalesce(started_at, ''), "
                     "created_at) FROM tasks WHERE id > %s ORDER BY id DESC LIMIT 64",
 }

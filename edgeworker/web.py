@@ -4,8 +4,9 @@ Pages: `/` (overview), `/jobs`, `/jobs/NAME` (its runs, `?before=ID` pages back)
 `/failures`; each also as JSON with `?format=json`, in the shapes of the CLI's `--json`. The data
 comes from edgeworker.report's views; this module only routes, renders and guards.
 
-Each request opens the database read-only (edgeworker.db.ReadOnlyDatabase), reads in one short
-transaction and closes it: the page can neither change nor block the worker. A database that is
+Each request opens the database read-only (edgeworker.db.ReadOnlyDatabase; on PostgreSQL, a
+connection whose transactions are read-only), reads in one short transaction and closes it: the
+page can neither change nor block the worker. A database that is
 missing, locked, corrupt or not migrated gives a 503 page that says so; everything shown is
 escaped with html.escape. Optional HTTP basic auth checks `user:pbkdf2_sha256$...` lines from a
 file (`hash_password` makes one).
@@ -339,7 +340,8 @@ def render_overview(d: dict) -> str:
         ("Last recovery", recovery),
         ("Clock", e(clock_line(d["clock"]))),
         ("Database", f"{e(d['database'])}, {e(size(d['database_bytes']))}"),
-        ("Free disk", f"{e(size(disk['free_bytes']))} of {e(size(disk['total_bytes']))}"),
+        *([("Free disk", f"{e(size(disk['free_bytes']))} of {e(size(disk['total_bytes']))}")]
+          if disk else []),
         ("Last 24 h", f'{counts} <span class="muted">(runs created since '
                       f"{when(day['since'])}, by state now)</span>"),
     ])
@@ -488,17 +490,21 @@ def render_error(status: HTTPStatus, message: str) -> str:
 class Site:
     """The pages over one database path: routing, data (edgeworker.report) and rendering."""
 
-    def __init__(self, database: Path, busy_timeout: float = 1.0, workers: int = 2,
+    def __init__(self, database: Path | str, busy_timeout: float = 1.0, workers: int = 2,
                  busy_alert: float | None = None):
-        from edgeworker import db, migrate, models, report  # noqa: F401 (imported before serving)
+        from edgeworker import db, migrate, models, postgres, report  # noqa: F401 (imported before serving)
 
-        self.path = Path(database)
+        self.on_server = postgres.is_url(database)
+        self.path = postgres.check_url(database) if self.on_server else Path(database)
         self.workers, self.busy_alert = workers, busy_alert  # the worker's, for its busy alert
-        self.migrations = migrate.discover()
+        self.migrations = migrate.discover(dialect="postgresql" if self.on_server else "sqlite")
         # One database object: peewee keeps a connection per thread, and each request (a thread
         # of its own) opens one and closes it when done. A small page cache: a page reads a few
-        # hundred rows at most, or walks newer rows once, where a cache does not help.
-        self.database = db.ReadOnlyDatabase(self.path, busy_timeout, cache_kib=128)
+        # hundred rows at most, or walks newer rows once, where a cache does not help. On
+        # PostgreSQL, every transaction of the connection is read-only.
+        self.database = (postgres.database(self.path, busy_timeout=busy_timeout, readonly=True)
+                         if self.on_server else
+                         db.ReadOnlyDatabase(self.path, busy_timeout, cache_kib=128))
         models.bind(self.database)
 
     def view(self, path: str, query: dict[str, list[str]]) -> tuple[object, Callable]:
@@ -537,38 +543,48 @@ class Site:
 
     def overview(self, now: datetime) -> dict:
         from edgeworker import report
-        from edgeworker.db import worker_pid
+        from edgeworker.db import running_workers, worker_pid
 
-        pid = worker_pid(self.path)
-        size_bytes = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal"))
-                         if p.exists())
-        disk = shutil.disk_usage(self.path.parent)
+        running = running_workers(self.path)
+        pid = worker_pid(self.path) if running is None else next(iter(running.values()), None)
+        if self.on_server:  # the server's disk is not this box's
+            size_bytes = self.database.execute_sql(
+                "SELECT pg_database_size(current_database())").fetchone()[0]
+            disk = None
+        else:
+            size_bytes = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal"))
+                             if p.exists())
+            usage = shutil.disk_usage(self.path.parent)
+            disk = {"free_bytes": usage.free, "total_bytes": usage.total}
         worker = report.worker(pid)
-        name = report.worker_name(pid)
-        worker["names"] = [name] if name else []
-        worker["alert"] = report.all_busy(name, self.workers, self.busy_alert, now)
-        return {"database": str(self.path), "database_bytes": size_bytes,
-                "disk": {"free_bytes": disk.free, "total_bytes": disk.total},
+        names = list(running) if running is not None else [
+            n for n in [report.worker_name(pid)] if n]
+        worker["names"] = names
+        worker["alert"] = next(filter(None, (report.all_busy(n, self.workers, self.busy_alert, now)
+                                             for n in names)), None)
+        return {"database": str(self.path), "database_bytes": size_bytes, "disk": disk,
                 "worker": worker, "last_recovery": report.last_recovery(),
                 "clock": report.clock(now, pid is not None), "last_24h": report.last_day(now),
-                "workers": report.workers(now, pid)}
+                "workers": report.workers(now, pid, running=running)}
 
     def with_database(self, read: Callable[[], object]) -> object:
         """Run `read` in one read transaction on a fresh read-only connection."""
         from edgeworker import db, migrate
         from edgeworker.errors import DatabaseError
 
-        if not self.path.exists():
-            raise DatabaseError(f"{self.path}: no database here yet (the worker creates it with "
-                                "`edgeworker migrate`)")
-        db.check_sqlite_file(self.path)
+        if not self.on_server:
+            if not self.path.exists():
+                raise DatabaseError(f"{self.path}: no database here yet (the worker creates it "
+                                    "with `edgeworker migrate`)")
+            db.check_sqlite_file(self.path)
         database = self.database
         try:
             with db.translate_errors(self.path):
                 database.connect()
                 with database.atomic():
                     if migrate.plan(database, self.migrations):
-                        db.check_ours(self.path)
+                        if not self.on_server:
+                            db.check_ours(self.path)
                         raise DatabaseError(f"{self.path}: the database is being migrated or "
                                             "needs `edgeworker migrate`; try again shortly")
                     return read()

@@ -102,8 +102,8 @@ class IntervalJobWorker:
         except Interrupted:
             if self.fenced():
                 logger.warning("task %s job %s attempt %s ended unrecorded: this worker's lease "
-                               "may have expired, and another worker recovers it", task.id,
-                               job.name, task.attempt, extra=fields)
+                               "may have expired; another worker recovers it, or this one when "
+                               "it is back", task.id, job.name, task.attempt, extra=fields)
             else:
                 logger.warning("task %s job %s attempt %s interrupted by shutdown: it runs again "
                                "at the next start", task.id, job.name, task.attempt,

@@ -95,10 +95,18 @@ class Server:
 
     def restart(self) -> None:
         """Stop the server (its connections end) and start it again."""
+        self.halt()
+        self._start()
+
+    def halt(self) -> None:
+        """Stop the server (its connections end); `start_again` brings it back."""
         self._check(self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w",
                               "stop"), "pg_ctl stop")
         self.started = False
-        self._start()
+
+    def start_again(self) -> None:
+        if not self.started:
+            self._start()
 
     def connect(self, dbname: str):
         import psycopg2

@@ -1,5 +1,6 @@
 """Every command has help text and an entry in docs/cli.md (an idea from sqlite-utils)."""
 
+import re
 from pathlib import Path
 
 import click
@@ -53,3 +54,24 @@ def test_version_is_answered_before_click_is_imported():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.startswith("edgeworker, version ")
     assert result.stderr.strip() == "False"
+
+
+def section(path: str) -> str:
+    return next((part for part in re.split(r"\n## ", DOCS) if part.startswith(f"`{path}")), "")
+
+
+@pytest.mark.parametrize("path, command", ALL, ids=[p for p, _ in ALL])
+def test_every_option_is_in_its_commands_section(path, command):
+    """`--json` is documented once for every listing, at the top."""
+    for param in command.params:
+        if isinstance(param, click.Option) and param.opts != ["--json"]:
+            name = max(param.opts, key=len)
+            assert name in section(path), \
+                f"docs/cli.md's section for {path} does not mention {name}"
+    assert "Every listing takes `--json`" in DOCS
+
+
+def test_the_global_options_are_documented():
+    for param in cli.params:
+        if isinstance(param, click.Option) and param.opts[0] not in ("-V", "--help", "-h"):
+            assert max(param.opts, key=len) in DOCS.split("\n## ")[0]

@@ -235,3 +235,54 @@ def test_a_second_worker_of_one_name_is_refused_while_the_first_is_away(tmp_path
             assert first.proc.poll() is None and first.stop() == 0
     finally:
         pg_server.drop_database(url.split("/")[-1].split("?")[0])
+
+
+def test_a_worker_cut_off_past_its_lease_ends_its_run_and_recovers_it_when_back(tmp_path,
+                                                                                pg_server):
+    url = pg_server.url(pg_server.create_database())
+    ran = tmp_path / "ran"
+    try:
+        with PgWorker(tmp_path, url, f'name = "gw"\n{LEASED}{slow_job(ran)}') as worker:
+            worker.start().wait_running()
+            worker.cli("jobs", "run", "slow")
+            [task] = worker.wait_tasks("status = 'running'")
+            wait_for(lambda: ran.exists() and ran.read_text(), what="the run to start",
+                     log=worker.log)
+            pg_server.halt()  # no heartbeat can be written: after the lease, it fences itself
+            try:
+                wait_for(lambda: f"task {task['id']} job slow attempt 1 ended unrecorded"
+                         in worker.log(), timeout=30, what="the fence", log=worker.log)
+            finally:
+                pg_server.start_again()
+            [done] = worker.wait_tasks(f"id = {task['id']} AND status = 'succeeded'",
+                                       timeout=30)
+            assert worker.stop() == 0
+        assert (done["worker"], done["attempt"], done["recovered_count"]) == ("gw", 2, 1)
+        assert ran.read_text().splitlines() == [f"{task['id']} 1 0", f"{task['id']} 2 1"]
+        log = worker.log()
+        assert "longer than the lease (3s)" in log
+        assert "reached the database again: registered again and taking work; recovered 1" in log
+    finally:
+        pg_server.start_again()
+        pg_server.drop_database(url.split("/")[-1].split("?")[0])
+
+
+def test_a_command_printing_nul_characters_succeeds_with_its_output_kept(tmp_path, pg_url):
+    # PostgreSQL's text cannot hold NUL: each is kept as U+FFFD instead of the outcome being lost
+    # (and the run retried although it succeeded).
+    jobs = '[[jobs]]\nname = "nul"\ncommand = ["printf", "a\\\\000b"]\nevery = "1h"\n'
+    with PgWorker(tmp_path, pg_url, jobs) as worker:
+        worker.start().wait_running()
+        worker.cli("jobs", "run", "nul")
+        [done] = worker.wait_tasks("status <> 'created' AND status <> 'running'")
+        assert (done["status"], done["attempt"], done["output"]) == ("succeeded", 1, "a\ufffdb")
+        assert worker.stop() == 0
+
+
+def test_a_worker_without_a_heartbeat_is_refused_on_postgresql(tmp_path, pg_url):
+    worker = PgWorker(tmp_path, pg_url, 'heartbeat = "off"\n')
+    result = subprocess.run(worker.command("run", "--migrate"), capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (
+        1, f"Error: {worker.config}:3: [worker] heartbeat: cannot be off on PostgreSQL, where it "
+           "renews the worker's lease (without it, other workers take its runs)\n")

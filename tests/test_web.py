@@ -61,7 +61,8 @@ class ServeProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edgeworker", *(["--config", str(config)] if config else []),
              "--db", str(db), "serve", "--listen",
-             "127.0.0.1:0", *args], stdout=log, stderr=subprocess.STDOUT, cwd=db.parent,
+             "127.0.0.1:0", *args], stdout=log, stderr=subprocess.STDOUT,
+            cwd=log_dir or db.parent,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         log.close()
         found = wait_for(lambda: re.search(r"http://127\.0\.0\.1:(\d+)/", self.log())
