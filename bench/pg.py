@@ -19,8 +19,8 @@ fsync, synchronous_commit and full_page_writes on), a fresh database for every r
     `serialize_task`) inserted in one transaction with one `pg_notify`, the rows and the
     notification `PostgresStorage.enqueue` sends for one. Its end: the last SIGNAL_COMPLETE.
   Beside them, enqueueing one run a transaction from one producer, no worker running.
-- Recovery: two workers with `[worker] lease` L and `heartbeat` H (5 s and 1 s; 6 s and 3 s, the
-  defaults' ratio); the one running a long command is SIGKILLed; the time until the other starts
+- Recovery: two workers with `[worker] lease` L and `heartbeat` H (5 s and 1 s; 20 s and 10 s,
+  the defaults' ratio); the one running a long command is SIGKILLed; the time until the other starts
   the recovered run (the command's own timestamp), from the kill and from the dead worker's last
   heartbeat (`workers.beat_at`, the server's clock), less L.
 - Idle: C idle workers for a window, from 12 s after they started just after a CHECKPOINT (so
@@ -627,8 +627,9 @@ def measure(quick: bool = False) -> tuple[list[Figure], dict]:
         if "lease" in settings:
             raw["recovery"] = []
             # (lease, heartbeat): a heartbeat of a fifth of the lease, and the defaults' ratio
-            # (60 s and 30 s): a live worker looks for expired leases at its heartbeat
-            for lease, heartbeat in ([(2.0, 1.0)] if quick else [(5.0, 1.0), (6.0, 3.0)]):
+            # (60 s and 30 s) with a heartbeat longer than the 5 s between a live worker's looks
+            # for expired leases (daemon.EXPIRY_CHECK)
+            for lease, heartbeat in ([(2.0, 1.0)] if quick else [(5.0, 1.0), (20.0, 10.0)]):
                 runs = [recovery_run(cluster, lease, heartbeat) for _ in range(repeats)]
                 raw["recovery"].append(runs)
                 late = [r["after_kill"] - lease for r in runs]
