@@ -73,6 +73,9 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 def unavailable() -> str | None:
     """Why this script cannot run here, or None."""
+    for name in ("psycopg2", "psycopg"):  # kept out by importing edgeworker (its __init__)
+        if sys.modules.get(name, False) is None:
+            del sys.modules[name]
     reason = pgserver.unavailable()
     if reason:
         return reason

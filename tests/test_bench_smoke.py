@@ -70,6 +70,17 @@ def test_the_postgresql_benchmarks_run_beside_postgreshuey(tmp_path):
     assert len([line for line in lines if line.startswith("13 ")]) == len(figures)
 
 
+def test_whether_the_postgresql_benchmarks_can_run_does_not_depend_on_what_ran_before():
+    # `make bench` runs pg.py last, after scripts that imported edgeworker, which keeps both
+    # PostgreSQL drivers out of sys.modules until it opens a database
+    code = "from bench import pg; print(pg.unavailable())"
+    answers = [subprocess.run([sys.executable, "-c", before + code], cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+               for before in ("", "import edgeworker.cli; ")]
+    assert [(r.returncode, r.stderr) for r in answers] == [(0, "")] * 2
+    assert answers[0].stdout == answers[1].stdout
+
+
 def test_an_unknown_script_is_a_usage_error():
     result = subprocess.run([sys.executable, "-m", "bench", "--only", "nonsense"], cwd=REPO,
                             capture_output=True, text=True, timeout=30)
