@@ -35,6 +35,10 @@ WAL bytes and commits per task of the drain are counted the same way.
 Skipped, with the reason, where no PostgreSQL server can be started (tests/pgserver.py), or where
 psycopg 3 (which `PostgresHuey` needs) or huey's `PostgresHuey` is missing. A feature that the
 worker does not have yet (several workers on one database, leases) is left out with a note.
+
+Where it goes: `python -m bench.pg statements edgeworker|huey [WORKERS] [N]` drains N runs on a
+server with pg_stat_statements and prints each statement's calls, execution and planning time
+per task; `statements idle [WORKERS] [SECONDS]` what idle workers run, per minute.
 """
 
 from __future__ import annotations
