@@ -210,7 +210,7 @@ torture: venv ## Power-cut torture: 100 cuts with durability "full", 100 with "n
 torture-pg: venv ## Kill torture on PostgreSQL: 3 workers on one database, 100 events (SIGKILLs, a server crash)
 	$(BIN)/python tests/torture_pg.py --events $(or $(EVENTS),100) $(if $(SEED),--seed $(SEED))
 
-bench: venv $(UNPACKED)/edgeworker $(BINARY) ## Benchmarks beside raw huey and of the installed build: one table, bench/results.json (about 6 minutes)
+bench: venv $(UNPACKED)/edgeworker $(BINARY) ## Benchmarks beside raw huey and of the installed build: one table, bench/results.json (about 13 minutes, 6 of them PostgreSQL's)
 	$(BIN)/python -m bench
 
 bench-smoke: venv ## The benchmarks with tiny sizes: do the scripts still run? (seconds)

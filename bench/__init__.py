@@ -16,4 +16,8 @@ run, repeated, and reported as the median with the min and max of the repeats.
 | `catchup.py`    | a 1 s job's lateness beside a catch-up flood of 100,000 cron slots         |
 | `web.py`        | the status page over 100,000 runs: time per page, resident memory          |
 | `installed.py`  | the installed and one-file builds: bytes per CLI call and start, RSS       |
+| `pg.py`         | PostgreSQL: 1, 2, 4 workers vs. PostgresHuey; lease recovery; idle writes  |
+
+A script that cannot run here (`pg.py` without PostgreSQL's binaries) says why in one line under
+the table, as does one that leaves out what the worker cannot do yet.
 """

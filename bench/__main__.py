@@ -21,7 +21,7 @@ from pathlib import Path
 from bench.common import REPO, render_table, scratch_dir
 
 SCRIPTS = ("throughput", "scheduled", "latency", "recovery", "idle", "startup", "catchup", "web",
-           "installed")
+           "installed", "pg")
 
 
 def machine() -> dict:
@@ -68,15 +68,20 @@ def main(argv: list[str] | None = None) -> int:
     if results["machine"]["scratch_fs"].startswith("tmpfs"):
         print("warning: the scratch directory is on tmpfs: fsync is free and no bytes count as "
               "written; set BENCH_DIR to a directory on disk", file=sys.stderr)
-    figures = []
+    figures, notes = [], []
     for name in chosen:
         print(f"[{time.monotonic() - started:5.0f}s] {name} ...", file=sys.stderr, flush=True)
         found, raw = import_module(f"bench.{name}").measure(quick=args.quick)
         figures += found
         results["scripts"][name] = {"figures": [f.as_dict() for f in found], "raw": raw}
+        if "skipped" in raw:  # what this machine lacks for the script, in one line
+            notes.append(f"{name}: skipped: {raw['skipped']}")
+        notes += raw.get("notes", [])
     results["seconds"] = round(time.monotonic() - started, 1)
 
     print(render_table(figures, markdown=args.markdown))
+    if notes:
+        print("\n" + "\n".join(notes))
     m = results["machine"]
     print(f"\n{m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, Python {m['python']}, "
           f"SQLite {m['sqlite']}, huey {m['huey']}, peewee {m['peewee']}; scratch files on "

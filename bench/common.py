@@ -17,12 +17,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))  # workerproc and waltools: shared with the test suite
+sys.path.insert(0, str(REPO / "tests"))  # shared with the test suite: workerproc, waltools,
+                                        # pgserver (a private PostgreSQL server)
 
+import pgserver  # noqa: E402
 from waltools import reset_wal, wal_commits  # noqa: E402
 from workerproc import WorkerProcess, wait_for  # noqa: E402
 
-__all__ = ["REPO", "Figure", "Stat", "WorkerProcess", "NotifySocket", "reset_wal",
+__all__ = ["REPO", "pgserver", "Figure", "Stat", "WorkerProcess", "NotifySocket", "reset_wal",
            "wal_commits", "wait_for", "percentile", "scratch_dir", "side_by_side",
            "write_bytes", "rss_kib", "thread_switches", "files_size", "worker_config",
            "WalCommit", "wal_log", "btree_names"]

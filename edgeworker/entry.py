@@ -174,10 +174,12 @@ def output_closed():
 
 
 def openssl_for_jobs() -> None:
-    """Undo the blocks of `_hashlib` (main) and psycopg2 (edgeworker/__init__) before a job's
-    code imports: it gets the full hashlib, and psycopg2 if it is installed."""
-    if sys.modules.get("psycopg2", False) is None:
-        del sys.modules["psycopg2"]
+    """Undo the blocks of `_hashlib` (main) and psycopg2 and psycopg (edgeworker/__init__)
+    before a job's code imports: it gets the full hashlib, and the drivers that are
+    installed."""
+    for name in ("psycopg2", "psycopg"):
+        if sys.modules.get(name, False) is None:
+            del sys.modules[name]
     if "_hashlib" in sys.modules and sys.modules["_hashlib"] is None:
         del sys.modules["_hashlib"]
         for name in ("hashlib", "hmac"):

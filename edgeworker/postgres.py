@@ -97,6 +97,9 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
     it so; the next statement outside a transaction connects again."""
 
     psycopg2_adapter = Psycopg2Adapter
+    # peewee takes psycopg 3 where it is installed and psycopg2 looks missing (edgeworker keeps
+    # psycopg2 out of sys.modules until a database is opened): edgeworker speaks psycopg2 only.
+    psycopg3_adapter = Psycopg2Adapter
 
     def begin(self, isolation_level=None):
         if isinstance(isolation_level, str) and isolation_level.upper() in (

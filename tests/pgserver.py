@@ -1,6 +1,8 @@
 """A private PostgreSQL server for the tests: Debian's `postgresql` package, a fresh cluster in a
 temporary directory, reachable only through its own socket directory (`listen_addresses = ''`),
 stopped and removed at the end. Run as root, initdb and the server run as the `postgres` user.
+The tests' server skips fsync (`durable=False`); the benchmarks' (`bench/pg.py`) keeps
+PostgreSQL's durable defaults.
 
 Local connections are trusted, except for the role `PASSWORD_ROLE`, which must give
 `PASSWORD` (scram-sha-256): the tests of wrong and missing credentials.
@@ -37,13 +39,21 @@ def unavailable() -> str | None:
     return None
 
 
-class Server:
-    """`committed_survives_crash`: every commit is in the WAL before it returns
-    (synchronous_commit on), so that an immediate stop (the server's crash) loses no committed
-    transaction; the OS does not crash here, so fsync stays off. Off by default: faster."""
+# What the tests' server gives up for speed: their data need not survive a crash of the machine.
+NOT_DURABLE = "-c fsync=off -c full_page_writes=off "
 
-    def __init__(self, committed_survives_crash: bool = False):
-        self.synchronous_commit = "on" if committed_survives_crash else "off"
+
+class Server:
+    """`durable`: PostgreSQL's defaults (fsync on), for benchmarks. `committed_survives_crash`:
+    every commit is in the WAL before it returns (synchronous_commit on), so that an immediate
+    stop (the server's crash) loses no committed transaction; the OS does not crash here, so fsync
+    may stay off. Both off by default: faster."""
+
+    def __init__(self, durable: bool = False, committed_survives_crash: bool = False,
+                 settings: tuple[str, ...] = ()):
+        self.durable = durable
+        self.synchronous_commit = "on" if durable or committed_survives_crash else "off"
+        self.settings = settings  # more `name=value` server settings
         self.root = Path(tempfile.mkdtemp(prefix="edgeworker-pg-"))
         self.data = self.root / "data"
         self.socket_dir = self.root / "socket"
@@ -84,9 +94,9 @@ class Server:
 
     def _start(self) -> None:
         options = (f"-c listen_addresses='' -c unix_socket_directories='{self.socket_dir}' "
-                   "-c fsync=off -c full_page_writes=off "
-                   f"-c synchronous_commit={self.synchronous_commit} "
-                   "-c max_connections=50")
+                   + ("" if self.durable else NOT_DURABLE)
+                   + f"-c synchronous_commit={self.synchronous_commit} -c max_connections=50"
+                   + "".join(f" -c {setting}" for setting in self.settings))
         self._check(self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
                               "-o", options, "-w", "-t", "60", "start"), "pg_ctl start")
         self.started = True
@@ -132,6 +142,9 @@ class Server:
             conn.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         finally:
             conn.close()
+
+    def postmaster_pid(self) -> int:
+        return int((self.data / "postmaster.pid").read_text().split()[0])
 
     def stop(self) -> None:
         if self.started:

@@ -23,8 +23,8 @@ PROBE = """\
 import sys
 
 def loaded(ctx):
-    found = [m for m in ("_hashlib", "ssl", "croniter", "prometheus_client", "click",
-                         "edgeworker.cli", "edgeworker.metrics") if m in sys.modules]
+    found = [m for m in ("_hashlib", "ssl", "croniter", "prometheus_client", "psycopg", "click",
+                         "edgeworker.cli", "edgeworker.metrics") if sys.modules.get(m)]
     ctx.logger.info(" ".join(found) or "none")
 """
 
