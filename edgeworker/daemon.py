@@ -69,6 +69,7 @@ HELD_CHECK_INTERVAL = 1.0
 PRUNE_INTERVAL = 3600.0
 QUIET_CHECK = 60.0
 EXPIRY_CHECK = 5.0  # at most this long between looks for workers whose lease expired
+FENCE_MARGIN = 0.5  # a fenced worker's runs are killed at least this long before its lease ends
 STALL = MAX_IDLE + 30.0  # an idle worker thread that has not looped for this long is stuck
 
 
@@ -358,7 +359,7 @@ class Daemon:
             if self.held_since is not None:
                 wait = min(wait, HELD_CHECK_INTERVAL)  # a stat and a syscall: is it synchronised?
             if self.lease and not self.fenced:  # a heartbeat blocked (a partition) fences too
-                wait = min(wait, self.beaten + self.lease - time.monotonic())
+                wait = min(wait, self.beaten + self.fence_after() - time.monotonic())
             retake = getattr(self.lock, "retake_in", lambda: None)()
             if retake is not None:  # PostgreSQL restarted: take the name's lock again soon
                 wait = min(wait, retake)
@@ -503,27 +504,39 @@ class Daemon:
         except (peewee.DatabaseError, peewee.InterfaceError) as exc:
             logger.error("cannot renew the lease while stopping: %s", exc)
 
+    def fence_after(self) -> float:
+        """Seconds without a heartbeat after which this worker fences: early enough that the
+        runs it ends then (SIGTERM, their grace, SIGKILL) are over `FENCE_MARGIN` before its
+        lease ends. A short lease shortens the grace rather than fence a heartbeat that is
+        merely late: never before halfway from the heartbeat interval to the lease."""
+        return self.lease - min(KILL_GRACE + FENCE_MARGIN, (self.lease - self.heartbeat) / 2)
+
     def check_lease(self, now: float) -> None:
-        """Fence this worker when it has not written a heartbeat for its lease (monotonic time
-        since the last one was sent, which is no later than the server dated it): other workers
-        may be recovering its runs."""
-        if self.lease and not self.fenced and now - self.beaten >= self.lease:
+        """Fence this worker when it has not written a heartbeat for nearly its lease (monotonic
+        time since the last one was sent, which is no later than the server dated it): other
+        workers may soon recover its runs."""
+        if self.lease and not self.fenced and now - self.beaten >= self.fence_after():
             self.fence(now - self.beaten)
 
     def fence(self, silent: float) -> None:
-        """Stop claiming and end the running runs without recording them: their rows stay
-        running, for the worker that recovers them (or for this one's own recovery when it
-        reaches the database again, see `unfence`)."""
+        """Stop claiming and end the running runs without recording them, killed before the lease
+        ends: their rows stay running, for the worker that recovers them (or for this one's own
+        recovery when it reaches the database again, see `unfence`)."""
+        ends, window = self.beaten + self.lease, self.lease - self.fence_after()
         with self.fence_lock:
             if self.fenced:
                 return
             self.fenced = True
+            self.worker.abort.kill_by = ends - min(FENCE_MARGIN, window / 2)
             self.worker.abort.set()
         busy = sum(1 for w in self.threads.workers.values() if w.busy_since is not None)
-        logger.error("no heartbeat written for %s, longer than the lease (%s): other workers may "
-                     "be recovering this worker's runs; it stops claiming and ends its %s "
-                     "running run(s) unrecorded until it reaches the database again",
-                     span(silent).lstrip("+"), format_duration(self.lease), busy)
+        left = ends - time.monotonic()
+        who, when = (("may recover this worker's runs in " + span(left).lstrip("+"), "before then")
+                     if left > 0 else ("may be recovering this worker's runs", "at once"))
+        logger.error("no heartbeat written for %s of the lease (%s): other workers %s; it stops "
+                     "claiming and ends its %s running run(s) unrecorded %s, until it reaches "
+                     "the database again", span(silent).lstrip("+"), format_duration(self.lease),
+                     who, busy, when)
 
     def unfence(self) -> bool:
         """After a heartbeat was written again while fenced: once the ended runs are over,

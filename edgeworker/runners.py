@@ -268,6 +268,8 @@ def _supervise(tree: Tree, timeout: float | None, abort: Flag | None, grace: flo
                 if stopped is not None:
                     tree.signal(signal.SIGTERM)
                     kill_at = now + grace
+                    if stopped == "interrupted":
+                        kill_at = min(kill_at, abort.kill_by)
             if kill_at is not None and now >= kill_at:
                 tree.signal(signal.SIGKILL)
                 kill_at = None

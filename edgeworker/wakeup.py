@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import logging
+import math
 import os
 import select
 import struct
@@ -40,6 +41,9 @@ class Flag:
     def __init__(self) -> None:
         self._read, self._write = os.pipe2(os.O_CLOEXEC)
         self._set = False
+        # An abort's deadline (monotonic): a run it ends gets SIGTERM and its grace, but SIGKILL
+        # no later than this (a fence: before the worker's lease ends).
+        self.kill_by = math.inf
 
     def set(self) -> None:
         if not self._set:

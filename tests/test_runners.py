@@ -105,6 +105,20 @@ def test_abort_stops_a_command_and_records_nothing(tmp_path):
         run("sleep 30", timeout=None, abort=abort, grace=0.5)
 
 
+def test_an_abort_with_a_deadline_kills_before_the_grace_is_over(tmp_path):
+    # a fenced worker's abort: SIGTERM, then SIGKILL by its lease's end, whatever the grace
+    marks = tmp_path / "marks"
+    abort = Flag()
+    started = time.monotonic()
+    abort.kill_by = started + 1.0
+    threading.Timer(0.3, abort.set).start()
+    with pytest.raises(Interrupted):
+        run(f"trap 'echo term >> {marks}' TERM; while :; do sleep 0.05; done", timeout=None,
+            shell=True, abort=abort, grace=60)
+    assert time.monotonic() - started < 30  # not the grace's 60 s
+    assert marks.read_text() == "term\n"  # SIGTERM came first
+
+
 def test_command_dies_with_its_worker(tmp_path):
     """PR_SET_PDEATHSIG: a worker killed with SIGKILL takes its command with it."""
     import subprocess
