@@ -15,7 +15,7 @@ from datetime import datetime
 from edgeworker.config import JobSpec
 from edgeworker.errors import Conflict, NotFound
 from edgeworker.ledger import Ledger
-from edgeworker.models import Job, tags_text
+from edgeworker.models import Job, tags_of, tags_text
 
 # The columns a JobSpec sets; a change in one of SCHEDULE_COLUMNS replans the pending run.
 SCHEDULE_COLUMNS = ("every_seconds", "cron", "timezone", "jitter_seconds")
@@ -102,17 +102,32 @@ class SyncReport:
     updated: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # dropped here, in another worker's config
+    # jobs this config changed that another worker's config defines otherwise: name -> workers
+    contested: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def summary(self) -> str:
         parts = [f"{len(self.added)} added", f"{len(self.updated)} updated",
                  f"{len(self.removed)} removed", f"{len(self.unchanged)} unchanged"]
+        if self.kept:
+            parts.append(f"{len(self.kept)} kept for other workers' configs "
+                         f"({', '.join(self.kept)})")
+        parts += [f"{name} changed, also in the config of {', '.join(workers)}"
+                  for name, workers in self.contested.items()]
         return ", ".join(parts)
 
 
 def sync_jobs(ledger: Ledger, specs: tuple[JobSpec, ...], now: datetime) -> SyncReport:
     """Make the config-sourced jobs match `specs`, in one transaction (on PostgreSQL, one sync
-    at a time)."""
+    at a time).
+
+    On PostgreSQL, workers of several names share the jobs and each has its own config file: a
+    config job remembers the names whose config has it (`defined_by`), and a sync removes one
+    only when no other name's config has it (a config that drops it takes its name off); the
+    last sync that changes a job's settings sets them. A job with no names (made before, or
+    copied from SQLite) is any sync's. On SQLite the one worker's config is the whole truth."""
     report = SyncReport()
+    me = ledger.worker if ledger.postgres else None
     with ledger.db.atomic():
         if ledger.postgres:
             ledger.db.execute_sql("SELECT pg_advisory_xact_lock(%s, %s)", SYNC_LOCK)
@@ -126,19 +141,25 @@ def sync_jobs(ledger: Ledger, specs: tuple[JobSpec, ...], now: datetime) -> Sync
             columns = spec_columns(spec)
             if job is None:
                 job = Job.create(name=spec.name, source="config", created_at=now,
-                                 updated_at=now, **columns)
+                                 updated_at=now, defined_by=me and tags_text([me]), **columns)
                 ledger.ensure_scheduled(job, now, catch_up=False)
                 report.added.append(spec.name)
                 continue
             if job.source != "config":
                 raise Conflict(f'job "{spec.name}" in the config file clashes with a job of that '
                                "name added with `jobs add`; remove one of them")
+            others = set(tags_of(job.defined_by)) - {me}
+            definers = {"defined_by": tags_text(sorted(others | {me}))} if me else {}
             changed = {k: v for k, v in columns.items() if getattr(job, k) != v}
             if not changed:
+                if definers and me not in tags_of(job.defined_by):
+                    Job.update(**definers).where(Job.id == job.id).execute()
                 report.unchanged.append(spec.name)
                 continue
-            Job.update(updated_at=now, **changed).where(Job.id == job.id).execute()
+            Job.update(updated_at=now, **changed, **definers).where(Job.id == job.id).execute()
             job = Job.get_by_id(job.id)
+            if others:
+                report.contested[spec.name] = tuple(sorted(others))
             if not job.active or any(k in changed for k in SCHEDULE_COLUMNS):
                 reason = "job disabled" if not job.active else "schedule changed"
                 ledger.cancel_waiting(job.id, reason, now)
@@ -146,8 +167,14 @@ def sync_jobs(ledger: Ledger, specs: tuple[JobSpec, ...], now: datetime) -> Sync
             report.updated.append(spec.name)
         wanted = {spec.name for spec in specs}
         for name, job in current.items():
-            if job.source == "config" and name not in wanted:
-                ledger.forget_job(job, "job removed from the config file", now)
-                job.delete_instance()
-                report.removed.append(name)
+            if job.source != "config" or name in wanted:
+                continue
+            others = set(tags_of(job.defined_by)) - {me}
+            if others:
+                Job.update(defined_by=tags_text(sorted(others))).where(Job.id == job.id).execute()
+                report.kept.append(name)
+                continue
+            ledger.forget_job(job, "job removed from the config file", now)
+            job.delete_instance()
+            report.removed.append(name)
     return report

@@ -111,6 +111,9 @@ class Job(BaseModel):
     source = peewee.TextField(default="cli")  # "config" | "cli"
     isolate = peewee.BooleanField(default=False)  # a callable in a child process
     run_on = peewee.TextField(null=True)  # JSON array of tags (`tags_text`); NULL: any worker
+    # PostgreSQL: the worker names whose config file has this config job, as a JSON array
+    # (`tags_text`); NULL: none known (SQLite, or made before migration 022)
+    defined_by = peewee.TextField(null=True)
     created_at = UtcDateTimeField()
     updated_at = UtcDateTimeField()
 
