@@ -547,11 +547,13 @@ def jobs_show(obj: Context, name: str, as_json: bool) -> None:
 
     def render(j: dict) -> None:
         state = "paused" if j["paused"] else ("yes" if j["enabled"] else "no")
+        source = j["source"] + (f" (the config of {', '.join(j['defined_by'])})"
+                                if j["defined_by"] else "")
         last = (f"{j['last_status']} {show_time(j['last_finished_at'])}"
                 if j["last_status"] else "-")
         for key, shown in (("name", j["name"]), ("kind", j["kind"]), ("target", j["target"]),
                            ("schedule", j["schedule"]), ("enabled", state),
-                           ("source", j["source"]),
+                           ("source", source),
                            ("run on", ", ".join(j["run_on"]) or "any worker"),
                            ("next run", next_run(j)), ("last result", last),
                            ("taken by", ", ".join(j["claimed_by"]) or "-")):

@@ -347,6 +347,7 @@ def job_detail(name: str, now: datetime, running_pid: int | None) -> dict:
     if found is None:
         raise NotFound(f'no job named "{name}" (see `edgeworker jobs list`)')
     row = job_row(found, now)
+    row["defined_by"] = list(tags_of(found.defined_by))  # PostgreSQL: whose configs have it
     live = [w for w in workers(now, running_pid) if w["state"] == "up"]
     row["claimed_by"] = [w["name"] for w in live if claims(row["run_on"], w)]
     row["waiting"] = None

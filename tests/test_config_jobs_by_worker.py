@@ -60,3 +60,21 @@ def test_on_sqlite_the_config_is_the_whole_truth(database):
     report = sync_jobs(Ledger(database, worker="new-hostname"), jobs("a"), utcnow())
     assert (report.removed, report.kept) == (["b"], [])
     assert catalog() == {"a": ()}
+
+
+def test_jobs_sync_and_show_say_whose_configs_have_a_job(run_cli, pg_url, tmp_path):
+    run_cli.db = pg_url
+    run_cli.ok("migrate")
+    job = '[[jobs]]\nname = "{}"\ncommand = "true"\nevery = "1m"\n'
+    for name, jobs in (("gw-a", ("shared", "only-a")), ("gw-b", ("shared",))):
+        (tmp_path / f"{name}.toml").write_text(f'[worker]\nname = "{name}"\n'
+                                               + "".join(job.format(j) for j in jobs))
+    run_cli.ok("jobs", "sync", config=tmp_path / "gw-a.toml")
+    run_cli.ok("jobs", "sync", config=tmp_path / "gw-b.toml")
+    assert "source          config (the config of gw-a, gw-b)" in run_cli.ok(
+        "jobs", "show", "shared").splitlines()
+    (tmp_path / "gw-a.toml").write_text('[worker]\nname = "gw-a"\n' + job.format("only-a"))
+    synced = run_cli.ok("jobs", "sync", config=tmp_path / "gw-a.toml")
+    assert synced.endswith("0 removed, 1 unchanged, 1 kept for other workers' configs (shared)\n")
+    assert "source          config (the config of gw-b)" in run_cli.ok(
+        "jobs", "show", "shared").splitlines()
