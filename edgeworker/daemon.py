@@ -69,6 +69,7 @@ HELD_CHECK_INTERVAL = 1.0
 PRUNE_INTERVAL = 3600.0
 QUIET_CHECK = 60.0
 EXPIRY_CHECK = 5.0  # at most this long between looks for workers whose lease expired
+BEAT_RETRY = 0.1  # a failed heartbeat is tried again after this, then twice as long each time
 FENCE_MARGIN = 0.5  # a fenced worker's runs are killed at least this long before its lease ends
 STALL = MAX_IDLE + 30.0  # an idle worker thread that has not looped for this long is stuck
 
@@ -108,6 +109,7 @@ class Daemon:
         self.fence_lock = threading.Lock()
         self.worker: IntervalJobWorker | None = None
         self.next_heartbeat = 0.0  # monotonic
+        self.beat_failures = 0  # heartbeats that failed in a row
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -468,14 +470,25 @@ class Daemon:
         it renews this worker's lease)."""
         if not self.heartbeat or time.monotonic() < self.next_heartbeat:
             return
-        self.next_heartbeat = time.monotonic() + self.heartbeat
         sent = time.monotonic()
+        self.next_heartbeat = sent + self.beat_retry()  # until this one is written
         self.check_lease(sent)  # before it is renewed: a worker that was stopped (SIGSTOP)
         if not self.ledger.heartbeat(self.clock.now()):  # its row was pruned: write it again
             self.ledger.register(self.clock.now(), self.heartbeat, self.lease)
-        self.beaten = sent
+        self.written(sent)
         if self.fenced:
             self.unfence()
+
+    def beat_retry(self) -> float:
+        """How soon to try again if this heartbeat fails: at once at first (after a server's
+        restart the first statement on a connection finds it closed, the next connects again),
+        then backing off to the heartbeat interval."""
+        self.beat_failures += 1
+        return min(self.heartbeat, BEAT_RETRY * 2 ** (self.beat_failures - 1))
+
+    def written(self, sent: float) -> None:
+        self.beaten, self.beat_failures = sent, 0
+        self.next_heartbeat = sent + self.heartbeat
 
     def take_expired(self) -> None:
         """PostgreSQL: recover the running tasks of workers whose lease expired, looked for (a
@@ -496,11 +509,11 @@ class Daemon:
         self.check_lease(time.monotonic())
         if not self.lease or time.monotonic() < self.next_heartbeat:
             return
-        self.next_heartbeat = time.monotonic() + self.heartbeat
         sent = time.monotonic()
+        self.next_heartbeat = sent + self.beat_retry()
         try:
             if self.ledger.heartbeat(self.clock.now()):
-                self.beaten = sent
+                self.written(sent)
         except (peewee.DatabaseError, peewee.InterfaceError) as exc:
             logger.error("cannot renew the lease while stopping: %s", exc)
 

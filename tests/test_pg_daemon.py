@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 
 import pytest
 from conftest import is_root
@@ -112,6 +113,31 @@ def test_the_worker_goes_on_after_the_server_restarts(tmp_path, pg_server):
             assert worker.stop() == 0
         assert worker.tasks("status NOT IN ('succeeded', 'created')") == []
         assert "connection" in worker.log()  # what it met, logged once per kind of trouble
+    finally:
+        pg_server.drop_database(url.split("/")[-1].split("?")[0])
+
+
+def test_a_quick_server_restart_does_not_fence_a_leased_worker(tmp_path, pg_server):
+    # The first heartbeat after the restart meets its connection closed: it is tried again at
+    # once (connecting again), not a heartbeat later, which with lease 3 s and heartbeat 1 s
+    # would come after the fence (2 s without a heartbeat) and end the run.
+    url = pg_server.url(pg_server.create_database())
+    ran = tmp_path / "ran"
+    try:
+        with PgWorker(tmp_path, url, f'name = "gw"\n{LEASED}{slow_job(ran)}') as worker:
+            worker.start().wait_running()
+            worker.cli("jobs", "run", "slow")
+            [task] = worker.wait_tasks("status = 'running'")
+            wait_for(lambda: ran.exists() and ran.read_text(), what="the run to start",
+                     log=worker.log)
+            for _ in range(3):
+                pg_server.restart()
+                time.sleep(1.0)
+            time.sleep(2.5)  # past the time a fence would come
+            [row] = worker.tasks(f"id = {task['id']}")
+            assert (row["status"], row["attempt"]) == ("running", 1)
+            assert worker.stop(signal.SIGKILL) != 0
+        assert "unrecorded" not in worker.log()
     finally:
         pg_server.drop_database(url.split("/")[-1].split("?")[0])
 

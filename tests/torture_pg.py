@@ -76,7 +76,7 @@ STARTED = re.compile(r"task (\d+) job (\S+) attempt (\d+) started")
 SUCCEEDED = re.compile(r"task (\d+) job (\S+) attempt (\d+) succeeded")
 GIVEN_BACK = re.compile(r"task (\d+): given back unstarted")
 RUNNING = "edgeworker running"
-FENCED = "other workers may be recovering this worker's runs"  # daemon.fence
+FENCED = "running run(s) unrecorded"  # daemon.fence's line, before or after the lease ends
 
 
 def worker_settings(name: str) -> str:
