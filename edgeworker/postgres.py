@@ -135,7 +135,8 @@ def _batching_cursor():
 
 def heals(exc: BaseException) -> bool:
     """Whether trying again later may succeed: a lost connection, a server shutting down or
-    starting, a lock wait that timed out, a full disk (psycopg2's OperationalError)."""
+    starting, a lock wait that timed out, a full disk (psycopg2's OperationalError, and the bare
+    DatabaseError of a connection closed mid-result)."""
     psycopg2 = sys.modules.get("psycopg2")
     if psycopg2 is None:  # never loaded: not its error
         return False
@@ -146,6 +147,10 @@ def heals(exc: BaseException) -> bool:
             continue
         seen.add(id(error))
         if isinstance(error, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+            return True
+        # libpq's own error, no SQLSTATE: a connection the server closed while a result was read
+        # comes as a bare DatabaseError (its subclasses, e.g. a value it cannot adapt, do not heal)
+        if type(error) is psycopg2.DatabaseError and error.pgcode is None:
             return True
         orig = getattr(error, "orig", None)  # peewee's wrapper keeps the driver's error
         todo += [orig if isinstance(orig, BaseException) else None, error.__cause__,

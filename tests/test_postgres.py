@@ -7,6 +7,7 @@ import os
 import sys
 from datetime import timedelta
 
+import peewee
 import pgserver
 import pytest
 from commits import Commits
@@ -412,3 +413,16 @@ def test_workers_racing_to_recover_recover_each_task_once(pg_database, pg_url):
     rows = Recovery.select().where(Recovery.recovered_from == "gw-dead")
     assert sum(r.recovered for r in rows) == len(runs)
     assert [t.recovered_count for t in Task.select().where(Task.recovered_count > 0)] == [1] * 20
+
+
+def test_a_connection_closed_mid_result_heals_and_a_value_error_does_not():
+    # libpq reports a connection the server closed while a result was read as a bare
+    # DatabaseError without SQLSTATE (seen in the PostgreSQL torture: a finish then recorded
+    # nothing and left its run for the next start); psycopg2's own refusals must not be retried
+    psycopg2 = postgres.driver()
+    closed = psycopg2.DatabaseError("server closed the connection unexpectedly")
+    wrapped = peewee.DatabaseError(str(closed))
+    wrapped.__cause__ = closed
+    assert postgres.heals(closed) and dbmod.heals(wrapped)
+    assert not postgres.heals(psycopg2.ProgrammingError("can't adapt type 'object'"))
+    assert not postgres.heals(ValueError("A string literal cannot contain NUL (0x00) characters."))
