@@ -23,14 +23,17 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import tomllib
+import sys
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 from edgeworker.durations import LONGEST, format_duration, parse_duration
 from edgeworker.errors import ConfigError
+
+TYPE_CHECKING = False  # typing is not imported at run time (load_config's forget_parser)
+if TYPE_CHECKING:
+    from typing import Any
 
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _TAG = _JOB_NAME  # a worker's tag, or one a job runs on
@@ -244,8 +247,14 @@ class _Where:
         return ConfigError(f"{self.path or 'config'}{f':{line}' if line else ''}: {message}")
 
 
-def load_config(path: Path | None) -> Config:
-    """Read and validate a config file; `None` gives the defaults (no file)."""
+# What tomllib imports besides typing, kept: none of them holds typing.
+PARSER_IMPORTS = {"datetime", "_datetime", "string", "_string", "math", "_typing"}
+
+
+def load_config(path: Path | None, forget_parser: bool = False) -> Config:
+    """Read and validate a config file; `None` gives the defaults (no file). `forget_parser`:
+    a worker about to start gives back the TOML parser and `typing` (0.6 MiB), when the read
+    imported nothing else that could hold them (a cron job's croniter and zoneinfo do)."""
     if path is None:
         return Config()
     try:
@@ -254,10 +263,22 @@ def load_config(path: Path | None) -> Config:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc}") from None
-    return parse_config(text, path)
+    loaded = set(sys.modules)
+    config = parse_config(text, path)
+    parser = {name for name in set(sys.modules) - loaded
+              if name.partition(".")[0] in ("tomllib", "typing")}
+    if forget_parser and set(sys.modules) - loaded - parser <= PARSER_IMPORTS:
+        import gc
+
+        for name in parser:
+            del sys.modules[name]
+        gc.collect()
+    return config
 
 
 def parse_config(text: str, path: Path | None = None) -> Config:
+    import tomllib
+
     where = _Where(path, text)
     try:
         data = tomllib.loads(text)

@@ -346,6 +346,10 @@ class Daemon:
 
     def run(self) -> int:
         consumer = self.start()
+        if not postgres.is_url(self.db_path):
+            # The main thread's connection holds start-up's pages (migrations, sync, recovery);
+            # it reconnects when it next needs the database.
+            self.ledger.db.close()
         release_startup_memory()
         consumer.start()
         for signum in SIGNALS:  # huey's consumer installed its own

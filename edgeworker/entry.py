@@ -119,9 +119,11 @@ def run(params: dict) -> int:
     try:
         from edgeworker import logs
         from edgeworker.config import load_config
+
+        # Read before the daemon's imports: they take the room the parser leaves.
+        config = load_config(config_file(params["config_path"]), forget_parser=True)
         from edgeworker.daemon import Daemon
 
-        config = load_config(config_file(params["config_path"]))
         where[0] = params["db_path"] or config.worker.database or DEFAULT_DB
         logs.setup(params["log_format"] or config.worker.log_format,
                    "debug" if params["debug"] else config.worker.log_level)

@@ -48,11 +48,14 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+TYPE_CHECKING = False  # subprocess is imported by the first command (spawn)
+if TYPE_CHECKING:
+    import subprocess
 
 logger = logging.getLogger("edgeworker.processes")
 
@@ -351,6 +354,8 @@ class ProcessTable:
     def spawn(self, argv: list[str], env: dict[str, str], cwd: str | None, task_id: int,
               attempt: int) -> Tree:
         """Start `argv` as the run (task_id, attempt); raises OSError like Popen."""
+        import subprocess  # here: a worker whose jobs are callables never loads it
+
         env = {**env, RUN_VAR: f"{self.key}:{task_id}:{attempt}"}
         wrapped = ["/bin/sh", "-c", GATE, "edgeworker-run", *argv]
         gate_read, gate_write = os.pipe()

@@ -34,7 +34,6 @@ import select
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -184,6 +183,8 @@ class _Status:
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.05)  # an exit right after EOF is seen at once
         if self.returncode is None:
+            import subprocess
+
             raise subprocess.TimeoutExpired(str(self.pid), timeout)
         return self.returncode
 
@@ -235,6 +236,8 @@ def run_command(target: str, shell: bool, env: dict[str, str], cwd: str | None,
 
 def _supervise(tree: Tree, timeout: float | None, abort: Flag | None, grace: float,
                cancelled: Callable[[], str | None] | None, limit: int = OUTPUT_LIMIT) -> Result:
+    import subprocess  # TimeoutExpired; loaded by the first run that starts a process
+
     proc = tree.proc
     tail = Tail(limit)
     deadline = None if timeout is None else time.monotonic() + timeout

@@ -41,22 +41,24 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import cache
-from typing import Protocol
 
 from edgeworker.errors import ScheduleError
 
+TYPE_CHECKING = False  # typing is not imported at run time (config.load_config's forget_parser)
+if TYPE_CHECKING:
+    from typing import Protocol
 
-class ScheduleSpec(Protocol):
-    """The job settings these functions read (a `models.Job` has them)."""
+    class ScheduleSpec(Protocol):
+        """The job settings these functions read (a `models.Job` has them)."""
 
-    name: str
-    every_seconds: float | None
-    cron: str | None
-    timezone: str | None
-    catch_up: str
-    catch_up_limit: int
-    jitter_seconds: float
-    retry_delay_seconds: float
+        name: str
+        every_seconds: float | None
+        cron: str | None
+        timezone: str | None
+        catch_up: str
+        catch_up_limit: int
+        jitter_seconds: float
+        retry_delay_seconds: float
 
 
 @cache

@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -352,3 +354,31 @@ def test_the_lease_must_outlast_the_heartbeat():
     assert error_of('[worker]\nheartbeat = "2m"\n') == (
         "/etc/edgeworker/edgeworker.toml:2: [worker] heartbeat: the lease (1m) must be longer "
         "than the heartbeat (2m) that renews it")
+
+
+PARSER_LOADED = """\
+import sys
+{before}from pathlib import Path
+from edgeworker.config import load_config
+config = load_config(Path(sys.argv[1]), forget_parser=True)
+print(len(config.jobs), sorted(m for m in sys.modules if m.split(".")[0] in ("tomllib", "typing")))
+"""
+
+
+def parser_left(tmp_path, jobs: str, before: str = "") -> str:
+    path = tmp_path / "edgeworker.toml"
+    path.write_text(jobs)
+    return subprocess.run([sys.executable, "-c", PARSER_LOADED.format(before=before), str(path)],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_a_worker_forgets_the_toml_parser_once_its_config_is_read(tmp_path):
+    assert parser_left(tmp_path, '[[jobs]]\nname = "a"\ncommand = "true"\nevery = "1h"\n') == "1 []"
+
+
+def test_the_parser_is_kept_when_the_read_imported_more_or_typing_was_there_before(tmp_path):
+    cron = '[[jobs]]\nname = "a"\ncommand = "true"\ncron = "0 3 * * *"\n'
+    assert "'typing'" in parser_left(tmp_path, cron)  # croniter came with it: it may hold typing
+    interval = '[[jobs]]\nname = "a"\ncommand = "true"\nevery = "1h"\n'
+    kept = parser_left(tmp_path, interval, before="import typing\n")
+    assert kept == "1 ['typing', 'typing.io', 'typing.re']"  # tomllib goes, typing stays

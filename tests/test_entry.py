@@ -1,9 +1,10 @@
 """The program's entry point (edgeworker/entry.py). A running worker imports only what its jobs
 need: no click (`run` with plain arguments is read without it), no OpenSSL through hashlib or ssl
 (peewee and huey import hashlib; edgeworker hashes with the standard library's own modules),
-croniter only with a cron job, prometheus_client only with metrics; and a job that imports
-hashlib gets the full one, OpenSSL included. `run`'s arguments read without click are read as
-click reads them."""
+croniter only with a cron job, prometheus_client only with metrics, `subprocess` only once a
+process is started, and neither the TOML parser nor `typing` once the config is read; and a job
+that imports hashlib gets the full one, OpenSSL included. `run`'s arguments read without click
+are read as click reads them."""
 
 import hashlib
 import subprocess
@@ -24,7 +25,9 @@ import sys
 
 def loaded(ctx):
     found = [m for m in ("_hashlib", "ssl", "croniter", "prometheus_client", "psycopg", "click",
-                         "edgeworker.cli", "edgeworker.metrics") if sys.modules.get(m)]
+                         "edgeworker.cli", "edgeworker.metrics", "tomllib", "typing",
+                         "subprocess")
+             if sys.modules.get(m)]
     ctx.logger.info(" ".join(found) or "none")
 """
 
@@ -47,7 +50,7 @@ def run_once(tmp_path: Path, config: str, job: str) -> tuple[str, str]:
     return maps, done["output"]
 
 
-def test_an_interval_worker_loads_no_click_openssl_croniter_or_prometheus(tmp_path):
+def test_an_interval_worker_loads_no_click_openssl_croniter_prometheus_toml_or_subprocess(tmp_path):
     (tmp_path / "probe.py").write_text(PROBE)
     config = ('[worker]\ndatabase = "ew.db"\npython_path = ["."]\n\n'
               '[[jobs]]\nname = "tick"\ncommand = "true"\nevery = "365d"\n\n'
