@@ -9,6 +9,7 @@ import socket
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import is_root
@@ -97,7 +98,8 @@ max_attempts = 3
 
 
 def test_the_worker_goes_on_after_the_server_restarts(tmp_path, pg_server):
-    url = pg_server.url(pg_server.create_database())
+    name = pg_server.create_database()
+    url = pg_server.url(name)
     jobs = '[[jobs]]\nname = "tick"\ncommand = "sleep 0.5"\nevery = "1s"\n'
     try:
         with PgWorker(tmp_path, url, jobs) as worker:
@@ -114,32 +116,24 @@ def test_the_worker_goes_on_after_the_server_restarts(tmp_path, pg_server):
         assert worker.tasks("status NOT IN ('succeeded', 'created')") == []
         assert "connection" in worker.log()  # what it met, logged once per kind of trouble
     finally:
-        pg_server.drop_database(url.split("/")[-1].split("?")[0])
+        pg_server.drop_database(name)
 
 
-def test_a_quick_server_restart_does_not_fence_a_leased_worker(tmp_path, pg_server):
+def test_a_quick_server_restart_does_not_fence_a_leased_worker(tmp_path, pg_server, pg_url):
     # The first heartbeat after the restart meets its connection closed: it is tried again at
     # once (connecting again), not a heartbeat later, which with lease 3 s and heartbeat 1 s
     # would come after the fence (2 s without a heartbeat) and end the run.
-    url = pg_server.url(pg_server.create_database())
     ran = tmp_path / "ran"
-    try:
-        with PgWorker(tmp_path, url, f'name = "gw"\n{LEASED}{slow_job(ran)}') as worker:
-            worker.start().wait_running()
-            worker.cli("jobs", "run", "slow")
-            [task] = worker.wait_tasks("status = 'running'")
-            wait_for(lambda: ran.exists() and ran.read_text(), what="the run to start",
-                     log=worker.log)
-            for _ in range(3):
-                pg_server.restart()
-                time.sleep(1.0)
-            time.sleep(2.5)  # past the time a fence would come
-            [row] = worker.tasks(f"id = {task['id']}")
-            assert (row["status"], row["attempt"]) == ("running", 1)
-            assert worker.stop(signal.SIGKILL) != 0
-        assert "unrecorded" not in worker.log()
-    finally:
-        pg_server.drop_database(url.split("/")[-1].split("?")[0])
+    with PgWorker(tmp_path, pg_url, f'name = "gw"\n{LEASED}{slow_job(ran)}') as worker:
+        task = start_a_slow_run(worker, ran)
+        for _ in range(3):
+            pg_server.restart()
+            time.sleep(1.0)
+        time.sleep(2.5)  # past the time a fence would come
+        [row] = worker.tasks(f"id = {task['id']}")
+        assert (row["status"], row["attempt"]) == ("running", 1)
+        assert worker.stop(signal.SIGKILL) != 0
+    assert "unrecorded" not in worker.log()
 
 
 def test_two_workers_of_different_names_share_one_database(tmp_path, pg_url):
@@ -200,6 +194,15 @@ max_attempts = 3
 '''
 
 
+def start_a_slow_run(worker: PgWorker, ran: Path, where: str = "status = 'running'") -> dict:
+    """Start `worker`, queue the slow job, and wait until its run has started: its task row."""
+    worker.start().wait_running()
+    worker.cli("jobs", "run", "slow")
+    [task] = worker.wait_tasks(where)
+    wait_for(lambda: ran.exists() and ran.read_text(), what="the run to start", log=worker.log)
+    return task
+
+
 QUICK = '[[jobs]]\nname = "quick"\ncommand = "true"\ncron = "0 0 1 1 *"\ntimezone = "UTC"\n'
 
 
@@ -218,10 +221,7 @@ def test_a_killed_workers_run_is_recovered_by_another_after_its_lease(tmp_path, 
     ran = tmp_path / "ran"
     with PgWorker(tmp_path, pg_url, f'name = "gw-a"\n{LEASED}{slow_job(ran)}', "a") as a, \
             PgWorker(tmp_path, pg_url, f'name = "gw-b"\n{LEASED}{slow_job(ran)}', "b") as b:
-        a.start().wait_running()
-        a.cli("jobs", "run", "slow")
-        [task] = a.wait_tasks("status = 'running' AND worker = 'gw-a'")
-        wait_for(lambda: ran.exists() and ran.read_text(), what="the run to start", log=a.log)
+        task = start_a_slow_run(a, ran, "status = 'running' AND worker = 'gw-a'")
         b.start().wait_running()
         a.stop(signal.SIGKILL)  # in the middle of its run; gw-b takes it once the lease is over
         [done] = b.wait_tasks(f"id = {task['id']} AND status = 'succeeded'", timeout=30)
@@ -238,10 +238,7 @@ def test_a_worker_stopped_past_its_lease_drops_its_run_and_goes_on(tmp_path, pg_
     jobs = slow_job(ran) + QUICK
     with PgWorker(tmp_path, pg_url, f'name = "gw-a"\n{LEASED}{jobs}', "a") as a, \
             PgWorker(tmp_path, pg_url, f'name = "gw-b"\n{LEASED}{jobs}', "b") as b:
-        a.start().wait_running()
-        a.cli("jobs", "run", "slow")
-        [task] = a.wait_tasks("status = 'running' AND worker = 'gw-a'")
-        wait_for(lambda: ran.exists() and ran.read_text(), what="the run to start", log=a.log)
+        task = start_a_slow_run(a, ran, "status = 'running' AND worker = 'gw-a'")
         b.start().wait_running()
         a.send(signal.SIGSTOP)  # alive, but silent: its lease runs out
         try:
@@ -265,7 +262,8 @@ def test_a_worker_stopped_past_its_lease_drops_its_run_and_goes_on(tmp_path, pg_
 
 
 def test_a_second_worker_of_one_name_is_refused_while_the_first_is_away(tmp_path, pg_server):
-    url = pg_server.url(pg_server.create_database())
+    name = pg_server.create_database()
+    url = pg_server.url(name)
     jobs = '[[jobs]]\nname = "tick"\ncommand = "true"\nevery = "1s"\n'
     try:
         with PgWorker(tmp_path, url, f'name = "gw"\n{jobs}') as first:
@@ -284,37 +282,28 @@ def test_a_second_worker_of_one_name_is_refused_while_the_first_is_away(tmp_path
                      what="the first to take its lock again", log=first.log)
             assert first.proc.poll() is None and first.stop() == 0
     finally:
-        pg_server.drop_database(url.split("/")[-1].split("?")[0])
+        pg_server.drop_database(name)
 
 
 def test_a_worker_cut_off_past_its_lease_ends_its_run_and_recovers_it_when_back(tmp_path,
-                                                                                pg_server):
-    url = pg_server.url(pg_server.create_database())
+                                                                                pg_server,
+                                                                                pg_url):
     ran = tmp_path / "ran"
-    try:
-        with PgWorker(tmp_path, url, f'name = "gw"\n{LEASED}{slow_job(ran)}') as worker:
-            worker.start().wait_running()
-            worker.cli("jobs", "run", "slow")
-            [task] = worker.wait_tasks("status = 'running'")
-            wait_for(lambda: ran.exists() and ran.read_text(), what="the run to start",
-                     log=worker.log)
-            pg_server.halt()  # no heartbeat can be written: after the lease, it fences itself
-            try:
-                wait_for(lambda: f"task {task['id']} job slow attempt 1 ended unrecorded"
-                         in worker.log(), timeout=30, what="the fence", log=worker.log)
-            finally:
-                pg_server.start_again()
-            [done] = worker.wait_tasks(f"id = {task['id']} AND status = 'succeeded'",
-                                       timeout=30)
-            assert worker.stop() == 0
-        assert (done["worker"], done["attempt"], done["recovered_count"]) == ("gw", 2, 1)
-        assert ran.read_text().splitlines() == [f"{task['id']} 1 0", f"{task['id']} 2 1"]
-        log = worker.log()
-        assert "of the lease (3s): other workers may" in log
-        assert "reached the database again: registered again and taking work; recovered 1" in log
-    finally:
-        pg_server.start_again()
-        pg_server.drop_database(url.split("/")[-1].split("?")[0])
+    with PgWorker(tmp_path, pg_url, f'name = "gw"\n{LEASED}{slow_job(ran)}') as worker:
+        task = start_a_slow_run(worker, ran)
+        pg_server.halt()  # no heartbeat can be written: after the lease, it fences itself
+        try:
+            wait_for(lambda: f"task {task['id']} job slow attempt 1 ended unrecorded"
+                     in worker.log(), timeout=30, what="the fence", log=worker.log)
+        finally:
+            pg_server.start_again()
+        [done] = worker.wait_tasks(f"id = {task['id']} AND status = 'succeeded'", timeout=30)
+        assert worker.stop() == 0
+    assert (done["worker"], done["attempt"], done["recovered_count"]) == ("gw", 2, 1)
+    assert ran.read_text().splitlines() == [f"{task['id']} 1 0", f"{task['id']} 2 1"]
+    log = worker.log()
+    assert "of the lease (3s): other workers may" in log
+    assert "reached the database again: registered again and taking work; recovered 1" in log
 
 
 def test_a_command_printing_nul_characters_succeeds_with_its_output_kept(tmp_path, pg_url):
@@ -353,10 +342,7 @@ timezone = "UTC"
 '''
     with PgWorker(tmp_path, pg_url, f'name = "gw-a"\n{LEASED}{jobs}', "a") as a, \
             PgWorker(tmp_path, pg_url, f'name = "gw-b"\n{LEASED}{jobs}', "b") as b:
-        a.start().wait_running()
-        a.cli("jobs", "run", "slow")
-        [task] = a.wait_tasks("status = 'running' AND worker = 'gw-a'")
-        wait_for(lambda: ran.exists() and ran.read_text(), what="the run to start", log=a.log)
+        task = start_a_slow_run(a, ran, "status = 'running' AND worker = 'gw-a'")
         b.start().wait_running()
         assert a.stop(signal.SIGTERM) == 0  # after its run's end, 6 s: twice the lease
         assert b.stop() == 0
