@@ -348,7 +348,8 @@ class Daemon:
         consumer = self.start()
         if not postgres.is_url(self.db_path):
             # The main thread's connection holds start-up's pages (migrations, sync, recovery);
-            # it reconnects when it next needs the database.
+            # it reconnects when it next needs the database. (A PostgreSQL connection holds
+            # little here, and connecting again costs a round trip and authentication.)
             self.ledger.db.close()
         release_startup_memory()
         consumer.start()

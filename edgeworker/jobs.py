@@ -148,11 +148,12 @@ def sync_jobs(ledger: Ledger, specs: tuple[JobSpec, ...], now: datetime) -> Sync
             if job.source != "config":
                 raise Conflict(f'job "{spec.name}" in the config file clashes with a job of that '
                                "name added with `jobs add`; remove one of them")
-            others = set(tags_of(job.defined_by)) - {me}
-            definers = {"defined_by": tags_text(sorted(others | {me}))} if me else {}
+            names = set(tags_of(job.defined_by))
+            others = names - {me}
+            definers = {"defined_by": tags_text(sorted(names | {me}))} if me else {}
             changed = {k: v for k, v in columns.items() if getattr(job, k) != v}
             if not changed:
-                if definers and me not in tags_of(job.defined_by):
+                if me and me not in names:
                     Job.update(**definers).where(Job.id == job.id).execute()
                 report.unchanged.append(spec.name)
                 continue
