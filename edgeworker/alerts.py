@@ -493,14 +493,6 @@ def quiet_query(default: float | None) -> peewee.ModelSelect:
     return Job.select(Job, last.alias("last_id")).where(where).objects()
 
 
-def prune(before: datetime) -> int:
-    """Forget hook outcomes older than `before` (with the tasks that retention prunes)."""
-    old = HookRun.finished_at < before
-    if not HookRun.select().where(old).exists():  # a delete of nothing still takes the lock
-        return 0
-    return HookRun.delete().where(old).execute()
-
-
 def _exists(program: str, env: dict[str, str]) -> bool:
     if "/" in program:
         return os.access(program, os.X_OK) and not os.path.isdir(program)

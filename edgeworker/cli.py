@@ -400,6 +400,7 @@ def status(obj: Context, as_json: bool) -> None:
     from edgeworker import report
     from edgeworker.clock import utcnow
     from edgeworker.db import running_workers, worker_pid
+    from edgeworker.models import recovery_line, recovery_who
 
     obj.open(readonly=True)
     ledger = obj.ledger()
@@ -441,8 +442,8 @@ def status(obj: Context, as_json: bool) -> None:
                        f"{show_time(d['pings']['oldest'])}" + (f" ({why})" if why else ""))
         rec = d["last_recovery"]
         if rec:
-            click.echo(f"recovery  {show_time(rec['at'])}: {report.recovery_line(rec)} "
-                       f"({rec['duration_ms']:g} ms){report.recovery_who(rec)}")
+            click.echo(f"recovery  {show_time(rec['at'])}: {recovery_line(rec)} "
+                       f"({rec['duration_ms']:g} ms){recovery_who(rec)}")
         else:
             click.echo("recovery  none yet (no worker has started)")
         click.echo(f"clock     {clock_line(d['clock'])}")
@@ -852,7 +853,6 @@ def tasks_prune(obj: Context, older_than: str) -> None:
     """Delete old finished tasks (the worker also does this, per `retention`)."""
     from datetime import timedelta
 
-    from edgeworker import alerts
     from edgeworker.clock import utcnow
     from edgeworker.config import parse_duration
 
@@ -863,8 +863,9 @@ def tasks_prune(obj: Context, older_than: str) -> None:
     if age > 100 * 365 * 86400:
         raise ConfigError(f"--older-than: {older_than!r} is more than 100 years")
     before = utcnow() - timedelta(seconds=age)
-    count = obj.ledger().prune(before)
-    alerts.prune(before)
+    ledger = obj.ledger()
+    count = ledger.prune(before)
+    ledger.prune_hook_runs(before)
     click.echo(f"pruned {count} finished task(s) older than {older_than}")
 
 

@@ -29,9 +29,8 @@ from pathlib import Path
 
 import peewee
 
-from edgeworker import alerts, consumer, migrate, models, postgres, recovery, trust
+from edgeworker import consumer, migrate, models, postgres, recovery, trust
 from edgeworker import db as dbmod
-from edgeworker.alerts import Alerts
 from edgeworker.clock import ClockSetWatch, Step, WorkerClock, clock_synchronised, span, time_daemon
 from edgeworker.config import Config, format_duration, load_config
 from edgeworker.errors import EdgeworkerError, WorkerRunning
@@ -45,6 +44,10 @@ from edgeworker.queue import MAX_IDLE, EdgeHuey
 from edgeworker.runners import KILL_GRACE, verify_callables
 from edgeworker.wakeup import Flag
 from edgeworker.worker import IntervalJobWorker, task_environment
+
+TYPE_CHECKING = False  # edgeworker.alerts is imported when a worker needs it (Daemon.alerting)
+if TYPE_CHECKING:
+    from edgeworker.alerts import Alerts
 
 logger = logging.getLogger("edgeworker.daemon")
 
@@ -68,6 +71,9 @@ HEALTH_CHECK_INTERVAL = consumer.HEALTH_CHECK_INTERVAL
 HELD_CHECK_INTERVAL = 1.0
 PRUNE_INTERVAL = 3600.0
 QUIET_CHECK = 60.0
+# What makes a worker need its alerts: [worker] defaults, and the jobs' own columns.
+ALERT_SETTINGS = ("on_failure", "on_success", "on_retry", "ping_url", "alert_after")
+ALERT_COLUMNS = ("on_failure", "on_success", "on_retry", "ping_url", "alert_after_seconds")
 EXPIRY_CHECK = 5.0  # at most this long between looks for workers whose lease expired
 BEAT_RETRY = 0.1  # a failed heartbeat is tried again after this, then twice as long each time
 FENCE_MARGIN = 0.5  # a fenced worker's runs are killed at least this long before its lease ends
@@ -99,7 +105,9 @@ class Daemon:
         self.held_since: float | None = None  # monotonic: since when cron jobs wait for the clock
         self.overdue: tuple[object, float] | None = None  # (due time, monotonic first seen)
         self.processes: ProcessTable | None = None
-        self.alerts: Alerts | None = None
+        self.alerts: Alerts | None = None  # started when something needs it (`alerting`)
+        self.alerts_lock = threading.Lock()
+        self.alerts_may_run = False  # the alerts thread starts with the worker threads
         self.next_quiet = 0.0  # monotonic: the next "gone quiet" check
         self.heartbeat: float | None = None  # seconds between heartbeats; None: none
         self.lease: float | None = None  # PostgreSQL: how long a heartbeat holds this worker's runs
@@ -148,14 +156,12 @@ class Daemon:
         with dbmod.translate_errors(self.db_path):
             self.clock = WorkerClock(self.ledger.high_water(), clock_synchronised,
                                      on_step=self._wake)
-        self.alerts = Alerts(lambda: self.config.worker, self.clock.now, self.processes,
-                             self.abort)
         # The runs' abort: set by a shutdown's (self.abort) and by a fence; a new one after it.
         worker = self.worker = IntervalJobWorker(
             self.ledger, Flag(), stopping=self.stop.is_set, clock=self.clock.now,
             observe=self.metrics and self.metrics.observe,
             env_file=lambda: self.config.worker.env_file, table=self.processes,
-            alerts=self.alerts, queue=self.huey.storage, fenced=lambda: self.fenced)
+            alerts=self.alerting, queue=self.huey.storage, fenced=lambda: self.fenced)
 
         def handle(args, run) -> None:
             thread = self.threads.current()
@@ -228,8 +234,41 @@ class Daemon:
             models.Job.id.in_(list({task.job_id for task, _ in failed})))}
         for task, why in failed:
             job = jobs.get(task.job_id)
-            if job is not None:
-                self.alerts.failed_in_recovery(task, job, task_environment(task, job, True), why)
+            alerts = job and self.alerting(job)
+            if alerts is not None:
+                alerts.failed_in_recovery(task, job, task_environment(task, job, True), why)
+
+    def alerting(self, job: models.Job | None = None) -> Alerts | None:
+        """The alerts (edgeworker.alerts), made the first time something needs them: a hook, a
+        ping URL or alert_after in [worker] or on `job` (a run's; without one, on any job), or
+        pings kept in the outbox. Without any, a worker neither imports them nor runs their
+        thread."""
+        if self.alerts is None and self.needs_alerts(job):
+            with self.alerts_lock:
+                if self.alerts is None:
+                    from edgeworker.alerts import Alerts
+
+                    alerts = Alerts(lambda: self.config.worker, self.clock.now, self.processes,
+                                    self.abort)
+                    if self.alerts_may_run:
+                        alerts.start()
+                    self.alerts = alerts
+        return self.alerts
+
+    def needs_alerts(self, job: models.Job | None) -> bool:
+        settings = self.config.worker
+        if any(getattr(settings, key) for key in ALERT_SETTINGS):
+            return True
+        if job is not None:
+            return any(getattr(job, column) for column in ALERT_COLUMNS)
+        J = models.Job  # noqa: N806
+        try:  # a job's "" turns its [worker] default off; NULL takes it (none, here)
+            return (J.select().where((J.on_failure != "") | (J.on_success != "")
+                                     | (J.on_retry != "") | (J.ping_url != "")
+                                     | (J.alert_after_seconds > 0)).exists()
+                    or models.Outbox.select().exists())
+        except peewee.DatabaseError:
+            return True  # the alerts say what is wrong, and try again
 
     def open_database(self):
         settings = self.config.worker
@@ -355,7 +394,11 @@ class Daemon:
         consumer.start()
         for signum in SIGNALS:  # huey's consumer installed its own
             signal.signal(signum, _noted)
-        self.alerts.start()
+        with self.alerts_lock:
+            self.alerts_may_run = True
+            if self.alerts is not None:  # made by the start's recovery
+                self.alerts.start()
+        self.alerting()
         logger.info('edgeworker running: worker "%s", %s worker thread(s) on %s (pid %s)',
                     self.name, self.workers, self.db_path, os.getpid())
         self.notifier.ready(self.status_line())
@@ -611,8 +654,11 @@ class Daemon:
         if time.monotonic() < self.next_quiet:
             return
         self.next_quiet = time.monotonic() + QUIET_CHECK
-        self.alerts.check_quiet(self.clock.now())
-        graces = [g for g in (self.config.worker.alert_after, self.alerts.shortest()) if g]
+        alerts = self.alerting()
+        if alerts is None:
+            return
+        alerts.check_quiet(self.clock.now())
+        graces = [g for g in (self.config.worker.alert_after, alerts.shortest()) if g]
         if graces:
             self.next_quiet = time.monotonic() + min(QUIET_CHECK, max(0.25, min(graces) / 4))
 
@@ -661,7 +707,7 @@ class Daemon:
             # to delete them (runs after it may be kept that much longer).
             before -= timedelta(seconds=state.forward_seconds)
         # Look before deleting: a write transaction that deletes nothing still costs a lock.
-        alerts.prune(before)
+        self.ledger.prune_hook_runs(before)
         old = (Task.select().where(Task.status.in_(list(FINISHED)) & (Task.finished_at < before))
                .exists())
         if not old:
@@ -687,7 +733,8 @@ class Daemon:
             if not self._join(consumer, time.monotonic() + KILL_GRACE + 2):
                 return self._stop_now("tasks did not stop")
         # Queued hooks and pings may finish within what is left of the shutdown timeout.
-        self.alerts.stop(max(0.5, deadline - time.monotonic()), KILL_GRACE + 2)
+        if self.alerts is not None:
+            self.alerts.stop(max(0.5, deadline - time.monotonic()), KILL_GRACE + 2)
         logger.info("edgeworker stopped")
         with contextlib.suppress(peewee.DatabaseError):
             self.ledger.save_clock(self.clock.now())

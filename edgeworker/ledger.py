@@ -29,6 +29,7 @@ from edgeworker.models import (
     IS_UNFINISHED,
     UNFINISHED,
     ClockState,
+    HookRun,
     Job,
     Recovery,
     Task,
@@ -498,6 +499,14 @@ class Ledger:
             gone &= Worker.stopped_at.is_null(False) | Worker.heartbeat_seconds.is_null(False)
         Worker.delete().where(gone).execute()
         return total
+
+    def prune_hook_runs(self, before: datetime) -> int:
+        """Forget hook outcomes (edgeworker.alerts) older than `before`, with the tasks that
+        retention prunes."""
+        old = HookRun.finished_at < before
+        if not HookRun.select().where(old).exists():  # a delete of nothing still takes the lock
+            return 0
+        return HookRun.delete().where(old).execute()
 
     # -- the workers table: who runs on this database ------------------------------------------
 

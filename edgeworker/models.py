@@ -199,6 +199,26 @@ class Recovery(BaseModel):
         table_name = "recoveries"
 
 
+def recovery_line(counts: dict) -> str:
+    """What a recovery (a `Recovery` row's counts) did, in one line: the log, `status`, the
+    status page."""
+    ended = counts.get("ended", 0)
+    return (f"recovered {counts['recovered']}, failed {counts['failed']}, "
+            f"cancelled {counts['cancelled']}, scheduled {counts['scheduled']}, "
+            f"ended {ended} leftover process{'' if ended == 1 else 'es'}")
+
+
+def recovery_who(record: dict) -> str:
+    """Who recovered whose runs, as a tail for `recovery_line`: "" when a worker recovered its
+    own name's (or nothing)."""
+    source = record.get("recovered_from")
+    if not source or source == record.get("worker"):
+        return ""
+    ids = record.get("task_ids") or []
+    which = f" (task{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))})" if ids else ""
+    return f"; {record['worker']} took the runs of {source}{which}"
+
+
 class ClockState(BaseModel):
     """The worker's clock across restarts (one row, id 1): see edgeworker.clock."""
 

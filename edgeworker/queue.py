@@ -27,7 +27,6 @@ from huey import Huey
 from huey.storage import BaseStorage
 
 from edgeworker import db as dbmod
-from edgeworker import report
 from edgeworker.clock import utcnow
 from edgeworker.ledger import ClaimedRun, IntervalJobArgs, Ledger
 from edgeworker.logs import Reminder
@@ -187,10 +186,16 @@ class TaskStorage(BaseStorage):
     # -- what huey asks of a storage that edgeworker keeps elsewhere ----------------------------
 
     def queue_size(self) -> int:
-        return report.queue_depth(self.ledger.db, self.now())["ready"]
+        return self.depth()["ready"]
 
     def schedule_size(self) -> int:
-        return report.queue_depth(self.ledger.db, self.now())["scheduled"]
+        return self.depth()["scheduled"]
+
+    def depth(self) -> dict:
+        from edgeworker import report  # a read-side module: a worker that is not asked keeps
+        #                                it out of memory
+
+        return report.queue_depth(self.ledger.db, self.now())
 
     def enqueued_items(self, limit=None) -> list[bytes]:
         return [self.encode(IntervalJobArgs(t.job_id, t.id).payload())

@@ -32,9 +32,16 @@ from datetime import datetime
 from edgeworker import schedule
 from edgeworker.errors import ScheduleError
 from edgeworker.ledger import Ledger
-from edgeworker.models import IS_UNFINISHED, Job, Recovery, Task, TaskStatus, Worker
+from edgeworker.models import (
+    IS_UNFINISHED,
+    Job,
+    Recovery,
+    Task,
+    TaskStatus,
+    Worker,
+    recovery_line,
+)
 from edgeworker.processes import ProcessTable
-from edgeworker.report import recovery_line
 
 logger = logging.getLogger("edgeworker.recovery")
 

@@ -208,25 +208,6 @@ def queue_depth(database, now: datetime) -> dict:
     return {"ready": ready, "scheduled": scheduled}
 
 
-def recovery_line(counts: dict) -> str:
-    """What a start-up recovery did, in one line (the log, `status`, the status page)."""
-    ended = counts.get("ended", 0)
-    return (f"recovered {counts['recovered']}, failed {counts['failed']}, "
-            f"cancelled {counts['cancelled']}, scheduled {counts['scheduled']}, "
-            f"ended {ended} leftover process{'' if ended == 1 else 'es'}")
-
-
-def recovery_who(record: dict) -> str:
-    """Who recovered whose runs, as a tail for `recovery_line`: "" when a worker recovered its
-    own name's (or nothing)."""
-    source = record.get("recovered_from")
-    if not source or source == record.get("worker"):
-        return ""
-    ids = record.get("task_ids") or []
-    which = f" (task{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))})" if ids else ""
-    return f"; {record['worker']} took the runs of {source}{which}"
-
-
 def clock(now: datetime, worker_running: bool) -> dict:
     """The clock as the worker sees it: synchronised or not, the last step, held cron jobs."""
     from edgeworker.clock import clock_synchronised, time_daemon

@@ -324,7 +324,7 @@ def render_overview(d: dict) -> str:
     if w["alert"]:
         worker += f'<br><span class="warn">{e(w["alert"])}</span>'
     rec = d["last_recovery"]
-    from edgeworker.report import recovery_line, recovery_who
+    from edgeworker.models import recovery_line, recovery_who
 
     recovery = (f"{when(rec['at'])}: {e(recovery_line(rec))} ({rec['duration_ms']:g} ms)"
                 f"{e(recovery_who(rec))}" if rec

@@ -18,7 +18,6 @@ from datetime import datetime
 from pathlib import Path
 
 from edgeworker import db as dbmod
-from edgeworker.alerts import Alerts
 from edgeworker.clock import to_text, utcnow
 from edgeworker.errors import ConfigError
 from edgeworker.ledger import ClaimedRun, IntervalJobArgs, Ledger, Outcome
@@ -37,6 +36,10 @@ from edgeworker.runners import (
     run_isolated,
 )
 from edgeworker.wakeup import Flag
+
+TYPE_CHECKING = False  # edgeworker.alerts is imported when a worker needs it
+if TYPE_CHECKING:
+    from edgeworker.alerts import Alerts
 
 logger = logging.getLogger("edgeworker.worker")
 MAX_RETRY_DELAY = 30.0
@@ -64,13 +67,16 @@ class IntervalJobWorker:
                  clock: Callable[[], datetime] = utcnow,
                  observe: Callable[[Task], None] | None = None,
                  env_file: Callable[[], Path | None] = lambda: None,
-                 table: ProcessTable | None = None, alerts: Alerts | None = None,
+                 table: ProcessTable | None = None,
+                 alerts: Callable[[Job], Alerts | None] | None = None,
                  queue=None, fenced: Callable[[], bool] = lambda: False):
         self.ledger = ledger
         # huey's storage (edgeworker.queue.TaskStorage): with it, recording an outcome also
         # claims this thread's next due run, in the same commit
         self.queue = queue
-        self.alerts = alerts  # told each start and outcome; hooks and pings run elsewhere
+        # the alerts a job's runs need (None: none), told each start and outcome; hooks and
+        # pings run elsewhere
+        self.alerts = alerts
         self.table = table
         self.abort = abort or Flag()
         self.stopping = stopping
@@ -138,10 +144,10 @@ class IntervalJobWorker:
                    "succeeded" if succeeded else "failed", duration, detail, extra=fields)
 
     def tell(self, what: str, *args) -> None:
-        if self.alerts is None:
-            return
         try:
-            getattr(self.alerts, what)(*args)
+            alerts = self.alerts and self.alerts(args[1])
+            if alerts is not None:
+                getattr(alerts, what)(*args)
         except Exception as exc:  # noqa: BLE001 - an alert never fails a run
             logger.error("alerts: cannot queue the %s alert of job %s: %s: %s", what,
                          args[1].name, type(exc).__name__, exc)

@@ -174,6 +174,25 @@ def test_on_success_from_the_worker_defaults_and_a_failing_hook_is_recorded(tmp_
         worker.stop()
 
 
+def test_a_hook_given_to_a_job_while_the_worker_runs_fires(tmp_path):
+    """A worker whose config has no alerts starts without them (edgeworker.alerts is not even
+    imported: tests/test_entry.py); a job added later with a hook gets it all the same."""
+    successes = tmp_path / "success.log"
+    config = f'[[jobs]]\nname = "plain"\ncommand = "true"\n{YEARLY}'
+    with WorkerProcess(tmp_path, config) as worker:
+        worker.start().wait_running()
+        worker.cli("jobs", "run", "plain")
+        worker.wait_tasks("job = 'plain' AND status = 'succeeded'")
+        worker.cli("jobs", "add", "hooked", "--command", "echo fine", "--every", "365d",
+                   "--on-success", RECORD.format(log=successes))
+        worker.cli("jobs", "run", "hooked")
+        done = worker.wait_tasks("job = 'hooked' AND status = 'succeeded'")[0]
+        wait_for(lambda: worker.query("SELECT count(*) FROM hook_runs")[0][0] == 1,
+                 log=worker.log)
+        assert lines(successes) == [f"on_success succeeded 0 1 {done['id']} hooked ", "fine"]
+        worker.stop()
+
+
 def test_alert_after_fires_once_per_quiet_spell(tmp_path):
     quiet = tmp_path / "quiet.log"
     config = (f'[[jobs]]\nname = "q"\ncommand = "true"\n{YEARLY}alert_after = "1s"\n'

@@ -2,8 +2,9 @@
 need: no click (`run` with plain arguments is read without it), no OpenSSL through hashlib or ssl
 (peewee and huey import hashlib; edgeworker hashes with the standard library's own modules),
 croniter only with a cron job, prometheus_client only with metrics, `subprocess` only once a
-process is started, and neither the TOML parser nor `typing` once the config is read; and a job
-that imports hashlib gets the full one, OpenSSL included. `run`'s arguments read without click
+process is started, the alerts only when a hook, ping or alert_after asks for them, no status
+reports, and neither the TOML parser nor `typing` once the config is read; and a job that
+imports hashlib gets the full one, OpenSSL included. `run`'s arguments read without click
 are read as click reads them."""
 
 import hashlib
@@ -26,7 +27,7 @@ import sys
 def loaded(ctx):
     found = [m for m in ("_hashlib", "ssl", "croniter", "prometheus_client", "psycopg", "click",
                          "edgeworker.cli", "edgeworker.metrics", "tomllib", "typing",
-                         "subprocess")
+                         "subprocess", "edgeworker.alerts", "edgeworker.report")
              if sys.modules.get(m)]
     ctx.logger.info(" ".join(found) or "none")
 """

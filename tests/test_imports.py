@@ -46,7 +46,8 @@ def test_the_worker_imports_only_what_an_idle_worker_needs():
     code = ("import sys\nsys.modules['_hashlib'] = None  # as edgeworker.entry.main does\n"
             "import edgeworker.entry, edgeworker.config, edgeworker.logs, edgeworker.daemon\n"
             "print(sorted(m for m in ('click', 'edgeworker.cli', 'croniter', 'prometheus_client',\n"
-            "    'edgeworker.metrics', 'ssl', '_ssl', 'tempfile', 'random')\n"
+            "    'edgeworker.metrics', 'ssl', '_ssl', 'tempfile', 'random', 'edgeworker.alerts',\n"
+            "    'edgeworker.report')\n"
             "    if m in sys.modules), sys.modules['_hashlib'])\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)

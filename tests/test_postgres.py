@@ -20,7 +20,7 @@ from edgeworker.config import JobSpec, default_worker_name
 from edgeworker.errors import DatabaseError, WorkerRunning
 from edgeworker.jobs import add_job
 from edgeworker.ledger import Ledger, Outcome
-from edgeworker.models import Job, Recovery, Task, Worker
+from edgeworker.models import Job, Recovery, Task, Worker, recovery_who
 from edgeworker.sql import POSTGRESQL
 
 MIGRATED = "".join(f"applied {m.label}\n" for m in migrate.discover(dialect="postgresql"))
@@ -350,7 +350,7 @@ def test_a_live_worker_recovers_an_expired_workers_runs_once(pg_database, caplog
     last = report.last_recovery()
     assert (last["worker"], last["recovered_from"], last["task_ids"]) == (
         "gw-b", "gw-a", [run.task.id])
-    assert "; gw-b took the runs of gw-a (task " in report.recovery_who(last)
+    assert "; gw-b took the runs of gw-a (task " in recovery_who(last)
     again = b.claim(now + timedelta(days=1))  # the recovery message: the same row, re-run
     assert (again.task.id, again.recovered, again.task.attempt) == (run.task.id, True, 2)
     assert again.args.recovering_attempt == 1 and again.task.worker == "gw-b"
