@@ -29,7 +29,7 @@ from pathlib import Path
 
 import peewee
 
-from edgeworker import consumer, migrate, models, postgres, recovery, trust
+from edgeworker import consumer, migrate, models, recovery, trust
 from edgeworker import db as dbmod
 from edgeworker.clock import ClockSetWatch, Step, WorkerClock, clock_synchronised, span, time_daemon
 from edgeworker.config import Config, format_duration, load_config
@@ -85,7 +85,7 @@ class Daemon:
                  workers: int | None = None, name: str | None = None):
         self.config = config
         self.name = name or config.worker.worker_name()
-        self.db_path = db_path if postgres.is_url(db_path) else Path(db_path)
+        self.db_path = db_path if dbmod.is_url(db_path) else Path(db_path)
         self.apply_migrations = apply_migrations
         self.workers = workers or config.worker.workers
         self.stop = Flag()
@@ -123,13 +123,13 @@ class Daemon:
 
     def start(self):
         trust.verify(self.config)  # before anything is created or imported
-        if postgres.is_url(self.db_path) and not self.config.worker.heartbeat_seconds(True):
+        if dbmod.is_url(self.db_path) and not self.config.worker.heartbeat_seconds(True):
             raise self.config.error(
                 "[worker] heartbeat: cannot be off on PostgreSQL, where it renews the worker's "
                 "lease (without it, other workers take its runs)", "worker", 0, "heartbeat")
         self.install_signal_handlers()
         self.lock = dbmod.worker_lock(self.db_path, self.name).acquire()
-        creating = not postgres.is_url(self.db_path) and not self.db_path.exists()
+        creating = not dbmod.is_url(self.db_path) and not self.db_path.exists()
         try:
             database = self.open_database()
         except BaseException:
@@ -178,7 +178,7 @@ class Daemon:
         self.huey.storage.paused = lambda: self.fenced
         self.notifier.status("starting: syncing jobs and recovering tasks")
         with dbmod.translate_errors(self.db_path):
-            if postgres.is_url(self.db_path):
+            if dbmod.is_url(self.db_path):
                 self.check_name()  # before anything is written
             if self.config.path is not None:
                 report = sync_jobs(self.ledger, self.config.jobs, self.clock.now())
@@ -187,7 +187,7 @@ class Daemon:
             logger.info("%s", self.recovery.line())
             self.alert_recovery()
             self.check_clock(starting=True)
-            on_server = postgres.is_url(self.db_path)
+            on_server = dbmod.is_url(self.db_path)
             self.heartbeat = self.config.worker.heartbeat_seconds(on_server)
             self.lease = self.config.worker.lease_seconds(on_server)
             self.beaten = time.monotonic()
@@ -385,7 +385,7 @@ class Daemon:
 
     def run(self) -> int:
         consumer = self.start()
-        if not postgres.is_url(self.db_path):
+        if not dbmod.is_url(self.db_path):
             # The main thread's connection holds start-up's pages (migrations, sync, recovery);
             # it reconnects when it next needs the database. (A PostgreSQL connection holds
             # little here, and connecting again costs a round trip and authentication.)

@@ -15,18 +15,28 @@ import fcntl
 import os
 import shutil
 import sqlite3
+import sys
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import peewee
 
-from edgeworker import postgres
 from edgeworker.errors import DatabaseError, WorkerRunning
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from edgeworker import postgres
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
 PAGE_SIZE = 1024
+SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_url(location: object) -> bool:
+    """A PostgreSQL URL rather than a file: edgeworker.postgres, imported only for one."""
+    return isinstance(location, str) and location.startswith(SCHEMES)
 
 
 def open_database(path: Path | str, *, durability: str = "full", busy_timeout: float = 5.0,
@@ -37,7 +47,9 @@ def open_database(path: Path | str, *, durability: str = "full", busy_timeout: f
     `readonly` opens it so that nothing is written (see ReadOnlyDatabase). A database that holds
     tables but not edgeworker's is refused before anything touches it, unless `foreign`. A
     `postgresql://` URL opens that PostgreSQL database instead (edgeworker.postgres)."""
-    if postgres.is_url(path):
+    if is_url(path):
+        from edgeworker import postgres
+
         return postgres.open_database(path, busy_timeout=busy_timeout, readonly=readonly,
                                       foreign=foreign)
     path = Path(path)
@@ -266,14 +278,21 @@ def _chain(exc: BaseException | None) -> Iterator[BaseException]:
 
 def heals(exc: BaseException) -> bool:
     """Whether retrying the write later may succeed (a lock, a full disk, an I/O error)."""
-    return isinstance(exc, OSError) or postgres.heals(exc) or any(
+    if sys.modules.get("psycopg2") is not None:  # a PostgreSQL database was opened
+        from edgeworker import postgres
+
+        if postgres.heals(exc):
+            return True
+    return isinstance(exc, OSError) or any(
         (getattr(e, "sqlite_errorcode", -1) & 0xFF) in HEALING_CODES for e in _chain(exc))
 
 
 def describe(path: Path | str, exc: BaseException) -> str:
     """One line for the log: the first cause SQLite reported, in words an operator can act on
     (or PostgreSQL's reason)."""
-    if postgres.is_url(path):
+    if is_url(path):
+        from edgeworker import postgres
+
         return postgres.reason(exc)
     errors = [e for e in _chain(exc) if isinstance(e, (peewee.DatabaseError, sqlite3.Error))]
     healing = [e for e in errors if (getattr(e, "sqlite_errorcode", -1) & 0xFF) in HEALING_CODES]
@@ -294,7 +313,9 @@ def _disk_full(directory: Path) -> bool:
 def translate_errors(path: Path | str) -> Iterator[None]:
     """Turn SQLite's exceptions into one-line DatabaseErrors naming the file (or PostgreSQL's,
     naming the URL)."""
-    if postgres.is_url(path):
+    if is_url(path):
+        from edgeworker import postgres
+
         with postgres.translate_errors(path):
             yield
         return
@@ -380,7 +401,9 @@ def worker_lock(database: Path | str, name: str) -> WorkerLock | postgres.Worker
     """The lock a worker holds: a file lock beside a SQLite file (one worker a file, whatever its
     name), an advisory lock of the worker's name on a PostgreSQL database (one worker a name,
     edgeworker.postgres.WorkerLock)."""
-    if postgres.is_url(database):
+    if is_url(database):
+        from edgeworker import postgres
+
         return postgres.WorkerLock(database, name)
     return WorkerLock(database)
 
@@ -388,13 +411,19 @@ def worker_lock(database: Path | str, name: str) -> WorkerLock | postgres.Worker
 def running_workers(database: Path | str) -> dict[str, int] | None:
     """PostgreSQL: the running workers' names -> pids (edgeworker.postgres.running_workers);
     None for a SQLite file (one worker: `worker_pid`)."""
-    return postgres.running_workers(database) if postgres.is_url(database) else None
+    if not is_url(database):
+        return None
+    from edgeworker import postgres
+
+    return postgres.running_workers(database)
 
 
 def worker_pid(database: Path | str) -> int | None:
     """The pid of the worker holding the lock on `database` (-1 if unreadable; on PostgreSQL,
     one of those running), or None when none runs."""
-    if postgres.is_url(database):
+    if is_url(database):
+        from edgeworker import postgres
+
         return postgres.worker_pid(database)
     path = Path(f"{database}.lock")
     try:

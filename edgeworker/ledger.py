@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 import peewee
 
-from edgeworker import postgres, schedule
+from edgeworker import schedule
 from edgeworker.clock import from_text, to_text
 from edgeworker.config import default_worker_name, is_tag
 from edgeworker.errors import Conflict, NotFound, ScheduleError
@@ -285,6 +285,8 @@ class Ledger:
         (SQLite: the write lock keeps it as read; PostgreSQL reads it again)."""
         sql, params = self._claiming("claim", now=to_text(now), hold=hold, worker=self.worker)
         if self.postgres:
+            from edgeworker import postgres
+
             row = postgres.claim(self.db, sql, self.sql["claim_take"], params)
         else:
             row = self.db.execute_sql(sql, params).fetchone()

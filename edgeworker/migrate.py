@@ -23,8 +23,8 @@ from pathlib import Path
 import peewee
 
 from edgeworker.clock import to_text, utcnow
+from edgeworker.db import is_url
 from edgeworker.errors import DatabaseError, MigrationError, PendingMigrations
-from edgeworker.postgres import is_url
 
 _FILENAME = re.compile(r"(\d+)_([a-z0-9_]+)\.sql")
 

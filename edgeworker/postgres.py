@@ -27,7 +27,6 @@ import peewee
 
 from edgeworker.errors import DatabaseError, WorkerRunning
 
-SCHEMES = ("postgresql://", "postgres://")
 logger = logging.getLogger("edgeworker.postgres")
 
 
@@ -65,10 +64,6 @@ class Psycopg2Adapter(peewee.Psycopg2Adapter):
     def connect(self, db, **params):
         params.setdefault("dsn", db.database)  # always a postgresql:// URL here
         return driver().connect(**params)
-
-
-def is_url(location: object) -> bool:
-    return isinstance(location, str) and location.startswith(SCHEMES)
 
 
 def check_url(url: str) -> str:

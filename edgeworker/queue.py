@@ -28,9 +28,9 @@ from huey.storage import BaseStorage
 
 from edgeworker import db as dbmod
 from edgeworker.clock import utcnow
+from edgeworker.db import is_url
 from edgeworker.ledger import ClaimedRun, IntervalJobArgs, Ledger
 from edgeworker.logs import Reminder
-from edgeworker.postgres import NotifyWatch, is_url
 from edgeworker.wakeup import DatabaseWatch, Flag
 
 logger = logging.getLogger("edgeworker.queue")
@@ -173,7 +173,9 @@ class TaskStorage(BaseStorage):
     def watch(self) -> DatabaseWatch:
         watch = getattr(self.local, "watch", None)
         if watch is None:
-            kind = NotifyWatch if is_url(self.path) else DatabaseWatch
+            kind = DatabaseWatch
+            if is_url(self.path):
+                from edgeworker.postgres import NotifyWatch as kind
             watch = self.local.watch = kind(self.path, self.stop or Flag())
             self.watches.append(watch)
         return watch

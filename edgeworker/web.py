@@ -496,7 +496,7 @@ class Site:
                  busy_alert: float | None = None):
         from edgeworker import db, migrate, models, postgres, report  # noqa: F401 (imported before serving)
 
-        self.on_server = postgres.is_url(database)
+        self.on_server = db.is_url(database)
         self.path = postgres.check_url(database) if self.on_server else Path(database)
         self.workers, self.busy_alert = workers, busy_alert  # the worker's, for its busy alert
         self.migrations = migrate.discover(dialect="postgresql" if self.on_server else "sqlite")

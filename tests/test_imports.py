@@ -47,7 +47,7 @@ def test_the_worker_imports_only_what_an_idle_worker_needs():
             "import edgeworker.entry, edgeworker.config, edgeworker.logs, edgeworker.daemon\n"
             "print(sorted(m for m in ('click', 'edgeworker.cli', 'croniter', 'prometheus_client',\n"
             "    'edgeworker.metrics', 'ssl', '_ssl', 'tempfile', 'random', 'edgeworker.alerts',\n"
-            "    'edgeworker.report')\n"
+            "    'edgeworker.report', 'edgeworker.postgres')\n"
             "    if m in sys.modules), sys.modules['_hashlib'])\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)
