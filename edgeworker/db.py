@@ -26,7 +26,7 @@ from edgeworker.errors import DatabaseError, WorkerRunning
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
-PAGE_SIZE = 1024
+PAGE_SIZE = 512
 
 
 def open_database(path: Path | str, *, durability: str = "full", busy_timeout: float = 5.0,
