@@ -41,7 +41,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from urllib.parse import urlsplit, urlunsplit
 
 import peewee
 
@@ -76,6 +75,8 @@ class PingError(Exception):
 
 def post(url: str, body: bytes, timeout: float = PING_TIMEOUT) -> int:
     """POST `body` to `url`; returns the HTTP status, raises PingError."""
+    from urllib.parse import urlsplit
+
     parts = urlsplit(url)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     headers = {"Host": parts.netloc.rpartition("@")[2], "User-Agent": "edgeworker",
@@ -120,8 +121,18 @@ def _post_plain(host: str, port: int, path: str, headers: dict[str, str], body: 
 
 def ping_address(url: str, suffix: str) -> str:
     """`suffix` added to the URL's path, before any query (`…/ping/abc/start?rid=…`)."""
+    from urllib.parse import urlsplit, urlunsplit
+
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=parts.path.rstrip("/") + suffix))
+
+
+def _server(url: str) -> str:
+    """Where a ping goes (its pings arrive in order). urllib.parse, and the ipaddress module it
+    imports, are loaded by the first ping: not in a worker without pings."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).netloc
 
 
 def effective(job: Job, settings: WorkerSettings, key: str):
@@ -225,11 +236,13 @@ class Alerts:
 
     def start(self) -> None:
         directory = self.table.directory if self.table else None
-        if directory is not None and directory.is_dir():
-            for left in directory.glob(f"{STDIN_PREFIX}*"):  # a killed worker's hook's stdin
-                left.unlink(missing_ok=True)
+        if directory is not None and os.path.isdir(directory):
+            for name in os.listdir(directory):
+                if name.startswith(STDIN_PREFIX):  # a killed worker's hook's stdin
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(directory, name))
         try:
-            self.held = {urlsplit(url).netloc for (url,) in Outbox.select(Outbox.url).tuples()}
+            self.held = {_server(url) for (url,) in Outbox.select(Outbox.url).tuples()}
             self.waiting = Outbox.select().count()
         except peewee.DatabaseError as exc:
             logger.error("cannot read the ping outbox: %s", exc)
@@ -295,7 +308,7 @@ class Alerts:
         settings = self.settings()
         directory = self.table.directory if self.table and self.table.directory else None
         if directory is not None:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.makedirs(directory, 0o700, exist_ok=True)
         started = time.monotonic()
         import tempfile  # here: an idle worker without hooks keeps it (and random) out of memory
 
@@ -338,7 +351,7 @@ class Alerts:
     # -- pings ------------------------------------------------------------------------------
 
     def ping(self, ping: _Ping) -> None:
-        if urlsplit(ping.url).netloc not in self.held:
+        if _server(ping.url) not in self.held:
             try:
                 post(ping.url, ping.body.encode("utf-8", "replace"))
                 return
@@ -363,7 +376,7 @@ class Alerts:
                               body=ping.body, created_at=self.clock(),
                               attempts=1 if error else 0, last_error=error)
                 self.waiting += 1
-                self.held.add(urlsplit(ping.url).netloc)
+                self.held.add(_server(ping.url))
                 extra = self.waiting - OUTBOX_LIMIT
                 if extra > 0:
                     oldest = Outbox.select(Outbox.id).order_by(Outbox.id).limit(extra)
@@ -391,7 +404,7 @@ class Alerts:
             after = rows[-1].id
             settled = []
             for row in rows:
-                server = urlsplit(row.url).netloc
+                server = _server(row.url)
                 if server in blocked:
                     continue
                 try:

@@ -66,7 +66,10 @@ class Context:
     @property
     def db_path(self) -> Path | str:
         """The SQLite file, or the PostgreSQL URL."""
-        return self.db_option or self.config.worker.database or DEFAULT_DB
+        from edgeworker.db import is_url
+
+        database = self.db_option or self.config.worker.database or DEFAULT_DB
+        return database if is_url(database) else Path(database)
 
     @property
     def on_server(self) -> bool:

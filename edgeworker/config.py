@@ -26,7 +26,6 @@ import shlex
 import sys
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
-from pathlib import Path
 
 from edgeworker.durations import LONGEST, format_duration, parse_duration
 from edgeworker.errors import ConfigError
@@ -103,7 +102,7 @@ class JobSpec:
     enabled: bool = setting(True, "bool")
     env: tuple[tuple[str, str], ...] = setting((), "env")
     cwd: str | None = setting(None, "directory")
-    env_file: Path | None = setting(None, "path")  # KEY=VALUE lines read at each run (secrets)
+    env_file: str | None = setting(None, "path")  # KEY=VALUE lines read at each run (secrets)
     isolate: bool = setting(False, "bool")  # a callable in a child process, stopped at its timeout
     # Only workers carrying one of these tags ([worker] tags) run it; () any worker.
     run_on: tuple[str, ...] = setting((), "tags")
@@ -121,7 +120,7 @@ class JobSpec:
 class WorkerSettings:
     """The [worker] table."""
 
-    database: Path | str | None = setting(None, "database")  # a file, or a postgresql:// URL
+    database: str | None = setting(None, "database")  # a file, or a postgresql:// URL
     # What the worker is called on its database (tasks.worker, the workers row, its lock);
     # None: the host name. Two workers on one PostgreSQL database need two names.
     name: str | None = setting(None, "worker_name")
@@ -135,14 +134,14 @@ class WorkerSettings:
     # Every worker thread busy this long: say so.
     busy_alert: float | None = setting(3600.0, "duration", positive=True, words=(("off", None),),
                                        hint=', or "off"')
-    python_path: tuple[Path, ...] = setting((), "paths")
+    python_path: tuple[str, ...] = setting((), "paths")
     log_format: str = setting("text", "choice", choices=LOG_FORMATS)
     log_level: str = setting("info", "choice", choices=LOG_LEVELS)
     # Cron jobs wait for a synchronised clock ("auto": when a time daemon runs), at most this long.
     wait_for_clock_sync: str = setting("auto", "choice", choices=("auto",), words=(
         (True, "yes"), (False, "no")), hint=", true or false")
     clock_sync_timeout: float = setting(600.0, "duration")
-    env_file: Path | None = setting(None, "path")  # for every job, under each job's own
+    env_file: str | None = setting(None, "path")  # for every job, under each job's own
     # Alerts: defaults for every job (a job's own value overrides), see edgeworker.alerts.
     on_failure: str | None = setting(None, "hook")
     on_success: str | None = setting(None, "hook")
@@ -178,14 +177,14 @@ class WorkerSettings:
 class MetricsSettings:
     """The [metrics] table (edgeworker.metrics)."""
 
-    textfile: Path | None = setting(None, "path")
+    textfile: str | None = setting(None, "path")
     # How often the worker looks for changed values.
     interval: float = setting(15.0, "duration", 0.1, positive=True)
 
 
 @dataclass(frozen=True)
 class Config:
-    path: Path | None = None
+    path: str | None = None
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     jobs: tuple[JobSpec, ...] = ()
@@ -218,7 +217,7 @@ _JOB_NEEDS = (  # keys a job must give exactly one of: (keys, key to blame, mess
 class _Where:
     """Finds where a table or key is in the file's text, for `file:line: message` errors."""
 
-    def __init__(self, path: Path | None, text: str = ""):
+    def __init__(self, path: str | None, text: str = ""):
         self.path = path
         # (table, its index among tables of that name, key or None for the header) -> line
         self.lines: dict[tuple[str, int, str | None], int] = {}
@@ -251,14 +250,16 @@ class _Where:
 PARSER_IMPORTS = {"datetime", "_datetime", "string", "_string", "math", "_typing"}
 
 
-def load_config(path: Path | None, forget_parser: bool = False) -> Config:
+def load_config(path: str | os.PathLike | None, forget_parser: bool = False) -> Config:
     """Read and validate a config file; `None` gives the defaults (no file). `forget_parser`:
     a worker about to start gives back the TOML parser and `typing` (0.6 MiB), when the read
     imported nothing else that could hold them (a cron job's croniter and zoneinfo do)."""
     if path is None:
         return Config()
+    path = normal_path(os.fspath(path))
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -276,9 +277,10 @@ def load_config(path: Path | None, forget_parser: bool = False) -> Config:
     return config
 
 
-def parse_config(text: str, path: Path | None = None) -> Config:
+def parse_config(text: str, path: str | os.PathLike | None = None) -> Config:
     import tomllib
 
+    path = None if path is None else normal_path(os.fspath(path))
     where = _Where(path, text)
     try:
         data = tomllib.loads(text)
@@ -294,7 +296,7 @@ def parse_config(text: str, path: Path | None = None) -> Config:
         if name not in (*_SECTIONS, "jobs"):
             raise where.error(f"unknown table or key {name!r}; "
                               "allowed: [worker], [metrics], [[jobs]]", key=name)
-    base = path.parent if path else Path.cwd()
+    base = (os.path.dirname(path) or ".") if path else os.getcwd()
     sections = {name: _section(name, data.get(name, {}), where, base) for name in _SECTIONS}
     raw_jobs = data.get("jobs", [])
     if not isinstance(raw_jobs, list):
@@ -311,7 +313,7 @@ def parse_config(text: str, path: Path | None = None) -> Config:
     return Config(path=path, **sections, jobs=tuple(jobs), where=where)
 
 
-def _section(name: str, raw: Any, where: _Where, base: Path) -> Any:
+def _section(name: str, raw: Any, where: _Where, base: str) -> Any:
     if not isinstance(raw, dict):
         raise where.error(f"[{name}] must be a table")
 
@@ -336,7 +338,7 @@ def _lease(values: dict[str, Any], fail) -> None:
                         f"({format_duration(beat)}) that renews it")
 
 
-def _job_table(raw: Any, where: _Where, index: int, base: Path) -> JobSpec:
+def _job_table(raw: Any, where: _Where, index: int, base: str) -> JobSpec:
     if not isinstance(raw, dict):
         raise where.error(f"jobs #{index + 1} must be a table ([[jobs]])", "jobs", index)
     name = raw.get("name")
@@ -349,16 +351,16 @@ def _job_table(raw: Any, where: _Where, index: int, base: Path) -> JobSpec:
     return build_job_spec(raw, fail, base)
 
 
-def build_job_spec(raw: Mapping[str, Any], fail, base: Path | None = None) -> JobSpec:
+def build_job_spec(raw: Mapping[str, Any], fail, base: str | None = None) -> JobSpec:
     """Validate one job's settings. `fail(key, message)` builds the error to raise; relative
     paths are taken from `base` (the config file's directory; default the current one)."""
-    values = _load(_JOB_RULES, raw, fail, base or Path.cwd(), _JOB_NEEDS)
+    values = _load(_JOB_RULES, raw, fail, base or os.getcwd(), _JOB_NEEDS)
     _target(values, fail)
     _schedule(values, fail)
     return JobSpec(**values)
 
 
-def _load(rules: Mapping[str, Rule], raw: Mapping[str, Any], fail, base: Path,
+def _load(rules: Mapping[str, Rule], raw: Mapping[str, Any], fail, base: str,
           needs: tuple[tuple[tuple[str, ...], str | None, str], ...] = ()) -> dict[str, Any]:
     """The keys of one table, each checked by its rule. An unknown key is an error, and so is
     a group of `needs` (keys, key to blame, message) that is not given exactly once."""
@@ -378,7 +380,7 @@ def _load(rules: Mapping[str, Rule], raw: Mapping[str, Any], fail, base: Path,
     return values
 
 
-def _value(rule: Rule, value: Any, base: Path) -> Any:
+def _value(rule: Rule, value: Any, base: str) -> Any:
     """`value` checked (and converted) as `rule` says; a ValueError says what is wrong with it."""
     for word, meaning in rule.words:
         if type(value) is type(word) and value == word:
@@ -557,11 +559,18 @@ def _split(command: str) -> None:
         raise ValueError(f"cannot split {command!r} into arguments: {exc}") from None
 
 
-def _path(value: Any, base: Path) -> Path:
+def _path(value: Any, base: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError("must be a path (a string)")
-    path = Path(os.path.expanduser(value))
-    return path if path.is_absolute() else base / path
+    return normal_path(os.path.join(base, os.path.expanduser(value)))  # an absolute one as is
+
+
+def normal_path(path: str) -> str:
+    """`path` written as pathlib writes it: no `.` parts, no repeated or trailing slashes (`..`
+    is kept: it may follow a symlink). The worker does not import pathlib (0.6 MiB)."""
+    slashes = len(path) - len(path.lstrip("/"))
+    root = "//" if slashes == 2 else "/" * min(slashes, 1)
+    return root + "/".join(part for part in path.split("/") if part not in ("", ".")) or "."
 
 
 def _url(value: Any) -> str:

@@ -25,14 +25,13 @@ import sys
 import threading
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import peewee
 
 from edgeworker import consumer, migrate, models, recovery, trust
 from edgeworker import db as dbmod
 from edgeworker.clock import ClockSetWatch, Step, WorkerClock, clock_synchronised, span, time_daemon
-from edgeworker.config import Config, format_duration, load_config
+from edgeworker.config import Config, format_duration, load_config, normal_path
 from edgeworker.errors import EdgeworkerError, WorkerRunning
 from edgeworker.jobs import sync_jobs
 from edgeworker.ledger import Ledger
@@ -81,11 +80,12 @@ STALL = MAX_IDLE + 30.0  # an idle worker thread that has not looped for this lo
 
 
 class Daemon:
-    def __init__(self, config: Config, db_path: Path | str, *, apply_migrations: bool = False,
-                 workers: int | None = None, name: str | None = None):
+    def __init__(self, config: Config, db_path: str | os.PathLike, *,
+                 apply_migrations: bool = False, workers: int | None = None,
+                 name: str | None = None):
         self.config = config
         self.name = name or config.worker.worker_name()
-        self.db_path = db_path if dbmod.is_url(db_path) else Path(db_path)
+        self.db_path = db_path if dbmod.is_url(db_path) else normal_path(os.fspath(db_path))
         self.apply_migrations = apply_migrations
         self.workers = workers or config.worker.workers
         self.stop = Flag()
@@ -129,7 +129,7 @@ class Daemon:
                 "lease (without it, other workers take its runs)", "worker", 0, "heartbeat")
         self.install_signal_handlers()
         self.lock = dbmod.worker_lock(self.db_path, self.name).acquire()
-        creating = not dbmod.is_url(self.db_path) and not self.db_path.exists()
+        creating = not dbmod.is_url(self.db_path) and not os.path.exists(self.db_path)
         try:
             database = self.open_database()
         except BaseException:

@@ -16,9 +16,7 @@ import os
 import shutil
 import sqlite3
 import sys
-import urllib.parse
 from collections.abc import Iterator
-from pathlib import Path
 
 import peewee
 
@@ -43,7 +41,7 @@ def is_url(location: object) -> bool:
     return isinstance(location, str) and location.startswith(SCHEMES)
 
 
-def open_database(path: Path | str, *, durability: str = "full", busy_timeout: float = 5.0,
+def open_database(path: str | os.PathLike, *, durability: str = "full", busy_timeout: float = 5.0,
                   create: bool = False, readonly: bool = False,
                   foreign: bool = False) -> peewee.Database:
     """Open (or, with `create`, create) the database and check that SQLite can read it.
@@ -56,10 +54,10 @@ def open_database(path: Path | str, *, durability: str = "full", busy_timeout: f
 
         return postgres.open_database(path, busy_timeout=busy_timeout, readonly=readonly,
                                       foreign=foreign)
-    path = Path(path)
-    if path.is_dir():
+    path = os.fspath(path)
+    if os.path.isdir(path):
         raise DatabaseError(f"{path}: is a directory, not a database file")
-    if path.exists():
+    if os.path.exists(path):
         check_sqlite_file(path)
         if not foreign:
             check_ours(path, busy_timeout)
@@ -74,7 +72,7 @@ def open_database(path: Path | str, *, durability: str = "full", busy_timeout: f
             db.execute_sql("SELECT count(*) FROM sqlite_master").fetchone()
         return db
     db = peewee.SqliteDatabase(
-        str(path),
+        path,
         pragmas=[
             # Small pages: a commit writes whole pages, and a run changes a few bytes in each of
             # several. Takes effect only on a new, empty file (an existing database keeps its
@@ -94,7 +92,7 @@ def open_database(path: Path | str, *, durability: str = "full", busy_timeout: f
     return db
 
 
-def check_sqlite_file(path: Path) -> None:
+def check_sqlite_file(path: str | os.PathLike) -> None:
     try:
         with open(path, "rb") as handle:
             header = handle.read(len(SQLITE_HEADER))
@@ -105,7 +103,7 @@ def check_sqlite_file(path: Path) -> None:
                             "check --db / $EDGEWORKER_DB")
 
 
-def check_ours(path: Path, busy_timeout: float = 5.0) -> None:
+def check_ours(path: str | os.PathLike, busy_timeout: float = 5.0) -> None:
     """Refuse a database that holds tables but no edgeworker schema (another program's file)."""
     if os.stat(path).st_size == 0:
         return
@@ -142,15 +140,18 @@ class ReadOnlyDatabase(peewee.SqliteDatabase):
     closing checkpoint needs, so the main file does not change under the reader.
     """
 
-    def __init__(self, path: Path, timeout: float = 5.0, cache_kib: int | None = None):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike, timeout: float = 5.0,
+                 cache_kib: int | None = None):
+        self.path = os.fspath(path)
         self._guard: int | None = None
         cache = [] if cache_kib is None else [("cache_size", -cache_kib)]
-        super().__init__(str(path), timeout=timeout, uri=True,
+        super().__init__(self.path, timeout=timeout, uri=True,
                          pragmas=[("query_only", 1), *cache])
 
     def _connect(self):
-        uri = "file:" + urllib.parse.quote(str(self.path.absolute()))
+        # SQLite reads %XX escapes in a URI's path, which ends at `?` or `#`.
+        path = os.path.join(os.getcwd(), self.path)
+        uri = "file:" + path.replace("%", "%25").replace("?", "%3F").replace("#", "%23")
         if not self._companions():
             guard = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             try:
@@ -194,17 +195,17 @@ class ReadOnlyDatabase(peewee.SqliteDatabase):
             self._guard = None
 
 
-def remove_new_database(path: Path) -> None:
+def remove_new_database(path: str | os.PathLike) -> None:
     """Remove a database this command created and could not set up (a refusal leaves nothing)."""
     for suffix in ("", "-wal", "-shm", "-journal"):
         with contextlib.suppress(OSError):  # not there (or nothing could be made)
             os.unlink(f"{path}{suffix}")
 
 
-def create_file(path: Path) -> None:
+def create_file(path: str | os.PathLike) -> None:
     """Create an empty database file, mode 0600, and make its directory entry durable."""
-    directory = path.parent
-    if not directory.is_dir():
+    directory = _parent(os.fspath(path))
+    if not os.path.isdir(directory):
         raise DatabaseError(f"{path}: directory {directory} does not exist")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -215,7 +216,7 @@ def create_file(path: Path) -> None:
             from None
 
 
-def fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: str | os.PathLike) -> None:
     # A new file survives a power cut only once its directory entry is on disk.
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -224,7 +225,7 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _os_reason(exc: OSError, directory: Path) -> str:
+def _os_reason(exc: OSError, directory: str) -> str:
     if exc.errno in (errno.EACCES, errno.EPERM):
         return f"permission denied in {directory}"
     if exc.errno == errno.EROFS:
@@ -234,10 +235,16 @@ def _os_reason(exc: OSError, directory: Path) -> str:
     return exc.strerror or str(exc)
 
 
-def _sqlite_reason(path: Path, exc: Exception) -> str:
+def _parent(path: str) -> str:
+    """The directory a file is in, as pathlib's `parent` says it (`.` for a bare name)."""
+    return os.path.dirname(path) or "."
+
+
+def _sqlite_reason(path: str, exc: Exception) -> str:
     message = str(exc)
     lowered = message.lower()
-    directory = path.parent
+    directory = _parent(path)
+    name = os.path.basename(path)
     if "not a database" in lowered or "malformed" in lowered:
         return (f"database file is corrupt ({message}); left untouched: restore a backup or "
                 "move it aside")
@@ -245,9 +252,9 @@ def _sqlite_reason(path: Path, exc: Exception) -> str:
         return "database is locked by another process (busy timeout expired); try again"
     if "unable to open database file" in lowered or "readonly" in lowered:
         if not os.access(directory, os.W_OK):
-            return (f"directory {directory} is not writable (SQLite keeps {path.name}-wal and "
-                    f"{path.name}-shm beside the database)")
-        if path.exists() and not os.access(path, os.W_OK):
+            return (f"directory {directory} is not writable (SQLite keeps {name}-wal and "
+                    f"{name}-shm beside the database)")
+        if os.path.exists(path) and not os.access(path, os.W_OK):
             return "database file is not writable"
         return f"cannot open the database ({message})"
     if "disk is full" in lowered or ("i/o error" in lowered and _disk_full(directory)):
@@ -291,7 +298,7 @@ def heals(exc: BaseException) -> bool:
         (getattr(e, "sqlite_errorcode", -1) & 0xFF) in HEALING_CODES for e in _chain(exc))
 
 
-def describe(path: Path | str, exc: BaseException) -> str:
+def describe(path: str | os.PathLike, exc: BaseException) -> str:
     """One line for the log: the first cause SQLite reported, in words an operator can act on
     (or PostgreSQL's reason)."""
     if is_url(path):
@@ -302,11 +309,11 @@ def describe(path: Path | str, exc: BaseException) -> str:
     healing = [e for e in errors if (getattr(e, "sqlite_errorcode", -1) & 0xFF) in HEALING_CODES]
     cause = (healing or errors or [exc])[-1]
     if isinstance(cause, (peewee.DatabaseError, sqlite3.Error)):
-        return _sqlite_reason(Path(path), cause)
+        return _sqlite_reason(os.fspath(path), cause)
     return f"{type(cause).__name__}: {cause}"
 
 
-def _disk_full(directory: Path) -> bool:
+def _disk_full(directory: str) -> bool:
     try:
         return shutil.disk_usage(directory).free < 64 * 1024
     except OSError:
@@ -314,7 +321,7 @@ def _disk_full(directory: Path) -> bool:
 
 
 @contextlib.contextmanager
-def translate_errors(path: Path | str) -> Iterator[None]:
+def translate_errors(path: str | os.PathLike) -> Iterator[None]:
     """Turn SQLite's exceptions into one-line DatabaseErrors naming the file (or PostgreSQL's,
     naming the URL)."""
     if is_url(path):
@@ -328,7 +335,7 @@ def translate_errors(path: Path | str) -> Iterator[None]:
     except (peewee.IntegrityError, sqlite3.IntegrityError):
         raise
     except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:
-        raise DatabaseError(f"{path}: {_sqlite_reason(Path(path), exc)}") from exc
+        raise DatabaseError(f"{path}: {_sqlite_reason(os.fspath(path), exc)}") from exc
 
 
 class WorkerLock:
@@ -338,8 +345,9 @@ class WorkerLock:
     the database file would drop the POSIX locks SQLite holds on it in this process.
     """
 
-    def __init__(self, database: Path):
-        self.path = Path(f"{database}.lock")
+    def __init__(self, database: str | os.PathLike):
+        self.database = os.fspath(database)
+        self.path = f"{self.database}.lock"
         self.fd: int | None = None
         self.created = False  # this lock made the file: a refused start removes it again
 
@@ -353,7 +361,7 @@ class WorkerLock:
                 os.close(fd)
                 holder = f" (pid {pid})" if pid else ""
                 raise WorkerRunning(f"another worker{holder} is running on "
-                                    f"{self.path.with_suffix('')}; stop it first") from None
+                                    f"{self.database}; stop it first") from None
             try:
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -379,7 +387,7 @@ class WorkerLock:
                     return os.open(self.path, flags), False
         except OSError as exc:
             raise DatabaseError(f"{self.path}: cannot create lock file: "
-                                f"{_os_reason(exc, self.path.parent)}") from None
+                                f"{_os_reason(exc, _parent(self.path))}") from None
 
     def release(self, remove: bool = False) -> None:
         """Unlock; with `remove`, also delete the file if this lock created it."""
@@ -401,7 +409,7 @@ class WorkerLock:
         self.release(remove=exc_type is not None)
 
 
-def worker_lock(database: Path | str, name: str) -> WorkerLock | postgres.WorkerLock:
+def worker_lock(database: str | os.PathLike, name: str) -> WorkerLock | postgres.WorkerLock:
     """The lock a worker holds: a file lock beside a SQLite file (one worker a file, whatever its
     name), an advisory lock of the worker's name on a PostgreSQL database (one worker a name,
     edgeworker.postgres.WorkerLock)."""
@@ -412,7 +420,7 @@ def worker_lock(database: Path | str, name: str) -> WorkerLock | postgres.Worker
     return WorkerLock(database)
 
 
-def running_workers(database: Path | str) -> dict[str, int] | None:
+def running_workers(database: str | os.PathLike) -> dict[str, int] | None:
     """PostgreSQL: the running workers' names -> pids (edgeworker.postgres.running_workers);
     None for a SQLite file (one worker: `worker_pid`)."""
     if not is_url(database):
@@ -422,16 +430,15 @@ def running_workers(database: Path | str) -> dict[str, int] | None:
     return postgres.running_workers(database)
 
 
-def worker_pid(database: Path | str) -> int | None:
+def worker_pid(database: str | os.PathLike) -> int | None:
     """The pid of the worker holding the lock on `database` (-1 if unreadable; on PostgreSQL,
     one of those running), or None when none runs."""
     if is_url(database):
         from edgeworker import postgres
 
         return postgres.worker_pid(database)
-    path = Path(f"{database}.lock")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(f"{os.fspath(database)}.lock", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
     try:

@@ -95,19 +95,17 @@ def _convert(name: str, value: str):
             return None  # click says why
     if name == "db_path" and value.startswith(("postgresql://", "postgres://")):
         return value
-    from pathlib import Path
+    from edgeworker.config import normal_path
 
     if os.path.isdir(value) or (os.path.exists(value) and not os.access(value, os.R_OK)):
         return None
-    return Path(value)
+    return normal_path(value)
 
 
 def config_file(option):
     """The config file a command reads: the one given, else ./edgeworker.toml if there is one."""
-    from pathlib import Path
-
     if option is None and os.path.isfile(DEFAULT_CONFIG):
-        return Path(DEFAULT_CONFIG)
+        return DEFAULT_CONFIG
     return option
 
 

@@ -14,11 +14,11 @@ in `migrations/postgresql/` replaces it there (`discover`).
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import sqlite3
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import peewee
 
@@ -51,12 +51,13 @@ class Migration:
         return f"{self.version:03d}_{self.name}"
 
 
-def migrations_dir() -> Path:
+def migrations_dir() -> str:
     """Where the SQL files are: beside the package once installed or frozen, else the repo's."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "migrations", here.parent / "migrations",
-                      Path(getattr(sys, "_MEIPASS", here)) / "migrations"):
-        if candidate.is_dir():
+    here = os.path.dirname(os.path.realpath(__file__))
+    for candidate in (os.path.join(here, "migrations"),
+                      os.path.join(os.path.dirname(here), "migrations"),
+                      os.path.join(getattr(sys, "_MEIPASS", here), "migrations")):
+        if os.path.isdir(candidate):
             return candidate
     raise MigrationError(f"cannot find the migrations directory near {here}")
 
@@ -65,7 +66,8 @@ def dialect_of(db: peewee.Database) -> str:
     return "postgresql" if isinstance(db, peewee.PostgresqlDatabase) else "sqlite"
 
 
-def discover(directory: Path | None = None, dialect: str = "sqlite") -> list[Migration]:
+def discover(directory: str | os.PathLike | None = None,
+             dialect: str = "sqlite") -> list[Migration]:
     """The migrations of a back end. SQLite's are the files in the directory. PostgreSQL's start
     at the lowest-numbered file in its `postgresql/` subdirectory (the baseline: the schema SQLite
     has at that version), then take every later file, each replaced by a file of the same
@@ -76,9 +78,10 @@ def discover(directory: Path | None = None, dialect: str = "sqlite") -> list[Mig
     found = _files(directory)
     if dialect == "sqlite":
         return [found[v] for v in sorted(found)]
-    own = _files(directory / "postgresql") if (directory / "postgresql").is_dir() else {}
+    postgresql = os.path.join(directory, "postgresql")
+    own = _files(postgresql) if os.path.isdir(postgresql) else {}
     if not own:
-        raise MigrationError(f"no PostgreSQL baseline in {directory / 'postgresql'}")
+        raise MigrationError(f"no PostgreSQL baseline in {postgresql}")
     baseline = min(own)
     chosen = {v: m for v, m in found.items() if v > baseline} | own
     return [chosen[v] for v in sorted(chosen)]
@@ -89,17 +92,18 @@ def for_database(db: peewee.Database) -> list[Migration]:
     return discover(dialect=dialect_of(db))
 
 
-def _files(directory: Path) -> dict[int, Migration]:
+def _files(directory: str | os.PathLike) -> dict[int, Migration]:
     found: dict[int, Migration] = {}
-    for path in directory.iterdir():
-        match = _FILENAME.fullmatch(path.name)
+    for name in os.listdir(directory):
+        match = _FILENAME.fullmatch(name)
         if not match:
             continue
         version = int(match.group(1))
         if version in found:
             raise MigrationError(f"two migrations have version {version}: "
-                                 f"{found[version].label}.sql and {path.name}")
-        found[version] = Migration(version, match.group(2), path.read_text(encoding="utf-8"))
+                                 f"{found[version].label}.sql and {name}")
+        with open(os.path.join(directory, name), encoding="utf-8") as handle:
+            found[version] = Migration(version, match.group(2), handle.read())
     return found
 
 
@@ -213,7 +217,7 @@ def _apply_postgresql(db: peewee.Database, todo: list[Migration]) -> list[Migrat
     return done
 
 
-def ensure_current_file(path: Path, busy_timeout: float = 5.0) -> None:
+def ensure_current_file(path: str | os.PathLike, busy_timeout: float = 5.0) -> None:
     """`ensure_current`, through a read-only connection: a database that is refused (behind,
     ahead, or another program's) is left exactly as it was, journal mode included."""
     from edgeworker.db import open_database, translate_errors

@@ -51,7 +51,6 @@ import signal
 import threading
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 TYPE_CHECKING = False  # subprocess is imported by the first command (spawn)
 if TYPE_CHECKING:
@@ -70,16 +69,16 @@ POLL = 0.02
 Runs = tuple[int, int] | set[tuple[int, int]] | frozenset[tuple[int, int]] | None  # (task, attempt)
 
 
-def database_key(database: Path | str) -> str:
+def database_key(database: str | os.PathLike) -> str:
     return hashlib.sha256(_identity(database).encode()).hexdigest()[:16]
 
 
-def _identity(database: Path | str) -> str:
+def _identity(database: str | os.PathLike) -> str:
     """The file's real path; a PostgreSQL URL as written (the same from any directory)."""
     return str(database) if _on_server(database) else os.path.realpath(database)
 
 
-def _on_server(database: Path | str) -> bool:
+def _on_server(database: str | os.PathLike) -> bool:
     return str(database).startswith(("postgresql://", "postgres://"))
 
 
@@ -128,9 +127,29 @@ def _environ_has(pid: int, needle: bytes) -> bool:
         return False
 
 
+def _read(path: str) -> str:
+    with open(path) as handle:
+        return handle.read()
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as handle:
+        handle.write(text)
+
+
+def _mkdir(path: str, mode: int = 0o777) -> None:
+    """Make the directory unless it is there (then whatever mkdir says is ignored: a read-only
+    file system may say EROFS before EEXIST)."""
+    try:
+        os.mkdir(path, mode)
+    except OSError:
+        if not os.path.isdir(path):
+            raise
+
+
 # -- cgroups ------------------------------------------------------------------------------------
 
-def _own_cgroup() -> Path | None:
+def _own_cgroup() -> str | None:
     """This process's cgroup v2 directory, or None without a cgroup v2 hierarchy."""
     try:
         with open("/proc/self/cgroup") as handle:
@@ -147,30 +166,31 @@ def _own_cgroup() -> Path | None:
             continue
         root, point = fields[3], fields[4]
         if own == root or own.startswith(root.rstrip("/") + "/"):
-            return Path(point) / own[len(root):].lstrip("/")
+            below = own[len(root):].strip("/")
+            return os.path.join(point, below) if below else point
     return None
 
 
-def _cgroup_pids(cgroup: Path) -> list[int]:
+def _cgroup_pids(cgroup: str) -> list[int]:
     try:
-        return [int(line) for line in (cgroup / "cgroup.procs").read_text().split()]
+        return [int(line) for line in _read(os.path.join(cgroup, "cgroup.procs")).split()]
     except (OSError, ValueError):
         return []
 
 
-def _cgroup_populated(cgroup: Path) -> bool:
+def _cgroup_populated(cgroup: str) -> bool:
     try:
-        return "populated 1" in (cgroup / "cgroup.events").read_text()
+        return "populated 1" in _read(os.path.join(cgroup, "cgroup.events"))
     except OSError:
         return False
 
 
-def _cgroup_kill(cgroup: Path) -> None:
+def _cgroup_kill(cgroup: str) -> None:
     try:
-        (cgroup / "cgroup.kill").write_text("1")
+        _write(os.path.join(cgroup, "cgroup.kill"), "1")
         return
     except FileNotFoundError:
-        if not cgroup.exists():
+        if not os.path.exists(cgroup):
             return
     except OSError:
         pass
@@ -183,14 +203,14 @@ def _cgroup_kill(cgroup: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def _cgroup_remove(cgroup: Path, timeout: float = 2.0) -> None:
+def _cgroup_remove(cgroup: str, timeout: float = 2.0) -> None:
     deadline = time.monotonic() + timeout
     pause = 0.001  # its last processes are usually gone within a millisecond
     while _cgroup_populated(cgroup) and time.monotonic() < deadline:
         time.sleep(pause)
         pause = min(pause * 2, POLL)
     try:
-        cgroup.rmdir()
+        os.rmdir(cgroup)
     except FileNotFoundError:
         pass
     except OSError as exc:
@@ -212,39 +232,40 @@ class Record:
     worker: int  # the pid of the worker that started it
 
 
-def runtime_directory(database: Path | str) -> Path:
+def runtime_directory(database: str | os.PathLike) -> str:
     """Where the records of a database's running tasks live (see the module docstring)."""
     key = database_key(database)
     candidates = []
     if os.environ.get("RUNTIME_DIRECTORY"):
-        candidates.append(Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0]))
-    candidates.append(Path("/run/edgeworker"))
+        candidates.append(os.environ["RUNTIME_DIRECTORY"].split(":")[0])
+    candidates.append("/run/edgeworker")
     if os.environ.get("XDG_RUNTIME_DIR"):
-        candidates.append(Path(os.environ["XDG_RUNTIME_DIR"]) / "edgeworker")
+        candidates.append(os.path.join(os.environ["XDG_RUNTIME_DIR"], "edgeworker"))
     for base in candidates:
+        directory = os.path.join(base, key)
         try:
-            base.mkdir(mode=0o755, exist_ok=True)
-            (base / key).mkdir(mode=0o700, exist_ok=True)
+            _mkdir(base, 0o755)
+            _mkdir(directory, 0o700)
         except OSError:
             continue
-        if os.access(base / key, os.W_OK | os.X_OK):
-            return base / key
+        if os.access(directory, os.W_OK | os.X_OK):
+            return directory
     if _on_server(database):  # nothing of the database is on this disk
-        return Path.home() / ".edgeworker-runs" / key
-    return Path(f"{os.path.realpath(database)}.runs")
+        return os.path.join(os.path.expanduser("~"), ".edgeworker-runs", key)
+    return f"{os.path.realpath(database)}.runs"
 
 
 class Tree:
     """The processes of one running command: its group, and its cgroup if it has one."""
 
     def __init__(self, table: ProcessTable, proc: subprocess.Popen, record: Record,
-                 path: Path | None, gate: int | None):
+                 path: str | None, gate: int | None):
         self.table = table
         self.proc = proc
         self.gate = gate  # the worker's end of the pipe the watcher waits on
         self.record = record
         self.path = path
-        self.cgroup = Path(record.cgroup) if record.cgroup else None
+        self.cgroup = record.cgroup or None
         # Without a cgroup, a process that called setsid is found by its environment (only
         # processes younger than the run's leader are read).
         self.marker = (f"{RUN_VAR}={table.key}:{record.task_id}:{record.attempt}\0".encode()
@@ -325,21 +346,23 @@ class Tree:
             _cgroup_remove(self.cgroup)
         if self.path is not None:
             with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+                os.unlink(self.path)
 
 
 class ProcessTable:
     """The running commands of one database's worker, and what a dead worker left behind."""
 
-    def __init__(self, key: str, directory: Path | None, cgroups: Path | None):
+    def __init__(self, key: str, directory: str | os.PathLike | None,
+                 cgroups: str | os.PathLike | None):
         self.key = key
-        self.directory = directory
-        self.cgroups = cgroups  # parent of the runs' cgroups, or None: process groups only
+        self.directory = None if directory is None else os.fspath(directory)
+        # the parent of the runs' cgroups, or None: process groups only
+        self.cgroups = None if cgroups is None else os.fspath(cgroups)
         self.running: dict[int, Tree] = {}
         self.lock = threading.Lock()
 
     @classmethod
-    def for_database(cls, database: Path | str, use_cgroups: bool = True) -> ProcessTable:
+    def for_database(cls, database: str | os.PathLike, use_cgroups: bool = True) -> ProcessTable:
         key = database_key(database)
         return cls(key, runtime_directory(database), _runs_cgroup(key) if use_cgroups else None)
 
@@ -395,10 +418,10 @@ class ProcessTable:
                         str(cgroup) if cgroup else None, os.getpid())
         path = None
         if self.directory is not None:
-            path = self.directory / f"{task_id}.{attempt}"
+            path = os.path.join(self.directory, f"{task_id}.{attempt}")
             try:
-                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                path.write_text(json.dumps(asdict(record)))
+                os.makedirs(self.directory, 0o700, exist_ok=True)
+                _write(path, json.dumps(asdict(record)))
             except OSError as exc:
                 logger.warning("cannot record task %s's processes in %s: %s", task_id,
                                self.directory, exc)
@@ -408,18 +431,18 @@ class ProcessTable:
             self.running[proc.pid] = tree
         return tree
 
-    def _make_cgroup(self, pid: int, task_id: int, attempt: int) -> Path | None:
+    def _make_cgroup(self, pid: int, task_id: int, attempt: int) -> str | None:
         if self.cgroups is None:
             return None
-        cgroup = self.cgroups / f"task-{task_id}.{attempt}"
+        cgroup = os.path.join(self.cgroups, f"task-{task_id}.{attempt}")
         try:
-            cgroup.mkdir(exist_ok=True)
-            (cgroup / "cgroup.procs").write_text(str(pid))
+            _mkdir(cgroup)
+            _write(os.path.join(cgroup, "cgroup.procs"), str(pid))
         except OSError as exc:
             logger.warning("cannot give task %s a cgroup (%s): commands run in process groups "
                            "only from now on", task_id, exc)
             with contextlib.suppress(OSError):
-                cgroup.rmdir()
+                os.rmdir(cgroup)
             self.cgroups = None
             return None
         return cgroup
@@ -434,7 +457,7 @@ class ProcessTable:
         for directory in (self.cgroups, self.directory):
             if directory is not None:
                 with contextlib.suppress(OSError):
-                    directory.rmdir()
+                    os.rmdir(directory)
 
     def kill_all(self) -> int:
         """SIGKILL every running command whole (a forced stop of the worker)."""
@@ -447,28 +470,29 @@ class ProcessTable:
     def find(self, task_id: int, attempt: int) -> Record | None:
         if self.directory is None:
             return None
-        return _read_record(self.directory / f"{task_id}.{attempt}")
+        return _read_record(os.path.join(self.directory, f"{task_id}.{attempt}"))
 
     # -- what a dead worker left ------------------------------------------------------------
 
-    def records(self) -> list[tuple[Path, Record]]:
-        if self.directory is None or not self.directory.is_dir():
+    def records(self) -> list[tuple[str, Record]]:
+        if self.directory is None or not os.path.isdir(self.directory):
             return []
         found = []
-        for path in sorted(self.directory.iterdir()):
+        for name in sorted(os.listdir(self.directory)):
+            path = os.path.join(self.directory, name)
             record = _read_record(path)
             if record is not None:
                 found.append((path, record))
         return found
 
-    def leftovers(self, only: Runs = None) -> tuple[dict[int, int], list[Path]]:
+    def leftovers(self, only: Runs = None) -> tuple[dict[int, int], list[str]]:
         """Live processes of runs that no live worker supervises: {pid: start time}, and their
         cgroups. Call only while holding the database's worker lock, or with `only` naming the
         runs, (task_id, attempt) or a set of them, that no live worker supervises."""
         only = {only} if isinstance(only, tuple) else only
         boot = boot_id()
         pids: dict[int, int] = {}
-        cgroups: list[Path] = []
+        cgroups: list[str] = []
         groups: set[int] = set()
         for _, record in self.records():
             if only is not None and (record.task_id, record.attempt) not in only:
@@ -479,10 +503,10 @@ class ProcessTable:
             if leader is None or leader[1] != record.pgid or leader[2] == record.start:
                 groups.add(record.pgid)  # else the pid is another process's now
             if record.cgroup:
-                cgroups.append(Path(record.cgroup))
-        if only is None and self.cgroups is not None and self.cgroups.is_dir():
-            cgroups += [path for path in self.cgroups.iterdir()
-                        if path.is_dir() and path not in cgroups]
+                cgroups.append(record.cgroup)
+        if only is None and self.cgroups is not None and os.path.isdir(self.cgroups):
+            below = [os.path.join(self.cgroups, name) for name in os.listdir(self.cgroups)]
+            cgroups += [path for path in below if os.path.isdir(path) and path not in cgroups]
         for cgroup in cgroups:
             for pid in _cgroup_pids(cgroup):
                 if (stat := _stat(pid)) and stat[0] != "Z":
@@ -524,32 +548,32 @@ class ProcessTable:
         for path, record in self.records():
             if only is None or (record.task_id, record.attempt) in only:
                 with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+                    os.unlink(path)
         return len(pids)
 
 
-def _read_record(path: Path) -> Record | None:
+def _read_record(path: str) -> Record | None:
     try:
-        return Record(**json.loads(path.read_text()))
+        return Record(**json.loads(_read(path)))
     except (OSError, ValueError, TypeError):
         return None
 
 
-def _runs_cgroup(key: str) -> Path | None:
+def _runs_cgroup(key: str) -> str | None:
     """Create (or find) the parent of this database's runs' cgroups, or None where cgroup v2
     is not writable here."""
     own = _own_cgroup()
     if own is None:
         logger.info("no cgroup v2 hierarchy: commands run in process groups only")
         return None
-    parent = own / f"edgeworker-{key}"
+    parent = os.path.join(own, f"edgeworker-{key}")
     try:
-        parent.mkdir(exist_ok=True)
+        _mkdir(parent)
     except OSError as exc:
         logger.info("cgroup %s is not writable (%s): commands run in process groups only "
                     "(a process that calls setsid leaves its run's group)", own, exc.strerror)
         return None
-    if not os.access(own / "cgroup.procs", os.W_OK):
+    if not os.access(os.path.join(own, "cgroup.procs"), os.W_OK):
         logger.info("cannot move processes out of cgroup %s: commands run in process groups "
                     "only", own)
         return None

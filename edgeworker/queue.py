@@ -21,7 +21,6 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 from huey import Huey
 from huey.storage import BaseStorage
@@ -68,7 +67,7 @@ class TaskStorage(BaseStorage):
         self.hold: Callable[[], bool] = lambda: False  # cron runs wait for the clock
         self.stop: Flag | None = None
         self.paused: Callable[[], bool] = lambda: False  # no claims (a lease lost: daemon.fence)
-        self.path: Path | None = None
+        self.path: str | None = None
         self.claimed: dict[int, ClaimedRun] = {}  # claimed, not yet picked up by its thread
         self.trouble = Reminder(logger)  # one for all worker threads: logged once
         self.local = threading.local()
@@ -265,7 +264,7 @@ class EdgeHuey(Huey):
 
     def bind(self, handler: Callable[[IntervalJobArgs, ClaimedRun | None], None], *,
              now: Callable[[], datetime], hold: Callable[[], bool], stop: Flag,
-             path: Path) -> None:
+             path: str) -> None:
         """Make this process a worker: claimed runs go to `handler`."""
         self.handler = handler
         storage = self.storage

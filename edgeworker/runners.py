@@ -41,7 +41,6 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
 from edgeworker import trust
 from edgeworker.config import Config
@@ -133,14 +132,15 @@ def command_env(base: dict[str, str], job_env: dict[str, str],
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def read_env_file(path: Path) -> dict[str, str]:
+def read_env_file(path: str | os.PathLike) -> dict[str, str]:
     """KEY=VALUE lines, as systemd's EnvironmentFile= reads them: `#` and `;` lines are
     comments, a value may be quoted ('...' or "..." with backslash escapes). The file is checked
     (owner, mode at most 0640) each time it is read. Errors name the file and line, never what
     is in it: it holds secrets."""
     trust.check_env_file(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise ConfigError(f"env_file: {path}: cannot read it: {reason}") from None
@@ -335,9 +335,9 @@ def _drain(fd: int, tail: Tail) -> bool:
 
 # -- callables ----------------------------------------------------------------------------------
 
-def add_python_path(paths: tuple[Path, ...]) -> None:
+def add_python_path(paths: tuple[str | os.PathLike, ...]) -> None:
     for path in reversed(paths):
-        entry = str(path)
+        entry = os.fspath(path)
         if entry not in sys.path:
             sys.path.insert(0, entry)
 
@@ -361,7 +361,7 @@ def load_callable(target: str) -> Callable:
     return obj
 
 
-def verify_callable(target: str, python_path: tuple[Path, ...]) -> Callable:
+def verify_callable(target: str, python_path: tuple[str | os.PathLike, ...]) -> Callable:
     add_python_path(python_path)
     return load_callable(target)
 

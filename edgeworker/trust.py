@@ -27,9 +27,8 @@ import pwd
 import shlex
 import shutil
 import stat
-from pathlib import Path
 
-from edgeworker.config import Config, JobSpec
+from edgeworker.config import Config, JobSpec, normal_path
 from edgeworker.errors import ConfigError
 
 SECRET_MODE_ALLOWED = 0o640  # an env_file: owner read/write, group read, nothing more
@@ -86,7 +85,7 @@ class Checker:
                 break
             directory = parent
 
-    def check(self, path: Path | str, what: str | None = None,
+    def check(self, path: str | os.PathLike, what: str | None = None,
               allowed_mode: int | None = None) -> None:
         """Refuse `path` (a file or directory, symlinks resolved) if anyone but root and the
         worker's user could change it, or (with `allowed_mode`) if it has more bits than that."""
@@ -124,7 +123,7 @@ def verify(config: Config, checker: Checker | None = None) -> None:
     if config.path is not None:
         checker.check(config.path, f"config file {config.path}")
     for entry in config.worker.python_path:
-        if not entry.is_dir():
+        if not os.path.isdir(entry):
             raise config.error(f"[worker] python_path: {entry} is not a directory "
                                "(missing: whoever creates it first decides what runs)",
                                "worker", 0, "python_path")
@@ -151,7 +150,7 @@ def _key_of(spec: JobSpec, message: str) -> str:
     return "callable" if spec.kind == "callable" else "command"
 
 
-def _check_env_file(config: Config, checker: Checker, path: Path, header: str,
+def _check_env_file(config: Config, checker: Checker, path: str, header: str,
                     index: int) -> None:
     try:
         check_env_file(path, checker)
@@ -159,13 +158,13 @@ def _check_env_file(config: Config, checker: Checker, path: Path, header: str,
         raise config.error(f"[worker] {exc}", header, index, "env_file") from None
 
 
-def check_env_file(path: Path, checker: Checker | None = None) -> None:
-    if not path.is_file():
+def check_env_file(path: str | os.PathLike, checker: Checker | None = None) -> None:
+    if not os.path.isfile(path):
         raise ConfigError(f"env_file: {path} is not a file")
     (checker or Checker()).check(path, f"env_file: {path}", SECRET_MODE_ALLOWED)
 
 
-def verify_job(spec: JobSpec, python_path: tuple[Path, ...],
+def verify_job(spec: JobSpec, python_path: tuple[str | os.PathLike, ...],
                checker: Checker | None = None) -> None:
     """The files one job runs: its executable (or the shell), its callable's module files, its
     cwd and env_file. Errors start with the key they are about."""
@@ -212,25 +211,25 @@ def _executable(spec: JobSpec) -> str | None:
     return shutil.which(argv0, path=search)
 
 
-def module_files(module: str, python_path: tuple[Path, ...]) -> list[Path]:
+def module_files(module: str, python_path: tuple[str | os.PathLike, ...]) -> list[str]:
     """The package directories and files Python would import `module` from, when it comes from
     a `python_path` entry (found without importing anything: an import runs code)."""
     parts = module.split(".")
     for entry in python_path:
-        top = entry / parts[0]
-        if not (top.is_dir() or top.with_suffix(".py").is_file()):
+        top = os.path.join(entry, parts[0])
+        if not (os.path.isdir(top) or os.path.isfile(f"{top}.py")):
             continue
-        found: list[Path] = []
-        directory = entry
+        found: list[str] = []
+        directory = os.fspath(entry)
         for part in parts[:-1]:
-            directory = directory / part
+            directory = os.path.join(directory, part)
             found.append(directory)
-            if (directory / "__init__.py").is_file():
-                found.append(directory / "__init__.py")
-        last = directory / parts[-1]
-        if (last / "__init__.py").is_file():
-            found += [last, last / "__init__.py"]
-        elif last.with_suffix(".py").is_file():
-            found.append(last.with_suffix(".py"))
-        return found
+            if os.path.isfile(init := os.path.join(directory, "__init__.py")):
+                found.append(init)
+        last = os.path.join(directory, parts[-1])
+        if os.path.isfile(init := os.path.join(last, "__init__.py")):
+            found += [last, init]
+        elif os.path.isfile(f"{last}.py"):
+            found.append(f"{last}.py")
+        return [normal_path(path) for path in found]  # as pathlib joins `.` and `x`: `x`
     return []

@@ -15,7 +15,6 @@ import math
 import os
 import select
 import struct
-from pathlib import Path
 
 from edgeworker.libc import libc
 
@@ -65,8 +64,8 @@ class Flag:
 class DatabaseWatch:
     """Waits for a change to the database (a write to its WAL), a stop, or a timeout."""
 
-    def __init__(self, database: Path, stop: Flag):
-        self.wal = Path(f"{database}-wal")
+    def __init__(self, database: str | os.PathLike, stop: Flag):
+        self.wal = f"{os.fspath(database)}-wal"
         self.stop = stop
         self.fd = -1
         self.watching = False

@@ -15,7 +15,6 @@ import os
 import time
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 
 from edgeworker import db as dbmod
 from edgeworker.clock import to_text, utcnow
@@ -66,7 +65,7 @@ class IntervalJobWorker:
                  stopping: Callable[[], bool] = lambda: False,
                  clock: Callable[[], datetime] = utcnow,
                  observe: Callable[[Task], None] | None = None,
-                 env_file: Callable[[], Path | None] = lambda: None,
+                 env_file: Callable[[], str | None] = lambda: None,
                  table: ProcessTable | None = None,
                  alerts: Callable[[Job], Alerts | None] | None = None,
                  queue=None, fenced: Callable[[], bool] = lambda: False):
@@ -157,7 +156,7 @@ class IntervalJobWorker:
         reload."""
         worker_file = self.env_file()
         return (read_env_file(worker_file) if worker_file else {},
-                read_env_file(Path(job.env_file)) if job.env_file else {})
+                read_env_file(job.env_file) if job.env_file else {})
 
     def execute(self, run: ClaimedRun, env: dict[str, str] | None = None) -> Result:
         """Run it, with its environment (`task_environment`) if worked out already."""

@@ -73,13 +73,13 @@ def test_full_config(tmp_path: Path):
     path = tmp_path / "ew.toml"
     path.write_text(FULL)
     config = load_config(path)
-    assert config.worker.database == tmp_path / "data/ew.db"
+    assert config.worker.database == str(tmp_path / "data/ew.db")
     assert config.worker.workers == 3
     assert config.worker.durability == "normal"
     assert config.worker.shutdown_timeout == 60
     assert config.worker.retention is None
-    assert config.worker.python_path == (tmp_path / "lib", Path("/opt/jobs"))
-    assert config.metrics.textfile == Path("/var/lib/node_exporter/edgeworker.prom")
+    assert config.worker.python_path == (str(tmp_path / "lib"), "/opt/jobs")
+    assert config.metrics.textfile == "/var/lib/node_exporter/edgeworker.prom"
     backup, report, pipe = config.jobs
     assert (backup.kind, backup.target, backup.every) == ("command", "tar czf /tmp/b.tgz /etc",
                                                           3600)

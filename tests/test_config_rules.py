@@ -65,13 +65,12 @@ def test_values_the_keys_turn_into(monkeypatch):
                           Path("/etc/ew/e.toml"))
     worker, job = config.worker, config.jobs[0]
     assert (worker.wait_for_clock_sync, worker.retention, worker.alert_after) == ("no", None, 0.0)
-    assert (worker.python_path, worker.database) == ((Path("/etc/ew/lib"),),
-                                                     Path("/home/pi/ew.db"))
+    assert (worker.python_path, worker.database) == (("/etc/ew/lib",), "/home/pi/ew.db")
     assert (worker.log_level, worker.busy_timeout) == ("debug", 86400.0)
     assert (job.kind, job.target, job.every, job.shell, job.isolate) == (
         "command", "true", 60.0, False, False)
     assert (job.env, job.env_file, job.max_attempts) == (
-        (("A", "1"), ("B", "2")), Path("/etc/ew/s.env"), 1000)
+        (("A", "1"), ("B", "2")), "/etc/ew/s.env", 1000)
     assert parse_config("[worker]\nwait_for_clock_sync = true\n").worker.wait_for_clock_sync \
         == "yes"
     assert parse_config('[worker]\nretention = "forever"\n').worker.retention is None

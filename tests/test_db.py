@@ -126,7 +126,7 @@ def test_a_lock_file_removed_by_a_refused_start_is_never_held_twice(tmp_path, mo
     assert refused.created
     stale = os.open(refused.path, os.O_RDWR)  # a second worker opened the file just before...
     refused.release(remove=True)  # ...the refused start removed it and let go
-    assert not refused.path.exists()
+    assert not os.path.exists(refused.path)
     second = WorkerLock(db_path)
     opens = iter([(stale, False)])
     real_open = second._open
@@ -139,4 +139,4 @@ def test_a_lock_file_removed_by_a_refused_start_is_never_held_twice(tmp_path, mo
         second.release()
     kept = WorkerLock(db_path).acquire()  # not created by this one: a refusal keeps it
     kept.release(remove=True)
-    assert kept.path.exists()
+    assert os.path.exists(kept.path)

@@ -73,15 +73,16 @@ def test_a_cron_job_loads_croniter_and_a_job_gets_openssl_hashlib(tmp_path):
 
 
 def click_params(argv: list[str]) -> dict | None:
-    """What click makes of `argv`: the root's and the run command's parameters, or None for
-    anything else (another command, a usage error)."""
+    """What click makes of `argv`: the root's and the run command's parameters (a path as the
+    string the worker reads it as), or None for anything else (another command, a usage error)."""
     try:
         with cli.make_context("edgeworker", list(argv)) as ctx:
             name, command, rest = cli.resolve_command(ctx, [*ctx._protected_args, *ctx.args])
             if name != "run":
                 return None
             with command.make_context(name, rest, parent=ctx) as sub:
-                return {**ctx.params, **sub.params}
+                return {key: str(value) if isinstance(value, Path) else value
+                        for key, value in {**ctx.params, **sub.params}.items()}
     except (click.exceptions.Exit, click.UsageError):
         return None
 

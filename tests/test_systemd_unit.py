@@ -92,7 +92,7 @@ def test_the_unit_says_what_the_worker_needs():
     assert setting("Service.ExecReload") == "/bin/kill -HUP $MAINPID"
     # A graceful stop waits shutdown_timeout, then KILL_GRACE after SIGTERM to the commands.
     installed = load_config(EXAMPLE_CONFIG)
-    assert installed.worker.database == Path(DB)
+    assert installed.worker.database == DB
     stop = parse_duration(setting("Service.TimeoutStopSec"))
     assert stop >= installed.worker.shutdown_timeout + KILL_GRACE + 5
 
