@@ -3,9 +3,10 @@ need: no click (`run` with plain arguments is read without it), no OpenSSL throu
 (peewee and huey import hashlib; edgeworker hashes with the standard library's own modules),
 croniter only with a cron job, prometheus_client only with metrics, `subprocess` only once a
 process is started, the alerts only when a hook, ping or alert_after asks for them, no status
-reports, nothing of PostgreSQL's on a file, and neither the TOML parser nor `typing` once the
-config is read; and a job that imports hashlib gets the full one, OpenSSL included. `run`'s
-arguments read without click are read as click reads them."""
+reports, nothing of PostgreSQL's on a file, neither the TOML parser nor `typing` once the config
+is read, and no pathlib (nor the urllib.parse and ipaddress it imports); and a job that imports
+hashlib gets the full one, OpenSSL included. `run`'s arguments read without click are read as
+click reads them."""
 
 import hashlib
 import subprocess
@@ -28,7 +29,7 @@ def loaded(ctx):
     found = [m for m in ("_hashlib", "ssl", "croniter", "prometheus_client", "psycopg", "click",
                          "edgeworker.cli", "edgeworker.metrics", "tomllib", "typing",
                          "subprocess", "edgeworker.alerts", "edgeworker.report",
-                         "edgeworker.postgres")
+                         "edgeworker.postgres", "pathlib", "urllib.parse", "ipaddress")
              if sys.modules.get(m)]
     ctx.logger.info(" ".join(found) or "none")
 """
