@@ -209,14 +209,16 @@ def test_a_callable_from_python_path_runs_in_the_binary(box):
 @pytest.mark.timeout(60, func_only=True)
 def test_pyinstallers_run_time_hooks_apply_when_a_job_imports_their_module(box):
     # The build runs PyInstaller's hooks for inspect, multiprocessing and pkgutil at the module's
-    # first import, inspect's at its first getsourcefile (packaging/prepare-build); a job sees
-    # each module patched as before.
+    # first import, multiprocessing's at that of multiprocessing.spawn and inspect's at its first
+    # getsourcefile (packaging/prepare-build): the worker (whose huey imports multiprocessing) has
+    # run none of them, and a job sees each module patched as before.
     lib = box.root / "lib"
     lib.mkdir()
     (lib / "frozen.py").write_text(
         "import sys\n"
         "def check(ctx):\n"
-        "    before = 'pkgutil' in sys.modules or 'zipfile' in sys.modules\n"
+        "    early = ('pkgutil', 'zipfile', 'multiprocessing.spawn')\n"
+        "    before = any(m in sys.modules for m in early)\n"
         "    import inspect, multiprocessing, multiprocessing.spawn, pkgutil\n"
         "    assert inspect.getsourcefile(check) == __file__\n"
         "    frozen = {m.name for m in pkgutil.iter_modules()}\n"
