@@ -85,10 +85,10 @@ binary: build-worker ## Same as build-worker
 
 # One analysis makes both the one-file binary and the unpacked build.
 $(BINARY) $(UNPACKED)/edgeworker &: $(VENV)/.installed-build $(WORKER_SOURCES) \
-		packaging/onefile-exe.spec packaging/prepare-build
+		packaging/finish-spec packaging/prepare-build
 	$(BIN)/python packaging/prepare-build $(PYI_EXTRA)
 	$(BIN)/pyi-makespec --specpath build/pyinstaller $(PYI_ARGS) >/dev/null
-	cat packaging/onefile-exe.spec >> build/pyinstaller/edgeworker.spec
+	$(BIN)/python packaging/finish-spec build/pyinstaller/edgeworker.spec
 	$(BIN)/pyinstaller --noconfirm --clean --log-level WARN --distpath build/host \
 		--workpath build/pyinstaller build/pyinstaller/edgeworker.spec
 	mkdir -p dist/unpacked && rm -rf $(UNPACKED)
@@ -101,7 +101,7 @@ build-worker-unpacked: $(UNPACKED)/edgeworker ## Build the unpacked build that m
 # One build per architecture in its Debian root: build/release-ARCH/edgeworker-onefile and the
 # unpacked build/release-ARCH/edgeworker/ (what the package installs).
 build/release-%/edgeworker/edgeworker: $(WORKER_SOURCES) packaging/build-in-root \
-		packaging/onefile-exe.spec packaging/prepare-build
+		packaging/finish-spec packaging/prepare-build
 	packaging/build-in-root $* build/release-$*
 
 build-worker-arm64: dist/edgeworker-linux-arm64 ## As root: dist/edgeworker-linux-arm64, one file, built under qemu

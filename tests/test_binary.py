@@ -239,6 +239,35 @@ def test_pyinstallers_run_time_hooks_apply_when_a_job_imports_their_module(box):
 
 
 @pytest.mark.timeout(60, func_only=True)
+def test_the_build_leaves_docstrings_out_but_the_clis_and_a_jobs_asserts_in(box):
+    # The collected modules are compiled as `python -OO` compiles them, but for edgeworker.cli
+    # (click's help text); a job's own module is compiled at run time, with its asserts.
+    lib = box.root / "lib"
+    lib.mkdir()
+    (lib / "docs.py").write_text(
+        "import json, sys\n"
+        "import huey.api\n"
+        "import edgeworker.cli\n"
+        "def check(ctx):\n"
+        "    try:\n"
+        "        assert False, 'asserted'\n"
+        "    except AssertionError as error:\n"
+        "        kept = str(error)\n"
+        "    ctx.logger.info('%s %s %s %s %s', json.dumps.__doc__, huey.api.Huey.__doc__,\n"
+        "                    edgeworker.cli.cli.help.split(',')[0], sys.flags.optimize, kept)\n")
+    box.write_config('python_path = ["lib"]\n\n[[jobs]]\nname = "docs"\n'
+                     'callable = "docs:check"\nevery = "365d"\n')
+    box.start("--migrate")
+    wait_for(lambda: "edgeworker running" in box.read_log(), 20, log=box.read_log)
+    assert box.run("--config", str(box.config), "jobs", "run", "docs").returncode == 0
+    [(_, _, status, output)] = box.wait_tasks("tasks.origin = 'manual' AND status != 'created' "
+                                              "AND status != 'running'")
+    assert (status, output) == ("succeeded", "INFO None None Run scheduled jobs from one SQLite "
+                                "file 0 asserted\n")
+    assert box.stop() == 0
+
+
+@pytest.mark.timeout(60, func_only=True)
 def test_help_pages_are_clicks(box):
     import sys
 
