@@ -25,7 +25,7 @@ checkpoints on, as a worker runs (a checkpoint's writes to the database file are
 cost); commits and pages from a separate run with checkpoints off, read from the frame headers
 of the WAL between the two marks, with the table or index each page belongs to (`dbstat`).
 huey's pages per task (enqueue + execute, as in `throughput.py`) are measured here too, for the
-target of issue 11, and their bytes: its pages are 4 KiB, edgeworker's 1 KiB, so the bytes compare
+target of issue 11, and their bytes: its pages are 4 KiB, edgeworker's 512 B, so the bytes compare
 like with like where the page counts do not.
 
 waiting: a job's run is running (`bench.jobs:hold`, which blocks until released) when a manual run
@@ -68,6 +68,7 @@ from bench.common import (
     write_bytes,
 )
 from bench.throughput import cpu_seconds
+from edgeworker.db import PAGE_SIZE
 
 EVERY = 0.1  # seconds: the shortest `every` the config allows
 CONTENDERS = ("edgeworker", "huey")
@@ -357,8 +358,9 @@ def measure(quick: bool = False) -> tuple[list[Figure], dict]:
             None, 2))
     wal = Stat.of([ew["wal_kib"]])
     figures.append(Figure(
-        "11", "  WAL bytes per scheduled run (pages of 1 KiB; huey's are 4 KiB)", "KiB", wal,
-        Stat.of([hu["wal_kib"]]), "huey", Stat.of([ew["wal_kib"] / hu["wal_kib"]]), "", None, 2))
+        "11", f"  WAL bytes per scheduled run (pages of {PAGE_SIZE} B; huey's are 4 KiB)", "KiB",
+        wal, Stat.of([hu["wal_kib"]]), "huey", Stat.of([ew["wal_kib"] / hu["wal_kib"]]), "", None,
+        2))
     figures.append(Figure(
         "11", "  same, vs. raw huey's per task (like with like: bytes, not pages)", "KiB", wal,
         Stat.of([huey_task_wal_kib]), "huey per task", Stat.of([ew["wal_kib"] / huey_task_wal_kib]),
