@@ -13,6 +13,8 @@ DEFAULT_DB = "edgeworker.db"
 
 def main() -> None:
     argv = sys.argv[1:]
+    if getattr(sys, "frozen", False) and (argv[:1] == ["--multiprocessing-fork"] or "-c" in argv):
+        multiprocessing_child()
     if argv in (["--version"], ["-V"]):
         from edgeworker import __version__
 
@@ -33,6 +35,16 @@ def main() -> None:
     from edgeworker.cli import main as cli_main
 
     cli_main()
+
+
+def multiprocessing_child() -> None:
+    """A built program started by a job's `multiprocessing` with the spawn or forkserver method (a
+    pool's process, the resource tracker, the fork server; `sys.executable` is the program) runs
+    what it was started for and exits, in PyInstaller's `freeze_support`, which importing
+    multiprocessing.spawn installs (packaging/prepare-build). Any other arguments return."""
+    import multiprocessing.spawn
+
+    multiprocessing.spawn.freeze_support()
 
 
 RUN_PARAMS = {"config_path": None, "db_path": None, "debug": False, "apply_migrations": False,

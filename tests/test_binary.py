@@ -239,6 +239,34 @@ def test_pyinstallers_run_time_hooks_apply_when_a_job_imports_their_module(box):
 
 
 @pytest.mark.timeout(60, func_only=True)
+def test_a_job_starts_processes_with_multiprocessing_spawn_and_forkserver(box):
+    # Their processes are the built program again (sys.executable), with multiprocessing's
+    # arguments: it runs what they were started for instead of its command line.
+    lib = box.root / "lib"
+    lib.mkdir()
+    (lib / "pool.py").write_text(
+        "import multiprocessing\n"
+        "def square(x):\n"
+        "    return x * x\n"
+        "def run(ctx):\n"
+        "    found = []\n"
+        "    for method in ('spawn', 'forkserver'):\n"
+        "        with multiprocessing.get_context(method).Pool(2) as pool:\n"
+        "            found += pool.map(square, [2, 3])\n"
+        "    ctx.logger.info('%s', found)\n")
+    box.write_config('python_path = ["lib"]\n\n[[jobs]]\nname = "pool"\n'
+                     'callable = "pool:run"\nevery = "365d"\ntimeout = "30s"\n')
+    box.start("--migrate")
+    wait_for(lambda: "edgeworker running" in box.read_log(), 20, log=box.read_log)
+    assert box.run("--config", str(box.config), "jobs", "run", "pool").returncode == 0
+    [(_, _, status, output)] = box.wait_tasks("tasks.origin = 'manual' AND status != 'created' "
+                                              "AND status != 'running'")
+    assert (status, output) == ("succeeded", "INFO [4, 9, 4, 9]\n")
+    assert box.stop() == 0
+    assert "No such option" not in box.read_log()
+
+
+@pytest.mark.timeout(60, func_only=True)
 def test_the_build_leaves_docstrings_out_but_the_clis_and_a_jobs_asserts_in(box):
     # The collected modules are compiled as `python -OO` compiles them, but for edgeworker.cli
     # (click's help text); a job's own module is compiled at run time, with its asserts.
