@@ -182,28 +182,35 @@ def test_ctrl_c_is_one_graceful_stop(box):
     assert [row[2:] for row in box.tasks("tasks.origin = 'manual'")] == [("succeeded", "done\n")]
 
 
-@pytest.mark.timeout(60, func_only=True)
-def test_a_callable_from_python_path_runs_in_the_binary(box):
+def run_callable(box: Box, module: str, source: str, options: str = "") -> tuple[str, str]:
+    """Writes lib/MODULE.py (lib is the config's python_path), starts the worker with a job MODULE
+    whose callable is MODULE:run, queues one run of it and stops the worker once it is over: the
+    run's status and output."""
     lib = box.root / "lib"
-    lib.mkdir()
-    # Standard library modules that edgeworker itself does not use: the binary carries them all.
-    (lib / "sensors.py").write_text(
-        "import csv, io, statistics, urllib.parse\n"
-        "def read(ctx):\n"
-        "    rows = list(csv.reader(io.StringIO('t\\n20.5\\n21.5\\n')))[1:]\n"
-        "    mean = statistics.mean(float(r[0]) for r in rows)\n"
-        "    ctx.logger.info('%s %s', urllib.parse.quote(ctx.job), mean)\n")
-    box.write_config('python_path = ["lib"]\n\n[[jobs]]\nname = "sensors"\n'
-                     'callable = "sensors:read"\nevery = "365d"\n')
-    assert box.run("--config", str(box.config), "migrate").returncode == 0
-    box.start()
+    lib.mkdir(exist_ok=True)
+    (lib / f"{module}.py").write_text(source)
+    box.write_config(f'python_path = ["lib"]\n\n[[jobs]]\nname = "{module}"\n'
+                     f'callable = "{module}:run"\nevery = "365d"\n{options}')
+    box.start("--migrate")
     wait_for(lambda: "edgeworker running" in box.read_log(), 20, log=box.read_log)
-    queued = box.run("--config", str(box.config), "jobs", "run", "sensors")
+    queued = box.run("--config", str(box.config), "jobs", "run", module)
     assert queued.returncode == 0, queued.stderr
     [(_, _, status, output)] = box.wait_tasks("tasks.origin = 'manual' AND status != 'created' "
                                               "AND status != 'running'")
-    assert (status, output) == ("succeeded", "INFO sensors 21.0\n")
     assert box.stop() == 0
+    return status, output
+
+
+@pytest.mark.timeout(60, func_only=True)
+def test_a_callable_from_python_path_runs_in_the_binary(box):
+    # Standard library modules that edgeworker itself does not use: the binary carries them all.
+    assert run_callable(box, "sensors", (
+        "import csv, io, statistics, urllib.parse\n"
+        "def run(ctx):\n"
+        "    rows = list(csv.reader(io.StringIO('t\\n20.5\\n21.5\\n')))[1:]\n"
+        "    mean = statistics.mean(float(r[0]) for r in rows)\n"
+        "    ctx.logger.info('%s %s', urllib.parse.quote(ctx.job), mean)\n"
+    )) == ("succeeded", "INFO sensors 21.0\n")
 
 
 @pytest.mark.timeout(60, func_only=True)
@@ -212,39 +219,26 @@ def test_pyinstallers_run_time_hooks_apply_when_a_job_imports_their_module(box):
     # first import, multiprocessing's at that of multiprocessing.spawn and inspect's at its first
     # getsourcefile (packaging/prepare-build): the worker (whose huey imports multiprocessing) has
     # run none of them, and a job sees each module patched as before.
-    lib = box.root / "lib"
-    lib.mkdir()
-    (lib / "frozen.py").write_text(
+    assert run_callable(box, "frozen", (
         "import sys\n"
-        "def check(ctx):\n"
+        "def run(ctx):\n"
         "    early = ('pkgutil', 'zipfile', 'multiprocessing.spawn')\n"
         "    before = any(m in sys.modules for m in early)\n"
         "    import inspect, multiprocessing, multiprocessing.spawn, pkgutil\n"
-        "    assert inspect.getsourcefile(check) == __file__\n"
+        "    assert inspect.getsourcefile(run) == __file__\n"
         "    frozen = {m.name for m in pkgutil.iter_modules()}\n"
         "    ctx.logger.info('%s %s %s %s %s', before, inspect.getsourcefile.__name__,\n"
         "                    multiprocessing.freeze_support.__name__,\n"
         "                    multiprocessing.process.ORIGINAL_DIR,\n"
-        "                    {'json', 'edgeworker'} <= frozen)\n")
-    box.write_config('python_path = ["lib"]\n\n[[jobs]]\nname = "frozen"\n'
-                     'callable = "frozen:check"\nevery = "365d"\n')
-    box.start("--migrate")
-    wait_for(lambda: "edgeworker running" in box.read_log(), 20, log=box.read_log)
-    assert box.run("--config", str(box.config), "jobs", "run", "frozen").returncode == 0
-    [(_, _, status, output)] = box.wait_tasks("tasks.origin = 'manual' AND status != 'created' "
-                                              "AND status != 'running'")
-    assert (status, output) == ("succeeded",
-                                "INFO False _pyi_getsourcefile _freeze_support None True\n")
-    assert box.stop() == 0
+        "                    {'json', 'edgeworker'} <= frozen)\n"
+    )) == ("succeeded", "INFO False _pyi_getsourcefile _freeze_support None True\n")
 
 
 @pytest.mark.timeout(60, func_only=True)
 def test_a_job_starts_processes_with_multiprocessing_spawn_and_forkserver(box):
     # Their processes are the built program again (sys.executable), with multiprocessing's
     # arguments: it runs what they were started for instead of its command line.
-    lib = box.root / "lib"
-    lib.mkdir()
-    (lib / "pool.py").write_text(
+    assert run_callable(box, "pool", (
         "import multiprocessing\n"
         "def square(x):\n"
         "    return x * x\n"
@@ -253,16 +247,8 @@ def test_a_job_starts_processes_with_multiprocessing_spawn_and_forkserver(box):
         "    for method in ('spawn', 'forkserver'):\n"
         "        with multiprocessing.get_context(method).Pool(2) as pool:\n"
         "            found += pool.map(square, [2, 3])\n"
-        "    ctx.logger.info('%s', found)\n")
-    box.write_config('python_path = ["lib"]\n\n[[jobs]]\nname = "pool"\n'
-                     'callable = "pool:run"\nevery = "365d"\ntimeout = "30s"\n')
-    box.start("--migrate")
-    wait_for(lambda: "edgeworker running" in box.read_log(), 20, log=box.read_log)
-    assert box.run("--config", str(box.config), "jobs", "run", "pool").returncode == 0
-    [(_, _, status, output)] = box.wait_tasks("tasks.origin = 'manual' AND status != 'created' "
-                                              "AND status != 'running'")
-    assert (status, output) == ("succeeded", "INFO [4, 9, 4, 9]\n")
-    assert box.stop() == 0
+        "    ctx.logger.info('%s', found)\n"
+    ), 'timeout = "30s"\n') == ("succeeded", "INFO [4, 9, 4, 9]\n")
     assert "No such option" not in box.read_log()
 
 
@@ -270,29 +256,18 @@ def test_a_job_starts_processes_with_multiprocessing_spawn_and_forkserver(box):
 def test_the_build_leaves_docstrings_out_but_the_clis_and_a_jobs_asserts_in(box):
     # The collected modules are compiled as `python -OO` compiles them, but for edgeworker.cli
     # (click's help text); a job's own module is compiled at run time, with its asserts.
-    lib = box.root / "lib"
-    lib.mkdir()
-    (lib / "docs.py").write_text(
+    assert run_callable(box, "docs", (
         "import json, sys\n"
         "import huey.api\n"
         "import edgeworker.cli\n"
-        "def check(ctx):\n"
+        "def run(ctx):\n"
         "    try:\n"
         "        assert False, 'asserted'\n"
         "    except AssertionError as error:\n"
         "        kept = str(error)\n"
         "    ctx.logger.info('%s %s %s %s %s', json.dumps.__doc__, huey.api.Huey.__doc__,\n"
-        "                    edgeworker.cli.cli.help.split(',')[0], sys.flags.optimize, kept)\n")
-    box.write_config('python_path = ["lib"]\n\n[[jobs]]\nname = "docs"\n'
-                     'callable = "docs:check"\nevery = "365d"\n')
-    box.start("--migrate")
-    wait_for(lambda: "edgeworker running" in box.read_log(), 20, log=box.read_log)
-    assert box.run("--config", str(box.config), "jobs", "run", "docs").returncode == 0
-    [(_, _, status, output)] = box.wait_tasks("tasks.origin = 'manual' AND status != 'created' "
-                                              "AND status != 'running'")
-    assert (status, output) == ("succeeded", "INFO None None Run scheduled jobs from one SQLite "
-                                "file 0 asserted\n")
-    assert box.stop() == 0
+        "                    edgeworker.cli.cli.help.split(',')[0], sys.flags.optimize, kept)\n"
+    )) == ("succeeded", "INFO None None Run scheduled jobs from one SQLite file 0 asserted\n")
 
 
 @pytest.mark.timeout(60, func_only=True)
