@@ -101,7 +101,7 @@ class Platform:
     label: str  # "" for the host's, else "arm64 under qemu: "
     builds: dict[str, Path]  # "installed" and "one-file", those that exist
     env: dict[str, str] = field(default_factory=dict)
-    python: list[str] = field(default_factory=lambda: [sys.executable])
+    python: str = sys.executable  # the baseline of --help: its `python3 -c pass`
 
 
 def platforms(quick: bool) -> list[Platform]:
@@ -117,7 +117,7 @@ def platforms(quick: bool) -> list[Platform]:
         builds = {"installed": out / "edgeworker" / "edgeworker",
                   "one-file": out / "edgeworker-onefile"}
         found.append(Platform(f"{name} under qemu: ", builds, {"QEMU_LD_PREFIX": root},
-                              [f"{root}/usr/bin/python3"]))
+                              f"{root}/usr/bin/python3"))
     return found
 
 
@@ -167,9 +167,9 @@ def platform_figures(platform: Platform, repeats: int, settle: float, raw: dict,
     if "installed" in platform.builds:
         program, python, env = platform.builds["installed"], platform.python, platform.env
         floor, helps = [], []
-        timed([*python, "-c", "pass"], env), timed([program, "--help"], env)  # page cache
+        timed([python, "-c", "pass"], env), timed([program, "--help"], env)  # page cache
         for _ in range(repeats * 4):
-            floor.append(timed([*python, "-c", "pass"], env))
+            floor.append(timed([python, "-c", "pass"], env))
             helps.append(timed([program, "--help"], env))
         ratio = Stat.of([h / f for h, f in zip(helps, floor, strict=True)])
         raw[f"{platform.label}help_ms"], raw[f"{platform.label}python_pass_ms"] = helps, floor
