@@ -342,7 +342,10 @@ class WorkerLock:
     """An exclusive flock on `<database>.lock`, held for the worker's lifetime.
 
     A lock file beside the database, not a lock on the database itself: closing any descriptor of
-    the database file would drop the POSIX locks SQLite holds on it in this process.
+    the database file would drop the POSIX locks SQLite holds on it in this process. A flock
+    belongs to the open file, which a fork shares: a forked child (a callable's `multiprocessing`
+    pool, an isolated callable) closes its copy at once, or it would hold the lock after the
+    worker died, and no worker could start while it lived.
     """
 
     def __init__(self, database: str | os.PathLike):
@@ -350,6 +353,7 @@ class WorkerLock:
         self.path = f"{self.database}.lock"
         self.fd: int | None = None
         self.created = False  # this lock made the file: a refused start removes it again
+        self.forks_close = False  # a forked child closes its copy of fd (`_forked`)
 
     def acquire(self) -> WorkerLock:
         while True:
@@ -373,7 +377,16 @@ class WorkerLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd, self.created = fd, created
+        if not self.forks_close:
+            os.register_at_fork(after_in_child=self._forked)
+            self.forks_close = True
         return self
+
+    def _forked(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
 
     def _open(self) -> tuple[int, bool]:
         flags = os.O_RDWR | os.O_CLOEXEC

@@ -218,6 +218,7 @@ class WorkerLock:
         self.key = name_key(name)
         self.db: PostgresDatabase | None = None
         self.lost = 0  # failed tries to take the lock again since the server went away
+        self.forks_close = False  # a forked child lets go of the session (`_forked`)
 
     def _session(self) -> PostgresDatabase:
         return PostgresDatabase(self.url, application_name=f"edgeworker worker (pid {os.getpid()})",
@@ -236,7 +237,21 @@ class WorkerLock:
                                 f"{self.url}; stop it first, or give this one another name "
                                 "([worker] name, --name)")
         self.db = db
+        if not self.forks_close:
+            os.register_at_fork(after_in_child=self._forked)
+            self.forks_close = True
         return self
+
+    def _forked(self) -> None:
+        """In a forked child (a callable's `multiprocessing` pool, an isolated callable): let go
+        of the lock session's socket, or the session and its lock would outlive a killed worker
+        for as long as the child lives. /dev/null takes the descriptor's place: the child's copy
+        of the connection, if it is ever closed, says goodbye to nobody."""
+        fd = self.fileno()
+        if fd >= 0:
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, fd)
+            os.close(null)
 
     def keep(self) -> bool:
         """Still hold the lock, taking it again if the server dropped its session (a restart).

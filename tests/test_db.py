@@ -89,6 +89,31 @@ def test_worker_lock_is_exclusive_across_processes(tmp_path):
         assert worker_pid(db_path) == os.getpid()
 
 
+def test_a_forked_child_of_a_dead_worker_does_not_hold_its_lock(tmp_path):
+    """A callable's `multiprocessing` child (a fork, no exec) outlives a SIGKILLed worker; had it
+    kept the worker's flock (the fork shares the open file), no worker could start."""
+    db_path = tmp_path / "ew.db"
+    code = ("import os, sys, time; from edgeworker.db import WorkerLock; "
+            "WorkerLock(sys.argv[1]).acquire(); pid = os.fork()\n"
+            "if pid == 0: time.sleep(60); os._exit(0)\n"
+            "print(pid, flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(db_path)], stdout=subprocess.PIPE,
+                              text=True)
+    child = int(holder.stdout.readline())
+    try:
+        assert worker_pid(db_path) == holder.pid
+        holder.kill()
+        holder.wait()
+        os.kill(child, 0)  # alive, under PID 1 now
+        assert worker_pid(db_path) is None
+        with WorkerLock(db_path):
+            assert worker_pid(db_path) == os.getpid()
+    finally:
+        holder.kill()
+        holder.wait()
+        os.kill(child, 9)
+
+
 def test_asking_whether_a_worker_runs_never_stops_one_from_starting(tmp_path):
     """`status` and the status page ask often; a worker starting at that moment must still get
     its lock. (Probing with a shared flock made such a start fail with "another worker".)"""

@@ -270,6 +270,32 @@ def test_the_worker_lock_is_taken_again_after_a_server_restart(pg_database, pg_u
             assert not lock.keep()
 
 
+def test_a_forked_child_of_a_dead_worker_does_not_keep_its_lock(pg_database, pg_url):
+    """A callable's fork (a `multiprocessing` child) shares the lock session's socket: had it
+    kept it, the session and its lock would outlive a SIGKILLed worker while the child lived."""
+    import signal
+    import subprocess
+
+    code = ("import os, sys, time; from edgeworker import db; "
+            "db.worker_lock(sys.argv[1], 'gw').acquire(); pid = os.fork()\n"
+            "if pid == 0: time.sleep(60); os._exit(0)\n"
+            "print(pid, flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, pg_url], stdout=subprocess.PIPE,
+                              text=True)
+    child = int(holder.stdout.readline())
+    try:
+        assert dbmod.worker_pid(pg_url) == holder.pid
+        holder.kill()
+        holder.wait()
+        os.kill(child, 0)  # alive, under PID 1 now
+        with dbmod.worker_lock(pg_url, "gw") as lock:
+            assert lock.keep()
+    finally:
+        holder.kill()
+        holder.wait()
+        os.kill(child, signal.SIGKILL)
+
+
 def test_the_short_scheme_is_the_same_url(cli, pg_url):
     cli.db = pg_url.replace("postgresql://", "postgres://")
     assert cli.ok("migrate") == MIGRATED
