@@ -185,6 +185,7 @@ class Daemon:
                 logger.info("synced jobs from %s: %s", self.config.path, report.summary())
             self.recovery = recovery.recover(self.ledger, self.clock.now(), self.processes)
             logger.info("%s", self.recovery.line())
+            self.processes.enclose(self.ledger.worker)  # before any run, and any thread
             self.alert_recovery()
             self.check_clock(starting=True)
             on_server = dbmod.is_url(self.db_path)

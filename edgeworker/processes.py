@@ -29,12 +29,17 @@ Three nets find what is left of a dead worker's runs, all of them at every start
 - the run's cgroup, where cgroup v2 is writable (as root, or under systemd with `Delegate=yes`):
   `<worker's cgroup>/edgeworker-<database key>/task-<id>.<attempt>`, ended whole with
   `cgroup.kill` (kernel >= 5.14; else every pid in `cgroup.procs`), removed when the run ends. A
-  process that calls `setsid` leaves its group but not its cgroup. The worker stays where it is:
-  cgroup v2's "no internal processes" rule binds only a cgroup with controllers enabled for its
-  children, and `cgroup.kill` needs none. Per-job limits (memory, CPU) will: then the worker
-  (and under systemd the one-file binary's bootloader) must first move into a leaf (`worker/`);
+  process that calls `setsid` leaves its group but not its cgroup. The worker itself moves into
+  a leaf beside them (`worker-<tag>`, `enclose`), so that `edgeworker-<database key>` holds no
+  process itself, as cgroup v2 requires of a cgroup that enables controllers for its children
+  (per-job limits would);
 - `/proc/*/environ`: every command gets `EDGEWORKER_RUN=<database key>:<task>:<attempt>`, which
   also finds a `setsid` grandchild where there is no cgroup (unless it cleared its environment).
+What a callable starts is the worker's, not a run's (it runs in the worker, or in a forked
+child adopted as its run): `ProcessTable.enclose` marks the worker itself, its environment
+(`EDGEWORKER_RUN=<database key>:0:<tag>`), a cgroup of its own where cgroups are writable and a
+record with its process group when it leads one, so that the next start ends what a dead
+worker's callables left, and a clean stop what a live one's did (`release`).
 Ending is SIGTERM, a short grace, then SIGKILL. When a run's main process exits, whatever it left
 in its group and cgroup is ended the same way (as systemd does when a service's main process
 exits); the run never waits on a pipe that a leftover holds.
@@ -50,7 +55,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 TYPE_CHECKING = False  # subprocess is imported by the first command (spawn)
 if TYPE_CHECKING:
@@ -66,11 +71,20 @@ GATE = ('read -r _ cg || exit 125; exec 3<&0 </dev/null; '
         '>/dev/null 2>&1 & ); exec "$@" 3<&-')
 WATCHER = f"/bin/sh\0-c\0{GATE}\0".encode()
 POLL = 0.02
+# A worker's own record (`ProcessTable.enclose`): task id 0 (task ids start at 1), its name's tag
+# for the attempt.
+WORKER = 0
 Runs = tuple[int, int] | set[tuple[int, int]] | frozenset[tuple[int, int]] | None  # (task, attempt)
 
 
 def database_key(database: str | os.PathLike) -> str:
     return hashlib.sha256(_identity(database).encode()).hexdigest()[:16]
+
+
+def worker_tag(name: str) -> int:
+    """The attempt under which the worker of this name keeps its own record: a hash of the name,
+    so that two workers of one host on one PostgreSQL database keep apart."""
+    return int(hashlib.sha256(name.encode()).hexdigest()[:7], 16)
 
 
 def _identity(database: str | os.PathLike) -> str:
@@ -99,6 +113,25 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
         return None
     fields = data[data.rfind(b")") + 2:].split()
     return fields[0].decode(), int(fields[2]), int(fields[19])
+
+
+def _descendants(root: int) -> set[int]:
+    """The processes below `root` (its children, theirs, ...), as /proc shows them now."""
+    children: dict[int, list[int]] = {}
+    for pid in _pids():
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                data = handle.read()
+        except OSError:
+            continue
+        children.setdefault(int(data[data.rfind(b")") + 2:].split()[1]), []).append(pid)
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def _alive(pid: int, start: int | None = None) -> bool:
@@ -268,7 +301,7 @@ class Tree:
         self.cgroup = record.cgroup or None
         # Without a cgroup, a process that called setsid is found by its environment (only
         # processes younger than the run's leader are read).
-        self.marker = (f"{RUN_VAR}={table.key}:{record.task_id}:{record.attempt}\0".encode()
+        self.marker = (_marker(table.key, record.task_id, record.attempt)
                        if self.cgroup is None and table.directory is not None else None)
 
     @property
@@ -360,6 +393,7 @@ class ProcessTable:
         self.cgroups = None if cgroups is None else os.fspath(cgroups)
         self.running: dict[int, Tree] = {}
         self.lock = threading.Lock()
+        self.own: tuple[Record, str | None] | None = None  # this worker's record (`enclose`)
 
     @classmethod
     def for_database(cls, database: str | os.PathLike, use_cgroups: bool = True) -> ProcessTable:
@@ -451,9 +485,78 @@ class ProcessTable:
         with self.lock:
             self.running.pop(tree.pgid, None)
 
-    def close(self) -> None:
-        """Remove this database's cgroup parent and record directory if no run is left in
-        them (a clean stop)."""
+    def enclose(self, name: str) -> None:
+        """Mark this worker, so that what its callables start is ended at the next start when
+        it dies (a command's processes are its run's, `spawn`; an isolated callable's child is
+        adopted): `EDGEWORKER_RUN=<key>:0:<tag>` in its environment, which every program they
+        start inherits; where cgroups are writable, a cgroup of its own (`worker-<tag>`), which
+        holds what they fork too, and leaves with `setsid`; and a record, with its process group
+        when it leads one (under systemd, or a shell's job). Call once, after the start's
+        recovery and before any run: it changes the environment, which no other thread may be
+        reading then."""
+        tag, me = worker_tag(name), os.getpid()
+        os.environ[RUN_VAR] = f"{self.key}:{WORKER}:{tag}"
+        cgroup = None
+        if self.cgroups is not None:
+            cgroup = os.path.join(self.cgroups, f"worker-{tag}")
+            try:
+                _mkdir(cgroup)
+                _write(os.path.join(cgroup, "cgroup.procs"), str(me))
+            except OSError as exc:
+                logger.warning("cannot move the worker into cgroup %s (%s): what its callables "
+                               "start is found by its environment only", cgroup, exc)
+                with contextlib.suppress(OSError):
+                    os.rmdir(cgroup)
+                cgroup = None
+        _, group, start = _stat(me) or ("", 0, 0)
+        record = Record(WORKER, tag, me if group == me else 0, start, boot_id(), cgroup, me)
+        path = None
+        if self.directory is not None:
+            path = os.path.join(self.directory, f"{WORKER}.{tag}")
+            try:
+                os.makedirs(self.directory, 0o700, exist_ok=True)
+                _write(path, json.dumps(asdict(record)))
+            except OSError as exc:
+                logger.warning("cannot record the worker in %s: %s", self.directory, exc)
+                path = None
+        self.own = (record, path)
+
+    def release(self, grace: float) -> int:
+        """A clean stop: end what this worker's callables left running (SIGTERM, `grace`,
+        SIGKILL), as systemd ends a stopped service's leftovers: its cgroup's, its descendants,
+        and those that hold its mark; remove its cgroup and its record. Returns how many
+        processes were alive. Its process group is left alone: a shell's pipeline shares it
+        (`edgeworker run | tee`)."""
+        if self.own is None:
+            return 0
+        record, path = self.own
+        self.own = None
+        cgroup = record.cgroup
+        if cgroup is not None:
+            try:  # back where it came from, so that the cgroup can be ended whole
+                _write(os.path.join(os.path.dirname(self.cgroups), "cgroup.procs"),
+                       str(os.getpid()))
+            except OSError as exc:
+                logger.warning("cannot leave cgroup %s: %s", cgroup, exc)
+                cgroup = None
+        pids, _ = self._collect([replace(record, pgid=0, cgroup=cgroup)],
+                                [_marker(self.key, record.task_id, record.attempt)])
+        for pid in _descendants(os.getpid()):  # a fork's child, where no cgroup holds it
+            if pid not in pids and (stat := _stat(pid)) and stat[0] != "Z":
+                pids[pid] = stat[2]
+        _end(pids, grace)
+        if cgroup is not None:
+            _cgroup_kill(cgroup)
+            _cgroup_remove(cgroup)
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        return len(pids)
+
+    def close(self, grace: float = 2.0) -> None:
+        """End this worker's callables' leftovers (`release`), and remove this database's
+        cgroup parent and record directory if no run is left in them (a clean stop)."""
+        self.release(grace)
         for directory in (self.cgroups, self.directory):
             if directory is not None:
                 with contextlib.suppress(OSError):
@@ -486,70 +589,100 @@ class ProcessTable:
         return found
 
     def leftovers(self, only: Runs = None) -> tuple[dict[int, int], list[str]]:
-        """Live processes of runs that no live worker supervises: {pid: start time}, and their
-        cgroups. Call only while holding the database's worker lock, or with `only` naming the
-        runs, (task_id, attempt) or a set of them, that no live worker supervises."""
+        """Live processes of runs that no live worker supervises, and of dead workers'
+        callables: {pid: start time}, and their cgroups. Call only while holding the database's
+        worker lock, or with `only` naming the runs, (task_id, attempt) or a set of them, that no
+        live worker supervises ((0, `worker_tag(name)`): what the worker of that name started,
+        if it is dead)."""
         only = {only} if isinstance(only, tuple) else only
         boot = boot_id()
+        records, live = [], []
+        for _, record in self.records():
+            if record.boot != boot:
+                continue
+            if record.task_id == WORKER and _alive(record.worker, record.start):
+                live.append(record)  # a live worker's own (another of this host's, on PostgreSQL)
+            elif only is None or (record.task_id, record.attempt) in only:
+                records.append(record)
+        spared = {(WORKER, record.attempt) for record in live}
+        markers = ([f"{RUN_VAR}={self.key}:".encode()] if only is None
+                   else [_marker(self.key, *run) for run in sorted(only) if run not in spared])
+        return self._collect(records, markers, below=only is None,
+                             spare=[_marker(self.key, *run) for run in sorted(spared)],
+                             kept=[record.cgroup for record in live if record.cgroup])
+
+    def _collect(self, records: list[Record], markers: list[bytes], below: bool = False,
+                 spare: list[bytes] = (), kept: list[str] = ()) -> tuple[dict[int, int], list[str]]:
+        """The live processes of these records' groups and cgroups (with `below`, of every cgroup
+        under this database's but those `kept`), and those whose environment holds a marker but
+        none to `spare`: {pid: start time}, and the cgroups; this process left out."""
         pids: dict[int, int] = {}
         cgroups: list[str] = []
         groups: set[int] = set()
-        for _, record in self.records():
-            if only is not None and (record.task_id, record.attempt) not in only:
-                continue
-            if record.boot != boot:
-                continue
-            leader = _stat(record.pgid)
-            if leader is None or leader[1] != record.pgid or leader[2] == record.start:
+        for record in records:
+            leader = _stat(record.pgid) if record.pgid > 0 else None
+            if record.pgid > 0 and (leader is None or leader[1] != record.pgid
+                                    or leader[2] == record.start):
                 groups.add(record.pgid)  # else the pid is another process's now
             if record.cgroup:
                 cgroups.append(record.cgroup)
-        if only is None and self.cgroups is not None and os.path.isdir(self.cgroups):
-            below = [os.path.join(self.cgroups, name) for name in os.listdir(self.cgroups)]
-            cgroups += [path for path in below if os.path.isdir(path) and path not in cgroups]
+        if below and self.cgroups is not None and os.path.isdir(self.cgroups):
+            under = [os.path.join(self.cgroups, name) for name in os.listdir(self.cgroups)]
+            cgroups += [path for path in under
+                        if os.path.isdir(path) and path not in cgroups and path not in kept]
+        me = os.getpid()
         for cgroup in cgroups:
             for pid in _cgroup_pids(cgroup):
-                if (stat := _stat(pid)) and stat[0] != "Z":
+                if pid != me and (stat := _stat(pid)) and stat[0] != "Z":
                     pids[pid] = stat[2]
-        prefix = f"{RUN_VAR}={self.key}:".encode()
-        markers = [prefix] if only is None else [prefix + f"{task}:{attempt}\0".encode()
-                                                 for task, attempt in sorted(only)]
-        me = os.getpid()
         for pid in _pids():
             if pid == me or pid in pids:
                 continue
             stat = _stat(pid)
             if stat is None or stat[0] == "Z":
                 continue
-            if stat[1] in groups or any(_environ_has(pid, m) for m in markers):
+            if stat[1] in groups or (any(_environ_has(pid, m) for m in markers)
+                                     and not any(_environ_has(pid, m) for m in spare)):
                 pids[pid] = stat[2]
         return pids, cgroups
 
     def end_leftovers(self, grace: float, only: Runs = None) -> int:
-        """End every process a dead worker's runs left (SIGTERM, `grace`, SIGKILL), remove their
-        cgroups and records; returns how many processes were alive."""
+        """End every process a dead worker's runs (and callables) left (SIGTERM, `grace`,
+        SIGKILL), remove their cgroups and records; returns how many processes were alive."""
         pids, cgroups = self.leftovers(only)
-        for pid, start in pids.items():
-            if _alive(pid, start):
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while (any(_alive(pid, start) for pid, start in pids.items())
-               and time.monotonic() < deadline):
-            time.sleep(POLL)
-        for pid, start in pids.items():
-            if _alive(pid, start):
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
+        _end(pids, grace)
         for cgroup in cgroups:
             _cgroup_kill(cgroup)
             _cgroup_remove(cgroup)
         only = {only} if isinstance(only, tuple) else only
         for path, record in self.records():
+            if record.task_id == WORKER and _alive(record.worker, record.start):
+                continue
             if only is None or (record.task_id, record.attempt) in only:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
         return len(pids)
+
+
+def _marker(key: str, task_id: int, attempt: int) -> bytes:
+    return f"{RUN_VAR}={key}:{task_id}:{attempt}\0".encode()
+
+
+def _end(pids: dict[int, int], grace: float) -> None:
+    """SIGTERM these processes ({pid: start time}: a pid reused meanwhile is left alone), wait up
+    to `grace` seconds, SIGKILL those still alive."""
+    for pid, start in pids.items():
+        if _alive(pid, start):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while (any(_alive(pid, start) for pid, start in pids.items())
+           and time.monotonic() < deadline):
+        time.sleep(POLL)
+    for pid, start in pids.items():
+        if _alive(pid, start):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _read_record(path: str) -> Record | None:

@@ -41,7 +41,7 @@ from edgeworker.models import (
     Worker,
     recovery_line,
 )
-from edgeworker.processes import ProcessTable
+from edgeworker.processes import WORKER, ProcessTable, worker_tag
 
 logger = logging.getLogger("edgeworker.recovery")
 
@@ -217,9 +217,11 @@ def wait_stopped(database, task_id: int, attempt: int, timeout: float = 10.0) ->
 
 
 def running_of(owners: set[str]) -> set[tuple[int, int]]:
-    """The runs (task, attempt) recorded as running under these worker names."""
+    """The runs (task, attempt) recorded as running under these worker names, and the workers'
+    own records (what their callables started: `ProcessTable.enclose`)."""
     return set(Task.select(Task.id, Task.attempt).where(
-        IS_UNFINISHED & (Task.status == S.RUNNING) & Task.worker.in_(list(owners))).tuples())
+        IS_UNFINISHED & (Task.status == S.RUNNING) & Task.worker.in_(list(owners))).tuples()) | {
+        (WORKER, worker_tag(name)) for name in owners}
 
 
 def record(ledger: Ledger, todo: Plan, now: datetime, started: float) -> None:

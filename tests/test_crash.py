@@ -152,3 +152,54 @@ def test_a_killed_workers_process_tree_never_runs_beside_the_rerun(tmp_path):
         [task] = worker.tasks(f"id = {task_id}")
         assert (task["attempt"], task["recovered_count"]) == (2, 1)
         assert worker.end_leftovers() == 0
+
+
+# A callable that starts a program and forks a child (not a run's processes: the worker's), then
+# blocks on its first attempt; on its second it returns at once and leaves them running.
+CALLABLE_TREE = '''
+import multiprocessing, os, subprocess, time
+
+def spawn(ctx):
+    started = subprocess.Popen(["sleep", "300"])
+    forked = multiprocessing.get_context("fork").Process(target=time.sleep, args=(300,))
+    forked.start()
+    with open(os.path.join(os.path.dirname(__file__), os.pardir, "pids"), "a") as out:
+        out.write(f"{started.pid} {forked.pid}\\n")
+    if ctx.attempt < 2:
+        time.sleep(300)
+'''
+
+
+@pytest.mark.timeout(120)
+def test_what_a_killed_workers_callable_started_never_runs_beside_the_rerun(tmp_path):
+    """A callable runs in the worker, so what it starts is the worker's, not a run's: it outlives
+    a SIGKILL. The next start ends it before the task runs again, and a clean stop ends what the
+    re-run left."""
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "spawner.py").write_text(CALLABLE_TREE)
+    pids = tmp_path / "pids"
+    config = ('[worker]\ndatabase = "ew.db"\npython_path = ["lib"]\n\n[[jobs]]\nname = "spawn"\n'
+              'callable = "spawner:spawn"\nevery = "1d"\nmax_attempts = 3\n')
+    with WorkerProcess(tmp_path, config) as worker:
+        worker.cli("migrate")
+        worker.cli("jobs", "sync")
+        task_id = int(worker.cli("jobs", "run", "spawn").stdout.split()[2])
+        worker.start()
+        wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, 30,
+                 what="the first attempt's processes", log=worker.log)
+        first = [int(pid) for pid in pids.read_text().split()]
+        worker.kill()
+        assert all(alive(pid) for pid in first)  # nobody's children now: for the next start
+        worker.start()
+        worker.wait_tasks(f"id = {task_id} AND status = 'succeeded'", timeout=30)
+        for pid in first:
+            assert not alive(pid), f"pid {pid} ran beside the re-run"
+        assert "ended 2 leftover processes" in worker.log()
+        again = [int(pid) for pid in pids.read_text().split()[2:]]
+        assert len(again) == 2 and all(alive(pid) for pid in again)
+        assert worker.stop() == 0
+        for pid in again:
+            wait_for(lambda p=pid: not alive(p), 10, what=f"pid {pid} to end with the stop")
+        [task] = worker.tasks(f"id = {task_id}")
+        assert (task["attempt"], task["recovered_count"]) == (2, 1)
+        assert worker.end_leftovers() == 0

@@ -452,6 +452,111 @@ def test_a_killed_workers_tree_dies_with_it_or_at_the_next_start(tmp_path, cgrou
                 os.kill(pid, signal.SIGKILL)
 
 
+# A worker whose callable starts a program and forks a child, then is killed (argv: database,
+# pid file, "cgroup" or "group", worker name). It leads its process group, as under systemd.
+CALLABLE_WORKER = """
+import multiprocessing, os, subprocess, sys, time
+from edgeworker.processes import ProcessTable
+table = ProcessTable.for_database(sys.argv[1], use_cgroups=sys.argv[3] == "cgroup")
+table.enclose(sys.argv[4])
+started = subprocess.Popen(["sleep", "300"])  # exec'd: it inherits the worker's mark
+forked = multiprocessing.get_context("fork").Process(target=time.sleep, args=(300,))
+forked.start()  # not exec'd: its environment is the worker's at start, without the mark
+with open(sys.argv[2], "w") as f:
+    f.write(f"{started.pid} {forked.pid}")
+if sys.argv[5:] == ["stop"]:
+    table.close(1.0)
+    print(all(p.poll() is not None for p in (started,)), forked.exitcode)
+    sys.exit(0)
+time.sleep(300)
+"""
+
+
+def start_callable_worker(tmp_path, cgroup: bool, name: str = "w1", *more: str):
+    import subprocess
+    import sys
+
+    database = tmp_path / "ew.db"
+    database.touch()
+    if cgroup:
+        probe = table_for(tmp_path)
+        probe.close()
+        if probe.cgroups is None:
+            pytest.skip("no writable cgroup v2 here")
+    pids = tmp_path / f"pids-{name}"
+    worker = subprocess.Popen([sys.executable, "-c", CALLABLE_WORKER, str(database), str(pids),
+                               "cgroup" if cgroup else "group", name, *more],
+                              process_group=0, stdout=subprocess.PIPE, text=True)
+    wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2)
+    return database, worker, [int(p) for p in pids.read_text().split()]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cgroup", [False, True], ids=["group", "cgroup"])
+def test_what_a_killed_workers_callables_started_is_ended_at_the_next_start(tmp_path, cgroup):
+    """A callable's processes are not a run's: they outlive a SIGKILLed worker. The next start
+    finds the program it started by its environment, and the child it forked by the worker's
+    cgroup or, without one, by the worker's process group."""
+    from edgeworker.processes import ProcessTable
+
+    database, worker, children = start_callable_worker(tmp_path, cgroup)
+    try:
+        worker.kill()
+        worker.wait()
+        assert all(pid_alive(pid) for pid in children)  # under PID 1 now: nobody ends them
+        table = ProcessTable.for_database(database, use_cgroups=cgroup)
+        assert sorted(table.leftovers()[0]) == sorted(children)
+        assert table.end_leftovers(1.0) == 2
+        table.close()
+        for pid in children:
+            assert wait_for(lambda p=pid: not pid_alive(p)), f"pid {pid} survived"
+        assert not os.path.exists(table.directory)
+        assert table.cgroups is None or not os.path.exists(table.cgroups)
+    finally:
+        worker.kill()
+        worker.wait()
+        for pid in children:
+            with __import__("contextlib").suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cgroup", [False, True], ids=["group", "cgroup"])
+def test_a_clean_stop_ends_what_its_callables_left_running(tmp_path, cgroup):
+    database, worker, children = start_callable_worker(tmp_path, cgroup, "w1", "stop")
+    out, _ = worker.communicate(timeout=30)
+    assert worker.returncode == 0
+    assert out.split() == ["True", "-15"]  # the program ended, the forked child by SIGTERM
+    for pid in children:
+        assert not pid_alive(pid)
+    from edgeworker.processes import ProcessTable
+
+    table = ProcessTable.for_database(database)
+    assert table.leftovers() == ({}, [])
+    table.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_live_workers_callables_are_not_taken_for_leftovers(tmp_path):
+    """On PostgreSQL, another worker of this host may run on the same database: its record is
+    left alone while it lives, however its runs are named."""
+    from edgeworker.processes import WORKER, ProcessTable, worker_tag
+
+    database, worker, children = start_callable_worker(tmp_path, True)
+    try:
+        table = ProcessTable.for_database(database)
+        assert table.leftovers(only={(WORKER, worker_tag("w1"))}) == ({}, [])
+        assert table.end_leftovers(1.0, only={(WORKER, worker_tag("w1"))}) == 0
+        assert worker.poll() is None and all(pid_alive(pid) for pid in children)
+        table.close()
+    finally:
+        worker.kill()
+        worker.wait()
+        ProcessTable.for_database(database).end_leftovers(1.0)
+    for pid in children:
+        assert wait_for(lambda p=pid: not pid_alive(p)), f"pid {pid} survived"
+
+
 def test_every_run_is_marked_in_its_environment(tmp_path):
     from edgeworker.processes import ProcessTable
 
