@@ -20,6 +20,7 @@ import os
 import re
 import select
 import sys
+import weakref
 import zlib
 from collections.abc import Iterator
 
@@ -63,7 +64,42 @@ class Psycopg2Adapter(peewee.Psycopg2Adapter):
 
     def connect(self, db, **params):
         params.setdefault("dsn", db.database)  # always a postgresql:// URL here
-        return driver().connect(**params)
+        return driver().connect(connection_factory=connection_class(), **params)
+
+
+# Every connection this process opened (`connection_class`), for `_forked`.
+_connections: weakref.WeakSet = weakref.WeakSet()
+
+
+@functools.cache
+def connection_class():
+    """psycopg2's connection, remembered in `_connections` so that a forked child lets go of
+    them all at once (`_forked`)."""
+    psycopg2 = driver()
+
+    class Connection(psycopg2.extensions.connection):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            _connections.add(self)
+
+    os.register_at_fork(after_in_child=_forked)
+    return Connection
+
+
+def _forked() -> None:
+    """In a forked child (a callable's `multiprocessing` pool, an isolated callable): /dev/null
+    takes the place of every connection's socket. Else the child would keep the worker's
+    sessions, its lock's among them, alive after the worker died, for as long as it lived (no
+    worker of that name could start), and its copy of a connection, closed at its exit, would
+    end the worker's session with it."""
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for conn in list(_connections):
+            with contextlib.suppress(Exception):
+                if not conn.closed:
+                    os.dup2(null, conn.fileno())
+    finally:
+        os.close(null)
 
 
 def check_url(url: str) -> str:
@@ -218,7 +254,6 @@ class WorkerLock:
         self.key = name_key(name)
         self.db: PostgresDatabase | None = None
         self.lost = 0  # failed tries to take the lock again since the server went away
-        self.forks_close = False  # a forked child lets go of the session (`_forked`)
 
     def _session(self) -> PostgresDatabase:
         return PostgresDatabase(self.url, application_name=f"edgeworker worker (pid {os.getpid()})",
@@ -237,21 +272,7 @@ class WorkerLock:
                                 f"{self.url}; stop it first, or give this one another name "
                                 "([worker] name, --name)")
         self.db = db
-        if not self.forks_close:
-            os.register_at_fork(after_in_child=self._forked)
-            self.forks_close = True
         return self
-
-    def _forked(self) -> None:
-        """In a forked child (a callable's `multiprocessing` pool, an isolated callable): let go
-        of the lock session's socket, or the session and its lock would outlive a killed worker
-        for as long as the child lives. /dev/null takes the descriptor's place: the child's copy
-        of the connection, if it is ever closed, says goodbye to nobody."""
-        fd = self.fileno()
-        if fd >= 0:
-            null = os.open(os.devnull, os.O_RDWR)
-            os.dup2(null, fd)
-            os.close(null)
 
     def keep(self) -> bool:
         """Still hold the lock, taking it again if the server dropped its session (a restart).
@@ -351,7 +372,8 @@ class NotifyWatch:
             psycopg2 = driver()
 
             try:
-                conn = psycopg2.connect(self.url, application_name="edgeworker")
+                conn = psycopg2.connect(self.url, application_name="edgeworker",
+                                        connection_factory=connection_class())
                 conn.autocommit = True
                 conn.cursor().execute(f"LISTEN {CHANNEL}")
             except psycopg2.Error:

@@ -55,6 +55,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass, replace
 
 TYPE_CHECKING = False  # subprocess is imported by the first command (spawn)
@@ -394,6 +395,7 @@ class ProcessTable:
         self.running: dict[int, Tree] = {}
         self.lock = threading.Lock()
         self.own: tuple[Record, str | None] | None = None  # this worker's record (`enclose`)
+        _tables.add(self)
 
     @classmethod
     def for_database(cls, database: str | os.PathLike, use_cgroups: bool = True) -> ProcessTable:
@@ -683,6 +685,25 @@ def _end(pids: dict[int, int], grace: float) -> None:
         if _alive(pid, start):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+
+
+# Every table of this process, for `_forked`.
+_tables: weakref.WeakSet[ProcessTable] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    """In a forked child (a callable's `multiprocessing` pool, an isolated callable): close the
+    running commands' gate pipes, which the fork copied. A command's watcher ends it when the
+    worker's end closes; a child that kept a copy would keep it alive after the worker died."""
+    for table in list(_tables):
+        for tree in list(table.running.values()):
+            if tree.gate is not None:
+                with contextlib.suppress(OSError):
+                    os.close(tree.gate)
+                tree.gate = None
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def _read_record(path: str) -> Record | None:

@@ -203,3 +203,30 @@ def test_what_a_killed_workers_callable_started_never_runs_beside_the_rerun(tmp_
         [task] = worker.tasks(f"id = {task_id}")
         assert (task["attempt"], task["recovered_count"]) == (2, 1)
         assert worker.end_leftovers() == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_command_dies_with_the_worker_even_beside_a_callables_fork(tmp_path):
+    """A command's watcher waits for the end of a pipe only the worker holds. A callable's fork
+    (a `multiprocessing` child) while the command runs must not hold it too, or the command
+    would outlive the worker for as long as that child lives."""
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "spawner.py").write_text(CALLABLE_TREE)
+    pids, tree = tmp_path / "pids", tmp_path / "tree"
+    config = ('[worker]\ndatabase = "ew.db"\npython_path = ["lib"]\n\n'
+              '[[jobs]]\nname = "spawn"\ncallable = "spawner:spawn"\nevery = "1d"\n\n'
+              f'[[jobs]]\nname = "sleeper"\ncommand = "sh -c \'echo $$ > {tree}; sleep 300\'"\n'
+              'every = "1d"\n')
+    with WorkerProcess(tmp_path, config) as worker:
+        worker.cli("migrate")
+        worker.cli("jobs", "sync")
+        worker.start()
+        worker.cli("jobs", "run", "sleeper")
+        wait_for(lambda: tree.exists() and tree.read_text().strip(), 30,
+                 what="the command", log=worker.log)
+        worker.cli("jobs", "run", "spawn")  # forks while the command runs
+        wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, 30,
+                 what="the callable's processes", log=worker.log)
+        command = int(tree.read_text())
+        worker.kill()
+        wait_for(lambda: not alive(command), 10, what="the command to die with the worker")

@@ -94,7 +94,7 @@ def test_a_forked_child_of_a_dead_worker_does_not_hold_its_lock(tmp_path):
     kept the worker's flock (the fork shares the open file), no worker could start."""
     db_path = tmp_path / "ew.db"
     code = ("import os, sys, time; from edgeworker.db import WorkerLock; "
-            "WorkerLock(sys.argv[1]).acquire(); pid = os.fork()\n"
+            "lock = WorkerLock(sys.argv[1]).acquire(); pid = os.fork()\n"
             "if pid == 0: time.sleep(60); os._exit(0)\n"
             "print(pid, flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(db_path)], stdout=subprocess.PIPE,

@@ -277,7 +277,7 @@ def test_a_forked_child_of_a_dead_worker_does_not_keep_its_lock(pg_database, pg_
     import subprocess
 
     code = ("import os, sys, time; from edgeworker import db; "
-            "db.worker_lock(sys.argv[1], 'gw').acquire(); pid = os.fork()\n"
+            "lock = db.worker_lock(sys.argv[1], 'gw').acquire(); pid = os.fork()\n"
             "if pid == 0: time.sleep(60); os._exit(0)\n"
             "print(pid, flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code, pg_url], stdout=subprocess.PIPE,
@@ -294,6 +294,22 @@ def test_a_forked_child_of_a_dead_worker_does_not_keep_its_lock(pg_database, pg_
         holder.kill()
         holder.wait()
         os.kill(child, signal.SIGKILL)
+
+
+def test_a_forked_child_closing_its_copy_leaves_the_workers_session_alone(pg_database):
+    """Before, a child that closed what it inherited (at its exit, say) sent the server the
+    goodbye of the worker's own session, on the socket they shared."""
+    assert pg_database.execute_sql("SELECT 1").fetchone() == (1,)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            pg_database.close()
+            code = 0
+        finally:
+            os._exit(code)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert pg_database.execute_sql("SELECT 2").fetchone() == (2,)
 
 
 def test_the_short_scheme_is_the_same_url(cli, pg_url):
