@@ -89,6 +89,7 @@ def run(interrupted: int) -> dict:
                 "already_rerun": len(rerun)}
     finally:
         worker.kill()
+        worker.end_leftovers()  # its records and cgroups, as its next start would
         notify.close()
         shutil.rmtree(directory, ignore_errors=True)
 

@@ -47,7 +47,7 @@ import peewee
 from edgeworker.clock import to_text
 from edgeworker.config import WorkerSettings, format_duration
 from edgeworker.models import HookRun, Job, Outbox, Task, TaskStatus
-from edgeworker.processes import ProcessTable
+from edgeworker.processes import STDIN_PREFIX, ProcessTable
 from edgeworker.runners import Interrupted, Result, command_env, run_command
 from edgeworker.wakeup import Flag
 
@@ -63,7 +63,6 @@ FIRST_BACKOFF = 2.0
 FLUSH_BATCH = 50  # pings delivered, then settled in one transaction
 MAX_BACKOFF = 600.0
 HOOKS = ("on_failure", "on_success", "on_retry")
-STDIN_PREFIX = "hook-stdin-"  # beside the run records, on tmpfs
 _STOP = object()
 
 
@@ -235,12 +234,6 @@ class Alerts:
     # -- the alerts thread ------------------------------------------------------------------
 
     def start(self) -> None:
-        directory = self.table.directory if self.table else None
-        if directory is not None and os.path.isdir(directory):
-            for name in os.listdir(directory):
-                if name.startswith(STDIN_PREFIX):  # a killed worker's hook's stdin
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(directory, name))
         try:
             self.held = {_server(url) for (url,) in Outbox.select(Outbox.url).tuples()}
             self.waiting = Outbox.select().count()

@@ -75,6 +75,9 @@ POLL = 0.02
 # A worker's own record (`ProcessTable.enclose`): task id 0 (task ids start at 1), its name's tag
 # for the attempt.
 WORKER = 0
+# A hook's stdin (edgeworker.alerts), beside the records: a killed worker's is removed with its
+# leftovers.
+STDIN_PREFIX = "hook-stdin-"
 Runs = tuple[int, int] | set[tuple[int, int]] | frozenset[tuple[int, int]] | None  # (task, attempt)
 
 
@@ -663,6 +666,11 @@ class ProcessTable:
             if only is None or (record.task_id, record.attempt) in only:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
+        if only is None and self.directory is not None and os.path.isdir(self.directory):
+            for name in os.listdir(self.directory):
+                if name.startswith(STDIN_PREFIX):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self.directory, name))
         return len(pids)
 
 

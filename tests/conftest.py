@@ -33,6 +33,35 @@ def no_process_left_behind():
         f"  pid {pid}: {command}" for pid, command in sorted(found.items()))
 
 
+def worker_traces() -> set[str]:
+    """What workers leave on the host while they run: the runs' cgroups under this process's
+    cgroup (`edgeworker-<key>/...`) and the records under /run/edgeworker."""
+    from edgeworker.processes import _own_cgroup
+
+    found = set()
+    for base in filter(None, (_own_cgroup(), "/run/edgeworker")):
+        if not os.path.isdir(base):
+            continue
+        for name in os.listdir(base):
+            path = os.path.join(base, name)
+            if os.path.isdir(path) and (base == "/run/edgeworker"
+                                        or name.startswith("edgeworker-")):
+                found.add(path)
+                found |= {os.path.join(path, entry) for entry in os.listdir(path)
+                          if base == "/run/edgeworker" or os.path.isdir(os.path.join(path, entry))}
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_cgroup_or_record_left_behind():
+    """A test that kills a worker ends what it left as its next start would
+    (`WorkerProcess.end_leftovers`): no cgroup, record or run directory stays on the host."""
+    before = worker_traces()
+    yield
+    left = sorted(worker_traces() - before)
+    assert not left, "the test suite left these behind:\n" + "\n".join(f"  {p}" for p in left)
+
+
 class Cli:
     """Runs `edgeworker --db <tmp> ...` in-process with click's CliRunner."""
 

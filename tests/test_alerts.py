@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -255,6 +256,19 @@ def test_a_hook_dies_with_a_killed_worker(tmp_path):
         assert alive(pid)
         worker.kill()
         wait_for(lambda: not alive(pid), what="the hook's child to die with the worker")
+        from edgeworker.processes import STDIN_PREFIX, runtime_directory
+
+        records = runtime_directory(worker.db)
+
+        def stdins() -> list[str]:
+            return [name for name in os.listdir(records) if name.startswith(STDIN_PREFIX)]
+
+        assert len(stdins()) == 1  # the hook's stdin, which the next start removes
+        worker.start()
+        wait_for(lambda: worker.log().count("edgeworker running") == 2, 20,
+                 what="the second start", log=worker.log)
+        assert stdins() == []
+        assert worker.stop() == 0
 
 
 def test_the_outbox_keeps_the_newest_pings_up_to_its_bound(database, monkeypatch, caplog):

@@ -27,6 +27,8 @@ def test_an_orphaned_grandchild_is_found_by_its_mark_and_killed(tmp_path):
 def test_a_child_without_the_mark_is_found_as_a_descendant():
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env={})
     try:
+        # Until the child has exec'd, its command line reads empty ('?')
+        wait_for(lambda: leftovers.command_line(child.pid).endswith("time.sleep(60)"))
         found = leftovers.leftovers(uuid.uuid4().hex, os.getpid())
         assert found[child.pid].endswith("time.sleep(60)")
     finally:

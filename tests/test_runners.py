@@ -552,7 +552,9 @@ def test_a_live_workers_callables_are_not_taken_for_leftovers(tmp_path):
     finally:
         worker.kill()
         worker.wait()
-        ProcessTable.for_database(database).end_leftovers(1.0)
+        table = ProcessTable.for_database(database)
+        table.end_leftovers(1.0)
+        table.close()
     for pid in children:
         assert wait_for(lambda p=pid: not pid_alive(p)), f"pid {pid} survived"
 
