@@ -441,10 +441,13 @@ def run_callable(fn: Callable, ctx: TaskContext, timeout: float | None) -> Resul
                 _raise_in_thread(thread_id, TaskTimeout)
 
     timer = None if timeout is None else _start_timer(timeout, expire)
+    caller = os.getpid()
     try:
         try:
             returned = fn(ctx)
         finally:
+            if os.getpid() != caller:
+                _forked_return(ctx)
             with guard:
                 state["done"] = True
                 if state["fired"]:
@@ -460,6 +463,17 @@ def run_callable(fn: Callable, ctx: TaskContext, timeout: float | None) -> Resul
     if returned is not None:
         tail.write(f"returned: {returned!r}\n".encode("utf-8", errors="replace"))
     return Result(True, None, None, tail.text())
+
+
+def _forked_return(ctx: TaskContext) -> None:
+    """A child the callable forked came back from it (no `os._exit` in the child): it must not go
+    on as a second worker, finishing the parent's run and claiming others. It ends here, with
+    status 0 when it came back with a value, 1 with an exception."""
+    with contextlib.suppress(OSError):
+        os.write(2, f"edgeworker: a process that job {ctx.job}'s callable forked returned from "
+                    f"it (pid {os.getpid()}); ended it: a forked child must end with os._exit\n"
+                 .encode())
+    os._exit(1 if sys.exc_info()[0] is not None else 0)
 
 
 def run_isolated(fn: Callable, ctx: TaskContext, timeout: float | None,

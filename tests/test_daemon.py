@@ -421,3 +421,29 @@ def test_json_log_lines(tmp_path):
     assert {k: done[k] for k in ("level", "job", "attempt", "exit_code")} == {
         "level": "info", "job": "j", "attempt": 1, "exit_code": 0}
     assert isinstance(done["task_id"], int) and done["duration"] >= 0
+
+
+def test_a_forked_child_that_returns_from_its_callable_ends_there(tmp_path):
+    """A callable forks and its child, lacking `os._exit`, returns: it would go on as a second
+    worker (finishing the parent's run, claiming others). It ends where it comes back."""
+    (tmp_path / "lib").mkdir()
+    status = tmp_path / "status"
+    (tmp_path / "lib" / "forker.py").write_text(
+        "import os\n"
+        "def run(ctx):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        return 'child'  # no os._exit\n"
+        f"    with open({str(status)!r}, 'w') as out:\n"
+        "        out.write(str(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])))\n"
+        "    return 'parent'\n")
+    config = ('[worker]\ndatabase = "ew.db"\npython_path = ["lib"]\n\n'
+              '[[jobs]]\nname = "forker"\ncallable = "forker:run"\nevery = "365d"\n')
+    with WorkerProcess(tmp_path, config) as worker:
+        worker.start().wait_running()
+        worker.cli("jobs", "run", "forker")
+        [task] = worker.wait_tasks("status = 'succeeded'")
+        assert worker.stop() == 0
+    assert status.read_text() == "0"
+    assert task["output"] == "returned: 'parent'\n"
+    assert "a process that job forker's callable forked returned from it" in worker.log()
