@@ -250,15 +250,18 @@ class _Where:
 PARSER_IMPORTS = {"datetime", "_datetime", "string", "_string", "math", "_typing"}
 
 
-def load_config(path: str | os.PathLike | None, forget_parser: bool = False) -> Config:
+def load_config(path: str | os.PathLike | None, forget_parser: bool = False,
+                home: str | None = None) -> Config:
     """Read and validate a config file; `None` gives the defaults (no file). `forget_parser`:
     a worker about to start gives back the TOML parser and `typing` (0.6 MiB), when the read
-    imported nothing else that could hold them (a cron job's croniter and zoneinfo do)."""
+    imported nothing else that could hold them (a cron job's croniter and zoneinfo do). `home`:
+    the directory a relative `path` is read from (the worker's at its start), where it is not
+    the current one; the paths in the file are resolved as they were then."""
     if path is None:
         return Config()
     path = normal_path(os.fspath(path))
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(os.path.join(home or "", path), encoding="utf-8") as handle:
             text = handle.read()
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None

@@ -86,6 +86,12 @@ class Daemon:
         self.config = config
         self.name = name or config.worker.worker_name()
         self.db_path = db_path if dbmod.is_url(db_path) else normal_path(os.fspath(db_path))
+        # Where relative paths (the config's, the database's) are read from: a callable may
+        # change the process's directory (edgeworker.runners changes it back after it).
+        try:
+            self.home = os.getcwd()
+        except OSError:  # the directory it started in is gone: only absolute paths work anyway
+            self.home = "/"
         self.apply_migrations = apply_migrations
         self.workers = workers or config.worker.workers
         self.stop = Flag()
@@ -138,6 +144,8 @@ class Daemon:
                 dbmod.remove_new_database(self.db_path)
             self.lock.release(remove=True)
             raise
+        if not dbmod.is_url(self.db_path):  # reconnects and the WAL watch, whatever the directory
+            self.db_path = database.database = os.path.join(self.home, self.db_path)
         self.processes = ProcessTable.for_database(self.db_path)
         try:
             return self._start(database)
@@ -466,7 +474,7 @@ class Daemon:
         """Re-read the config and sync its jobs in one transaction; any failure (a schedule
         that cannot be planned, a module that raises at import) keeps the running config."""
         try:
-            config = load_config(self.config.path)
+            config = load_config(self.config.path, home=self.home)
             trust.verify(config)
             verify_callables(config)
             report = sync_jobs(self.ledger, config.jobs, self.clock.now())

@@ -336,8 +336,9 @@ def _drain(fd: int, tail: Tail) -> bool:
 # -- callables ----------------------------------------------------------------------------------
 
 def add_python_path(paths: tuple[str | os.PathLike, ...]) -> None:
+    """Put `paths` first on sys.path, absolute: a callable may change the directory."""
     for path in reversed(paths):
-        entry = os.fspath(path)
+        entry = os.path.abspath(path)
         if entry not in sys.path:
             sys.path.insert(0, entry)
 
@@ -424,7 +425,10 @@ def _tail_handler(tail: Tail) -> _TailHandler:
     return handler
 
 
-def run_callable(fn: Callable, ctx: TaskContext, timeout: float | None) -> Result:
+def run_callable(fn: Callable, ctx: TaskContext, timeout: float | None,
+                 keep_cwd: bool = True) -> Result:
+    """Call `fn(ctx)` in this thread. With `keep_cwd` (in the worker), a working directory the
+    callable changed is changed back: it is the whole process's, the other runs' too."""
     tail = Tail()
     handler = _tail_handler(tail)
     if ctx.logger.level == logging.NOTSET:
@@ -442,6 +446,7 @@ def run_callable(fn: Callable, ctx: TaskContext, timeout: float | None) -> Resul
 
     timer = None if timeout is None else _start_timer(timeout, expire)
     caller = os.getpid()
+    cwd = _getcwd() if keep_cwd else None
     try:
         try:
             returned = fn(ctx)
@@ -460,9 +465,29 @@ def run_callable(fn: Callable, ctx: TaskContext, timeout: float | None) -> Resul
         return Result(False, None, _failure(exc), tail.text())
     finally:
         ctx.logger.removeHandler(handler)
+        if cwd is not None and (moved := _getcwd()) != cwd:
+            _restore_cwd(cwd, moved, tail)
     if returned is not None:
         tail.write(f"returned: {returned!r}\n".encode("utf-8", errors="replace"))
     return Result(True, None, None, tail.text())
+
+
+def _getcwd() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:  # removed meanwhile
+        return None
+
+
+def _restore_cwd(cwd: str, moved: str | None, tail: Tail) -> None:
+    """Change back to `cwd`, and say so in the run's output and the worker's log."""
+    try:
+        os.chdir(cwd)
+        line = f"the callable changed the working directory to {moved}: changed back to {cwd}"
+    except OSError as exc:
+        line = f"the callable changed the working directory; cannot change back to {cwd}: {exc}"
+    logging.getLogger("edgeworker.runners").warning("%s", line)
+    tail.write(f"edgeworker: {line}\n".encode("utf-8", errors="replace"))
 
 
 def _forked_return(ctx: TaskContext) -> None:
@@ -513,7 +538,7 @@ def run_isolated(fn: Callable, ctx: TaskContext, timeout: float | None,
                 signal.signal(signum, signal.SIG_DFL)
             ctx.logger.handlers = []  # the worker's log belongs to the worker
             ctx.logger.propagate = False
-            result = run_callable(fn, ctx, None)
+            result = run_callable(fn, ctx, None, keep_cwd=False)
             for stream in (sys.stdout, sys.stderr):  # what it printed, before os._exit
                 with contextlib.suppress(Exception):
                     stream.flush()

@@ -447,3 +447,39 @@ def test_a_forked_child_that_returns_from_its_callable_ends_there(tmp_path):
     assert status.read_text() == "0"
     assert task["output"] == "returned: 'parent'\n"
     assert "a process that job forker's callable forked returned from it" in worker.log()
+
+
+def test_a_callable_that_changes_the_directory_moves_nothing_of_the_worker(tmp_path):
+    """The working directory is the whole process's. A worker started with a relative config path
+    keeps finding its config (a reload), its database and its modules; and the directory is
+    changed back after the callable, for the other runs."""
+    import signal
+    import sys
+
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "lib" / "mover.py").write_text(
+        "import os\n"
+        f"def run(ctx):\n    os.chdir({str(tmp_path / 'elsewhere')!r})\n")
+    (tmp_path / "lib" / "where.py").write_text("import os\ndef run(ctx):\n    return os.getcwd()\n")
+    config = ('[worker]\ndatabase = "ew.db"\npython_path = ["lib"]\n\n'
+              '[[jobs]]\nname = "mover"\ncallable = "mover:run"\nevery = "365d"\n\n'
+              '[[jobs]]\nname = "where"\ncallable = "where:run"\nevery = "365d"\n')
+    with WorkerProcess(tmp_path, config) as worker:
+        worker.command = lambda *args: [sys.executable, "-m", "edgeworker", "--config", "ew.toml",
+                                        *args]
+        worker.start().wait_running()
+        of = "status = 'succeeded' AND origin = 'manual' AND job_id = (SELECT id FROM jobs " \
+             "WHERE name = '{}')"
+        worker.cli("jobs", "run", "mover")
+        [moved] = worker.wait_tasks(of.format("mover"))
+        worker.send(signal.SIGHUP)
+        wait_for(lambda: "reloaded" in worker.log(), what="the reload", log=worker.log)
+        worker.cli("jobs", "run", "where")
+        [where] = worker.wait_tasks(of.format("where"))
+        assert worker.stop() == 0
+    assert moved["output"] == (f"edgeworker: the callable changed the working directory to "
+                               f"{tmp_path / 'elsewhere'}: changed back to {tmp_path}\n")
+    assert where["output"] == f"returned: {str(tmp_path)!r}\n"
+    assert os.listdir(tmp_path / "elsewhere") == []  # no database, lock or records made there
+    assert f"on {tmp_path / 'ew.db'} (pid" in worker.log()
