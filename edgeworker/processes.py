@@ -208,6 +208,17 @@ def _own_cgroup() -> str | None:
     return None
 
 
+def _move_into(cgroup: str, pid: int) -> None:
+    """Make `cgroup` and move `pid` into it; raises OSError, leaving no cgroup made."""
+    try:
+        _mkdir(cgroup)
+        _write(os.path.join(cgroup, "cgroup.procs"), str(pid))
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.rmdir(cgroup)
+        raise
+
+
 def _cgroup_pids(cgroup: str) -> list[int]:
     try:
         return [int(line) for line in _read(os.path.join(cgroup, "cgroup.procs")).split()]
@@ -455,16 +466,7 @@ class ProcessTable:
         stat = _stat(proc.pid)
         record = Record(task_id, attempt, proc.pid, stat[2] if stat else 0, boot_id(),
                         str(cgroup) if cgroup else None, os.getpid())
-        path = None
-        if self.directory is not None:
-            path = os.path.join(self.directory, f"{task_id}.{attempt}")
-            try:
-                os.makedirs(self.directory, 0o700, exist_ok=True)
-                _write(path, json.dumps(asdict(record)))
-            except OSError as exc:
-                logger.warning("cannot record task %s's processes in %s: %s", task_id,
-                               self.directory, exc)
-                path = None
+        path = self._record(record, f"task {task_id}'s processes")
         tree = Tree(self, proc, record, path, gate)
         with self.lock:
             self.running[proc.pid] = tree
@@ -475,16 +477,26 @@ class ProcessTable:
             return None
         cgroup = os.path.join(self.cgroups, f"task-{task_id}.{attempt}")
         try:
-            _mkdir(cgroup)
-            _write(os.path.join(cgroup, "cgroup.procs"), str(pid))
+            _move_into(cgroup, pid)
         except OSError as exc:
             logger.warning("cannot give task %s a cgroup (%s): commands run in process groups "
                            "only from now on", task_id, exc)
-            with contextlib.suppress(OSError):
-                os.rmdir(cgroup)
             self.cgroups = None
             return None
         return cgroup
+
+    def _record(self, record: Record, what: str) -> str | None:
+        """Write `record` into the runtime directory; its path, or None when it cannot be."""
+        if self.directory is None:
+            return None
+        path = os.path.join(self.directory, f"{record.task_id}.{record.attempt}")
+        try:
+            os.makedirs(self.directory, 0o700, exist_ok=True)
+            _write(path, json.dumps(asdict(record)))
+        except OSError as exc:
+            logger.warning("cannot record %s in %s: %s", what, self.directory, exc)
+            return None
+        return path
 
     def _forget(self, tree: Tree) -> None:
         with self.lock:
@@ -505,26 +517,14 @@ class ProcessTable:
         if self.cgroups is not None:
             cgroup = os.path.join(self.cgroups, f"worker-{tag}")
             try:
-                _mkdir(cgroup)
-                _write(os.path.join(cgroup, "cgroup.procs"), str(me))
+                _move_into(cgroup, me)
             except OSError as exc:
                 logger.warning("cannot move the worker into cgroup %s (%s): what its callables "
                                "start is found by its environment only", cgroup, exc)
-                with contextlib.suppress(OSError):
-                    os.rmdir(cgroup)
                 cgroup = None
         _, group, start = _stat(me) or ("", 0, 0)
         record = Record(WORKER, tag, me if group == me else 0, start, boot_id(), cgroup, me)
-        path = None
-        if self.directory is not None:
-            path = os.path.join(self.directory, f"{WORKER}.{tag}")
-            try:
-                os.makedirs(self.directory, 0o700, exist_ok=True)
-                _write(path, json.dumps(asdict(record)))
-            except OSError as exc:
-                logger.warning("cannot record the worker in %s: %s", self.directory, exc)
-                path = None
-        self.own = (record, path)
+        self.own = (record, self._record(record, "the worker"))
 
     def release(self, grace: float) -> int:
         """A clean stop: end what this worker's callables left running (SIGTERM, `grace`,

@@ -117,6 +117,18 @@ def alive(pid: int) -> bool:
         return False
 
 
+def run_until_pids(worker: WorkerProcess, job: str, pids, count: int) -> tuple[int, list[int]]:
+    """Queue a run of `job`, start the worker, and wait until the run has written `count` pids
+    into `pids`: the task id, and those pids."""
+    worker.cli("migrate")
+    worker.cli("jobs", "sync")
+    task_id = int(worker.cli("jobs", "run", job).stdout.split()[2])
+    worker.start()
+    wait_for(lambda: pids.exists() and len(pids.read_text().split()) == count, 30,
+             what=f"the first attempt's {count} processes", log=worker.log)
+    return task_id, [int(pid) for pid in pids.read_text().split()]
+
+
 @pytest.mark.timeout(120)
 def test_a_killed_workers_process_tree_never_runs_beside_the_rerun(tmp_path):
     """SIGKILL the worker while the job's script has children and grandchildren (one in a session
@@ -124,13 +136,7 @@ def test_a_killed_workers_process_tree_never_runs_beside_the_rerun(tmp_path):
     leftovers end with it, and nothing is left after the stop."""
     pids, ledger = tmp_path / "pids", tmp_path / "ledger"
     with WorkerProcess(tmp_path, TREE_JOB) as worker:
-        worker.cli("migrate")
-        worker.cli("jobs", "sync")
-        task_id = int(worker.cli("jobs", "run", "tree").stdout.split()[2])
-        worker.start()
-        wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 4, 30,
-                 what="the first attempt's tree", log=worker.log)
-        first = [int(pid) for pid in pids.read_text().split()]
+        task_id, first = run_until_pids(worker, "tree", pids, 4)
         [escaped] = [pid for pid in first if session_of(pid) == pid]
         cgroups = "commands run in a cgroup each" in worker.log()
         worker.kill()
@@ -181,13 +187,7 @@ def test_what_a_killed_workers_callable_started_never_runs_beside_the_rerun(tmp_
     config = ('[worker]\ndatabase = "ew.db"\npython_path = ["lib"]\n\n[[jobs]]\nname = "spawn"\n'
               'callable = "spawner:spawn"\nevery = "1d"\nmax_attempts = 3\n')
     with WorkerProcess(tmp_path, config) as worker:
-        worker.cli("migrate")
-        worker.cli("jobs", "sync")
-        task_id = int(worker.cli("jobs", "run", "spawn").stdout.split()[2])
-        worker.start()
-        wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, 30,
-                 what="the first attempt's processes", log=worker.log)
-        first = [int(pid) for pid in pids.read_text().split()]
+        task_id, first = run_until_pids(worker, "spawn", pids, 2)
         worker.kill()
         assert all(alive(pid) for pid in first)  # nobody's children now: for the next start
         worker.start()
