@@ -16,6 +16,7 @@ import os
 import shutil
 import sqlite3
 import sys
+import weakref
 from collections.abc import Iterator
 
 import peewee
@@ -353,7 +354,6 @@ class WorkerLock:
         self.path = f"{self.database}.lock"
         self.fd: int | None = None
         self.created = False  # this lock made the file: a refused start removes it again
-        self.forks_close = False  # a forked child closes its copy of fd (`_forked`)
 
     def acquire(self) -> WorkerLock:
         while True:
@@ -377,16 +377,8 @@ class WorkerLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd, self.created = fd, created
-        if not self.forks_close:
-            os.register_at_fork(after_in_child=self._forked)
-            self.forks_close = True
+        _locks.add(self)
         return self
-
-    def _forked(self) -> None:
-        if self.fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = None
 
     def _open(self) -> tuple[int, bool]:
         flags = os.O_RDWR | os.O_CLOEXEC
@@ -420,6 +412,22 @@ class WorkerLock:
 
     def __exit__(self, exc_type, *exc) -> None:
         self.release(remove=exc_type is not None)
+
+
+# The locks this process took, for `_forked`.
+_locks: weakref.WeakSet[WorkerLock] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    """In a forked child: close the copies of the locks' descriptors (see WorkerLock)."""
+    for lock in list(_locks):
+        if lock.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(lock.fd)
+            lock.fd = None
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def worker_lock(database: str | os.PathLike, name: str) -> WorkerLock | postgres.WorkerLock:
