@@ -66,6 +66,19 @@ def _alive(pid: int) -> bool:
 def _noted(signum: int, frame) -> None:
     """Signals are read from the wake-up fd (Daemon._wait_for_signal)."""
 
+
+def _forked() -> None:
+    """In a child a callable forks (a `multiprocessing` pool's worker, an isolated callable):
+    the default signal set-up again. The fork copied the worker's, whose handlers write each
+    signal into the worker's wake-up pipe: `Pool.terminate()`, which sends its workers SIGTERM,
+    stopped the worker, and the child itself did not end."""
+    signal.set_wakeup_fd(-1)
+    for signum in SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_forked)
+
 HEALTH_CHECK_INTERVAL = consumer.HEALTH_CHECK_INTERVAL
 HELD_CHECK_INTERVAL = 1.0
 PRUNE_INTERVAL = 3600.0

@@ -531,11 +531,6 @@ def run_isolated(fn: Callable, ctx: TaskContext, timeout: float | None,
             c.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != parent:
                 os._exit(1)
-            # The worker's handlers only record a signal (into the worker's wake-up pipe): here
-            # SIGTERM must end the process. The forking thread is this process's main thread.
-            signal.set_wakeup_fd(-1)
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(signum, signal.SIG_DFL)
             ctx.logger.handlers = []  # the worker's log belongs to the worker
             ctx.logger.propagate = False
             result = run_callable(fn, ctx, None, keep_cwd=False)

@@ -483,3 +483,29 @@ def test_a_callable_that_changes_the_directory_moves_nothing_of_the_worker(tmp_p
     assert where["output"] == f"returned: {str(tmp_path)!r}\n"
     assert os.listdir(tmp_path / "elsewhere") == []  # no database, lock or records made there
     assert f"on {tmp_path / 'ew.db'} (pid" in worker.log()
+
+
+def test_a_signal_to_a_callables_forked_child_is_not_the_workers(tmp_path):
+    """`Pool.terminate()` sends SIGTERM to its workers. A fork copied the worker's signal set-up,
+    whose handlers write the signal into the worker's wake-up pipe: the worker took it for its
+    own and stopped."""
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "pooled.py").write_text(
+        "import multiprocessing, os\n"
+        "def run(ctx):\n"
+        "    pool = multiprocessing.get_context('fork').Pool(2)\n"
+        "    found = pool.map(abs, [-1, -2])\n"
+        "    pool.terminate()\n"
+        "    pool.join()\n"
+        "    return found\n")
+    config = ('[worker]\ndatabase = "ew.db"\npython_path = ["lib"]\n\n'
+              '[[jobs]]\nname = "pooled"\ncallable = "pooled:run"\nevery = "365d"\n')
+    with WorkerProcess(tmp_path, config) as worker:
+        worker.start().wait_running()
+        worker.cli("jobs", "run", "pooled")
+        [task] = worker.wait_tasks("status = 'succeeded' AND origin = 'manual'")
+        worker.cli("jobs", "run", "pooled")
+        worker.wait_tasks("status = 'succeeded' AND origin = 'manual'", count=2)
+        assert "received SIGTERM" not in worker.log()
+        assert worker.stop() == 0
+    assert task["output"] == "returned: [1, 2]\n"
